@@ -1,0 +1,3 @@
+from vidseg_cli.cli.app import main
+
+main()

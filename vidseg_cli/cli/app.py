@@ -1,0 +1,34 @@
+"""The `vidseg` command: one Typer app, one module per subcommand."""
+
+from __future__ import annotations
+
+import typer
+
+from vidseg_cli import __version__
+from vidseg_cli.cli.segment import segment_command
+
+app = typer.Typer(
+    name="vidseg",
+    help="Video segmentation with a streaming memory engine.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+app.command("segment")(segment_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vidseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Video segmentation with a streaming memory engine."""
+
+
+def main() -> None:
+    app(prog_name="vidseg")

@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: the stderr console, error handling, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from vidseg_cli.errors import VidsegError
+
+# Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
+stderr = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Turn VidsegError into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VidsegError as error:
+            stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    if is_dataclass(data):
+        data = asdict(data)
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()

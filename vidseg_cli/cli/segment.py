@@ -1,0 +1,110 @@
+"""`vidseg segment`: masks for every frame of a video from masks of some frames."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vidseg_cli.cli.common import print_json, stderr, user_errors
+from vidseg_cli.engine.segment import DEFAULT_SIZE, MemoryOptions, SegmentOptions, segment
+
+
+class Memory(str, enum.Enum):
+    stremn = "stremn"
+    stm = "stm"
+    first_last = "first-last"
+    fifo = "fifo"
+
+
+class Update(str, enum.Enum):
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
+class Format(str, enum.Enum):
+    png = "png"
+    video = "video"
+    overlay = "overlay"
+    all = "all"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+@user_errors
+def segment_command(
+    input: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, mov, webm, avi...) or folder of frames.")],
+    mask: Annotated[
+        list[str],
+        typer.Option(
+            "--mask", "-m",
+            help="PNG (frame 0), N:PNG (frame N) or DIR (files named by frame index). Repeatable.",
+        ),
+    ],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder [default: INPUT_masks beside the input].")] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="png: palette PNG per frame; video: lossless FFV1 label video; overlay: colour mp4.")] = Format.png,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize masks whose size differs from the frames (nearest).")] = False,
+    memory: Annotated[Memory, typer.Option(help="Memory update policy.")] = Memory.stremn,
+    slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
+    update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
+    every: Annotated[int, typer.Option(help="stm: keep every N-th frame.")] = 5,
+    model: Annotated[str, typer.Option(help="VOS model name from weights.toml.")] = "propagate",
+    size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Segment objects through a video from their masks on some frames.
+
+    Prints the output folder on stdout (or a JSON summary with --json).
+    """
+    options = SegmentOptions(
+        input=input,
+        masks=mask,
+        out=out,
+        format=format.value,
+        force=force,
+        resize_mask=resize_mask,
+        model=model,
+        size=size,
+        device=device.value,
+        memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value, every=every),
+    )
+    with _progress() as advance:
+        summary = segment(options, advance)
+    if json:
+        print_json(summary)
+    else:
+        stderr.print(
+            f"{summary.frames} frames, objects {summary.objects}, {summary.fps:.2f} fps, "
+            f"peak memory {summary.peak_rss_mb:.0f} MB",
+            highlight=False,
+        )
+        print(summary.output)
+
+
+@contextlib.contextmanager
+def _progress():
+    """A Rich progress bar on stderr, only when stderr is a terminal."""
+    if not stderr.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("frames", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance

@@ -1,0 +1,202 @@
+"""The segment job: frames -> session -> sinks, validated up front, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidseg_cli.engine.session import VOSSession
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.io.frames import FrameSource, open_frames
+from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
+from vidseg_cli.io.sinks import Sink, StagedOutput, make_sinks
+from vidseg_cli.memory.bank import MemoryBank
+from vidseg_cli.memory.fusion import TrainingFreeFusion
+from vidseg_cli.memory.policies import make_policy
+from vidseg_cli.models.registry import DEFAULT_VOS_MODEL, create_vos_model
+
+DEFAULT_SIZE = 360
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    memory: str = "stremn"
+    slots: int = 5
+    update: str = "C"
+    every: int = 5
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    input: Path
+    masks: list[str]
+    out: Path | None = None
+    format: str = "png"
+    force: bool = False
+    resize_mask: bool = False
+    model: str = DEFAULT_VOS_MODEL
+    size: int = DEFAULT_SIZE
+    device: str = "auto"
+    memory: MemoryOptions = MemoryOptions()
+
+
+@dataclass
+class SegmentSummary:
+    input: str
+    output: str
+    frames: int = 0
+    objects: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    fps: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: float | None = None
+    memory_slots_max: int = 0
+    memory_bytes_max: int = 0
+    outputs: list[str] = field(default_factory=list)
+
+
+def default_output(input_path: Path) -> Path:
+    """``clip.mp4`` -> ``clip_masks/`` beside it; ``frames/`` -> ``frames_masks/``."""
+    name = input_path.name if input_path.is_dir() else input_path.stem
+    return input_path.resolve().parent / f"{name}_masks"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VidsegError("--device cuda: no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise VidsegError("--device mps: no MPS device is available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise VidsegError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def use_all_cores() -> None:
+    """PyTorch defaults to physical cores; use every core this process may run on."""
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def make_bank(options: MemoryOptions) -> MemoryBank:
+    try:
+        policy = make_policy(options.memory, options.slots, options.update, options.every)
+    except ValueError as error:
+        raise VidsegError(str(error)) from None
+    return MemoryBank(policy=policy, fusion=TrainingFreeFusion())
+
+
+def validate_memory(options: MemoryOptions, permanent: int) -> None:
+    if options.update not in ("A", "B", "C", "D"):
+        raise VidsegError(f"unknown --update {options.update!r}; choose A, B, C or D")
+    if options.slots < 1 or options.every < 1:
+        raise VidsegError("--slots and --every must be at least 1")
+    if options.memory == "stremn" and options.slots < permanent + 1:
+        raise VidsegError(
+            f"--slots {options.slots} leaves no room: {permanent} mask frame(s) are kept permanently, "
+            f"so stremn needs at least {permanent + 1} slots"
+        )
+
+
+def segment(options: SegmentOptions, progress: Progress | None = None) -> SegmentSummary:
+    """Run video object segmentation end to end; raises VidsegError on bad input."""
+    masks = parse_mask_args(options.masks)
+    validate_memory(options.memory, permanent=len(masks))
+    device = pick_device(options.device)
+    if options.size < 32:
+        raise VidsegError("--size must be at least 32 pixels")
+    source = open_frames(options.input)
+    with contextlib.closing(source):
+        reader = MaskReader(source.size, resize=options.resize_mask)
+        _check_masks(masks, reader, source)
+        target = options.out or default_output(options.input)
+        staged = StagedOutput(target, force=options.force)
+        try:
+            summary = _run(options, source, masks, reader, staged.staging, device, progress)
+            staged.commit()
+        except BaseException:
+            staged.abort()
+            raise
+    summary.output = str(target)
+    return summary
+
+
+def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> None:
+    """Fail before any work: unreadable, empty, wrongly sized or out-of-range masks."""
+    for mask in masks:
+        if source.count is not None and mask.frame >= source.count:
+            raise VidsegError(
+                f"mask {mask.path} is for frame {mask.frame}, but the video has {source.count} frames"
+            )
+        reader.read(mask.path)
+
+
+def _run(
+    options: SegmentOptions,
+    source: FrameSource,
+    masks: list[MaskFile],
+    reader: MaskReader,
+    folder: Path,
+    device: torch.device,
+    progress: Progress | None,
+) -> SegmentSummary:
+    use_all_cores()
+    model = create_vos_model(options.model, device)
+    session = VOSSession(model, make_bank(options.memory), options.size, device)
+    sinks = make_sinks(options.format, folder, source.time_base)
+    by_frame = {mask.frame: mask.path for mask in masks}
+    summary = SegmentSummary(input=str(options.input), output="")
+    start = time.perf_counter()
+    try:
+        for frame in source:
+            mask = reader.read(by_frame[frame.index]) if frame.index in by_frame else None
+            result = session.step(frame.image, mask)
+            for sink in sinks:
+                sink.write(frame, result.labels)
+            summary.frames += 1
+            summary.memory_slots_max = max(summary.memory_slots_max, result.slots)
+            summary.memory_bytes_max = max(summary.memory_bytes_max, result.memory_bytes)
+            if progress:
+                progress(summary.frames, source.count)
+    finally:
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+    late = [m for m in masks if m.frame >= summary.frames]
+    if late:
+        raise VidsegError(
+            f"mask {late[0].path} is for frame {late[0].frame}, but the video has {summary.frames} frames"
+        )
+    _finish(summary, session, sinks, time.perf_counter() - start, device)
+    return summary
+
+
+def _finish(summary: SegmentSummary, session: VOSSession, sinks: list[Sink], seconds: float, device: torch.device) -> None:
+    summary.objects = list(session.object_ids)
+    summary.seconds = round(seconds, 3)
+    summary.fps = round(summary.frames / seconds, 3) if seconds > 0 else 0.0
+    summary.peak_rss_mb = round(peak_rss_bytes() / 2**20, 1)
+    if device.type == "cuda":
+        summary.peak_cuda_mb = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    summary.outputs = [name for sink in sinks for name in sink.outputs]
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -1,0 +1,121 @@
+"""A per-video inference session: steps frame by frame and owns every piece of state.
+
+Models are stateless, so one model serves many sessions. Object ids are the user's
+(palette indices); internally objects are channels in order of first appearance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidseg_cli.memory.bank import MemoryBank, Slot
+
+_EPS = 1e-6
+
+
+@dataclass
+class StepResult:
+    labels: np.ndarray  # (H, W) uint8 object ids at the input resolution
+    slots: int
+    memory_bytes: int
+
+
+class VOSSession:
+    """Semi-supervised VOS over one video: ``step`` each frame, with a mask where given."""
+
+    def __init__(self, model, bank: MemoryBank, size: int, device: torch.device) -> None:
+        self.model = model
+        self.bank = bank
+        self.size = size
+        self.device = device
+        self.object_ids: list[int] = []
+        self.frame_index = 0
+
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> StepResult:
+        """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None."""
+        height, width = frame.shape[:2]
+        key = self.model.encode(self._preprocess(frame))
+        grid = key.shape[-2:]
+        probs = self._predict(key)
+        if mask is not None:
+            probs = self._apply_mask(probs, mask, grid)
+        probs = aggregate(probs)  # (1 + objects, h, w), background first
+        self._remember(key, probs[1:], permanent=mask is not None)
+        labels = self._labels(probs, (height, width), mask)
+        self.frame_index += 1
+        return StepResult(labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes)
+
+    def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
+        image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
+        h, w = image.shape[-2:]
+        scale = self.size / min(h, w)
+        if abs(scale - 1) > 1e-3:
+            target = (max(1, round(h * scale)), max(1, round(w * scale)))
+            image = F.interpolate(image[None], size=target, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
+        return image
+
+    def _predict(self, key: torch.Tensor) -> torch.Tensor:
+        if not self.bank.slots or not self.object_ids:
+            return key.new_zeros(len(self.object_ids), *key.shape[-2:])
+        return self.model.segment(key, self.bank.slots, len(self.object_ids))
+
+    def _apply_mask(self, probs: torch.Tensor, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """Objects in the mask take its shape; others keep their prediction outside it."""
+        ids = [int(i) for i in np.unique(mask) if i != 0]
+        for object_id in ids:
+            if object_id not in self.object_ids:
+                self.object_ids.append(object_id)
+        probs = F.pad(probs, (0, 0, 0, 0, 0, len(self.object_ids) - probs.shape[0]))
+        labels = torch.from_numpy(mask.astype(np.int64)).to(probs.device)
+        given = torch.stack([(labels == i).float() for i in self.object_ids])
+        given = F.interpolate(given[None], size=grid, mode="area")[0]
+        covered = given.sum(0, keepdim=True).clamp(max=1)
+        probs = probs * (1 - covered)
+        for channel, object_id in enumerate(self.object_ids):
+            if object_id in ids:
+                probs[channel] = given[channel]
+        return probs
+
+    def _remember(self, key: torch.Tensor, probs: torch.Tensor, permanent: bool) -> None:
+        if not self.object_ids:
+            return  # nothing to propagate yet: frames before the first mask are not stored
+        k, v = self.model.memorize(key, probs)
+        self.bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
+
+    def _labels(self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
+        full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+        index = _argmax_channels(full).cpu().numpy()
+        lut = np.array([0, *self.object_ids], dtype=np.uint8)
+        labels = lut[index]
+        if mask is not None:
+            # a user mask is exact at full resolution: keep its pixels as given
+            labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
+            labels = labels.astype(np.uint8)
+        return labels
+
+
+def aggregate(probs: torch.Tensor) -> torch.Tensor:
+    """Soft aggregation (STM): per-object probabilities -> a distribution with background.
+
+    ``probs`` (O, h, w) -> (1 + O, h, w), background first, summing to 1 per pixel.
+    """
+    p = probs.clamp(_EPS, 1 - _EPS)
+    background = torch.prod(1 - p, dim=0, keepdim=True)
+    p = torch.cat([background, p])
+    logits = torch.log(p / (1 - p))
+    return torch.softmax(logits, dim=0)
+
+
+def _argmax_channels(probs: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 0 by pairwise comparison: torch's strided argmax over a few
+    channels of a large image is ~20x slower on a CPU."""
+    best, index = probs[0], torch.zeros(probs.shape[1:], dtype=torch.long, device=probs.device)
+    for channel in range(1, probs.shape[0]):
+        better = probs[channel] > best
+        best = torch.where(better, probs[channel], best)
+        index[better] = channel
+    return index

@@ -1,0 +1,183 @@
+"""Output sinks: palette PNG sequence, lossless label video, colour overlay video.
+
+All sinks write into a staging folder; ``StagedOutput`` moves it into place only when the
+whole run succeeded, so a failed run leaves nothing behind and an existing output is
+replaced only with --force.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.io.frames import Frame
+from vidseg_cli.io.palette import davis_palette
+
+FORMATS = ("png", "video", "overlay", "all")
+LABEL_VIDEO = "labels.mkv"
+OVERLAY_VIDEO = "overlay.mp4"
+
+
+class Sink:
+    def write(self, frame: Frame, labels: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and finish the file."""
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of what this sink wrote, relative to the output folder."""
+        raise NotImplementedError
+
+
+class PngSink(Sink):
+    """One palette PNG per frame, ``%05d.png``: index = object id (DAVIS layout)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    def write(self, frame: Frame, labels: np.ndarray) -> None:
+        save_palette_png(labels, self.folder / f"{frame.index:05d}.png")
+        self.count += 1
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{i:05d}.png" for i in range(self.count)]
+
+
+def save_palette_png(labels: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(davis_palette().tobytes())
+    image.save(path, optimize=False, compress_level=1)
+
+
+class _VideoSink(Sink):
+    """Encodes frames with the input's timestamps (copied pts, same time base)."""
+
+    codec = ""
+    pix_fmt = ""
+    name = ""
+    options: dict[str, str] = {}
+
+    def __init__(self, folder: Path, time_base: Fraction) -> None:
+        self.container = av.open(str(folder / self.name), "w")
+        self.stream = self.container.add_stream(self.codec)
+        self.stream.pix_fmt = self.pix_fmt
+        self.stream.options = dict(self.options)
+        # Both must be set: the encoder otherwise rescales pts to its default rate,
+        # which silently changes variable-frame-rate timing.
+        self.stream.time_base = time_base
+        self.stream.codec_context.time_base = time_base
+        self.time_base = time_base
+        self.started = False
+        self.last_pts: int | None = None
+
+    def write(self, frame: Frame, labels: np.ndarray) -> None:
+        image = self._image(frame, labels)
+        if not self.started:
+            self.stream.height, self.stream.width = image.shape[:2]
+            self.started = True
+        video_frame = av.VideoFrame.from_ndarray(image, format=self._input_format)
+        # Encoders need strictly increasing pts; duplicated timestamps do occur in the wild.
+        pts = frame.pts if self.last_pts is None or frame.pts > self.last_pts else self.last_pts + 1
+        video_frame.pts, video_frame.time_base = pts, self.time_base
+        self.last_pts = pts
+        for packet in self.stream.encode(video_frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.started:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.name]
+
+    _input_format = "gray"
+
+    def _image(self, frame: Frame, labels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LabelVideoSink(_VideoSink):
+    """FFV1 ``gray`` in Matroska: lossless, decoded pixel values equal the object ids."""
+
+    codec, pix_fmt, name = "ffv1", "gray", LABEL_VIDEO
+
+    def _image(self, frame: Frame, labels: np.ndarray) -> np.ndarray:
+        return labels.astype(np.uint8)
+
+
+class OverlaySink(_VideoSink):
+    """H.264 colour overlay for viewing (lossy: never read labels back from it)."""
+
+    codec, pix_fmt, name = "libx264", "yuv420p", OVERLAY_VIDEO
+    options = {"crf": "20", "preset": "veryfast"}
+    _input_format = "rgb24"
+    alpha = 0.5
+
+    def _image(self, frame: Frame, labels: np.ndarray) -> np.ndarray:
+        colours = davis_palette()[labels]
+        mixed = np.where(labels[..., None] > 0, frame.image * (1 - self.alpha) + colours * self.alpha, frame.image)
+        return _pad_even(mixed.astype(np.uint8))
+
+
+def _pad_even(image: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sizes: repeat the last row/column rather than crop."""
+    h, w = image.shape[:2]
+    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def make_sinks(fmt: str, folder: Path, time_base: Fraction) -> list[Sink]:
+    kinds = {"png": [PngSink], "video": [LabelVideoSink], "overlay": [OverlaySink]}
+    kinds["all"] = [PngSink, LabelVideoSink, OverlaySink]
+    if fmt not in kinds:
+        raise VidsegError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return [kind(folder) if kind is PngSink else kind(folder, time_base) for kind in kinds[fmt]]
+
+
+class StagedOutput:
+    """An output folder written atomically.
+
+    Work goes into a hidden sibling folder; ``commit`` renames it into place (replacing an
+    existing folder only when ``force``), ``abort`` deletes it. Same filesystem, so the
+    final rename is atomic.
+    """
+
+    def __init__(self, target: Path, force: bool) -> None:
+        self.target = target
+        self.force = force
+        if target.exists() and not force:
+            raise VidsegError(f"output {target} already exists; pass --force to overwrite it")
+        parent = target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+        except OSError as error:
+            raise VidsegError(f"cannot create output in {parent}: {error.strerror}") from None
+
+    def commit(self) -> None:
+        old = None
+        if self.target.exists():
+            if not self.force:
+                raise VidsegError(f"output {self.target} appeared while running; not overwriting it")
+            old = self.target.with_name(f".{self.target.name}.{os.getpid()}.old")
+            os.replace(self.target, old)
+        os.replace(self.staging, self.target)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)

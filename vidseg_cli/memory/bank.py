@@ -1,0 +1,88 @@
+"""The per-video memory: slots of (key, value) written frame by frame, pruned by a policy."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import torch
+
+from vidseg_cli.memory.policies import Policy
+from vidseg_cli.memory.similarity import template_similarity
+
+
+@dataclass
+class Slot:
+    """One memory template.
+
+    key: (C, H, W), unit norm along C. value: (O, H, W), the probability of each object
+    this slot knows; ``value`` may have fewer channels than the session has objects,
+    because objects that joined after the frame was written are unknown to it.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    frame: int
+    permanent: bool = False
+    fused: int = 0  # how many dropped slots were distilled into this one
+    # A fresh serial for every Slot object (replace() gives a new one), keying the
+    # similarity cache: a fused slot must not reuse the similarities of its old self.
+    uid: int = field(init=False, default_factory=itertools.count().__next__)
+
+    @property
+    def nbytes(self) -> int:
+        return self.key.numel() * self.key.element_size() + self.value.numel() * self.value.element_size()
+
+
+class FusionCell(Protocol):
+    """Distills a slot that is about to be dropped into its partner (STReMN eqs 3-8)."""
+
+    def __call__(self, source: Slot, target: Slot) -> Slot: ...
+
+
+@dataclass
+class MemoryBank:
+    """Slots in write order; the policy decides what to drop and fuse before each write.
+
+    Pairwise similarities (eqs 1-2) are cached and refreshed only for slots that change,
+    because recomputing all K^2 pairs every frame would dominate the frame time.
+    """
+
+    policy: Policy
+    fusion: FusionCell | None = None
+    slots: list[Slot] = field(default_factory=list)
+    _sims: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
+
+    def write(self, slot: Slot) -> None:
+        """Make room as the policy says, then append ``slot`` (the newest is always kept)."""
+        plan = self.policy.plan(self.slots, self.similarity)
+        for source, target in plan.fuse:
+            old = self.slots[target]
+            if self.fusion is not None and not old.permanent:
+                self._forget(old.uid)
+                fused = self.fusion(self.slots[source], old)
+                self.slots[target] = replace(fused, fused=old.fused + 1)
+        for index in sorted(plan.drop, reverse=True):
+            self._forget(self.slots[index].uid)
+            del self.slots[index]
+        self.slots.append(slot)
+
+    def similarity(self, i: int, j: int) -> float:
+        """S(X_i, X_j) of STReMN eq 1, cached per pair of slot objects."""
+        a, b = self.slots[i], self.slots[j]
+        cache_key = (a.uid, b.uid)
+        if cache_key not in self._sims:
+            self._sims[cache_key] = template_similarity(a.key, b.key)
+        return self._sims[cache_key]
+
+    def _forget(self, uid: int) -> None:
+        for pair in [p for p in self._sims if uid in p]:
+            del self._sims[pair]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(slot.nbytes for slot in self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)

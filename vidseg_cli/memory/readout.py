@@ -1,0 +1,59 @@
+"""Memory read (STM-style attention, STReMN eq 10) over all slots of a bank.
+
+Permanent slots (user masks) are matched globally, so an object that reappears anywhere
+is found again; other slots are matched in a local window, since they were written a few
+frames ago and objects move little in between. Candidates of all slots are merged, the
+global top-k is kept, and each object is read only from the slots that knew it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vidseg_cli.memory.attention import global_match, local_match
+from vidseg_cli.memory.bank import Slot
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    topk: int = 20
+    radius: int = 12  # local window radius, in feature pixels
+    temperature: float = 0.05  # softmax temperature over cosine similarities
+
+
+def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config: ReadConfig) -> torch.Tensor:
+    """query: (C, H, W) unit-norm key. Returns (objects, H, W) probabilities."""
+    c, h, w = query.shape
+    sims, values, valid = [], [], []
+    for slot in slots:
+        value = _pad_objects(slot.value, objects)
+        if slot.permanent:
+            s, v = global_match(query, slot.key, value, config.topk)
+        else:
+            s, v = local_match(query, slot.key, value, config.topk, config.radius)
+        known = (torch.arange(objects) < slot.value.shape[0]).to(v.dtype)
+        sims.append(s)
+        values.append(v)
+        valid.append(known.expand(s.shape[1], objects))
+    sims_all = torch.cat(sims, dim=1)  # (N, M)
+    values_all = torch.cat(values, dim=1)  # (N, M, O)
+    valid_all = torch.cat(valid, dim=0)  # (M, O)
+    k = min(config.topk, sims_all.shape[1])
+    top, index = sims_all.topk(k, dim=1)
+    weights = torch.softmax(top / config.temperature, dim=1).unsqueeze(2)  # (N, k, 1)
+    picked = torch.gather(values_all, 1, index.unsqueeze(2).expand(-1, -1, objects))
+    known = valid_all[index]  # (N, k, O)
+    numerator = (weights * known * picked).sum(1)
+    denominator = (weights * known).sum(1).clamp_min(1e-6)
+    return (numerator / denominator).t().reshape(objects, h, w)
+
+
+def _pad_objects(value: torch.Tensor, objects: int) -> torch.Tensor:
+    """Zero channels for objects that joined after this slot was written."""
+    missing = objects - value.shape[0]
+    if missing <= 0:
+        return value
+    return torch.cat([value, value.new_zeros(missing, *value.shape[1:])])

