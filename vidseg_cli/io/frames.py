@@ -121,10 +121,12 @@ class VideoSource(FrameSource):
         yield from self._frames
 
     def _decode(self) -> Iterator[Frame]:
-        index = 0
+        index, first, last = 0, None, None
         try:
             for frame in self.container.decode(self.stream):
                 pts = frame.pts if frame.pts is not None else index
+                first = pts if first is None else first
+                last = pts
                 image = _upright(frame.to_ndarray(format="rgb24"), frame.rotation)
                 yield Frame(index=index, image=image, pts=pts, time_base=self.time_base)
                 index += 1
@@ -134,6 +136,21 @@ class VideoSource(FrameSource):
             ) from None
         if self.count and index < self.count:
             raise VidsegError(f"video {self.path} is truncated: decoded {index} of {self.count} frames")
+        self._check_duration(index, first, last)
+
+    def _check_duration(self, frames: int, first: int | None, last: int | None) -> None:
+        """Containers without a frame count (Matroska, WebM) still declare a duration:
+        a stream that stops well before it was cut short."""
+        if self.count or frames < 2 or first is None or last is None or not self.container.duration:
+            return
+        step = (last - first) / (frames - 1)
+        end = float((last + step) * self.time_base)
+        declared = self.container.duration / av.time_base
+        if end + 2 * float(step * self.time_base) < declared:
+            raise VidsegError(
+                f"video {self.path} is truncated: decoded {frames} frames, "
+                f"{end:.2f} s of the declared {declared:.2f} s"
+            )
 
     def close(self) -> None:
         self.container.close()

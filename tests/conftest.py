@@ -1,0 +1,67 @@
+"""Shared fixtures: small synthetic clips written to disk, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vidseg_cli.cli.app import app
+from vidseg_cli.io.sinks import save_palette_png
+from vidseg_cli.synthetic import frames, write_clip
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> tuple[Path, Path]:
+    """(clip.mp4, mask.png): 12 frames of 96x128, two objects."""
+    return write_clip(tmp_path_factory.mktemp("clip"), length=12, height=96, width=128, objects=2, seed=1)
+
+
+@pytest.fixture
+def frame_folder(tmp_path) -> tuple[Path, list[np.ndarray]]:
+    """A folder of 8 PNG frames (odd size 67x91) and the ground-truth label maps."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    labels = []
+    for index, (image, gt) in enumerate(frames(8, 67, 91, objects=2, seed=3)):
+        Image.fromarray(image).save(folder / f"frame{index}.png")
+        labels.append(gt)
+    return folder, labels
+
+
+@pytest.fixture
+def write_mask(tmp_path):
+    def write(labels: np.ndarray, name: str = "mask.png") -> Path:
+        path = tmp_path / name
+        save_palette_png(labels, path)
+        return path
+
+    return write
+
+
+class Run:
+    def __init__(self, result):
+        self.code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.exception = result.exception
+
+
+@pytest.fixture
+def vidseg():
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Run:
+        return Run(runner.invoke(app, [str(a) for a in args]))
+
+    return invoke
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Staging folders a failed run must not leave behind."""
+    return [p.name for p in folder.iterdir() if p.name.endswith(".partial") or p.name.endswith(".old")]

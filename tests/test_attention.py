@@ -1,0 +1,53 @@
+"""Memory matching and readout: local windows, global top-k, per-object validity."""
+
+import torch
+import torch.nn.functional as F
+
+from vidseg_cli.memory.attention import global_match, local_match
+from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.readout import ReadConfig, read_memory
+from vidseg_cli.memory.similarity import template_similarity
+
+
+def unit(*shape):
+    return F.normalize(torch.randn(*shape), dim=0)
+
+
+def test_local_match_with_a_frame_wide_window_equals_global():
+    torch.manual_seed(0)
+    q, k, v = unit(8, 13, 21), unit(8, 13, 21), torch.randn(3, 13, 21)
+    s_local, v_local = local_match(q, k, v, topk=5, radius=30)
+    s_global, v_global = global_match(q, k, v, topk=5)
+    assert torch.allclose(s_local, s_global) and torch.allclose(v_local, v_global)
+
+
+def test_local_match_only_sees_its_window():
+    key = torch.zeros(2, 20, 20)
+    key[0] = 1.0  # every memory pixel points along channel 0 ...
+    key[:, 0, 0] = torch.tensor([0.0, 1.0])  # ... except the top-left, along channel 1
+    query = torch.zeros(2, 20, 20)
+    query[1] = 1.0  # every query pixel matches only the top-left memory pixel
+    value = torch.zeros(1, 20, 20)
+    value[0, 0, 0] = 7.0
+    sims, values = local_match(query, key, value, topk=1, radius=2, tile=4)
+    near = sims.view(20, 20)[0, 0]
+    far = sims.view(20, 20)[19, 19]
+    assert near == 1.0 and values.view(20, 20)[0, 0] == 7.0
+    assert far == 0.0  # the top-left pixel is outside the far corner's window
+
+
+def test_readout_reads_each_object_only_from_slots_that_knew_it():
+    key = unit(4, 6, 6)
+    old = Slot(key=key, value=torch.full((1, 6, 6), 0.9), frame=0, permanent=True)
+    new = Slot(key=key.clone(), value=torch.stack([torch.full((6, 6), 0.9), torch.full((6, 6), 0.8)]), frame=5, permanent=True)
+    probs = read_memory(key, [old, new], objects=2, config=ReadConfig(topk=4))
+    assert torch.allclose(probs[0], torch.full((6, 6), 0.9))
+    assert torch.allclose(probs[1], torch.full((6, 6), 0.8))  # not diluted by the old slot
+
+
+def test_template_similarity_is_one_for_identical_and_order_invariant():
+    key = unit(8, 10, 12)
+    shuffled = key.flatten(1)[:, torch.randperm(120)].view(8, 10, 12)
+    assert abs(template_similarity(key, key) - 1) < 1e-5
+    assert abs(template_similarity(key, shuffled) - 1) < 1e-5  # many-to-one matching, eq 1
+    assert template_similarity(key, unit(8, 10, 12)) < 0.9
