@@ -114,6 +114,22 @@ def write_clip(folder: Path, length: int = 60, height: int = 240, width: int = 3
     return clip, mask
 
 
+def write_davis(root: Path, sequences: int = 3, length: int = 40, height: int = 240, width: int = 320) -> Path:
+    """A small dataset in DAVIS layout (JPEGImages/, Annotations/) with exact truth."""
+    from PIL import Image
+
+    for number in range(sequences):
+        name = f"synthetic-{number}"
+        images, annotations = root / "JPEGImages" / name, root / "Annotations" / name
+        images.mkdir(parents=True, exist_ok=True)
+        annotations.mkdir(parents=True, exist_ok=True)
+        clip = frames(length, height, width, objects=1 + number % 3, seed=100 + number)
+        for index, (image, labels) in enumerate(clip):
+            Image.fromarray(image).save(images / f"{index:05d}.jpg", quality=95)
+            save_palette_png(labels, annotations / f"{index:05d}.png")
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write a synthetic clip and its first-frame mask.")
     parser.add_argument("out", type=Path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vidseg_cli import __version__
+from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.segment import segment_command
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("segment")(segment_command)
+app.command("bench")(bench_command)
 
 
 def _version(value: bool) -> None:

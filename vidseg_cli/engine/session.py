@@ -38,14 +38,15 @@ class VOSSession:
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> StepResult:
         """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None."""
         height, width = frame.shape[:2]
-        key = self.model.encode(self._preprocess(frame))
+        image = self._preprocess(frame)
+        key = self.model.encode(image)
         grid = key.shape[-2:]
         probs = self._predict(key)
         if mask is not None:
             probs = self._apply_mask(probs, mask, grid)
         probs = aggregate(probs)  # (1 + objects, h, w), background first
         self._remember(key, probs[1:], permanent=mask is not None)
-        labels = self._labels(probs, (height, width), mask)
+        labels = self._labels(self.model.upsample(probs, image), (height, width), mask)
         self.frame_index += 1
         return StepResult(labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes)
 
@@ -87,7 +88,9 @@ class VOSSession:
         self.bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
 
     def _labels(self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
-        full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+        full = probs
+        if tuple(probs.shape[-2:]) != size:
+            full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         index = _argmax_channels(full).cpu().numpy()
         lut = np.array([0, *self.object_ids], dtype=np.uint8)
         labels = lut[index]

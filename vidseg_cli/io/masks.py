@@ -78,7 +78,9 @@ class MaskReader:
     resize: bool = False
     _colours: dict[tuple[int, int, int], int] = field(default_factory=dict)
 
-    def read(self, path: Path) -> np.ndarray:
+    def read(self, path: Path, allow_empty: bool = False) -> np.ndarray:
+        """Object ids of a mask file; an empty user mask is an error unless allowed
+        (ground-truth masks are legitimately empty while an object is out of view)."""
         try:
             with Image.open(path) as image:
                 image.load()
@@ -86,7 +88,7 @@ class MaskReader:
         except (OSError, UnidentifiedImageError) as error:
             raise VidsegError(f"cannot read mask {path}: {error}") from None
         ids = self._fit(ids, path)
-        if not ids.any():
+        if not allow_empty and not ids.any():
             raise VidsegError(f"mask {path} is empty: it marks no object")
         return ids
 

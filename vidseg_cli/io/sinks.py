@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -55,10 +56,10 @@ class PngSink(Sink):
         return [f"{i:05d}.png" for i in range(self.count)]
 
 
-def save_palette_png(labels: np.ndarray, path: Path) -> None:
+def save_palette_png(labels: np.ndarray, path: Path | BinaryIO) -> None:
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(davis_palette().tobytes())
-    image.save(path, optimize=False, compress_level=1)
+    image.save(path, format="PNG", optimize=False, compress_level=1)
 
 
 class _VideoSink(Sink):

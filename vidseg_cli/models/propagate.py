@@ -17,6 +17,7 @@ from torch import nn
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import ReadConfig, read_memory
 from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.refine import refine_upsample
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class PropagateConfig:
     read: ReadConfig = ReadConfig()
     stride: int = 8  # resolution of keys, values and the memory
     key_layers: tuple[str, ...] = ("s8", "s16")  # backbone taps joined into the key
+    refine_radius: int = 4  # guided-filter upsampling; 0 = plain bilinear
+    refine_eps: float = 1e-3
 
 
 class PropagationModel(nn.Module):
@@ -59,6 +62,13 @@ class PropagationModel(nn.Module):
     def segment(self, key: torch.Tensor, slots: Sequence[Slot], objects: int) -> torch.Tensor:
         """Per-object probabilities (objects, h, w) read from memory."""
         return read_memory(key, slots, objects, self.config.read)
+
+    @torch.inference_mode()
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Grid probabilities (C, h, w) -> (C, H, W) at the processed image's size."""
+        if self.config.refine_radius <= 0:
+            return F.interpolate(probs[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+        return refine_upsample(probs, image, self.config.refine_radius, self.config.refine_eps)
 
     def memorize(self, key: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (key, value) a frame writes into memory."""

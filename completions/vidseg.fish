@@ -1,0 +1,1 @@
+complete --command vidseg --no-files --arguments "(env _VIDSEG_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) vidseg)" --condition "env _VIDSEG_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) vidseg"

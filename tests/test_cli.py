@@ -1,0 +1,44 @@
+"""The command itself: entry points, help, completions."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vidseg_cli.cli.completions import COMPLETE_VAR, SHELLS, completion_script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("shell", sorted(SHELLS))
+def test_completion_scripts_are_current(shell):
+    """Regenerate with: python -m vidseg_cli.cli.completions completions"""
+    committed = (ROOT / "completions" / SHELLS[shell]).read_text()
+    assert committed == completion_script(shell), "completions/ is stale"
+
+
+def test_completion_offers_policy_names():
+    env = dict(os.environ, COMP_WORDS="vidseg segment --memory ", COMP_CWORD="3", **{COMPLETE_VAR: "complete_bash"})
+    result = subprocess.run(
+        [sys.executable, "-m", "vidseg_cli"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["stremn", "stm", "first-last", "fifo"]
+
+
+def test_python_dash_m_runs_and_exits_2_on_bad_input(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "vidseg_cli", "segment", str(tmp_path / "missing.mp4"), "--mask", "m.png"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: mask not found: m.png"]
+
+
+def test_version_and_help(vidseg):
+    assert vidseg("--version").stdout.startswith("vidseg ")
+    help_text = vidseg("segment", "--help").stdout
+    for option in ("--mask", "--memory", "--slots", "--update", "--every", "--size", "--format", "--force"):
+        assert option in help_text

@@ -1,0 +1,93 @@
+"""`vidseg bench`: accuracy and speed of configurations, side by side."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.table import Table
+
+from vidseg_cli import __version__
+from vidseg_cli.bench.dataset import load_davis
+from vidseg_cli.bench.runner import configs, run
+from vidseg_cli.cli.common import print_json, stderr, user_errors
+from vidseg_cli.engine.segment import DEFAULT_SIZE, use_all_cores
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.synthetic import write_davis
+
+
+def _split(text: str, cast=str) -> list:
+    try:
+        return [cast(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise VidsegError(f"cannot read {text!r} as a comma list") from None
+
+
+@user_errors
+def bench_command(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset in DAVIS layout [default: a built-in synthetic one].")] = None,
+    sequences: Annotated[Optional[str], typer.Option(help="Comma list of sequence names to run.")] = None,
+    model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = "propagate",
+    size: Annotated[str, typer.Option(help="Comma list of internal sizes.")] = str(DEFAULT_SIZE),
+    memory: Annotated[str, typer.Option(help="Comma list of memory policies.")] = "stremn",
+    slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
+    update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
+    every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
+    json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """Measure J (region IoU) and speed of every configuration, interleaved per sequence."""
+    use_all_cores()
+    with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as scratch:
+        root = data if data is not None else write_davis(Path(scratch))
+        if not root.exists():
+            raise VidsegError(f"dataset not found: {root}")
+        loaded = load_davis(root)
+        if sequences:
+            wanted = set(_split(sequences))
+            unknown = wanted - {s.name for s in loaded}
+            if unknown:
+                raise VidsegError(f"unknown sequence(s): {', '.join(sorted(unknown))}")
+            loaded = [s for s in loaded if s.name in wanted]
+        sweep = configs(_split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int))
+        with stderr.status("benchmarking") as status:
+            results, peak = run(loaded, sweep, progress=lambda text: status.update(text))
+    report = {
+        "dataset": str(data) if data else "synthetic",
+        "sequences": [s.name for s in loaded],
+        "frames": sum(len(s.truths) for s in loaded),
+        "machine": _machine(),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "results": [r.summary() for r in results],
+    }
+    _table(report)
+    if json:
+        print_json(report)
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "vidseg": __version__,
+    }
+
+
+def _table(report: dict) -> None:
+    table = Table(title=f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames")
+    for column in ("configuration", "J", "FPS", "model FPS", "median ms", "p90 ms", "slots", "memory MB"):
+        table.add_column(column, justify="left" if column == "configuration" else "right")
+    for r in report["results"]:
+        table.add_row(
+            r["config"], f"{r['J']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
+            f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", str(r["max_slots"]), f"{r['max_memory_mb']:.1f}",
+        )
+    stderr.print(table)
+    m = report["machine"]
+    stderr.print(f"{m['processor']}, {m['threads']} threads, torch {m['torch']}, peak RSS {report['peak_rss_mb']} MB")
