@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 
 from vidseg_cli.memory.policies import Policy
-from vidseg_cli.memory.similarity import template_similarity
+from vidseg_cli.memory.similarity import pooled_key, similarity_of_pooled
 
 
 @dataclass
@@ -53,6 +53,7 @@ class MemoryBank:
     fusion: FusionCell | None = None
     slots: list[Slot] = field(default_factory=list)
     _sims: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
+    _pooled: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def write(self, slot: Slot) -> None:
         """Make room as the policy says, then append ``slot`` (the newest is always kept)."""
@@ -73,10 +74,16 @@ class MemoryBank:
         a, b = self.slots[i], self.slots[j]
         cache_key = (a.uid, b.uid)
         if cache_key not in self._sims:
-            self._sims[cache_key] = template_similarity(a.key, b.key)
+            self._sims[cache_key] = similarity_of_pooled(self._pooled_key(a), self._pooled_key(b))
         return self._sims[cache_key]
 
+    def _pooled_key(self, slot: Slot) -> torch.Tensor:
+        if slot.uid not in self._pooled:
+            self._pooled[slot.uid] = pooled_key(slot.key)
+        return self._pooled[slot.uid]
+
     def _forget(self, uid: int) -> None:
+        self._pooled.pop(uid, None)
         for pair in [p for p in self._sims if uid in p]:
             del self._sims[pair]
 

@@ -26,7 +26,7 @@ from vidseg_cli.memory.bank import Slot
 
 @dataclass(frozen=True)
 class TrainingFreeFusion:
-    radius: int = 12
+    radius: int = 8
     topk: int = 8
     temperature: float = 0.05
     z_max: float = 0.5

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from vidseg_cli.memory.attention import global_match, local_match
 from vidseg_cli.memory.bank import Slot
@@ -19,9 +20,13 @@ from vidseg_cli.memory.bank import Slot
 
 @dataclass(frozen=True)
 class ReadConfig:
-    topk: int = 20
-    radius: int = 12  # local window radius, in feature pixels
+    topk: int = 10
+    radius: int = 8  # local window radius, in feature pixels
     temperature: float = 0.05  # softmax temperature over cosine similarities
+    # Permanent slots are matched against memory average-pooled by this factor: the
+    # global match is the costliest step (HW x HW), and recent slots, matched at full
+    # resolution in their windows, already supply the fine detail.
+    global_pool: int = 1
 
 
 def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config: ReadConfig) -> torch.Tensor:
@@ -31,7 +36,8 @@ def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config
     for slot in slots:
         value = _pad_objects(slot.value, objects)
         if slot.permanent:
-            s, v = global_match(query, slot.key, value, config.topk)
+            key, value = _pooled(slot.key, value, config.global_pool)
+            s, v = global_match(query, key, value, config.topk)
         else:
             s, v = local_match(query, slot.key, value, config.topk, config.radius)
         known = (torch.arange(objects) < slot.value.shape[0]).to(v.dtype)
@@ -49,6 +55,13 @@ def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config
     numerator = (weights * known * picked).sum(1)
     denominator = (weights * known).sum(1).clamp_min(1e-6)
     return (numerator / denominator).t().reshape(objects, h, w)
+
+
+def _pooled(key: torch.Tensor, value: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if factor <= 1:
+        return key, value
+    key = F.normalize(F.avg_pool2d(key[None], factor, ceil_mode=True)[0], dim=0)
+    return key, F.avg_pool2d(value[None], factor, ceil_mode=True)[0]
 
 
 def _pad_objects(value: torch.Tensor, objects: int) -> torch.Tensor:

