@@ -145,3 +145,49 @@ def test_segment_variable_frame_rate_video_to_label_video(vidseg, tmp_path, writ
     assert [p for p, _ in decoded] == pts
     assert np.array_equal(decoded[0][1], mask)
     assert set(np.unique(decoded[-1][1])) <= {0, 3}
+
+
+def _rotate_mp4(data: bytes) -> bytes:
+    """Write a 90-degree display matrix into the mp4's track header (tkhd).
+
+    tkhd v0: size, 'tkhd', version/flags (4), times (8), track id (4), reserved (4),
+    duration (4), reserved (8), layer/group/volume/reserved (8), then the 3x3 matrix
+    in 16.16 fixed point: a b u / c d v / x y w.
+    """
+    at = data.find(b"tkhd")
+    assert at > 0 and data[at + 4] == 0, "expected a version-0 track header"
+    matrix_at = at + 4 + 4 + 8 + 4 + 4 + 4 + 8 + 8
+    one, minus_one = (1 << 16).to_bytes(4, "big"), ((-1 << 16) & 0xFFFFFFFF).to_bytes(4, "big")
+    zero, w = bytes(4), (1 << 30).to_bytes(4, "big")
+    matrix = zero + one + zero + minus_one + zero + zero + zero + zero + w
+    return data[:matrix_at] + matrix + data[matrix_at + 36 :]
+
+
+def test_rotation_metadata_is_applied_end_to_end(vidseg, tmp_path, write_mask):
+    clip = tmp_path / "flat.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        image = np.zeros((32, 64, 3), np.uint8)
+        image[:, :16] = 255  # a white band on the left of the stored frame
+        for _ in range(4):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    rotated = tmp_path / "rotated.mp4"
+    rotated.write_bytes(_rotate_mp4(clip.read_bytes()))
+    source = open_frames(rotated)
+    first = next(iter(source))
+    source.close()
+    assert first.image.shape == (64, 32, 3)  # upright: portrait
+    white = first.image.mean(axis=(1, 2)) > 128
+    # this matrix is a phone's "rotate=90" (FFmpeg reports -90): shown turned clockwise,
+    # so the stored left band is on top
+    assert white[:16].all() and not white[-16:].any()
+    mask = np.zeros((64, 32), np.uint8)
+    mask[20:40, 8:24] = 1
+    out = tmp_path / "out"
+    run = vidseg("segment", rotated, "--mask", write_mask(mask), "--out", out, "--size", "32")
+    assert run.code == 0, run.stderr
+    assert np.asarray(Image.open(out / "00003.png")).shape == (64, 32)

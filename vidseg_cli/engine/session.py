@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.memory.bank import MemoryBank, Slot
+from vidseg_cli.models.base import VOSModel
 
 _EPS = 1e-6
 
@@ -27,7 +28,7 @@ class StepResult:
 class VOSSession:
     """Semi-supervised VOS over one video: ``step`` each frame, with a mask where given."""
 
-    def __init__(self, model, bank: MemoryBank, size: int, device: torch.device) -> None:
+    def __init__(self, model: VOSModel, bank: MemoryBank, size: int, device: torch.device) -> None:
         self.model = model
         self.bank = bank
         self.size = size

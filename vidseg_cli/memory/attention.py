@@ -46,12 +46,12 @@ def local_match(
     hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
     q_tiles = _tiles(F.pad(query, (0, wp - w, 0, hp - h)), tile)  # (T, tile^2, C)
     k_windows = _windows(key, tile, radius, hp, wp)  # (T, C, S^2)
-    affinity = torch.bmm(q_tiles, k_windows) + _padding_bias(h, w, tile, radius)
+    affinity = torch.bmm(q_tiles, k_windows) + _padding_bias(h, w, tile, radius, query.device)
     k = min(topk, affinity.shape[2])
     sims, index = affinity.topk(k, dim=2)  # (T, tile^2, k), index into each window
     # Gather values through a table of flat positions instead of materialising the
     # value windows: (T, S^2) window -> flat index into the padded value map.
-    table = _window_table(h, w, tile, radius)
+    table = _window_table(h, w, tile, radius, query.device)
     flat = torch.gather(table.unsqueeze(1).expand(-1, tile * tile, -1), 2, index)
     padded = F.pad(value, (radius, radius + wp - w, radius, radius + hp - h)).flatten(1)
     values = padded.t()[flat]  # (T, tile^2, k, D)
@@ -77,21 +77,20 @@ def _windows(x: torch.Tensor, tile: int, radius: int, hp: int, wp: int) -> torch
 
 
 @functools.lru_cache(maxsize=16)
-def _padding_bias(h: int, w: int, tile: int, radius: int) -> torch.Tensor:
+def _padding_bias(h: int, w: int, tile: int, radius: int, device: torch.device) -> torch.Tensor:
     """(T, 1, S*S) additive bias: 0 for real memory pixels, a large negative for padding."""
-    valid = torch.ones(1, h, w)
+    valid = torch.ones(1, h, w, device=device)
     hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
     win = _windows(valid, tile, radius, hp, wp)  # (T, 1, S^2)
     return (1 - win) * _NEG
 
 
 @functools.lru_cache(maxsize=16)
-def _window_table(h: int, w: int, tile: int, radius: int) -> torch.Tensor:
+def _window_table(h: int, w: int, tile: int, radius: int, device: torch.device) -> torch.Tensor:
     """(T, S*S) flat positions, in the padded map, of each tile's window pixels."""
     hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
-    positions = torch.arange((hp + 2 * radius) * (wp + 2 * radius), dtype=torch.float64)
+    positions = torch.arange((hp + 2 * radius) * (wp + 2 * radius), dtype=torch.float64, device=device)
     positions = positions.view(1, hp + 2 * radius, wp + 2 * radius)
-    # _windows pads again; strip that padding by windowing the already-padded grid
     side = tile + 2 * radius
     win = positions.unfold(1, side, tile).unfold(2, side, tile)
     return win.reshape(-1, side * side).long()

@@ -40,7 +40,7 @@ def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config
             s, v = global_match(query, key, value, config.topk)
         else:
             s, v = local_match(query, slot.key, value, config.topk, config.radius)
-        known = (torch.arange(objects) < slot.value.shape[0]).to(v.dtype)
+        known = (torch.arange(objects, device=v.device) < slot.value.shape[0]).to(v.dtype)
         sims.append(s)
         values.append(v)
         valid.append(known.expand(s.shape[1], objects))

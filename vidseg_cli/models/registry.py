@@ -8,6 +8,7 @@ import torch
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
 from vidseg_cli.weights.registry import entry, load_state
 
@@ -25,7 +26,7 @@ def backbone(name: str = "efficientnet-lite0") -> EfficientNetLite0:
     return net.eval().requires_grad_(False)
 
 
-def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str = "cpu") -> PropagationModel:
+def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str = "cpu") -> VOSModel:
     """A VOS model by registry name, in eval mode on ``device``."""
     spec = entry(name)
     if spec.task != "vos":
