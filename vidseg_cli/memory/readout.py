@@ -22,7 +22,7 @@ from vidseg_cli.memory.bank import Slot
 class ReadConfig:
     topk: int = 10
     radius: int = 8  # local window radius, in feature pixels
-    temperature: float = 0.05  # softmax temperature over cosine similarities
+    temperature: float = 0.07  # softmax temperature over cosine similarities
     # Permanent slots are matched against memory average-pooled by this factor: the
     # global match is the costliest step (HW x HW), and recent slots, matched at full
     # resolution in their windows, already supply the fine detail.
