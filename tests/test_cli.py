@@ -34,7 +34,7 @@ def test_python_dash_m_runs_and_exits_2_on_bad_input(tmp_path):
     )
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"error: mask not found: m.png"]
+    assert result.stderr.strip().splitlines() == ["error: mask not found: m.png"]
 
 
 def test_version_and_help(vidseg):

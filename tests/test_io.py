@@ -1,7 +1,6 @@
 """Round trips through real files: masks in, labels out, timestamps kept."""
 
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
@@ -12,7 +11,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, natural_key, open_frames
 from vidseg_cli.io.masks import MaskReader, parse_mask_args
 from vidseg_cli.io.palette import davis_palette
-from vidseg_cli.io.sinks import LabelVideoSink, OverlaySink, PngSink, save_palette_png
+from vidseg_cli.io.sinks import LabelVideoSink, OverlaySink, save_palette_png
 
 
 def labels_image(h: int = 31, w: int = 45) -> np.ndarray:
@@ -101,7 +100,7 @@ def test_label_video_decodes_to_exact_ids_with_variable_frame_rate(tmp_path):
     with av.open(str(tmp_path / "labels.mkv")) as container:
         decoded = [(f.pts, f.to_ndarray(format="gray")) for f in container.decode(video=0)]
     assert [p for p, _ in decoded] == pts
-    for (_, got), want in zip(decoded, written):
+    for (_, got), want in zip(decoded, written, strict=True):
         assert np.array_equal(got, want)
 
 

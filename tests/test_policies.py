@@ -1,6 +1,5 @@
 """Each update policy picks the documented slots, on constructed similarities."""
 
-import numpy as np
 import pytest
 import torch
 
