@@ -73,13 +73,11 @@ class VOSSession:
                 self.object_ids.append(object_id)
         probs = F.pad(probs, (0, 0, 0, 0, 0, len(self.object_ids) - probs.shape[0]))
         labels = torch.from_numpy(mask.astype(np.int64)).to(probs.device)
-        given = torch.stack([(labels == i).float() for i in self.object_ids])
-        given = F.interpolate(given[None], size=grid, mode="area")[0]
-        covered = given.sum(0, keepdim=True).clamp(max=1)
-        probs = probs * (1 - covered)
-        for channel, object_id in enumerate(self.object_ids):
-            if object_id in ids:
-                probs[channel] = given[channel]
+        given = torch.stack([(labels == i).float() for i in ids])
+        given = F.interpolate(given[None], size=grid, mode="area")[0]  # coverage per grid cell
+        probs = probs * (1 - given.sum(0, keepdim=True).clamp(max=1))
+        for row, object_id in enumerate(ids):
+            probs[self.object_ids.index(object_id)] = given[row]
         return probs
 
     def _remember(self, key: torch.Tensor, probs: torch.Tensor, permanent: bool) -> None:
