@@ -4,10 +4,21 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from vidseg_cli.bench.dataset import first_appearances, load_davis
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.metrics.davis import region_similarity, sequence_j
+from vidseg_cli.metrics.davis import (
+    ObjectScore,
+    Statistics,
+    boundary_f_measure,
+    boundary_map,
+    dilate_disk,
+    evaluate_sequence,
+    j_and_f,
+    region_similarity,
+    statistics,
+)
 from vidseg_cli.synthetic import write_davis
 
 
@@ -21,11 +32,71 @@ def test_j_is_iou_and_one_when_both_empty():
     assert region_similarity(a, b) == pytest.approx(1 / 3)
 
 
-def test_sequence_j_excludes_first_and_last_frames():
-    truth = [np.ones((2, 2), np.uint8)] * 4
-    wrong = np.zeros((2, 2), np.uint8)
+def test_scores_exclude_first_and_last_frames():
+    truth = [np.ones((4, 4), np.uint8)] * 4
+    wrong = np.zeros((4, 4), np.uint8)
     predictions = [wrong, truth[1], truth[2], wrong]
-    assert sequence_j(predictions, truth, [1]) == {1: 1.0}
+    score = evaluate_sequence(predictions, truth, [1])[1]
+    assert score.j.mean == 1.0 and score.f.mean == 1.0
+
+
+def test_boundary_map_follows_the_reference_neighbours():
+    seg = np.zeros((4, 4), bool)
+    seg[1:3, 1:3] = True
+    expected = np.array([[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]], bool)
+    assert np.array_equal(boundary_map(seg), expected)
+
+
+def square(size: int, top: int, left: int, side: int = 40) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_f_measure_tolerance_and_edge_cases():
+    truth = square(100, 30, 30)  # diagonal 141 px: tolerance ceil(1.13) = 2 px
+    assert boundary_f_measure(truth, truth) == 1.0
+    assert boundary_f_measure(square(100, 32, 30), truth) == 1.0  # within 2 px
+    assert boundary_f_measure(square(100, 33, 30), truth) < 1.0  # 3 px off
+    empty = np.zeros((100, 100), bool)
+    assert boundary_f_measure(empty, empty) == 1.0  # nothing to find, nothing found
+    assert boundary_f_measure(empty, truth) == 0.0  # precision 1, recall 0
+    assert boundary_f_measure(truth, empty) == 0.0  # precision 0, recall 1
+
+
+@pytest.mark.parametrize("radius", [1, 2, 5, 8])
+def test_disk_dilation_matches_a_convolution_with_the_disk(radius):
+    rng = np.random.default_rng(radius)
+    mask = rng.random((40, 57)) > 0.97
+    ys, xs = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = (xs**2 + ys**2 <= radius**2).astype(np.float32)
+    reference = torch.nn.functional.conv2d(
+        torch.from_numpy(mask.astype(np.float32))[None, None], torch.from_numpy(disk)[None, None], padding=radius
+    )[0, 0].numpy() > 0
+    assert np.array_equal(dilate_disk(mask, radius), reference)
+    assert not dilate_disk(np.zeros((5, 5), bool), radius).any()
+
+
+def test_statistics_mean_recall_and_decay():
+    stats = statistics([1, 1, 1, 1, 0, 0, 0, 0])
+    assert stats == Statistics(mean=0.5, recall=0.5, decay=1.0)
+    assert statistics([0.6] * 10).decay == 0.0
+
+
+def test_decay_does_not_wrap_past_256_frames():
+    """The reference keeps bin edges in uint8: 300 frames wrap and mix up the bins."""
+    values = [1.0] * 150 + [0.0] * 150
+    assert statistics(values).decay == 1.0
+
+
+def test_j_and_f_average_over_all_objects():
+    scores = [
+        ObjectScore(Statistics(0.8, 1, 0), Statistics(0.6, 1, 0)),
+        ObjectScore(Statistics(0.4, 0, 0), Statistics(0.2, 0, 0)),
+    ]
+    summary = j_and_f(scores)
+    assert summary["J"] == pytest.approx(0.6) and summary["F"] == pytest.approx(0.4)
+    assert summary["J&F"] == pytest.approx(0.5)
 
 
 def test_first_appearances_give_each_object_on_its_first_frame():
@@ -54,9 +125,10 @@ def test_bench_runs_a_sweep_on_a_dataset(vidseg, tmp_path):
     report = json.loads(run.stdout)
     assert [r["memory"] for r in report["results"]] == ["stremn", "stm"]
     for result in report["results"]:
-        assert 0 <= result["J"] <= 1 and result["fps"] > 0
+        assert 0 <= result["J"] <= 1 and 0 <= result["F"] <= 1 and result["fps"] > 0
+        assert result["J&F"] == pytest.approx((result["J"] + result["F"]) / 2, abs=1e-3)
         assert set(result["sequences"]) == {"synthetic-0", "synthetic-1"}
-    assert "J" in run.stderr and report["machine"]["threads"] >= 1
+    assert "J&F" in run.stderr and report["machine"]["threads"] >= 1
 
 
 def test_bench_rejects_unknown_sequences(vidseg, tmp_path):

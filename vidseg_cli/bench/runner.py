@@ -21,7 +21,8 @@ from vidseg_cli.engine.segment import MemoryOptions, make_bank, peak_rss_bytes, 
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
-from vidseg_cli.metrics.davis import sequence_j
+from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
+from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.registry import create_vos_model
 
 
@@ -41,7 +42,7 @@ class Config:
 @dataclass
 class Result:
     config: Config
-    j_per_sequence: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, list[ObjectScore]] = field(default_factory=dict)  # per sequence, per object
     step_seconds: list[float] = field(default_factory=list)  # per frame, model only
     frames: int = 0
     total_seconds: float = 0.0  # decode + model + PNG encode
@@ -50,19 +51,25 @@ class Result:
 
     def summary(self) -> dict:
         steps = sorted(self.step_seconds)
+        objects = [score for scores in self.scores.values() for score in scores]
+        overall = j_and_f(objects)
         return {
             "config": self.config.label,
             "model": self.config.model,
             "size": self.config.size,
             **vars(self.config.memory),
-            "J": round(float(np.mean(list(self.j_per_sequence.values()))), 4),
+            **{name: round(value, 4) for name, value in overall.items()},
+            "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
+            "J_decay": round(float(np.mean([o.j.decay for o in objects])), 4),
+            "F_recall": round(float(np.mean([o.f.recall for o in objects])), 4),
+            "F_decay": round(float(np.mean([o.f.decay for o in objects])), 4),
             "fps": round(self.frames / self.total_seconds, 2),
             "model_fps": round(len(steps) / sum(steps), 2),
             "latency_ms_median": round(1000 * statistics.median(steps), 1),
             "latency_ms_p90": round(1000 * steps[int(0.9 * (len(steps) - 1))], 1),
             "max_slots": self.max_slots,
             "max_memory_mb": round(self.max_memory_bytes / 2**20, 2),
-            "sequences": {k: round(v, 4) for k, v in self.j_per_sequence.items()},
+            "sequences": {name: _rounded(j_and_f(scores)) for name, scores in self.scores.items()},
         }
 
 
@@ -100,7 +107,7 @@ def run(sequences: list[Sequence], configs: list[Config], progress: Callable[[st
     return results, peak_rss_bytes()
 
 
-def _run_one(result: Result, model, sequence: Sequence, images: list[np.ndarray], decode: float) -> None:
+def _run_one(result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float) -> None:
     config = result.config
     session = VOSSession(model, make_bank(config.memory), config.size, torch.device("cpu"))
     predictions = []
@@ -117,5 +124,9 @@ def _run_one(result: Result, model, sequence: Sequence, images: list[np.ndarray]
         predictions.append(step.labels)
     result.frames += len(images)
     result.total_seconds += decode + encode + sum(result.step_seconds[-len(images):])
-    per_object = sequence_j(predictions, sequence.truths, sequence.objects)
-    result.j_per_sequence[sequence.name] = float(np.mean(list(per_object.values())))
+    per_object = evaluate_sequence(predictions, sequence.truths, sequence.objects)
+    result.scores[sequence.name] = list(per_object.values())
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 4) for name, value in values.items()}

@@ -39,7 +39,7 @@ def bench_command(
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
     json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ) -> None:
-    """Measure J (region IoU) and speed of every configuration, interleaved per sequence."""
+    """Measure DAVIS J&F and speed of every configuration, interleaved per sequence."""
     use_all_cores()
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as scratch:
         root = data if data is not None else write_davis(Path(scratch))
@@ -81,11 +81,11 @@ def _machine() -> dict:
 
 def _table(report: dict) -> None:
     table = Table(title=f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames")
-    for column in ("configuration", "J", "FPS", "model FPS", "median ms", "p90 ms", "slots", "memory MB"):
+    for column in ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "slots", "memory MB"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for r in report["results"]:
         table.add_row(
-            r["config"], f"{r['J']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
+            r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
             f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", str(r["max_slots"]), f"{r['max_memory_mb']:.1f}",
         )
     stderr.print(table)
