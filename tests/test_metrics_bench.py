@@ -135,3 +135,19 @@ def test_bench_rejects_unknown_sequences(vidseg, tmp_path):
     write_davis(tmp_path, sequences=1, length=3, height=32, width=32)
     run = vidseg("bench", "--data", tmp_path, "--sequences", "nope")
     assert run.code == 2 and "unknown sequence" in run.stderr
+
+
+def test_bench_csv_rows(vidseg, tmp_path):
+    write_davis(tmp_path, sequences=1, length=4, height=32, width=48)
+    table = tmp_path / "results.csv"
+    run = vidseg("bench", "--data", tmp_path, "--size", "32,48", "--csv", table)
+    assert run.code == 0, run.stderr
+    lines = table.read_text().splitlines()
+    assert lines[0].startswith("config,model,size") and "J&F" in lines[0]
+    assert len(lines) == 3  # header + one row per size
+
+
+@pytest.mark.parametrize("option", ["--sparse", "--reuse"])
+def test_bench_refuses_features_not_landed(vidseg, option):
+    run = vidseg("bench", option, "triple")
+    assert run.code == 2 and "not available yet" in run.stderr
