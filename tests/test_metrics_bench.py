@@ -151,3 +151,13 @@ def test_bench_csv_rows(vidseg, tmp_path):
 def test_bench_refuses_features_not_landed(vidseg, option):
     run = vidseg("bench", option, "triple")
     assert run.code == 2 and "not available yet" in run.stderr
+
+
+def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg):
+    run = vidseg("bench", "--long", "40", "--size", "32", "--memory", "stremn,stm", "--json")
+    assert run.code == 0, run.stderr
+    stremn, stm = json.loads(run.stdout)["results"]
+    assert stremn["slots_end"] == 5 and max(stremn["series"]["slots"]) == 5
+    assert len(set(stremn["series"]["memory_bytes"][4:])) == 1  # flat once full (5 writes)
+    assert stm["slots_end"] == 1 + 39 // 5 + 1  # frame 0, every 5th frame, the previous one
+    assert stm["memory_mb_end"] > stremn["memory_mb_end"]

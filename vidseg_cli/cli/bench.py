@@ -15,6 +15,7 @@ from rich.table import Table
 
 from vidseg_cli import __version__
 from vidseg_cli.bench.dataset import load_davis
+from vidseg_cli.bench.long import long_run
 from vidseg_cli.bench.runner import configs, run
 from vidseg_cli.cli.common import print_json, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, use_all_cores
@@ -41,6 +42,7 @@ def bench_command(
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
     json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     csv_path: Annotated[Optional[str], typer.Option("--csv", help="Write one CSV row per configuration to FILE ('-' for stdout).")] = None,
+    long: Annotated[Optional[int], typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
     sparse: Annotated[Optional[str], typer.Option(help="Sparse convolution modes (not available yet).")] = None,
     reuse: Annotated[Optional[str], typer.Option(help="Reuse-gate thresholds (not available yet).")] = None,
 ) -> None:
@@ -49,6 +51,10 @@ def bench_command(
         if value is not None:
             raise VidsegError(f"{name} is not available yet: the {name[2:]} mode has not landed in vidseg")
     use_all_cores()
+    sweep = configs(_split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int))
+    if long is not None:
+        _long(sweep, long, json)
+        return
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as scratch:
         root = data if data is not None else write_davis(Path(scratch))
         if not root.exists():
@@ -60,7 +66,6 @@ def bench_command(
             if unknown:
                 raise VidsegError(f"unknown sequence(s): {', '.join(sorted(unknown))}")
             loaded = [s for s in loaded if s.name in wanted]
-        sweep = configs(_split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int))
         with stderr.status("benchmarking") as status:
             results, peak = run(loaded, sweep, progress=lambda text: status.update(text))
     report = {
@@ -76,6 +81,24 @@ def bench_command(
         print_json(report)
     if csv_path:
         _write_csv(report["results"], csv_path)
+
+
+def _long(sweep: list, length: int, as_json: bool) -> None:
+    if length < 2:
+        raise VidsegError("--long needs at least 2 frames")
+    with stderr.status(f"streaming {length} synthetic frames"):
+        series = [s.summary() for s in long_run(sweep, length)]
+    table = Table(title=f"synthetic {length}-frame clip (160x120)")
+    for column in ("configuration", "slots at end", "bank MB at 10%", "bank MB at end", "ms first 10%", "ms last 10%"):
+        table.add_column(column, justify="left" if column == "configuration" else "right")
+    for s in series:
+        table.add_row(
+            s["config"], str(s["slots_end"]), f"{s['memory_mb_at_10pct']:.2f}", f"{s['memory_mb_end']:.2f}",
+            f"{s['latency_ms_first_10pct']:.0f}", f"{s['latency_ms_last_10pct']:.0f}",
+        )
+    stderr.print(table)
+    if as_json:
+        print_json({"long": length, "machine": _machine(), "results": series})
 
 
 def _write_csv(results: list[dict], path: str) -> None:

@@ -1,0 +1,66 @@
+"""Long-video check: memory and latency against frame index, per configuration.
+
+All sessions step on the same synthetic frame before the next one is made, so the clip
+is streamed once (never held whole) and every configuration sees the same machine state.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vidseg_cli.bench.runner import Config
+from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.engine.session import VOSSession
+from vidseg_cli.models.registry import create_vos_model
+from vidseg_cli.synthetic import frames
+
+POINTS = 100  # samples kept per series
+
+
+@dataclass
+class Series:
+    config: Config
+    frame: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    memory_bytes: list[int] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        tenth = max(1, len(self.latency_ms) // 10)
+        return {
+            "config": self.config.label,
+            "frames": self.frame[-1] + 1,
+            "slots_end": self.slots[-1],
+            "memory_mb_at_10pct": round(self.memory_bytes[len(self.memory_bytes) // 10] / 2**20, 2),
+            "memory_mb_end": round(self.memory_bytes[-1] / 2**20, 2),
+            "latency_ms_first_10pct": round(statistics.median(self.latency_ms[:tenth]), 1),
+            "latency_ms_last_10pct": round(statistics.median(self.latency_ms[-tenth:]), 1),
+            "series": {
+                "frame": self.frame[:: self._stride()],
+                "slots": self.slots[:: self._stride()],
+                "memory_bytes": self.memory_bytes[:: self._stride()],
+            },
+        }
+
+    def _stride(self) -> int:
+        return max(1, len(self.frame) // POINTS)
+
+
+def long_run(configs: list[Config], length: int, height: int = 120, width: int = 160) -> list[Series]:
+    models = {name: create_vos_model(name) for name in {c.model for c in configs}}
+    sessions = [VOSSession(models[c.model], make_bank(c.memory), c.size, torch.device("cpu")) for c in configs]
+    series = [Series(c) for c in configs]
+    for index, (image, truth) in enumerate(frames(length, height, width, objects=2, seed=7)):
+        mask = truth if index == 0 else None
+        for session, record in zip(sessions, series, strict=True):
+            start = time.perf_counter()
+            step = session.step(image, mask)
+            record.latency_ms.append(1000 * (time.perf_counter() - start))
+            record.frame.append(index)
+            record.slots.append(step.slots)
+            record.memory_bytes.append(step.memory_bytes)
+    return series
