@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from vidseg_cli.io.sinks import save_palette_png
 
@@ -115,8 +116,6 @@ def write_clip(folder: Path, length: int = 60, height: int = 240, width: int = 3
 
 def write_davis(root: Path, sequences: int = 3, length: int = 40, height: int = 240, width: int = 320) -> Path:
     """A small dataset in DAVIS layout (JPEGImages/, Annotations/) with exact truth."""
-    from PIL import Image
-
     for number in range(sequences):
         name = f"synthetic-{number}"
         images, annotations = root / "JPEGImages" / name, root / "Annotations" / name

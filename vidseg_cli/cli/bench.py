@@ -88,9 +88,8 @@ def _long(sweep: list, length: int, as_json: bool) -> None:
         raise VidsegError("--long needs at least 2 frames")
     with stderr.status(f"streaming {length} synthetic frames"):
         series = [s.summary() for s in long_run(sweep, length)]
-    table = Table(title=f"synthetic {length}-frame clip (160x120)")
-    for column in ("configuration", "slots at end", "bank MB at 10%", "bank MB at end", "ms first 10%", "ms last 10%"):
-        table.add_column(column, justify="left" if column == "configuration" else "right")
+    columns = ("configuration", "slots at end", "bank MB at 10%", "bank MB at end", "ms first 10%", "ms last 10%")
+    table = _new_table(f"synthetic {length}-frame clip (160x120)", columns)
     for s in series:
         table.add_row(
             s["config"], str(s["slots_end"]), f"{s['memory_mb_at_10pct']:.2f}", f"{s['memory_mb_end']:.2f}",
@@ -131,10 +130,18 @@ def _machine() -> dict:
     }
 
 
-def _table(report: dict) -> None:
-    table = Table(title=f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames")
-    for column in ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "slots", "memory MB"):
+def _new_table(title: str, columns: tuple[str, ...]) -> Table:
+    """The configuration column left-aligned, numbers right-aligned."""
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, justify="left" if column == "configuration" else "right")
+    return table
+
+
+def _table(report: dict) -> None:
+    title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames"
+    columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "slots", "memory MB")
+    table = _new_table(title, columns)
     for r in report["results"]:
         table.add_row(
             r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",

@@ -69,6 +69,7 @@ class _VideoSink(Sink):
     pix_fmt = ""
     name = ""
     options: dict[str, str] = {}
+    _input_format = "gray"  # the ndarray layout _image returns
 
     def __init__(self, folder: Path, time_base: Fraction) -> None:
         self.container = av.open(str(folder / self.name), "w")
@@ -105,8 +106,6 @@ class _VideoSink(Sink):
     @property
     def outputs(self) -> list[str]:
         return [self.name]
-
-    _input_format = "gray"
 
     def _image(self, frame: Frame, labels: np.ndarray) -> np.ndarray:
         raise NotImplementedError

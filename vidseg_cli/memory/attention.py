@@ -89,11 +89,11 @@ def _padding_bias(h: int, w: int, tile: int, radius: int, device: torch.device) 
 def _window_table(h: int, w: int, tile: int, radius: int, device: torch.device) -> torch.Tensor:
     """(T, S*S) flat positions, in the padded map, of each tile's window pixels."""
     hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
-    positions = torch.arange((hp + 2 * radius) * (wp + 2 * radius), dtype=torch.float64, device=device)
+    positions = torch.arange((hp + 2 * radius) * (wp + 2 * radius), device=device)
     positions = positions.view(1, hp + 2 * radius, wp + 2 * radius)
     side = tile + 2 * radius
     win = positions.unfold(1, side, tile).unfold(2, side, tile)
-    return win.reshape(-1, side * side).long()
+    return win.reshape(-1, side * side)
 
 
 def _untile(x: torch.Tensor, h: int, w: int, hp: int, wp: int, tile: int) -> torch.Tensor:
