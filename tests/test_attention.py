@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from vidseg_cli.memory import readout
 from vidseg_cli.memory.attention import global_match, local_match
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import ReadConfig, read_memory
@@ -19,6 +20,27 @@ def test_local_match_with_a_frame_wide_window_equals_global():
     s_local, v_local = local_match(q, k, v, topk=5, radius=30)
     s_global, v_global = global_match(q, k, v, topk=5)
     assert torch.allclose(s_local, s_global) and torch.allclose(v_local, v_global)
+
+
+def reference_local_match(q, k, v, topk, radius, tile):
+    """Brute force: the full affinity, masked to each query pixel's tile window."""
+    c, h, w = q.shape
+    affinity = q.flatten(1).t() @ k.flatten(1)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ty, tx = (ys.flatten() // tile) * tile, (xs.flatten() // tile) * tile
+    my, mx = ys.flatten(), xs.flatten()
+    seen_y = (my[None] >= ty[:, None] - radius) & (my[None] < ty[:, None] + tile + radius)
+    seen_x = (mx[None] >= tx[:, None] - radius) & (mx[None] < tx[:, None] + tile + radius)
+    sims, index = affinity.masked_fill(~(seen_y & seen_x), -1e4).topk(topk, dim=1)
+    return sims, v.flatten(1).t()[index]
+
+
+def test_tiled_local_match_equals_brute_force():
+    torch.manual_seed(1)
+    q, k, v = unit(8, 30, 37), unit(8, 30, 37), torch.randn(2, 30, 37)
+    sims, values = local_match(q, k, v, topk=4, radius=5, tile=8)
+    ref_sims, ref_values = reference_local_match(q, k, v, topk=4, radius=5, tile=8)
+    assert torch.allclose(sims, ref_sims, atol=1e-6) and torch.allclose(values, ref_values, atol=1e-6)
 
 
 def test_local_match_only_sees_its_window():
@@ -51,3 +73,17 @@ def test_template_similarity_is_one_for_identical_and_order_invariant():
     assert abs(template_similarity(key, key) - 1) < 1e-5
     assert abs(template_similarity(key, shuffled) - 1) < 1e-5  # many-to-one matching, eq 1
     assert template_similarity(key, unit(8, 10, 12)) < 0.9
+
+
+def test_batched_readout_equals_slot_by_slot(monkeypatch):
+    """Small maps match every slot globally, in batches; the result must not depend on it."""
+    torch.manual_seed(2)
+    slots = [
+        Slot(key=unit(6, 7, 9), value=torch.rand(1 if i < 3 else 2, 7, 9), frame=i, permanent=i in (0, 4))
+        for i in range(12)
+    ]
+    query, config = unit(6, 7, 9), ReadConfig(topk=6)
+    batched = read_memory(query, slots, objects=2, config=config)
+    monkeypatch.setattr(readout, "_GLOBAL_CHUNK", 1)  # one slot per match
+    one_by_one = read_memory(query, slots, objects=2, config=config)
+    assert torch.allclose(batched, one_by_one, atol=1e-6)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.memory.attention import global_match, local_match
+from vidseg_cli.memory.attention import global_match, local_match, window_covers_map
 from vidseg_cli.memory.bank import Slot
 
 
@@ -33,14 +33,7 @@ def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config
     """query: (C, H, W) unit-norm key. Returns (objects, H, W) probabilities."""
     c, h, w = query.shape
     sims, values, valid = [], [], []
-    for slot in slots:
-        value = _pad_objects(slot.value, objects)
-        if slot.permanent:
-            key, value = _pooled(slot.key, value, config.global_pool)
-            s, v = global_match(query, key, value, config.topk)
-        else:
-            s, v = local_match(query, slot.key, value, config.topk, config.radius)
-        known = (torch.arange(objects, device=v.device) < slot.value.shape[0]).to(v.dtype)
+    for s, v, known in _candidates(query, slots, objects, config):
         sims.append(s)
         values.append(v)
         valid.append(known.expand(s.shape[1], objects))
@@ -55,6 +48,47 @@ def read_memory(query: torch.Tensor, slots: Sequence[Slot], objects: int, config
     numerator = (weights * known * picked).sum(1)
     denominator = (weights * known).sum(1).clamp_min(1e-6)
     return (numerator / denominator).t().reshape(objects, h, w)
+
+
+def _candidates(query: torch.Tensor, slots: Sequence[Slot], objects: int, config: ReadConfig):
+    """Yields (sims (N, k), values (N, k, O), known (O,)) per batch of slots.
+
+    Globally matched slots that know the same objects are matched together, as one
+    memory of their concatenated pixels: with hundreds of small slots (stm on a long
+    video) one matmul instead of one per slot is ~10x faster. Slots matched locally
+    are compute-bound and go one by one.
+    """
+    batches: dict[tuple[bool, int], list[Slot]] = {}
+    covers = window_covers_map(query.shape[-2:], config.radius)
+    for slot in slots:
+        known = slot.value.shape[0]
+        if slot.permanent or covers:
+            batches.setdefault((slot.permanent, known), []).append(slot)
+            continue
+        s, v = local_match(query, slot.key, _pad_objects(slot.value, objects), config.topk, config.radius)
+        yield s, v, _known(known, objects, v)
+    for (permanent, known), batch in batches.items():
+        pool = config.global_pool if permanent else 1
+        step = max(1, _GLOBAL_CHUNK // (query[0].numel() * batch[0].key[0].numel()))
+        for first in range(0, len(batch), step):
+            key, value = _concatenated(batch[first : first + step], objects, pool)
+            s, v = global_match(query, key, value, config.topk)
+            yield s, v, _known(known, objects, v)
+
+
+_GLOBAL_CHUNK = 1 << 24  # affinity entries per batched global match (64 MB of float32)
+
+
+def _concatenated(batch: Sequence[Slot], objects: int, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots -> one (C, 1, M) key and (O, 1, M) value over all their pixels."""
+    pairs = [_pooled(slot.key, _pad_objects(slot.value, objects), pool) for slot in batch]
+    key = torch.cat([k.flatten(1) for k, _ in pairs], dim=1)
+    value = torch.cat([v.flatten(1) for _, v in pairs], dim=1)
+    return key.unsqueeze(1), value.unsqueeze(1)
+
+
+def _known(known: int, objects: int, like: torch.Tensor) -> torch.Tensor:
+    return (torch.arange(objects, device=like.device) < known).to(like.dtype)
 
 
 def _pooled(key: torch.Tensor, value: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
