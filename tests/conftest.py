@@ -64,4 +64,4 @@ def vidseg():
 
 def leftovers(folder: Path) -> list[str]:
     """Staging folders a failed run must not leave behind."""
-    return [p.name for p in folder.iterdir() if p.name.endswith(".partial") or p.name.endswith(".old")]
+    return [p.name for p in folder.iterdir() if ".partial" in p.name or p.name.endswith(".old")]

@@ -5,9 +5,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import leftovers
+from PIL import Image
 
 
 def assert_refused(run, message: str, out: Path) -> None:

@@ -5,8 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import leftovers
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import first_appearances, load_davis
+from vidseg_cli.engine.segment import MemoryOptions, make_bank
+from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.davis import (
     ObjectScore,
@@ -19,7 +24,8 @@ from vidseg_cli.metrics.davis import (
     region_similarity,
     statistics,
 )
-from vidseg_cli.synthetic import write_davis
+from vidseg_cli.models.registry import create_vos_model
+from vidseg_cli.synthetic import frames, write_davis
 
 
 def test_j_is_iou_and_one_when_both_empty():
@@ -120,7 +126,7 @@ def test_load_davis_layout(tmp_path):
 
 def test_bench_runs_a_sweep_on_a_dataset(vidseg, tmp_path):
     write_davis(tmp_path, sequences=2, length=6, height=48, width=64)
-    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--memory", "stremn,stm", "--json")
+    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--memory", "stremn,stm", "--device", "cpu", "--json", "-")
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert [r["memory"] for r in report["results"]] == ["stremn", "stm"]
@@ -128,7 +134,46 @@ def test_bench_runs_a_sweep_on_a_dataset(vidseg, tmp_path):
         assert 0 <= result["J"] <= 1 and 0 <= result["F"] <= 1 and result["fps"] > 0
         assert result["J&F"] == pytest.approx((result["J"] + result["F"]) / 2, abs=1e-3)
         assert set(result["sequences"]) == {"synthetic-0", "synthetic-1"}
-    assert "J&F" in run.stderr and report["machine"]["threads"] >= 1
+        assert len(result["sequences"]["synthetic-0"]["memory_bytes"]) == 6  # one per frame
+        assert result["gflops"] > 0.01 and result["peak_cuda_mb"] is None
+    assert "J&F" in run.stderr and report["machine"]["threads"] >= 1 and report["device"] == "cpu"
+
+
+def test_flops_count_what_is_computed():
+    """The backbone's convolutions plus one global match against the first (permanent) slot."""
+    session = VOSSession(create_vos_model("propagate"), make_bank(MemoryOptions()), 64, torch.device("cpu"))
+    counts = []
+    for index, (image, truth) in enumerate(frames(2, 64, 64, objects=1, seed=0)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            session.step(image, truth if index == 0 else None)
+        counts.append(counter.get_flop_counts()["Global"])
+    first, second = ({str(op): n for op, n in c.items()} for c in counts)
+    assert set(first) == {"aten.convolution"}  # nothing in memory yet: no matching
+    assert second["aten.convolution"] == first["aten.convolution"]
+    pixels, channels = 8 * 8, 40 + 112  # stride-8 grid of a 64x64 frame; s8 + s16 key channels
+    assert second["aten.mm"] == 2 * pixels * pixels * channels
+
+
+def test_bench_writes_json_and_plot_files_and_keeps_existing_ones(vidseg, tmp_path):
+    write_davis(tmp_path / "data", sequences=1, length=4, height=32, width=48)
+    report, figure = tmp_path / "out" / "report.json", tmp_path / "out" / "bench.png"
+    args = ("bench", "--data", tmp_path / "data", "--size", "32,48", "--json", report, "--plot", figure)
+    run = vidseg(*args)
+    assert run.code == 0, run.stderr
+    assert run.stdout == "" and len(json.loads(report.read_text())["results"]) == 2
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.width > 500
+    report.write_text("precious")
+    again = vidseg(*args)
+    assert again.code == 2 and "already exists" in again.stderr and report.read_text() == "precious"
+    assert vidseg(*args, "--force").code == 0 and json.loads(report.read_text())["results"]
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_bench_plot_needs_a_png_path(vidseg, tmp_path):
+    run = vidseg("bench", "--plot", tmp_path / "figure.svg")
+    assert run.code == 2 and ".png" in run.stderr
 
 
 def test_bench_rejects_unknown_sequences(vidseg, tmp_path):
@@ -142,6 +187,7 @@ def test_bench_csv_rows(vidseg, tmp_path):
     table = tmp_path / "results.csv"
     run = vidseg("bench", "--data", tmp_path, "--size", "32,48", "--csv", table)
     assert run.code == 0, run.stderr
+    assert run.stdout == ""
     lines = table.read_text().splitlines()
     assert lines[0].startswith("config,model,size") and "J&F" in lines[0]
     assert len(lines) == 3  # header + one row per size
@@ -153,10 +199,13 @@ def test_bench_refuses_features_not_landed(vidseg, option):
     assert run.code == 2 and "not available yet" in run.stderr
 
 
-def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg):
-    run = vidseg("bench", "--long", "40", "--size", "32", "--memory", "stremn,stm", "--json")
+def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg, tmp_path):
+    figure = tmp_path / "memory.png"
+    run = vidseg("bench", "--long", "40", "--size", "32", "--memory", "stremn,stm", "--json", "-", "--plot", figure)
     assert run.code == 0, run.stderr
+    assert Image.open(figure).format == "PNG"
     stremn, stm = json.loads(run.stdout)["results"]
+    assert len(stremn["series"]["latency_ms"]) == len(stremn["series"]["frame"])
     assert stremn["slots_end"] == 5 and max(stremn["series"]["slots"]) == 5
     assert len(set(stremn["series"]["memory_bytes"][4:])) == 1  # flat once full (5 writes)
     assert stm["slots_end"] == 1 + 39 // 5 + 1  # frame 0, every 5th frame, the previous one

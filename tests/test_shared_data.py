@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import SHARED_DATA
+from PIL import Image
 
 JUDO = SHARED_DATA / "examples"
 pytestmark = pytest.mark.skipif(not JUDO.is_dir(), reason="../shared/data is not available")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,11 @@ class Series:
                 "frame": self.frame[:: self._stride()],
                 "slots": self.slots[:: self._stride()],
                 "memory_bytes": self.memory_bytes[:: self._stride()],
+                # the median of each bin: single frames are noisy on a shared machine
+                "latency_ms": [
+                    round(statistics.median(self.latency_ms[i : i + self._stride()]), 2)
+                    for i in range(0, len(self.latency_ms), self._stride())
+                ],
             },
         }
 
@@ -50,9 +56,16 @@ class Series:
         return max(1, len(self.frame) // POINTS)
 
 
-def long_run(configs: list[Config], length: int, height: int = 120, width: int = 160) -> list[Series]:
-    models = {name: create_vos_model(name) for name in {c.model for c in configs}}
-    sessions = [VOSSession(models[c.model], make_bank(c.memory), c.size, torch.device("cpu")) for c in configs]
+def long_run(
+    configs: list[Config],
+    length: int,
+    device: torch.device = torch.device("cpu"),
+    progress: Callable[[int], None] | None = None,
+    height: int = 120,
+    width: int = 160,
+) -> list[Series]:
+    models = {name: create_vos_model(name, device) for name in {c.model for c in configs}}
+    sessions = [VOSSession(models[c.model], make_bank(c.memory), c.size, device) for c in configs]
     series = [Series(c) for c in configs]
     for index, (image, truth) in enumerate(frames(length, height, width, objects=2, seed=7)):
         mask = truth if index == 0 else None
@@ -63,4 +76,6 @@ def long_run(configs: list[Config], length: int, height: int = 120, width: int =
             record.frame.append(index)
             record.slots.append(step.slots)
             record.memory_bytes.append(step.memory_bytes)
+        if progress and index % 50 == 0:
+            progress(index)
     return series

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import Sequence
 from vidseg_cli.engine.segment import MemoryOptions, make_bank, peak_rss_bytes, validate_memory
@@ -39,15 +40,23 @@ class Config:
         return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}"
 
 
+# FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
+# dispatch mode that slows the step down; those frames are left out of the timings.
+FLOP_EVERY, FLOP_OFFSET = 10, 1
+
+
 @dataclass
 class Result:
     config: Config
     scores: dict[str, list[ObjectScore]] = field(default_factory=dict)  # per sequence, per object
-    step_seconds: list[float] = field(default_factory=list)  # per frame, model only
-    frames: int = 0
-    total_seconds: float = 0.0  # decode + model + PNG encode
+    memory: dict[str, list[int]] = field(default_factory=dict)  # per sequence, bank bytes per frame
+    step_seconds: list[float] = field(default_factory=list)  # per timed frame, model only
+    flops: list[int] = field(default_factory=list)  # per counted frame
+    frames: int = 0  # timed frames
+    total_seconds: float = 0.0  # of timed frames: decode + model + PNG encode
     max_slots: int = 0
     max_memory_bytes: int = 0
+    peak_cuda_bytes: int | None = None
 
     def summary(self) -> dict:
         steps = sorted(self.step_seconds)
@@ -67,9 +76,14 @@ class Result:
             "model_fps": round(len(steps) / sum(steps), 2),
             "latency_ms_median": round(1000 * statistics.median(steps), 1),
             "latency_ms_p90": round(1000 * steps[int(0.9 * (len(steps) - 1))], 1),
+            "gflops": round(statistics.mean(self.flops) / 1e9, 2) if self.flops else None,
             "max_slots": self.max_slots,
             "max_memory_mb": round(self.max_memory_bytes / 2**20, 2),
-            "sequences": {name: _rounded(j_and_f(scores)) for name, scores in self.scores.items()},
+            "peak_cuda_mb": None if self.peak_cuda_bytes is None else round(self.peak_cuda_bytes / 2**20, 1),
+            "sequences": {
+                name: {**_rounded(j_and_f(scores)), "memory_bytes": self.memory[name]}
+                for name, scores in self.scores.items()
+            },
         }
 
 
@@ -90,42 +104,63 @@ def configs(models: list[str], sizes: list[int], memories: list[str], slots: lis
     return out
 
 
-def run(sequences: list[Sequence], configs: list[Config], progress: Callable[[str], None] | None = None) -> tuple[list[Result], int]:
+def run(
+    sequences: list[Sequence],
+    configs: list[Config],
+    device: torch.device = torch.device("cpu"),
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Result], int]:
     """Returns the results and the peak RSS in bytes."""
     for config in configs:
         validate_memory(config.memory, permanent=max(len(s.prompts) for s in sequences))
-    models = {name: create_vos_model(name) for name in {c.model for c in configs}}
+    models = {name: create_vos_model(name, device) for name in {c.model for c in configs}}
     results = [Result(config) for config in configs]
     for sequence in sequences:
         start = time.perf_counter()
         images = [frame.image for frame in FolderSource(sequence.frames)]
-        decode = time.perf_counter() - start
+        decode_per_frame = (time.perf_counter() - start) / len(images)
         for result in results:
             if progress:
                 progress(f"{sequence.name}: {result.config.label}")
-            _run_one(result, models[result.config.model], sequence, images, decode)
+            _run_one(result, models[result.config.model], sequence, images, decode_per_frame, device)
     return results, peak_rss_bytes()
 
 
-def _run_one(result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float) -> None:
+def _run_one(
+    result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
+) -> None:
     config = result.config
-    session = VOSSession(model, make_bank(config.memory), config.size, torch.device("cpu"))
-    predictions = []
-    encode = 0.0
+    session = VOSSession(model, make_bank(config.memory), config.size, device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    predictions, memory = [], []
     for index, image in enumerate(images):
-        start = time.perf_counter()
-        step = session.step(image, sequence.prompts.get(index))
-        middle = time.perf_counter()
-        save_palette_png(step.labels, io.BytesIO())
-        encode += time.perf_counter() - middle
-        result.step_seconds.append(middle - start)
+        mask = sequence.prompts.get(index)
+        if index % FLOP_EVERY == FLOP_OFFSET:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                step = session.step(image, mask)
+            result.flops.append(counter.get_total_flops())
+        else:
+            start = time.perf_counter()
+            step = session.step(image, mask)  # returns host labels, so the device has finished
+            middle = time.perf_counter()
+            save_palette_png(step.labels, io.BytesIO())
+            end = time.perf_counter()
+            result.step_seconds.append(middle - start)
+            result.total_seconds += decode + end - start
+            result.frames += 1
         result.max_slots = max(result.max_slots, step.slots)
         result.max_memory_bytes = max(result.max_memory_bytes, step.memory_bytes)
+        memory.append(step.memory_bytes)
         predictions.append(step.labels)
-    result.frames += len(images)
-    result.total_seconds += decode + encode + sum(result.step_seconds[-len(images):])
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        result.peak_cuda_bytes = max(result.peak_cuda_bytes or 0, peak)
     per_object = evaluate_sequence(predictions, sequence.truths, sequence.objects)
     result.scores[sequence.name] = list(per_object.values())
+    result.memory[sequence.name] = memory
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:

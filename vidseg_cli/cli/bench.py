@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import typer
@@ -16,10 +18,12 @@ from rich.table import Table
 from vidseg_cli import __version__
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.long import long_run
-from vidseg_cli.bench.runner import configs, run
-from vidseg_cli.cli.common import print_json, stderr, user_errors
-from vidseg_cli.engine.segment import DEFAULT_SIZE, use_all_cores
+from vidseg_cli.bench.plots import plot_long, plot_results
+from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
+from vidseg_cli.cli.common import Device, json_text, stderr, user_errors
+from vidseg_cli.engine.segment import DEFAULT_SIZE, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
+from vidseg_cli.io.sinks import refuse_existing, write_file_atomically
 from vidseg_cli.synthetic import write_davis
 
 
@@ -32,62 +36,100 @@ def _split(text: str, cast=str) -> list:
 
 @user_errors
 def bench_command(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset in DAVIS layout [default: a built-in synthetic one].")] = None,
-    sequences: Annotated[Optional[str], typer.Option(help="Comma list of sequence names to run.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset in DAVIS layout [default: a built-in synthetic one].")] = None,
+    sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run.")] = None,
     model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = "propagate",
     size: Annotated[str, typer.Option(help="Comma list of internal sizes.")] = str(DEFAULT_SIZE),
     memory: Annotated[str, typer.Option(help="Comma list of memory policies.")] = "stremn",
     slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
-    json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
-    csv_path: Annotated[Optional[str], typer.Option("--csv", help="Write one CSV row per configuration to FILE ('-' for stdout).")] = None,
-    long: Annotated[Optional[int], typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
-    sparse: Annotated[Optional[str], typer.Option(help="Sparse convolution modes (not available yet).")] = None,
-    reuse: Annotated[Optional[str], typer.Option(help="Reuse-gate thresholds (not available yet).")] = None,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    json_path: Annotated[str | None, typer.Option("--json", metavar="FILE|-", help="Write the full report as JSON to FILE ('-' for stdout).")] = None,
+    csv_path: Annotated[str | None, typer.Option("--csv", metavar="FILE|-", help="Write one CSV row per configuration to FILE ('-' for stdout).")] = None,
+    plot: Annotated[Path | None, typer.Option(metavar="FILE.png", help="Plot J&F against FPS and memory against frame index.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing report files.")] = False,
+    long: Annotated[int | None, typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
+    sparse: Annotated[str | None, typer.Option(help="Sparse convolution modes (not available yet).")] = None,
+    reuse: Annotated[str | None, typer.Option(help="Reuse-gate thresholds (not available yet).")] = None,
 ) -> None:
-    """Measure DAVIS J&F and speed of every configuration, interleaved per sequence."""
+    """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
     for name, value in (("--sparse", sparse), ("--reuse", reuse)):
         if value is not None:
             raise VidsegError(f"{name} is not available yet: the {name[2:]} mode has not landed in vidseg")
+    outputs = _Outputs(json_path, csv_path, plot, force)
     use_all_cores()
+    target = pick_device(device.value)
     sweep = configs(_split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int))
     if long is not None:
-        _long(sweep, long, json)
+        _long(sweep, long, target, outputs)
         return
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as scratch:
         root = data if data is not None else write_davis(Path(scratch))
         if not root.exists():
             raise VidsegError(f"dataset not found: {root}")
-        loaded = load_davis(root)
-        if sequences:
-            wanted = set(_split(sequences))
-            unknown = wanted - {s.name for s in loaded}
-            if unknown:
-                raise VidsegError(f"unknown sequence(s): {', '.join(sorted(unknown))}")
-            loaded = [s for s in loaded if s.name in wanted]
+        loaded = _select(load_davis(root), sequences)
         with stderr.status("benchmarking") as status:
-            results, peak = run(loaded, sweep, progress=lambda text: status.update(text))
+            results, peak = run(loaded, sweep, target, progress=lambda text: status.update(text))
     report = {
         "dataset": str(data) if data else "synthetic",
         "sequences": [s.name for s in loaded],
         "frames": sum(len(s.truths) for s in loaded),
+        "device": str(target),
         "machine": _machine(),
         "peak_rss_mb": round(peak / 2**20, 1),
         "results": [r.summary() for r in results],
     }
     _table(report)
-    if json:
-        print_json(report)
-    if csv_path:
-        _write_csv(report["results"], csv_path)
+    outputs.write(report, plot_results)
 
 
-def _long(sweep: list, length: int, as_json: bool) -> None:
+class _Outputs:
+    """Where the report goes; file targets are checked before the (long) run starts."""
+
+    def __init__(self, json_path: str | None, csv_path: str | None, plot: Path | None, force: bool) -> None:
+        self.json, self.csv, self.plot, self.force = json_path, csv_path, plot, force
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise VidsegError(f"--plot writes PNG: give a .png path, not {plot}")
+        for path in (json_path, csv_path):
+            if path not in (None, "-"):
+                refuse_existing(Path(path), force)
+        if plot is not None:
+            refuse_existing(plot, force)
+
+    def write(self, report: dict, plotter: Callable[[dict, Path], None], rows: list[dict] | None = None) -> None:
+        if self.json is not None:
+            self._text(self.json, json_text(report))
+        if self.csv is not None:
+            self._text(self.csv, _csv_text(rows if rows is not None else report["results"]))
+        if self.plot is not None:
+            write_file_atomically(self.plot, lambda staging: plotter(report, staging), self.force)
+            stderr.print(f"plot written to {self.plot}")
+
+    def _text(self, path: str, text: str) -> None:
+        if path == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        write_file_atomically(Path(path), lambda staging: staging.write_text(text), self.force)
+
+
+def _select(loaded: list, names: str | None) -> list:
+    if not names:
+        return loaded
+    wanted = set(_split(names))
+    unknown = wanted - {s.name for s in loaded}
+    if unknown:
+        raise VidsegError(f"unknown sequence(s): {', '.join(sorted(unknown))}")
+    return [s for s in loaded if s.name in wanted]
+
+
+def _long(sweep: list, length: int, device: torch.device, outputs: _Outputs) -> None:
     if length < 2:
         raise VidsegError("--long needs at least 2 frames")
-    with stderr.status(f"streaming {length} synthetic frames"):
-        series = [s.summary() for s in long_run(sweep, length)]
+    with stderr.status(f"streaming {length} synthetic frames") as status:
+        progress = lambda index: status.update(f"streaming {length} synthetic frames: {index}")  # noqa: E731
+        series = [s.summary() for s in long_run(sweep, length, device, progress)]
     columns = ("configuration", "slots at end", "bank MB at 10%", "bank MB at end", "ms first 10%", "ms last 10%")
     table = _new_table(f"synthetic {length}-frame clip (160x120)", columns)
     for s in series:
@@ -96,27 +138,18 @@ def _long(sweep: list, length: int, as_json: bool) -> None:
             f"{s['latency_ms_first_10pct']:.0f}", f"{s['latency_ms_last_10pct']:.0f}",
         )
     stderr.print(table)
-    if as_json:
-        print_json({"long": length, "machine": _machine(), "results": series})
+    report = {"long": length, "device": str(device), "machine": _machine(), "results": series}
+    outputs.write(report, plot_long, rows=[{k: v for k, v in s.items() if k != "series"} for s in series])
 
 
-def _write_csv(results: list[dict], path: str) -> None:
-    """Flat rows: the per-sequence breakdown stays in the JSON."""
-    rows = [{k: v for k, v in r.items() if k != "sequences"} for r in results]
-    if path == "-":
-        _csv_rows(rows, sys.stdout)
-        return
-    try:
-        with open(path, "w", newline="") as handle:
-            _csv_rows(rows, handle)
-    except OSError as error:
-        raise VidsegError(f"cannot write {path}: {error.strerror}") from None
-
-
-def _csv_rows(rows: list[dict], handle) -> None:
-    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+def _csv_text(results: list[dict]) -> str:
+    """Flat rows: per-sequence breakdowns and series stay in the JSON."""
+    rows = [{k: v for k, v in r.items() if k not in ("sequences", "series")} for r in results]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _machine() -> dict:
@@ -140,13 +173,19 @@ def _new_table(title: str, columns: tuple[str, ...]) -> Table:
 
 def _table(report: dict) -> None:
     title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames"
-    columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "slots", "memory MB")
-    table = _new_table(title, columns)
+    cuda = report["device"].startswith("cuda")
+    columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "GFLOPs", "slots", "bank MB")
+    table = _new_table(title, columns + (("CUDA peak MB",) if cuda else ()))
     for r in report["results"]:
+        gflops = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
         table.add_row(
             r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
-            f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", str(r["max_slots"]), f"{r['max_memory_mb']:.1f}",
+            f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", gflops, str(r["max_slots"]),
+            f"{r['max_memory_mb']:.1f}", *((f"{r['peak_cuda_mb']:.0f}",) if cuda else ()),
         )
     stderr.print(table)
     m = report["machine"]
-    stderr.print(f"{m['processor']}, {m['threads']} threads, torch {m['torch']}, peak RSS {report['peak_rss_mb']} MB")
+    stderr.print(
+        f"{report['device']}: {m['processor']}, {m['threads']} threads, torch {m['torch']}, "
+        f"peak RSS {report['peak_rss_mb']} MB; GFLOPs counted on every {FLOP_EVERY}th frame, which is left out of the timings"
+    )

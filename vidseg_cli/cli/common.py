@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -16,8 +18,17 @@ from vidseg_cli.errors import VidsegError
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
 stderr = Console(stderr=True)
+if not stderr.is_terminal and "COLUMNS" not in os.environ:
+    stderr.width = 200  # logs and pipes: Rich's 80-column default would fold the bench tables
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
 
 
 def user_errors(command: F) -> F:
@@ -37,8 +48,12 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def print_json(data: Any) -> None:
+def json_text(data: Any) -> str:
     if is_dataclass(data):
         data = asdict(data)
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    return json.dumps(data, indent=2) + "\n"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json_text(data))
     sys.stdout.flush()

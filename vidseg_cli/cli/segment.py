@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vidseg_cli.cli.common import print_json, stderr, user_errors
+from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, MemoryOptions, SegmentOptions, segment
 
 
@@ -33,13 +33,6 @@ class Format(str, enum.Enum):
     video = "video"
     overlay = "overlay"
     all = "all"
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 @user_errors

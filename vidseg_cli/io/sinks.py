@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -181,3 +182,28 @@ class StagedOutput:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def refuse_existing(target: Path, force: bool) -> None:
+    """Check before long work starts, so a run is not lost to an existing file at the end."""
+    if target.exists() and not force:
+        raise VidsegError(f"output {target} already exists; pass --force to overwrite it")
+
+
+def write_file_atomically(target: Path, write: Callable[[Path], None], force: bool) -> None:
+    """``write(tmp)`` fills a hidden sibling file that then replaces ``target`` in one rename."""
+    refuse_existing(target, force)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{target.suffix}", dir=target.parent)
+        os.close(handle)
+    except OSError as error:
+        raise VidsegError(f"cannot write {target}: {error.strerror}") from None
+    staging = Path(name)
+    try:
+        write(staging)
+        os.replace(staging, target)
+    except OSError as error:
+        raise VidsegError(f"cannot write {target}: {error.strerror}") from None
+    finally:
+        staging.unlink(missing_ok=True)

@@ -1,0 +1,61 @@
+"""Figures for bench reports: accuracy against speed, memory against frame index.
+
+Matplotlib runs on its file-only Agg backend, so plotting needs no display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+_MB = 2**20
+
+
+def plot_results(report: dict, path: Path) -> None:
+    """Left: J&F against FPS per configuration. Right: bank size against frame index on
+    the longest sequence."""
+    results = report["results"]
+    figure, (accuracy, memory) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    for result in results:
+        accuracy.scatter(result["fps"], 100 * result["J&F"], s=30)
+        accuracy.annotate(result["config"], (result["fps"], 100 * result["J&F"]), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")
+    _style(accuracy, "frames per second (end to end)", "J&F", f"{report['dataset']}: accuracy against speed")
+    longest = max(report["sequences"], key=lambda name: len(results[0]["sequences"][name]["memory_bytes"]))
+    for result in results:
+        series = result["sequences"][longest]["memory_bytes"]
+        memory.plot(range(len(series)), [b / _MB for b in series], label=result["config"])
+    _style(memory, "frame", "memory bank (MB)", f"memory on {longest}")
+    memory.legend(fontsize=7)
+    _save(figure, path)
+
+
+def plot_long(report: dict, path: Path) -> None:
+    """Bank size and per-frame latency against frame index for each configuration."""
+    figure, (memory, latency) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    for result in report["results"]:
+        series = result["series"]
+        memory.plot(series["frame"], [b / _MB for b in series["memory_bytes"]], label=result["config"])
+        latency.plot(series["frame"], series["latency_ms"], label=result["config"])
+    _style(memory, "frame", "memory bank (MB)", f"{report['long']}-frame synthetic clip: memory")
+    _style(latency, "frame", "latency per frame (ms, median of each bin)", "latency")
+    memory.legend(fontsize=8)
+    _save(figure, path)
+
+
+def _style(axes, xlabel: str, ylabel: str, title: str) -> None:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+
+
+def _save(figure, path: Path) -> None:
+    try:
+        figure.savefig(path, dpi=110, format="png")
+    finally:
+        plt.close(figure)
