@@ -20,6 +20,9 @@ from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.synthetic import frames
 
 POINTS = 100  # samples kept per series
+# Small frames: stm's cost grows with every slot (10,000 frames -> 2,000 slots), and at
+# this size its memory is read as one batched global match, so the run takes minutes.
+LONG_HEIGHT, LONG_WIDTH = 64, 96
 
 
 @dataclass
@@ -61,8 +64,8 @@ def long_run(
     length: int,
     device: torch.device = torch.device("cpu"),
     progress: Callable[[int], None] | None = None,
-    height: int = 120,
-    width: int = 160,
+    height: int = LONG_HEIGHT,
+    width: int = LONG_WIDTH,
 ) -> list[Series]:
     models = {name: create_vos_model(name, device) for name in {c.model for c in configs}}
     sessions = [VOSSession(models[c.model], make_bank(c.memory), c.size, device) for c in configs]

@@ -17,13 +17,14 @@ from rich.table import Table
 
 from vidseg_cli import __version__
 from vidseg_cli.bench.dataset import load_davis
-from vidseg_cli.bench.long import long_run
+from vidseg_cli.bench.long import LONG_HEIGHT, LONG_WIDTH, long_run
 from vidseg_cli.bench.plots import plot_long, plot_results
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.cli.common import Device, json_text, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing, write_file_atomically
+from vidseg_cli.memory.policies import POLICIES
 from vidseg_cli.synthetic import write_davis
 
 
@@ -39,8 +40,8 @@ def bench_command(
     data: Annotated[Path | None, typer.Option(help="Dataset in DAVIS layout [default: a built-in synthetic one].")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run.")] = None,
     model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = "propagate",
-    size: Annotated[str, typer.Option(help="Comma list of internal sizes.")] = str(DEFAULT_SIZE),
-    memory: Annotated[str, typer.Option(help="Comma list of memory policies.")] = "stremn",
+    size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes [default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}].")] = None,
+    memory: Annotated[str | None, typer.Option(help="Comma list of memory policies [default: stremn; with --long, all].")] = None,
     slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
@@ -60,6 +61,10 @@ def bench_command(
     outputs = _Outputs(json_path, csv_path, plot, force)
     use_all_cores()
     target = pick_device(device.value)
+    if size is None:
+        size = str(LONG_HEIGHT if long is not None else DEFAULT_SIZE)
+    if memory is None:
+        memory = ",".join(POLICIES) if long is not None else "stremn"
     sweep = configs(_split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int))
     if long is not None:
         _long(sweep, long, target, outputs)
@@ -131,7 +136,7 @@ def _long(sweep: list, length: int, device: torch.device, outputs: _Outputs) -> 
         progress = lambda index: status.update(f"streaming {length} synthetic frames: {index}")  # noqa: E731
         series = [s.summary() for s in long_run(sweep, length, device, progress)]
     columns = ("configuration", "slots at end", "bank MB at 10%", "bank MB at end", "ms first 10%", "ms last 10%")
-    table = _new_table(f"synthetic {length}-frame clip (160x120)", columns)
+    table = _new_table(f"synthetic {length}-frame clip ({LONG_WIDTH}x{LONG_HEIGHT})", columns)
     for s in series:
         table.add_row(
             s["config"], str(s["slots_end"]), f"{s['memory_mb_at_10pct']:.2f}", f"{s['memory_mb_end']:.2f}",
