@@ -24,7 +24,7 @@ def model():
 
 
 def session(model, size=64, **memory) -> VOSSession:
-    return VOSSession(model, make_bank(MemoryOptions(**memory)), size, torch.device("cpu"))
+    return VOSSession(model, make_bank(MemoryOptions(**memory), model.fusion()), size, torch.device("cpu"))
 
 
 def test_tracks_two_objects_on_a_synthetic_clip(model):

@@ -141,7 +141,8 @@ def test_bench_runs_a_sweep_on_a_dataset(vidseg, tmp_path):
 
 def test_flops_count_what_is_computed():
     """The backbone's convolutions plus one global match against the first (permanent) slot."""
-    session = VOSSession(create_vos_model("propagate"), make_bank(MemoryOptions()), 64, torch.device("cpu"))
+    model = create_vos_model("propagate")
+    session = VOSSession(model, make_bank(MemoryOptions(), model.fusion()), 64, torch.device("cpu"))
     counts = []
     for index, (image, truth) in enumerate(frames(2, 64, 64, objects=1, seed=0)):
         counter = FlopCounterMode(display=False)

@@ -55,9 +55,9 @@ def test_backbone_loads_every_tensor_strictly():
 def test_vos_models_are_stateless(name):
     model = create_vos_model(name)
     image = torch.rand(3, 40, 56) * 255
-    key = model.encode(image)
+    key = model.encode(image).key
     assert torch.allclose(key.norm(dim=0), torch.ones(key.shape[1:]), atol=1e-4)
-    assert torch.equal(model.encode(image), key)  # no hidden state between calls
+    assert torch.equal(model.encode(image).key, key)  # no hidden state between calls
 
 
 def test_guided_upsampling_keeps_a_distribution_and_snaps_to_edges():

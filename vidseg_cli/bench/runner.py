@@ -18,7 +18,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import Sequence
-from vidseg_cli.engine.segment import MemoryOptions, make_bank, peak_rss_bytes, validate_memory
+from vidseg_cli.engine.segment import (
+    MemoryOptions,
+    make_bank,
+    peak_rss_bytes,
+    validate_memory,
+)
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
@@ -126,11 +131,21 @@ def run(
     return results, peak_rss_bytes()
 
 
+def evaluate(model: VOSModel, sequences: list[Sequence], config: Config, device: torch.device) -> dict[str, float]:
+    """J&F, J and F of one model over a dataset (training's validation)."""
+    result = Result(config)
+    for sequence in sequences:
+        images = [frame.image for frame in FolderSource(sequence.frames)]
+        _run_one(result, model, sequence, images, 0.0, device)
+    objects = [score for scores in result.scores.values() for score in scores]
+    return _rounded(j_and_f(objects))
+
+
 def _run_one(
     result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
 ) -> None:
     config = result.config
-    session = VOSSession(model, make_bank(config.memory), config.size, device)
+    session = VOSSession(model, make_bank(config.memory, model.fusion()), config.size, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -7,6 +7,7 @@ import typer
 from vidseg_cli import __version__
 from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.segment import segment_command
+from vidseg_cli.cli.train import train_app
 
 app = typer.Typer(
     name="vidseg",
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.command("segment")(segment_command)
 app.command("bench")(bench_command)
+app.add_typer(train_app, name="train")
 
 
 def _version(value: bool) -> None:

@@ -8,10 +8,22 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
-from vidseg_cli.engine.segment import DEFAULT_SIZE, MemoryOptions, SegmentOptions, segment
+from vidseg_cli.engine.segment import (
+    DEFAULT_SIZE,
+    MemoryOptions,
+    SegmentOptions,
+    segment,
+)
+from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
 
 
 class Memory(str, enum.Enum):
@@ -53,7 +65,7 @@ def segment_command(
     slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
     update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
     every: Annotated[int, typer.Option(help="stm: keep every N-th frame.")] = 5,
-    model: Annotated[str, typer.Option(help="VOS model name from weights.toml.")] = "propagate",
+    model: Annotated[str, typer.Option(help="VOS model: a name from weights.toml or a .safetensors file from vidseg train.")] = DEFAULT_VOS_MODEL,
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,

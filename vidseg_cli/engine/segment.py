@@ -18,8 +18,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource, open_frames
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
 from vidseg_cli.io.sinks import Sink, StagedOutput, make_sinks
-from vidseg_cli.memory.bank import MemoryBank
-from vidseg_cli.memory.fusion import TrainingFreeFusion
+from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.registry import DEFAULT_VOS_MODEL, create_vos_model
 
@@ -92,12 +91,13 @@ def use_all_cores() -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def make_bank(options: MemoryOptions) -> MemoryBank:
+def make_bank(options: MemoryOptions, fusion: FusionCell | None = None) -> MemoryBank:
+    """A bank for one video; ``fusion`` is the model's cell (``model.fusion()``)."""
     try:
         policy = make_policy(options.memory, options.slots, options.update, options.every)
     except ValueError as error:
         raise VidsegError(str(error)) from None
-    return MemoryBank(policy=policy, fusion=TrainingFreeFusion())
+    return MemoryBank(policy=policy, fusion=fusion)
 
 
 def validate_memory(options: MemoryOptions, permanent: int) -> None:
@@ -156,7 +156,7 @@ def _run(
 ) -> SegmentSummary:
     use_all_cores()
     model = create_vos_model(options.model, device)
-    session = VOSSession(model, make_bank(options.memory), options.size, device)
+    session = VOSSession(model, make_bank(options.memory, model.fusion()), options.size, device)
     sinks = make_sinks(options.format, folder, source.time_base)
     by_frame = {mask.frame: mask.path for mask in masks}
     summary = SegmentSummary(input=str(options.input), output="")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.memory.bank import MemoryBank, Slot
-from vidseg_cli.models.base import VOSModel
+from vidseg_cli.models.base import EncodedFrame, VOSModel
 
 _EPS = 1e-6
 
@@ -40,13 +40,12 @@ class VOSSession:
         """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None."""
         height, width = frame.shape[:2]
         image = self._preprocess(frame)
-        key = self.model.encode(image)
-        grid = key.shape[-2:]
-        probs = self._predict(key)
+        encoded = self.model.encode(image)
+        probs = self._predict(encoded)
         if mask is not None:
-            probs = self._apply_mask(probs, mask, grid)
+            probs = self._apply_mask(probs, mask, encoded.grid)
         probs = aggregate(probs)  # (1 + objects, h, w), background first
-        self._remember(key, probs[1:], permanent=mask is not None)
+        self._remember(encoded, probs[1:], permanent=mask is not None)
         labels = self._labels(self.model.upsample(probs, image), (height, width), mask)
         self.frame_index += 1
         return StepResult(labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes)
@@ -60,10 +59,10 @@ class VOSSession:
             image = F.interpolate(image[None], size=target, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
         return image
 
-    def _predict(self, key: torch.Tensor) -> torch.Tensor:
+    def _predict(self, encoded: EncodedFrame) -> torch.Tensor:
         if not self.bank.slots or not self.object_ids:
-            return key.new_zeros(len(self.object_ids), *key.shape[-2:])
-        return self.model.segment(key, self.bank.slots, len(self.object_ids))
+            return encoded.key.new_zeros(len(self.object_ids), *encoded.grid)
+        return self.model.segment(encoded, self.bank.slots, len(self.object_ids))
 
     def _apply_mask(self, probs: torch.Tensor, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """Objects in the mask take its shape; others keep their prediction outside it."""
@@ -80,10 +79,10 @@ class VOSSession:
             probs[self.object_ids.index(object_id)] = given[row]
         return probs
 
-    def _remember(self, key: torch.Tensor, probs: torch.Tensor, permanent: bool) -> None:
+    def _remember(self, encoded: EncodedFrame, probs: torch.Tensor, permanent: bool) -> None:
         if not self.object_ids:
             return  # nothing to propagate yet: frames before the first mask are not stored
-        k, v = self.model.memorize(key, probs)
+        k, v = self.model.memorize(encoded, probs)
         self.bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
 
     def _labels(self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:

@@ -79,7 +79,7 @@ class MemoryBank:
 
     def _pooled_key(self, slot: Slot) -> torch.Tensor:
         if slot.uid not in self._pooled:
-            self._pooled[slot.uid] = pooled_key(slot.key)
+            self._pooled[slot.uid] = pooled_key(slot.key.detach())  # a choice, not a gradient path
         return self._pooled[slot.uid]
 
     def _forget(self, uid: int) -> None:

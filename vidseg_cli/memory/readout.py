@@ -104,3 +104,48 @@ def _pad_objects(value: torch.Tensor, objects: int) -> torch.Tensor:
     if missing <= 0:
         return value
     return torch.cat([value, value.new_zeros(missing, *value.shape[1:])])
+
+
+def attend(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, known: torch.Tensor | None, topk: int
+) -> torch.Tensor:
+    """STM memory read (STReMN eq 10) with learned keys, batched and differentiable.
+
+    query (B, C, N) and keys (B, C, M); values (B, O, D, M); known (B, O, M) marks memory
+    pixels whose slot knew each object (None: all did). Affinity is the negative squared
+    L2 distance (STCN: better than the dot product for learned keys), softmax over the
+    ``topk`` best memory pixels (0: all). Returns (B, O, D, N).
+    """
+    scale = query.shape[1] ** -0.5
+    affinity = (2 * query.transpose(1, 2) @ keys - keys.pow(2).sum(1, keepdim=True)) * scale  # (B, N, M)
+    b, n, m = affinity.shape
+    if 0 < topk < m:
+        top, index = affinity.topk(topk, dim=2)
+    else:
+        top, index = affinity, torch.arange(m, device=affinity.device).expand(b, n, m)
+    weights = torch.exp(top - top.amax(dim=2, keepdim=True)).unsqueeze(1)  # (B, 1, N, k)
+    flat = index.flatten(1)  # (B, N*k)
+    if known is not None:
+        weights = weights * torch.gather(known, 2, flat.unsqueeze(1).expand(-1, known.shape[1], -1)).view(
+            b, -1, n, index.shape[2]
+        )
+    weights = weights / weights.sum(dim=3, keepdim=True).clamp_min(1e-8)
+    o, d = values.shape[1:3]
+    picked = torch.gather(values.flatten(1, 2), 2, flat.unsqueeze(1).expand(-1, o * d, -1))
+    picked = picked.view(b, o, d, n, index.shape[2])
+    return (picked * weights.unsqueeze(2)).sum(dim=4)
+
+
+def read_values(query: torch.Tensor, slots: Sequence[Slot], objects: int, topk: int) -> torch.Tensor:
+    """Learned-model read over all slots: query (C, h, w); slot values (O_s, D, h, w).
+
+    Returns (objects, D, h, w); each object is read only from the slots that knew it.
+    """
+    c, h, w = query.shape
+    keys = torch.cat([slot.key.flatten(1) for slot in slots], dim=1)  # (C, M)
+    values = torch.cat([_pad_objects(slot.value, objects).flatten(2) for slot in slots], dim=2)  # (O, D, M)
+    known = torch.cat(
+        [_known(slot.value.shape[0], objects, keys)[:, None].expand(-1, slot.key[0].numel()) for slot in slots], dim=1
+    )
+    out = attend(query.flatten(1)[None], keys[None], values[None], known[None], topk)
+    return out[0].view(objects, -1, h, w)

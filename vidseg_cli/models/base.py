@@ -1,4 +1,4 @@
-"""The interface a VOS model offers the session; the learned model implements it too."""
+"""The interface a VOS model offers the session: training-free and learned models alike."""
 
 from __future__ import annotations
 
@@ -10,23 +10,36 @@ import torch
 from vidseg_cli.memory.bank import Slot
 
 
+class EncodedFrame(Protocol):
+    """What a model computes once per frame and reuses for reading and writing memory."""
+
+    key: torch.Tensor  # (C, h, w): what memory matches against
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the probability maps ``segment`` returns and ``memorize`` takes."""
+        ...
+
+
 class VOSModel(Protocol):
     """Stateless: a session passes in everything a call needs."""
 
-    stride: int
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) RGB in [0, 255] -> the frame's key on the stride grid."""
+    def encode(self, image: torch.Tensor) -> EncodedFrame:
+        """(3, H, W) RGB in [0, 255] -> the frame's features."""
         ...
 
-    def segment(self, key: torch.Tensor, slots: Sequence[Slot], objects: int) -> torch.Tensor:
-        """Per-object probabilities (objects, h, w) read from memory."""
+    def segment(self, frame: EncodedFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        """Per-object probabilities (objects, *frame.grid) read from memory."""
         ...
 
     def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Grid probabilities -> probabilities at the processed image's size."""
         ...
 
-    def memorize(self, key: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (key, value) a frame writes into memory."""
+    def memorize(self, frame: EncodedFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (key, value) a frame writes into memory; probs: (objects, *frame.grid)."""
+        ...
+
+    def fusion(self):
+        """The STReMN fusion cell that distills dropped slots (None: drop without fusing)."""
         ...

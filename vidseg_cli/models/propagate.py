@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.readout import ReadConfig, read_memory
 from vidseg_cli.models.backbone import EfficientNetLite0
 from vidseg_cli.models.refine import refine_upsample
@@ -29,6 +30,15 @@ class PropagateConfig:
     refine_eps: float = 1e-3
 
 
+@dataclass(frozen=True)
+class KeyFrame:
+    key: torch.Tensor  # (C, h, w) on the stride-8 grid
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.key.shape[-2:])
+
+
 class PropagationModel(nn.Module):
     """Stateless: all per-video state lives in the session's memory bank."""
 
@@ -37,12 +47,8 @@ class PropagationModel(nn.Module):
         self.backbone = backbone
         self.config = config
 
-    @property
-    def stride(self) -> int:
-        return self.config.stride
-
     @torch.inference_mode()
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
+    def encode(self, image: torch.Tensor) -> KeyFrame:
         """image: (3, H, W) float RGB in [0, 255] -> key (C, H/8, W/8), unit norm along C.
 
         The key joins stride-8 features (texture, precise location) with upsampled
@@ -56,12 +62,12 @@ class PropagationModel(nn.Module):
             if layer.shape[-2:] != grid:
                 layer = F.interpolate(layer, size=grid, mode="bilinear", align_corners=False)
             parts.append(F.normalize(layer[0], dim=0))
-        return F.normalize(torch.cat(parts), dim=0)
+        return KeyFrame(F.normalize(torch.cat(parts), dim=0))
 
     @torch.inference_mode()
-    def segment(self, key: torch.Tensor, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+    def segment(self, frame: KeyFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
         """Per-object probabilities (objects, h, w) read from memory."""
-        return read_memory(key, slots, objects, self.config.read)
+        return read_memory(frame.key, slots, objects, self.config.read)
 
     @torch.inference_mode()
     def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -70,6 +76,9 @@ class PropagationModel(nn.Module):
             return F.interpolate(probs[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
         return refine_upsample(probs, image, self.config.refine_radius, self.config.refine_eps)
 
-    def memorize(self, key: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (key, value) a frame writes into memory."""
-        return key, probs
+    def memorize(self, frame: KeyFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (key, value) a frame writes into memory: values are the probabilities."""
+        return frame.key, probs
+
+    def fusion(self) -> TrainingFreeFusion:
+        return TrainingFreeFusion()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.models.backbone import EfficientNetLite0
 from vidseg_cli.models.base import VOSModel
+from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
-from vidseg_cli.weights.registry import entry, load_state
+from vidseg_cli.weights.registry import entry, load_state, weight_path
 
 VOS_MODELS = ("propagate",)
 DEFAULT_VOS_MODEL = "propagate"
@@ -27,11 +30,35 @@ def backbone(name: str = "efficientnet-lite0") -> EfficientNetLite0:
 
 
 def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str = "cpu") -> VOSModel:
-    """A VOS model by registry name, in eval mode on ``device``."""
+    """A VOS model by registry name or .safetensors path, in eval mode on ``device``."""
+    if name.endswith(".safetensors"):
+        return load_memnet(Path(name)).to(device).eval()
     spec = entry(name)
     if spec.task != "vos":
         raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a VOS model")
     if spec.arch == "propagate":
         model = PropagationModel(backbone(spec.fields["backbone"]), PropagateConfig())
         return model.to(device).eval()
+    if spec.arch == ARCH:
+        return load_memnet(weight_path(name)).to(device).eval()
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
+
+
+def load_memnet(path: Path) -> MemoryNetwork:
+    """A learned model from a safetensors file written by ``vidseg train vos``."""
+    if not path.is_file():
+        raise VidsegError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as error:
+        raise VidsegError(f"cannot read {path} as safetensors: {error}") from None
+    if metadata.get("arch") != ARCH or "config" not in metadata:
+        raise VidsegError(f"{path} is not a vidseg {ARCH} checkpoint (arch {metadata.get('arch')!r})")
+    model = MemoryNetwork(backbone(metadata.get("backbone", "efficientnet-lite0")), MemNetConfig.from_json(metadata["config"]))
+    try:
+        model.heads.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
+    return model

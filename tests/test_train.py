@@ -1,0 +1,141 @@
+"""The learned VOS model and `vidseg train vos`: shapes, fusion, determinism, resume, loading."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from vidseg_cli.engine.segment import MemoryOptions, make_bank
+from vidseg_cli.engine.session import VOSSession
+from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.readout import attend
+from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
+from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.models.registry import backbone, create_vos_model
+from vidseg_cli.synthetic import frames, write_davis
+from vidseg_cli.train.data import ClipSampler
+from vidseg_cli.train.losses import bootstrapped_nll
+from vidseg_cli.train.vos import TrainConfig, Trainer, make_generator
+
+TINY = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_davis(tmp_path_factory.mktemp("davis"), sequences=2, length=8, height=64, width=96)
+
+
+def test_attend_reads_each_object_from_slots_that_knew_it():
+    query = torch.zeros(1, 2, 1)
+    query[0, 0, 0] = 1.0
+    keys = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])  # two memory pixels, identical keys
+    values = torch.tensor([[[[2.0, 8.0]], [[0.0, 5.0]]]])  # (B=1, O=2, D=1, M=2)
+    known = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])  # object 2 unknown to the first pixel
+    out = attend(query, keys, values, known, topk=0)
+    assert out[0, 0, 0, 0].item() == pytest.approx(5.0)  # mean of 2 and 8
+    assert out[0, 1, 0, 0].item() == pytest.approx(5.0)  # only the pixel that knew it
+
+
+def test_attend_top_k_equals_full_softmax_when_k_covers_memory():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 30), torch.randn(2, 8, 50), torch.randn(2, 3, 4, 50)
+    assert torch.allclose(attend(q, k, v, None, topk=50), attend(q, k, v, None, topk=0), atol=1e-5)
+    assert not torch.allclose(attend(q, k, v, None, topk=3), attend(q, k, v, None, topk=0), atol=1e-3)
+
+
+def test_fusion_cell_keeps_shapes_and_other_objects():
+    torch.manual_seed(0)
+    cell = FusionCell(key_dim=4, value_dim=3, hidden=5)
+    source = Slot(key=torch.randn(4, 5, 6), value=torch.randn(1, 3, 5, 6), frame=1)
+    target = Slot(key=torch.randn(4, 5, 6), value=torch.randn(2, 3, 5, 6), frame=2)
+    fused = LearnedFusion(cell)(source, target)
+    assert fused.key.shape == target.key.shape and fused.value.shape == target.value.shape
+    assert torch.equal(fused.value[1], target.value[1])  # the source never knew object 2
+    assert not torch.allclose(fused.value[0], target.value[0])
+
+
+def test_memnet_runs_in_a_session_and_fuses_when_memory_is_full():
+    torch.manual_seed(0)
+    model = MemoryNetwork(backbone(), TINY).eval()
+    session = VOSSession(model, make_bank(MemoryOptions(slots=3, update="A"), model.fusion()), 64, torch.device("cpu"))
+    for index, (image, truth) in enumerate(frames(8, 64, 80, objects=2, seed=4)):
+        step = session.step(image, truth if index == 0 else None)
+        assert step.labels.shape == (64, 80)
+    assert step.slots == 3 and max(slot.fused for slot in session.bank.slots) > 0
+    assert session.bank.slots[-1].value.shape == (2, TINY.value_dim, 4, 5)  # stride 16 of 64x80
+
+
+def test_bootstrapped_nll_keeps_the_hardest_pixels():
+    probs = torch.tensor([[[0.9, 0.5, 0.1, 0.99]], [[0.1, 0.5, 0.9, 0.01]]])  # (2, 1, 4)
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    full = bootstrapped_nll(probs, labels, 1.0)
+    hardest = bootstrapped_nll(probs, labels, 0.25)
+    assert full.item() == pytest.approx(-np.log([0.9, 0.5, 0.1, 0.99]).mean(), rel=1e-5)
+    assert hardest.item() == pytest.approx(-np.log(0.1), rel=1e-5)
+
+
+def test_clip_sampler_draws_the_same_clips_under_a_seed(dataset):
+    a = ClipSampler(dataset, 4, (48, 64), np.random.default_rng(3))
+    b = ClipSampler(dataset, 4, (48, 64), np.random.default_rng(3))
+    for still in (False, True):
+        clip_a, clip_b = a.sample(3, still), b.sample(3, still)
+        assert clip_a.images.shape == (4, 3, 48, 64) and clip_a.masks.shape == (4, 48, 64)
+        assert torch.equal(clip_a.images, clip_b.images) and torch.equal(clip_a.masks, clip_b.masks)
+        assert clip_a.masks[0].sum() > 0 and set(clip_a.masks.unique().tolist()) <= {0, 1}
+
+
+def _trainer(dataset, run_dir, steps=4, **options):
+    config = TrainConfig(steps=steps, clip_length=4, slots=2, crop=(48, 64), warmup=1, seed=5, model=TINY, **options)
+    rng = make_generator(config.seed)
+    model = MemoryNetwork(backbone(), TINY)
+    return Trainer(model, ClipSampler(dataset, 4, (48, 64), rng), config, run_dir, torch.device("cpu"))
+
+
+def test_resumed_training_equals_uninterrupted_training(dataset, tmp_path):
+    straight = _trainer(dataset, tmp_path)
+    losses = [straight.train_step() for _ in range(4)]
+    first = _trainer(dataset, tmp_path)
+    first.train_step(), first.train_step()
+    first.save_checkpoint()
+    resumed = _trainer(dataset, tmp_path)
+    resumed.load_checkpoint()
+    assert [resumed.train_step(), resumed.train_step()] == losses[2:]
+    for name, tensor in straight.model.heads.state_dict().items():
+        assert torch.equal(tensor, resumed.model.heads.state_dict()[name]), name
+
+
+def test_training_reduces_the_loss_on_one_clip(dataset, tmp_path):
+    """The heads can fit: repeated steps on the same clip must drive its loss down."""
+    trainer = _trainer(dataset, tmp_path, steps=40, top_p=(1.0, 1.0), lr=2e-3)
+    clip = trainer.sampler.sample(2, still=False)
+    trainer.sampler.sample = lambda max_gap, still: clip
+    losses = [trainer.train_step() for _ in range(40)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_train_command_writes_a_model_that_segment_loads(vidseg, dataset, tmp_path, clip):
+    run = tmp_path / "run"
+    args = ("train", "vos", "--data", dataset, "--out", run, "--steps", "2", "--crop", "48x64", "--clip-length", "4",
+            "--slots", "2", "--val", dataset, "--val-every", "2", "--val-size", "48", "--device", "cpu")
+    result = vidseg(*args)
+    assert result.code == 0, result.stderr
+    model_file = run / "model.safetensors"
+    assert result.stdout.strip() == str(model_file) and "validation: J&F" in result.stderr
+    with safe_open(str(model_file), framework="pt") as handle:
+        assert handle.metadata()["arch"] == "memnet"
+        assert json.loads(handle.metadata()["config"])["key_dim"] == 64
+    assert vidseg(*args).code == 2  # the run folder is not empty: needs --resume or --force
+    assert isinstance(create_vos_model(str(model_file)), MemoryNetwork)
+    out = tmp_path / "masks"
+    segment = vidseg("segment", clip[0], "--mask", clip[1], "--model", model_file, "--out", out, "--size", "64")
+    assert segment.code == 0, segment.stderr
+    assert len(list(out.glob("*.png"))) == 12
+
+
+def test_segment_refuses_a_file_that_is_not_a_model(vidseg, tmp_path, clip):
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_bytes(b"not safetensors")
+    run = vidseg("segment", clip[0], "--mask", clip[1], "--model", bogus, "--out", tmp_path / "o")
+    assert run.code == 2 and "safetensors" in run.stderr

@@ -1,0 +1,126 @@
+"""`vidseg train vos`: train the learned VOS model from data on disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from vidseg_cli.bench.dataset import load_davis
+from vidseg_cli.bench.runner import Config, evaluate
+from vidseg_cli.cli.common import Device, stderr, user_errors
+from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.models.memnet import MemoryNetwork
+from vidseg_cli.models.registry import backbone
+from vidseg_cli.train.data import ClipSampler
+from vidseg_cli.train.vos import (
+    CHECKPOINT,
+    TrainConfig,
+    Trainer,
+    make_generator,
+    run_training,
+)
+
+train_app = typer.Typer(help="Train the learned parts of vidseg.", no_args_is_help=True)
+
+
+def _crop(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise VidsegError(f"--crop takes HEIGHTxWIDTH, e.g. 256x384, not {text!r}") from None
+    if height % 16 or width % 16 or min(height, width) < 32:
+        raise VidsegError("--crop sides must be multiples of 16, at least 32")
+    return height, width
+
+
+@train_app.command("vos")
+@user_errors
+def train_vos_command(
+    data: Annotated[Path, typer.Option(help="Training data in DAVIS layout.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
+    val: Annotated[Path | None, typer.Option(help="Validation data in DAVIS layout (J&F at intervals).")] = None,
+    steps: Annotated[int, typer.Option(help="Training clips (one optimiser step each).")] = TrainConfig.steps,
+    seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
+    clip_length: Annotated[int, typer.Option(help="Frames per clip.")] = TrainConfig.clip_length,
+    slots: Annotated[int, typer.Option(help="stremn slots during training (< clip length - 1 to fuse).")] = TrainConfig.slots,
+    crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = TrainConfig.lr,
+    val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
+    val_size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
+    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
+) -> None:
+    """Train the memory network (keys, values, decoder, fusion cell) on a frozen backbone."""
+    if clip_length < 2:
+        raise VidsegError("--clip-length must be at least 2")
+    config = TrainConfig(steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed)
+    _prepare(out, resume, force)
+    use_all_cores()
+    target = pick_device(device.value)
+    rng = make_generator(seed)
+    model = MemoryNetwork(backbone(), config.model).to(target)
+    trainer = Trainer(model, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
+    if resume:
+        trainer.load_checkpoint()
+        _check_same(out, config)
+    else:
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    validate = _validator(model, val, val_size, target) if val is not None else None
+    log_file = open(out / "train.log", "a")
+
+    def log(line: str) -> None:
+        stderr.print(line, highlight=False)
+        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        log_file.flush()
+
+    log(f"training {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
+    try:
+        path = run_training(trainer, log, validate, checkpoint_every=checkpoint_every, validate_every=val_every)
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
+        raise typer.Exit(130) from None
+    finally:
+        log_file.close()
+    print(path)
+
+
+def _prepare(out: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise VidsegError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise VidsegError(f"run folder {out} is not empty; pass --resume to continue or --force to start over")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_same(out: Path, config: TrainConfig) -> None:
+    saved = json.loads((out / "config.json").read_text())
+    now = json.loads(json.dumps(asdict(config)))
+    different = sorted(key for key in now if saved.get(key) != now[key])
+    if different:
+        raise VidsegError(f"--resume with different settings than the run was started with: {', '.join(different)}")
+
+
+def _validator(model: MemoryNetwork, root: Path, size: int, device: torch.device):
+    sequences = load_davis(root)
+    config = Config("memnet", size, MemoryOptions())
+
+    def validate() -> dict:
+        model.heads.eval()
+        return evaluate(model, sequences, config, device)
+
+    return validate

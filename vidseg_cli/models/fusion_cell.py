@@ -1,0 +1,77 @@
+"""The learned STReMN fusion cell (eqs 3-8): distill a dropped slot into its partner.
+
+A template is X = [key; value] per object. FAM (eq 3) aligns one template to another's
+pixels by key attention. The filter gate r (eqs 4-6) removes from the dropped template
+X_i what no longer matches the target X_j; the update gates z and n (eqs 7-8) blend the
+aligned, filtered X_i into X_j like a convolutional GRU.
+
+Several objects: each object's template [key; value_o] goes through the cell as one batch
+item, and the fused slot keeps the mean of the updated keys (for one object, exactly the
+paper's cell).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from vidseg_cli.memory.bank import Slot
+
+
+def fam(anchor: torch.Tensor, other: torch.Tensor, key_dim: int) -> torch.Tensor:
+    """FAM(anchor, other) = softmax(anchor other^T) other, eq 3, on (B, C, h, w) templates.
+
+    The affinity uses the key channels only; the result has ``other``'s channels on
+    ``anchor``'s pixels.
+    """
+    b, c, h, w = anchor.shape
+    a = anchor[:, :key_dim].flatten(2)
+    o = other[:, :key_dim].flatten(2)
+    attention = torch.softmax(a.transpose(1, 2) @ o * key_dim**-0.5, dim=2)  # (B, N_anchor, N_other)
+    return (other.flatten(2) @ attention.transpose(1, 2)).view(b, c, h, w)
+
+
+class FusionCell(nn.Module):
+    def __init__(self, key_dim: int, value_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        channels = key_dim + value_dim
+        self.key_dim = key_dim
+        self.filter = nn.Sequential(  # f of eq 5
+            nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
+        )
+        self.trunk = nn.Sequential(nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
+        self.gate = nn.Conv2d(hidden, channels, 1)  # h of eq 7
+        self.candidate = nn.Conv2d(hidden, channels, 1)  # g of eq 8
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """source X_i, target X_j: (B, C, h, w) -> the updated X_j."""
+        target_on_source = fam(source, target, self.key_dim)  # X_j^A, eq 4
+        r = torch.sigmoid(self.filter(torch.cat([source, target_on_source], 1)))  # eq 5
+        filtered = r * source  # eq 6
+        source_on_target = fam(target, filtered, self.key_dim)  # X_i^A, eq 7
+        hidden = self.trunk(torch.cat([source_on_target, target], 1))
+        z = torch.sigmoid(self.gate(hidden))  # eq 7
+        n = torch.tanh(self.candidate(hidden))  # eq 8
+        return (1 - z) * target + z * n
+
+
+class LearnedFusion:
+    """Adapts a FusionCell to the memory bank's slots (key (Ck, h, w), value (O, Cv, h, w))."""
+
+    def __init__(self, cell: FusionCell) -> None:
+        self.cell = cell
+
+    def __call__(self, source: Slot, target: Slot) -> Slot:
+        objects = min(source.value.shape[0], target.value.shape[0])
+        fused = self.cell(_templates(source, objects), _templates(target, objects))
+        key = fused[:, : self.cell.key_dim].mean(0)
+        value = torch.cat([fused[:, self.cell.key_dim :], target.value[objects:]])
+        return replace(target, key=key, value=value)
+
+
+def _templates(slot: Slot, objects: int) -> torch.Tensor:
+    """(objects, Ck + Cv, h, w): the slot's key beside each object's value."""
+    key = slot.key.expand(objects, *slot.key.shape)
+    return torch.cat([key, slot.value[:objects]], dim=1)

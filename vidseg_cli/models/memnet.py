@@ -1,0 +1,177 @@
+"""The learned VOS model: a light memory network on a frozen EfficientNet-Lite0.
+
+Per frame, the backbone gives stride-4/8/16 features and a key projection of the stride-16
+features is what memory matches. A frame written to memory adds one value per object: its
+stride-16 features joined with its mask through a light strided-conv path (as STCN reuses
+the key encoder's features instead of running a second backbone). Reading is STM attention
+(L2 affinity, top-k) over every slot; a decoder with stride-8 and stride-4 skips turns each
+object's readout into logits on the stride-4 grid, and the session's soft aggregation
+combines objects. The STReMN fusion cell is part of the model (models/fusion_cell.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.readout import read_values
+from vidseg_cli.models.backbone import EfficientNetLite0, Features
+from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
+
+ARCH = "memnet"
+
+
+@dataclass(frozen=True)
+class MemNetConfig:
+    key_dim: int = 64
+    value_dim: int = 96
+    mask_dim: int = 32
+    decoder_dims: tuple[int, int, int] = (96, 48, 32)  # at strides 16, 8, 4
+    fusion_hidden: int = 64
+    topk: int = 20  # memory pixels each query pixel reads from; 0 = all
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MemNetConfig:
+        fields = json.loads(text)
+        fields["decoder_dims"] = tuple(fields["decoder_dims"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class MemNetFrame:
+    key: torch.Tensor  # (Ck, h16, w16)
+    features: Features  # batch of one
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.features.s4.shape[-2:])
+
+
+def _conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+class ValueEncoder(nn.Module):
+    """(stride-16 features, per-object masks on the stride-4 grid) -> per-object values."""
+
+    def __init__(self, feature_dim: int, mask_dim: int, value_dim: int) -> None:
+        super().__init__()
+        # input channels: this object's mask and the union of the other objects (STCN)
+        self.mask_path = nn.Sequential(
+            _conv(2, 16, stride=2), nn.ReLU(inplace=True), _conv(16, mask_dim, stride=2), nn.ReLU(inplace=True)
+        )
+        self.fuse = nn.Sequential(
+            _conv(feature_dim + mask_dim, value_dim), nn.ReLU(inplace=True), _conv(value_dim, value_dim)
+        )
+
+    def forward(self, s16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """s16 (B, C, h, w); masks (B, O, H4, W4) -> (B, O, Cv, h, w)."""
+        b, o = masks.shape[:2]
+        others = masks.sum(1, keepdim=True) - masks
+        m = self.mask_path(torch.stack([masks, others], dim=2).flatten(0, 1))
+        if m.shape[-2:] != s16.shape[-2:]:
+            m = F.interpolate(m, size=s16.shape[-2:], mode="bilinear", align_corners=False)
+        v = self.fuse(torch.cat([s16.repeat_interleave(o, dim=0), m], dim=1))
+        return v.view(b, o, *v.shape[1:])
+
+
+class Decoder(nn.Module):
+    """Readout + query features -> one logit per pixel of the stride-4 grid."""
+
+    def __init__(self, channels: dict[str, int], value_dim: int, dims: tuple[int, int, int]) -> None:
+        super().__init__()
+        d16, d8, d4 = dims
+        self.enter = nn.Sequential(
+            _conv(value_dim + channels["s16"], d16), nn.ReLU(inplace=True), _conv(d16, d16), nn.ReLU(inplace=True)
+        )
+        self.up8, self.skip8, self.refine8 = _conv(d16, d8, 1), _conv(channels["s8"], d8, 1), _conv(d8, d8)
+        self.up4, self.skip4, self.refine4 = _conv(d8, d4, 1), _conv(channels["s4"], d4, 1), _conv(d4, d4)
+        self.out = _conv(d4, 1, 1)
+
+    def forward(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
+        """readout (B*O, Cv, h16, w16), features repeated per object -> logits (B*O, H4, W4)."""
+        x = self.enter(torch.cat([readout, features.s16], dim=1))
+        x = self._merge(x, features.s8, self.up8, self.skip8, self.refine8)
+        x = self._merge(x, features.s4, self.up4, self.skip4, self.refine4)
+        return self.out(x)[:, 0]
+
+    @staticmethod
+    def _merge(x: torch.Tensor, skip: torch.Tensor, up: nn.Module, lateral: nn.Module, refine: nn.Module) -> torch.Tensor:
+        x = F.interpolate(up(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = F.relu(x + lateral(skip))
+        return F.relu(refine(x))
+
+
+class MemNetHeads(nn.Module):
+    """Every learned part; the frozen backbone is not among them (it has its own weights)."""
+
+    def __init__(self, config: MemNetConfig, channels: dict[str, int]) -> None:
+        super().__init__()
+        self.key = _conv(channels["s16"], config.key_dim)
+        self.value = ValueEncoder(channels["s16"], config.mask_dim, config.value_dim)
+        self.decoder = Decoder(channels, config.value_dim, config.decoder_dims)
+        self.fusion = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
+
+
+class MemoryNetwork(nn.Module):
+    """Stateless like every VOS model: per-video state lives in the session's bank."""
+
+    def __init__(self, backbone: EfficientNetLite0, config: MemNetConfig = MemNetConfig()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.heads = MemNetHeads(config, EfficientNetLite0.channels)
+
+    # -- differentiable pieces, batched (training uses these directly) --
+
+    def features(self, images: torch.Tensor) -> Features:
+        """The frozen backbone: no gradient, whatever the mode."""
+        with torch.no_grad():
+            return self.backbone(images)
+
+    def keys(self, features: Features) -> torch.Tensor:
+        return self.heads.key(features.s16)
+
+    def values(self, features: Features, masks: torch.Tensor) -> torch.Tensor:
+        return self.heads.value(features.s16, masks)
+
+    def decode(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
+        """readout (B, O, Cv, h, w) -> logits (B, O, H4, W4)."""
+        b, o = readout.shape[:2]
+        repeated = Features(*(t.repeat_interleave(o, dim=0) for t in (features.s4, features.s8, features.s16)))
+        return self.decoder_logits(readout.flatten(0, 1), repeated).view(b, o, *features.s4.shape[-2:])
+
+    def decoder_logits(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
+        return self.heads.decoder(readout, features)
+
+    # -- the session's interface (models/base.py), one frame at a time --
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor) -> MemNetFrame:
+        features = self.backbone(image[None])
+        return MemNetFrame(self.keys(features)[0], features)
+
+    @torch.inference_mode()
+    def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        readout = read_values(frame.key, slots, objects, self.config.topk)  # (O, Cv, h, w)
+        return torch.sigmoid(self.decode(readout[None], frame.features)[0])
+
+    @torch.inference_mode()
+    def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return frame.key, self.values(frame.features, probs[None])[0]
+
+    @torch.inference_mode()
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(probs[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+    def fusion(self) -> LearnedFusion:
+        return LearnedFusion(self.heads.fusion)

@@ -1,0 +1,202 @@
+"""`vidseg train vos`: train the memory network's heads on clips, through the real memory bank.
+
+Each clip runs like inference: the first frame's mask is written to memory, every later
+frame is read from memory, decoded, scored against its mask, and written back with its
+predicted mask. The bank is the engine's own, so when a clip is longer than K + 1 frames
+the policy drops slots and the learned fusion cell distills them, with gradients.
+
+Deterministic under a seed: one numpy Generator draws every clip and policy, the heads are
+initialised from torch's seeded generator, and a checkpoint stores both states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from vidseg_cli.engine.session import aggregate
+from vidseg_cli.memory.bank import MemoryBank, Slot
+from vidseg_cli.memory.policies import make_policy
+from vidseg_cli.memory.readout import read_values
+from vidseg_cli.models.backbone import Features
+from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
+from vidseg_cli.train.data import Clip, ClipSampler
+from vidseg_cli.train.losses import bootstrapped_nll
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 12000
+    clip_length: int = 6  # > slots + 1, so the memory fills and fuses
+    slots: int = 3
+    crop: tuple[int, int] = (256, 384)
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: int = 300
+    max_gap: tuple[int, int] = (3, 15)  # curriculum: widest frame gap at the start and the end
+    still_share: tuple[float, float] = (0.6, 0.2)  # share of still-image clips, start and end
+    top_p: tuple[float, float] = (1.0, 0.25)  # bootstrapped CE: share of hardest pixels kept
+    seed: int = 0
+    model: MemNetConfig = field(default_factory=MemNetConfig)
+
+
+def progress_at(step: int, config: TrainConfig, pair: tuple[float, float]) -> float:
+    """Linear schedule from pair[0] to pair[1] over training."""
+    share = min(1.0, step / max(1, config.steps - 1))
+    return pair[0] + (pair[1] - pair[0]) * share
+
+
+def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: float) -> torch.Tensor:
+    """Mean bootstrapped CE over the clip's frames after the first."""
+    features = model.features(clip.images)
+    keys = model.keys(features)
+    size = clip.masks.shape[-2:]
+    first = _on_grid(clip.masks[0], features.s4.shape[-2:])
+    bank = MemoryBank(make_policy("stremn", slots, rule), model.fusion())
+    bank.write(Slot(keys[0], model.values(_frame(features, 0), first[None])[0], frame=0, permanent=True))
+    losses = []
+    for t in range(1, len(clip.masks)):
+        frame = _frame(features, t)
+        readout = read_values(keys[t], bank.slots, 1, model.config.topk)
+        probs = aggregate(torch.sigmoid(model.decode(readout[None], frame)[0]))  # (2, H4, W4)
+        full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+        losses.append(bootstrapped_nll(full, clip.masks[t], top_p))
+        bank.write(Slot(keys[t], model.values(frame, probs[None, 1:])[0], frame=t))
+    return torch.stack(losses).mean()
+
+
+def _frame(features: Features, t: int) -> Features:
+    return Features(features.s4[t : t + 1], features.s8[t : t + 1], features.s16[t : t + 1])
+
+
+def _on_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(H, W) labels -> (1, h, w) coverage of the object on the stride-4 grid."""
+    return F.interpolate(mask[None, None].float(), size=grid, mode="area")[0]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: MemoryNetwork,
+        sampler: ClipSampler,
+        config: TrainConfig,
+        run_dir: Path,
+        device: torch.device,
+    ) -> None:
+        self.model, self.sampler, self.config, self.run_dir, self.device = model, sampler, config, run_dir, device
+        self.optimizer = torch.optim.AdamW(model.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []
+
+    def learning_rate(self) -> float:
+        """Linear warm-up, then cosine decay to a tenth."""
+        c = self.config
+        if self.step < c.warmup:
+            return c.lr * (self.step + 1) / c.warmup
+        share = (self.step - c.warmup) / max(1, c.steps - c.warmup)
+        return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+
+    def train_step(self) -> float:
+        c, rng = self.config, self.sampler.rng
+        max_gap = round(progress_at(self.step, c, c.max_gap))
+        still = rng.random() < progress_at(self.step, c, c.still_share)
+        rule = "ABCD"[rng.integers(4)]  # every rule, so the fusion cell sees all pairings
+        clip = self.sampler.sample(max_gap, still)
+        clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        self.model.heads.train()
+        loss = clip_loss(self.model, clip, c.slots, rule, progress_at(self.step, c, c.top_p))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.heads.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "heads": self.model.heads.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "numpy_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "config": json.dumps(asdict(self.config)),
+            "history": self.history,
+        }
+        _atomic(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path))
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        self.model.heads.load_state_dict(state["heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.sampler.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+
+    def save_model(self) -> Path:
+        path = self.run_dir / MODEL
+        save_model(self.model, path, {"steps": str(self.step), "seed": str(self.config.seed)})
+        return path
+
+
+def save_model(model: MemoryNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
+    """The heads as safetensors; the metadata carries what is needed to rebuild them."""
+    metadata = {"arch": ARCH, "config": model.config.to_json(), "backbone": "efficientnet-lite0", **(extra or {})}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.heads.state_dict().items()}
+    _atomic(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    staging = path.with_name(f".{path.name}.partial")
+    write(staging)
+    os.replace(staging, path)
+
+
+def run_training(
+    trainer: Trainer,
+    log: Callable[[str], None],
+    validate: Callable[[], dict] | None = None,
+    every: int = 50,
+    checkpoint_every: int = 500,
+    validate_every: int = 2000,
+) -> Path:
+    """The loop: steps, logs, checkpoints and validations, then the final model."""
+    start, losses = time.perf_counter(), []
+    first = trainer.step
+    while trainer.step < trainer.config.steps:
+        losses.append(trainer.train_step())
+        step = trainer.step
+        if step % every == 0 or step == trainer.config.steps:
+            rate = (step - first) / (time.perf_counter() - start)
+            eta = (trainer.config.steps - step) / rate
+            log(f"step {step}/{trainer.config.steps} loss {np.mean(losses):.4f} lr {trainer.learning_rate():.2e} "
+                f"{rate:.2f} clips/s, {eta / 60:.0f} min left")
+            trainer.history.append({"step": step, "loss": round(float(np.mean(losses)), 5)})
+            losses = []
+        if validate is not None and (step % validate_every == 0 or step == trainer.config.steps):
+            scores = validate()
+            trainer.history.append({"step": step, **scores})
+            log(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if step % checkpoint_every == 0 or step == trainer.config.steps:
+            trainer.save_checkpoint()
+    return trainer.save_model()
+
+
+def make_generator(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
