@@ -8,6 +8,7 @@ from vidseg_cli import __version__
 from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.segment import segment_command
 from vidseg_cli.cli.train import train_app
+from vidseg_cli.cli.weights import weights_app
 
 app = typer.Typer(
     name="vidseg",
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.command("segment")(segment_command)
 app.command("bench")(bench_command)
 app.add_typer(train_app, name="train")
+app.add_typer(weights_app, name="weights")
 
 
 def _version(value: bool) -> None:

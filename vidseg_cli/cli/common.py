@@ -18,8 +18,10 @@ from vidseg_cli.errors import VidsegError
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
 stderr = Console(stderr=True)
-if not stderr.is_terminal and "COLUMNS" not in os.environ:
-    stderr.width = 200  # logs and pipes: Rich's 80-column default would fold the bench tables
+stdout = Console(soft_wrap=True)  # for data tables; plain print() for single values
+for _console in (stderr, stdout):
+    if not _console.is_terminal and "COLUMNS" not in os.environ:
+        _console.width = 200  # logs and pipes: Rich's 80-column default would fold tables
 
 F = TypeVar("F", bound=Callable[..., Any])
 

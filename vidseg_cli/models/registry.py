@@ -13,7 +13,7 @@ from vidseg_cli.models.backbone import EfficientNetLite0
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
-from vidseg_cli.weights.registry import entry, load_state, weight_path
+from vidseg_cli.weights.registry import entry, load_state, resolve
 
 VOS_MODELS = ("propagate",)
 DEFAULT_VOS_MODEL = "propagate"
@@ -40,7 +40,7 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
         model = PropagationModel(backbone(spec.fields["backbone"]), PropagateConfig())
         return model.to(device).eval()
     if spec.arch == ARCH:
-        return load_memnet(weight_path(name)).to(device).eval()
+        return load_memnet(resolve(name)).to(device).eval()
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
 
 
