@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import first_appearances, load_davis
+from vidseg_cli.bench.report import markdown, pivot
 from vidseg_cli.engine.segment import MemoryOptions, make_bank
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.errors import VidsegError
@@ -211,3 +212,13 @@ def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg, tmp_path):
     assert len(set(stremn["series"]["memory_bytes"][4:])) == 1  # flat once full (5 writes)
     assert stm["slots_end"] == 1 + 39 // 5 + 1  # frame 0, every 5th frame, the previous one
     assert stm["memory_mb_end"] > stremn["memory_mb_end"]
+
+
+def test_markdown_tables_from_a_report():
+    row = {"config": "c", "J&F": 0.5, "J": 0.6, "F": 0.4, "fps": 3.0, "model_fps": 3.1, "latency_ms_median": 300,
+           "latency_ms_p90": 350, "gflops": 9.41, "max_slots": 5, "max_memory_mb": 10.5, "update": "A", "slots": 5}
+    report = {"results": [row, {**row, "update": "C", "J&F": 0.75}]}
+    table = markdown(report).splitlines()
+    assert len(table) == 4 and table[2].startswith("| c | 0.500 | 0.600 | 0.400 | 3.00 |") and "9.4" in table[2]
+    grid = pivot(report, "update", "slots", "J&F").splitlines()
+    assert grid[2:] == ["| A | 0.500 |", "| C | 0.750 |"]
