@@ -64,7 +64,7 @@ def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: fl
     features = model.features(clip.images)
     keys = model.keys(features)
     size = clip.masks.shape[-2:]
-    first = _on_grid(clip.masks[0], features.s4.shape[-2:])
+    first = aggregate(_on_grid(clip.masks[0], features.s4.shape[-2:]))[1:]  # as the session writes a given mask
     bank = MemoryBank(make_policy("stremn", slots, rule), model.fusion())
     bank.write(Slot(keys[0], model.values(_frame(features, 0), first[None])[0], frame=0, permanent=True))
     losses = []
