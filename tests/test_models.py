@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from vidseg_cli.errors import VidsegError
+from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.refine import box_filter, refine_upsample
 from vidseg_cli.models.registry import VOS_MODELS, backbone, create_vos_model
 from vidseg_cli.weights.registry import entry, registry, verify, weight_path
@@ -14,9 +16,11 @@ from vidseg_cli.weights.registry import entry, registry, verify, weight_path
 
 def test_registry_entries_are_complete():
     for name, spec in registry().items():
-        assert spec.task and spec.arch and spec.source in ("pip", "builtin"), name
-        if spec.source == "pip":
+        assert spec.task and spec.arch and spec.source in ("pip", "package", "hub", "builtin"), name
+        if spec.source != "builtin":
             assert len(spec.sha256) == 64
+        if spec.source == "hub":
+            assert len(spec.fields["revision"]) == 40  # pinned to a commit, never a branch
 
 
 def test_backbone_file_is_verified_by_sha256():
@@ -51,13 +55,36 @@ def test_backbone_loads_every_tensor_strictly():
         net.load_imagenet({})
 
 
-@pytest.mark.parametrize("name", VOS_MODELS)
-def test_vos_models_are_stateless(name):
-    model = create_vos_model(name)
-    image = torch.rand(3, 40, 56) * 255
-    key = model.encode(image).key
+TINY_MEMNET = MemNetConfig(key_dim=8, value_dim=8, mask_dim=4, decoder_dims=(8, 8, 8), fusion_hidden=4, topk=4)
+
+
+def every_model():
+    """One of each architecture (smp style: one shared test suite for all models)."""
+    torch.manual_seed(0)
+    return {
+        **{name: create_vos_model(name) for name in VOS_MODELS},
+        "memnet-untrained": MemoryNetwork(backbone(), TINY_MEMNET).eval(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(every_model()))
+@pytest.mark.parametrize("size", [(40, 56), (67, 91)])
+def test_every_model_is_stateless_and_takes_any_size(name, size):
+    model = every_model()[name]
+    image = torch.rand(3, *size) * 255
+    frame = model.encode(image)
+    assert torch.equal(model.encode(image).key, frame.key)  # no hidden state between calls
+    probs = torch.rand(2, *frame.grid)
+    key, value = model.memorize(frame, probs)
+    slots = [Slot(key=key, value=value, frame=0, permanent=True)]
+    read = model.segment(frame, slots, objects=2)
+    assert read.shape == (2, *frame.grid) and read.min() >= 0 and read.max() <= 1
+    assert model.upsample(torch.softmax(torch.randn(3, *frame.grid), 0), image).shape == (3, *size)
+
+
+def test_propagation_keys_are_unit_norm():
+    key = create_vos_model("propagate").encode(torch.rand(3, 40, 56) * 255).key
     assert torch.allclose(key.norm(dim=0), torch.ones(key.shape[1:]), atol=1e-4)
-    assert torch.equal(model.encode(image).key, key)  # no hidden state between calls
 
 
 def test_guided_upsampling_keeps_a_distribution_and_snaps_to_edges():
