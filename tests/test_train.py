@@ -139,3 +139,19 @@ def test_segment_refuses_a_file_that_is_not_a_model(vidseg, tmp_path, clip):
     bogus.write_bytes(b"not safetensors")
     run = vidseg("segment", clip[0], "--mask", clip[1], "--model", bogus, "--out", tmp_path / "o")
     assert run.code == 2 and "safetensors" in run.stderr
+
+
+def test_finetuned_backbone_blocks_train_save_and_load(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path, finetune_blocks=1)
+    shared = backbone()._blocks[-1].state_dict()
+    before = {k: v.clone() for k, v in trainer.model.backbone._blocks[-1].state_dict().items()}
+    trainer.train_step(), trainer.train_step()
+    after = trainer.model.backbone._blocks[-1].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(shared[k], before[k]) for k in before)  # the shared backbone is untouched
+    path = trainer.save_model()
+    loaded = create_vos_model(str(path))
+    image = torch.rand(3, 48, 64) * 255
+    trainer.model.eval()
+    assert torch.equal(loaded.encode(image).key, trainer.model.encode(image).key)
+    assert backbone() is not loaded.backbone

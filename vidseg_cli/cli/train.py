@@ -53,6 +53,7 @@ def train_vos_command(
     slots: Annotated[int, typer.Option(help="stremn slots during training (< clip length - 1 to fuse).")] = TrainConfig.slots,
     crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = TrainConfig.lr,
+    finetune_blocks: Annotated[int, typer.Option(help="Also train the last N of the backbone's 11 blocks (0: frozen).")] = 0,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
     val_size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
@@ -63,7 +64,11 @@ def train_vos_command(
     """Train the memory network (keys, values, decoder, fusion cell) on a frozen backbone."""
     if clip_length < 2:
         raise VidsegError("--clip-length must be at least 2")
-    config = TrainConfig(steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed)
+    if not 0 <= finetune_blocks <= 11:
+        raise VidsegError("--finetune-blocks must be between 0 and 11")
+    config = TrainConfig(
+        steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed, finetune_blocks=finetune_blocks
+    )
     _prepare(out, resume, force)
     use_all_cores()
     target = pick_device(device.value)

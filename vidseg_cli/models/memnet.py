@@ -11,6 +11,7 @@ combines objects. The STReMN fusion cell is part of the model (models/fusion_cel
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -134,9 +135,33 @@ class MemoryNetwork(nn.Module):
     # -- differentiable pieces, batched (training uses these directly) --
 
     def features(self, images: torch.Tensor) -> Features:
-        """The frozen backbone: no gradient, whatever the mode."""
-        with torch.no_grad():
-            return self.backbone(images)
+        """Backbone features; gradients reach only the blocks ``unfreeze_top`` opened."""
+        if not any(p.requires_grad for p in self.backbone.parameters()):
+            with torch.no_grad():
+                return self.backbone(images)
+        return self.backbone(images)  # frozen early blocks build no graph: nothing needs their grad
+
+    def unfreeze_top(self, blocks: int) -> list[nn.Parameter]:
+        """Make the last ``blocks`` backbone blocks trainable, on a private copy of the backbone
+        (the registry's is shared by every model in the process). BatchNorm statistics stay
+        frozen: the backbone is kept in eval mode. Returns the opened parameters."""
+        if blocks <= 0:
+            return []
+        self.backbone = copy.deepcopy(self.backbone)
+        opened = []
+        for block in self.backbone._blocks[-blocks:]:
+            block.requires_grad_(True)
+            opened.extend(block.parameters())
+        return opened
+
+    def finetuned_state(self) -> dict[str, torch.Tensor]:
+        """The backbone tensors that training changed, named as in the backbone."""
+        trainable = {n for n, p in self.backbone.named_parameters() if p.requires_grad}
+        blocks = {n.split(".")[1] for n in trainable}
+        return {
+            f"backbone.{n}": t for n, t in self.backbone.state_dict().items()
+            if n.startswith("_blocks.") and n.split(".")[1] in blocks
+        }
 
     def keys(self, features: Features) -> torch.Tensor:
         return self.heads.key(features.s16)

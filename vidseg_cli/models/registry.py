@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -57,8 +58,15 @@ def load_memnet(path: Path) -> MemoryNetwork:
     if metadata.get("arch") != ARCH or "config" not in metadata:
         raise VidsegError(f"{path} is not a vidseg {ARCH} checkpoint (arch {metadata.get('arch')!r})")
     model = MemoryNetwork(backbone(metadata.get("backbone", "efficientnet-lite0")), MemNetConfig.from_json(metadata["config"]))
+    tuned = {name[len("backbone.") :]: t for name, t in state.items() if name.startswith("backbone.")}
+    heads = {name[len("heads.") :]: t for name, t in state.items() if name.startswith("heads.")}
     try:
-        model.heads.load_state_dict(state, strict=True)
+        model.heads.load_state_dict(heads, strict=True)
+        if tuned:  # fine-tuned blocks: a private copy, the shared backbone stays as it is
+            model.backbone = copy.deepcopy(model.backbone)
+            unexpected = model.backbone.load_state_dict(tuned, strict=False).unexpected_keys
+            if unexpected or len(tuned) + len(heads) != len(state):
+                raise RuntimeError(f"unexpected tensors, e.g. {(unexpected or sorted(state))[0]}")
     except RuntimeError as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
     return model

@@ -49,6 +49,7 @@ class TrainConfig:
     max_gap: tuple[int, int] = (3, 15)  # curriculum: widest frame gap at the start and the end
     still_share: tuple[float, float] = (0.6, 0.2)  # share of still-image clips, start and end
     top_p: tuple[float, float] = (1.0, 0.25)  # bootstrapped CE: share of hardest pixels kept
+    finetune_blocks: int = 0  # last backbone blocks trained too (at a tenth of the learning rate)
     seed: int = 0
     model: MemNetConfig = field(default_factory=MemNetConfig)
 
@@ -97,7 +98,11 @@ class Trainer:
         device: torch.device,
     ) -> None:
         self.model, self.sampler, self.config, self.run_dir, self.device = model, sampler, config, run_dir, device
-        self.optimizer = torch.optim.AdamW(model.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        opened = model.unfreeze_top(config.finetune_blocks)
+        groups = [{"params": list(model.heads.parameters()), "scale": 1.0}]
+        if opened:
+            groups.append({"params": opened, "scale": 0.1})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.history: list[dict] = []
 
@@ -117,12 +122,12 @@ class Trainer:
         clip = self.sampler.sample(max_gap, still)
         clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
+            group["lr"] = self.learning_rate() * group["scale"]
         self.model.heads.train()
         loss = clip_loss(self.model, clip, c.slots, rule, progress_at(self.step, c, c.top_p))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.heads.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
         self.optimizer.step()
         self.step += 1
         return loss.item()
@@ -130,6 +135,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {
             "heads": self.model.heads.state_dict(),
+            "backbone": self.model.finetuned_state(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "numpy_rng": self.sampler.rng.bit_generator.state,
@@ -142,6 +148,7 @@ class Trainer:
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
         self.model.heads.load_state_dict(state["heads"])
+        self.model.load_state_dict(state["backbone"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.sampler.rng.bit_generator.state = state["numpy_rng"]
@@ -157,7 +164,8 @@ class Trainer:
 def save_model(model: MemoryNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
     """The heads as safetensors; the metadata carries what is needed to rebuild them."""
     metadata = {"arch": ARCH, "config": model.config.to_json(), "backbone": "efficientnet-lite0", **(extra or {})}
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.heads.state_dict().items()}
+    state = {f"heads.{name}": t for name, t in model.heads.state_dict().items()} | model.finetuned_state()
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     _atomic(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
 
 
