@@ -155,3 +155,13 @@ def test_finetuned_backbone_blocks_train_save_and_load(dataset, tmp_path):
     trainer.model.eval()
     assert torch.equal(loaded.encode(image).key, trainer.model.encode(image).key)
     assert backbone() is not loaded.backbone
+
+
+def test_training_free_fusion_also_fuses_learned_feature_values():
+    from vidseg_cli.memory.fusion import TrainingFreeFusion
+
+    torch.manual_seed(0)
+    source = Slot(key=torch.randn(4, 6, 7), value=torch.randn(1, 3, 6, 7), frame=1)
+    target = Slot(key=torch.randn(4, 6, 7), value=torch.randn(2, 3, 6, 7), frame=2)
+    fused = TrainingFreeFusion(unit_keys=False)(source, target)
+    assert fused.value.shape == target.value.shape and torch.equal(fused.value[1], target.value[1])

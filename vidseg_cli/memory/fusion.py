@@ -30,21 +30,26 @@ class TrainingFreeFusion:
     topk: int = 8
     temperature: float = 0.05
     z_max: float = 0.5
+    unit_keys: bool = True  # re-normalise blended keys (cosine keys); False for learned L2 keys
 
     def __call__(self, source: Slot, target: Slot) -> Slot:
+        """Values may be probabilities (O, h, w) or learned features (O, D, h, w)."""
         c, h, w = target.key.shape
         objects = min(source.value.shape[0], target.value.shape[0])
+        known = source.value[:objects].reshape(-1, h, w)  # objects (x features) as channels
         filter_r = self._filter(source, target)  # (1, H, W)
-        payload = torch.cat([source.key, source.value[:objects], filter_r])
+        payload = torch.cat([source.key, known, filter_r])
         sims, values = local_match(target.key, source.key, payload, self.topk, self.radius)
         weights = torch.softmax(sims / self.temperature, dim=1).unsqueeze(2)
         aligned = (weights * values).sum(1).t().reshape(-1, h, w)  # X_i^A
-        key_a, value_a, r_a = aligned[:c], aligned[c : c + objects], aligned[c + objects :]
+        key_a, value_a, r_a = aligned[:c], aligned[c : c + len(known)], aligned[c + len(known) :]
         agreement = (F.normalize(key_a, dim=0) * target.key).sum(0, keepdim=True).clamp_min(0)
         z = self.z_max * agreement * r_a
-        key = F.normalize((1 - z) * target.key + z * key_a, dim=0)
+        key = (1 - z) * target.key + z * key_a
+        if self.unit_keys:
+            key = F.normalize(key, dim=0)
         value = target.value.clone()
-        value[:objects] = (1 - z) * target.value[:objects] + z * value_a
+        value[:objects] = (1 - z) * target.value[:objects] + z * value_a.view_as(target.value[:objects])
         return replace(target, key=key, value=value)
 
     def _filter(self, source: Slot, target: Slot) -> torch.Tensor:
