@@ -41,7 +41,8 @@ def plot_long(report: dict, path: Path) -> None:
         series = result["series"]
         memory.plot(series["frame"], [b / _MB for b in series["memory_bytes"]], label=result["config"])
         latency.plot(series["frame"], series["latency_ms"], label=result["config"])
-    _style(memory, "frame", "memory bank (MB)", f"{report['long']}-frame synthetic clip: memory")
+    _style(memory, "frame", "memory bank (MB, log scale)", f"{report['long']}-frame synthetic clip: memory")
+    memory.set_yscale("log")  # flat policies sit far below a growing one
     _style(latency, "frame", "latency per frame (ms, median of each bin)", "latency")
     memory.legend(fontsize=8)
     _save(figure, path)
