@@ -107,16 +107,23 @@ def _pad_objects(value: torch.Tensor, objects: int) -> torch.Tensor:
 
 
 def attend(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, known: torch.Tensor | None, topk: int
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    known: torch.Tensor | None,
+    topk: int,
+    scale: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """STM memory read (STReMN eq 10) with learned keys, batched and differentiable.
 
     query (B, C, N) and keys (B, C, M); values (B, O, D, M); known (B, O, M) marks memory
     pixels whose slot knew each object (None: all did). Affinity is the negative squared
-    L2 distance (STCN: better than the dot product for learned keys), softmax over the
-    ``topk`` best memory pixels (0: all). Returns (B, O, D, N).
+    L2 distance (STCN: better than the dot product for learned keys) times ``scale``
+    (default 1/sqrt(C)), softmax over the ``topk`` best memory pixels (0: all).
+    Returns (B, O, D, N).
     """
-    scale = query.shape[1] ** -0.5
+    if scale is None:
+        scale = query.shape[1] ** -0.5
     affinity = (2 * query.transpose(1, 2) @ keys - keys.pow(2).sum(1, keepdim=True)) * scale  # (B, N, M)
     b, n, m = affinity.shape
     if 0 < topk < m:
@@ -136,7 +143,9 @@ def attend(
     return (picked * weights.unsqueeze(2)).sum(dim=4)
 
 
-def read_values(query: torch.Tensor, slots: Sequence[Slot], objects: int, topk: int) -> torch.Tensor:
+def read_values(
+    query: torch.Tensor, slots: Sequence[Slot], objects: int, topk: int, scale: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Learned-model read over all slots: query (C, h, w); slot values (O_s, D, h, w).
 
     Returns (objects, D, h, w); each object is read only from the slots that knew it.
@@ -147,5 +156,5 @@ def read_values(query: torch.Tensor, slots: Sequence[Slot], objects: int, topk: 
     known = torch.cat(
         [_known(slot.value.shape[0], objects, keys)[:, None].expand(-1, slot.key[0].numel()) for slot in slots], dim=1
     )
-    out = attend(query.flatten(1)[None], keys[None], values[None], known[None], topk)
+    out = attend(query.flatten(1)[None], keys[None], values[None], known[None], topk, scale)
     return out[0].view(objects, -1, h, w)

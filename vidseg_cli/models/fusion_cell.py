@@ -12,24 +12,26 @@ paper's cell).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.memory.bank import Slot
 
 
-def fam(anchor: torch.Tensor, other: torch.Tensor, key_dim: int) -> torch.Tensor:
+def fam(anchor: torch.Tensor, other: torch.Tensor, key_dim: int, scale: torch.Tensor | float) -> torch.Tensor:
     """FAM(anchor, other) = softmax(anchor other^T) other, eq 3, on (B, C, h, w) templates.
 
-    The affinity uses the key channels only; the result has ``other``'s channels on
-    ``anchor``'s pixels.
+    The affinity is the cosine of the key channels times ``scale``; the result has
+    ``other``'s channels on ``anchor``'s pixels.
     """
     b, c, h, w = anchor.shape
-    a = anchor[:, :key_dim].flatten(2)
-    o = other[:, :key_dim].flatten(2)
-    attention = torch.softmax(a.transpose(1, 2) @ o * key_dim**-0.5, dim=2)  # (B, N_anchor, N_other)
+    a = F.normalize(anchor[:, :key_dim].flatten(2), dim=1)
+    o = F.normalize(other[:, :key_dim].flatten(2), dim=1)
+    attention = torch.softmax(a.transpose(1, 2) @ o * scale, dim=2)  # (B, N_anchor, N_other)
     return (other.flatten(2) @ attention.transpose(1, 2)).view(b, c, h, w)
 
 
@@ -44,13 +46,15 @@ class FusionCell(nn.Module):
         self.trunk = nn.Sequential(nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
         self.gate = nn.Conv2d(hidden, channels, 1)  # h of eq 7
         self.candidate = nn.Conv2d(hidden, channels, 1)  # g of eq 8
+        self.log_scale = nn.Parameter(torch.tensor(math.log(14.0)))  # FAM sharpness, learned
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """source X_i, target X_j: (B, C, h, w) -> the updated X_j."""
-        target_on_source = fam(source, target, self.key_dim)  # X_j^A, eq 4
+        scale = self.log_scale.exp()
+        target_on_source = fam(source, target, self.key_dim, scale)  # X_j^A, eq 4
         r = torch.sigmoid(self.filter(torch.cat([source, target_on_source], 1)))  # eq 5
         filtered = r * source  # eq 6
-        source_on_target = fam(target, filtered, self.key_dim)  # X_i^A, eq 7
+        source_on_target = fam(target, filtered, self.key_dim, scale)  # X_i^A, eq 7
         hidden = self.trunk(torch.cat([source_on_target, target], 1))
         z = torch.sigmoid(self.gate(hidden))  # eq 7
         n = torch.tanh(self.candidate(hidden))  # eq 8
@@ -66,7 +70,7 @@ class LearnedFusion:
     def __call__(self, source: Slot, target: Slot) -> Slot:
         objects = min(source.value.shape[0], target.value.shape[0])
         fused = self.cell(_templates(source, objects), _templates(target, objects))
-        key = fused[:, : self.cell.key_dim].mean(0)
+        key = F.normalize(fused[:, : self.cell.key_dim].mean(0), dim=0)  # keys stay unit vectors
         value = torch.cat([fused[:, self.cell.key_dim :], target.value[objects:]])
         return replace(target, key=key, value=value)
 

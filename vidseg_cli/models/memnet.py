@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -118,6 +119,10 @@ class MemNetHeads(nn.Module):
     def __init__(self, config: MemNetConfig, channels: dict[str, int]) -> None:
         super().__init__()
         self.key = _conv(channels["s16"], config.key_dim)
+        # Keys are unit vectors and the read's sharpness is learned: raw projections of
+        # ImageNet features have norms ~25, which makes the softmax one-hot from the first
+        # step (top-1 weight 1.0) and starves the keys of gradient.
+        self.log_read_scale = nn.Parameter(torch.tensor(math.log(7.0)))
         self.value = ValueEncoder(channels["s16"], config.mask_dim, config.value_dim)
         self.decoder = Decoder(channels, config.value_dim, config.decoder_dims)
         self.fusion = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
@@ -164,7 +169,11 @@ class MemoryNetwork(nn.Module):
         }
 
     def keys(self, features: Features) -> torch.Tensor:
-        return self.heads.key(features.s16)
+        return F.normalize(self.heads.key(features.s16), dim=1)
+
+    def read(self, key: torch.Tensor, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        """(objects, Cv, h, w) read from memory with the learned sharpness."""
+        return read_values(key, slots, objects, self.config.topk, self.heads.log_read_scale.exp())
 
     def values(self, features: Features, masks: torch.Tensor) -> torch.Tensor:
         return self.heads.value(features.s16, masks)
@@ -187,7 +196,7 @@ class MemoryNetwork(nn.Module):
 
     @torch.inference_mode()
     def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
-        readout = read_values(frame.key, slots, objects, self.config.topk)  # (O, Cv, h, w)
+        readout = self.read(frame.key, slots, objects)  # (O, Cv, h, w)
         return torch.sigmoid(self.decode(readout[None], frame.features)[0])
 
     @torch.inference_mode()

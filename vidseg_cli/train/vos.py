@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from vidseg_cli.engine.session import aggregate
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.memory.policies import make_policy
-from vidseg_cli.memory.readout import read_values
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.train.data import Clip, ClipSampler
@@ -71,7 +70,7 @@ def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: fl
     losses = []
     for t in range(1, len(clip.masks)):
         frame = _frame(features, t)
-        readout = read_values(keys[t], bank.slots, 1, model.config.topk)
+        readout = model.read(keys[t], bank.slots, 1)
         probs = aggregate(torch.sigmoid(model.decode(readout[None], frame)[0]))  # (2, H4, W4)
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         losses.append(bootstrapped_nll(full, clip.masks[t], top_p))
