@@ -222,3 +222,14 @@ def test_markdown_tables_from_a_report():
     assert len(table) == 4 and table[2].startswith("| c | 0.500 | 0.600 | 0.400 | 3.00 |") and "9.4" in table[2]
     grid = pivot(report, "update", "slots", "J&F").splitlines()
     assert grid[2:] == ["| A | 0.500 |", "| C | 0.750 |"]
+
+
+def test_bench_compares_fusion_cells(vidseg, tmp_path):
+    write_davis(tmp_path, sequences=1, length=10, height=48, width=64)
+    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--slots", "3", "--update", "A",
+                 "--fusion", "model,training-free,none", "--memory", "stremn,fifo", "--json", "-")
+    assert run.code == 0, run.stderr
+    labels = [r["config"] for r in json.loads(run.stdout)["results"]]
+    assert labels == ["propagate 48p stremn K=3 A", "propagate 48p stremn K=3 A fusion=training-free",
+                      "propagate 48p stremn K=3 A fusion=none", "propagate 48p fifo K=3"]
+    assert vidseg("bench", "--fusion", "magic").code == 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vidseg_cli.bench.runner import Config
-from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.engine.segment import fusion_for, make_bank
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.synthetic import frames
@@ -68,7 +68,7 @@ def long_run(
     width: int = LONG_WIDTH,
 ) -> list[Series]:
     models = {name: create_vos_model(name, device) for name in {c.model for c in configs}}
-    sessions = [VOSSession(models[c.model], make_bank(c.memory, models[c.model].fusion()), c.size, device) for c in configs]
+    sessions = [VOSSession(models[c.model], make_bank(c.memory, fusion_for(models[c.model], c.memory)), c.size, device) for c in configs]
     series = [Series(c) for c in configs]
     for index, (image, truth) in enumerate(frames(length, height, width, objects=2, seed=7)):
         mask = truth if index == 0 else None

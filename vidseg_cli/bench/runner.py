@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vidseg_cli.bench.dataset import Sequence
 from vidseg_cli.engine.segment import (
     MemoryOptions,
+    fusion_for,
     make_bank,
     peak_rss_bytes,
     validate_memory,
@@ -42,7 +43,8 @@ class Config:
     def label(self) -> str:
         m = self.memory
         detail = {"stremn": f" K={m.slots} {m.update}", "fifo": f" K={m.slots}", "stm": f" every={m.every}"}
-        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}"
+        fusion = f" fusion={m.fusion}" if m.fusion != "model" else ""
+        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}"
 
 
 # FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
@@ -92,15 +94,24 @@ class Result:
         }
 
 
-def configs(models: list[str], sizes: list[int], memories: list[str], slots: list[int], updates: list[str], every: list[int]) -> list[Config]:
+def configs(
+    models: list[str],
+    sizes: list[int],
+    memories: list[str],
+    slots: list[int],
+    updates: list[str],
+    every: list[int],
+    fusions: tuple[str, ...] = ("model",),
+) -> list[Config]:
     """The cross product, without duplicates that an option does not affect."""
     seen, out = set(), []
-    for model, size, memory, k, rule, n in itertools.product(models, sizes, memories, slots, updates, every):
+    for model, size, memory, k, rule, n, fusion in itertools.product(models, sizes, memories, slots, updates, every, fusions):
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
             update=rule if memory == "stremn" else "C",
             every=n if memory == "stm" else 5,
+            fusion=fusion if memory == "stremn" else "model",
         )
         config = Config(model, size, options)
         if config not in seen:
@@ -145,7 +156,7 @@ def _run_one(
     result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
 ) -> None:
     config = result.config
-    session = VOSSession(model, make_bank(config.memory, model.fusion()), config.size, device)
+    session = VOSSession(model, make_bank(config.memory, fusion_for(model, config.memory)), config.size, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -21,7 +21,7 @@ from vidseg_cli.bench.long import LONG_HEIGHT, LONG_WIDTH, long_run
 from vidseg_cli.bench.plots import plot_long, plot_results
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.cli.common import Device, json_text, stderr, user_errors
-from vidseg_cli.engine.segment import DEFAULT_SIZE, pick_device, use_all_cores
+from vidseg_cli.engine.segment import DEFAULT_SIZE, FUSIONS, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing, write_file_atomically
 from vidseg_cli.memory.policies import POLICIES
@@ -45,6 +45,7 @@ def bench_command(
     slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
+    fusion: Annotated[str, typer.Option(help="Comma list of stremn fusion cells: model (the model's own), training-free, none.")] = "model",
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json_path: Annotated[str | None, typer.Option("--json", metavar="FILE|-", help="Write the full report as JSON to FILE ('-' for stdout).")] = None,
     csv_path: Annotated[str | None, typer.Option("--csv", metavar="FILE|-", help="Write one CSV row per configuration to FILE ('-' for stdout).")] = None,
@@ -65,7 +66,13 @@ def bench_command(
         size = str(LONG_HEIGHT if long is not None else DEFAULT_SIZE)
     if memory is None:
         memory = ",".join(POLICIES) if long is not None else "stremn"
-    sweep = configs(_split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int))
+    fusions = tuple(_split(fusion))
+    unknown = set(fusions) - set(FUSIONS)
+    if unknown:
+        raise VidsegError(f"unknown fusion {sorted(unknown)[0]!r}; choose from {', '.join(FUSIONS)}")
+    sweep = configs(
+        _split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int), fusions
+    )
     if long is not None:
         _long(sweep, long, target, outputs)
         return

@@ -19,7 +19,9 @@ from vidseg_cli.io.frames import FrameSource, open_frames
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
 from vidseg_cli.io.sinks import Sink, StagedOutput, make_sinks
 from vidseg_cli.memory.bank import FusionCell, MemoryBank
+from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.policies import make_policy
+from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.registry import DEFAULT_VOS_MODEL, create_vos_model
 
 DEFAULT_SIZE = 360
@@ -33,6 +35,21 @@ class MemoryOptions:
     slots: int = 5
     update: str = "C"
     every: int = 5
+    fusion: str = "model"  # stremn's fusion cell: the model's own, training-free, or none
+
+
+FUSIONS = ("model", "training-free", "none")
+
+
+def fusion_for(model: VOSModel, options: MemoryOptions) -> FusionCell | None:
+    """The cell that distills dropped slots: ``model.fusion()`` unless the options say otherwise."""
+    if options.fusion == "model":
+        return model.fusion()
+    if options.fusion == "training-free":
+        return TrainingFreeFusion()  # both models' keys are unit vectors
+    if options.fusion == "none":
+        return None
+    raise VidsegError(f"unknown fusion {options.fusion!r}; choose from {', '.join(FUSIONS)}")
 
 
 @dataclass(frozen=True)
@@ -156,7 +173,7 @@ def _run(
 ) -> SegmentSummary:
     use_all_cores()
     model = create_vos_model(options.model, device)
-    session = VOSSession(model, make_bank(options.memory, model.fusion()), options.size, device)
+    session = VOSSession(model, make_bank(options.memory, fusion_for(model, options.memory)), options.size, device)
     sinks = make_sinks(options.format, folder, source.time_base)
     by_frame = {mask.frame: mask.path for mask in masks}
     summary = SegmentSummary(input=str(options.input), output="")
