@@ -163,5 +163,5 @@ def test_training_free_fusion_also_fuses_learned_feature_values():
     torch.manual_seed(0)
     source = Slot(key=torch.randn(4, 6, 7), value=torch.randn(1, 3, 6, 7), frame=1)
     target = Slot(key=torch.randn(4, 6, 7), value=torch.randn(2, 3, 6, 7), frame=2)
-    fused = TrainingFreeFusion(unit_keys=False)(source, target)
+    fused = TrainingFreeFusion()(source, target)
     assert fused.value.shape == target.value.shape and torch.equal(fused.value[1], target.value[1])

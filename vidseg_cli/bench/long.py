@@ -35,6 +35,7 @@ class Series:
 
     def summary(self) -> dict:
         tenth = max(1, len(self.latency_ms) // 10)
+        stride = max(1, len(self.frame) // POINTS)
         return {
             "config": self.config.label,
             "frames": self.frame[-1] + 1,
@@ -44,19 +45,16 @@ class Series:
             "latency_ms_first_10pct": round(statistics.median(self.latency_ms[:tenth]), 1),
             "latency_ms_last_10pct": round(statistics.median(self.latency_ms[-tenth:]), 1),
             "series": {
-                "frame": self.frame[:: self._stride()],
-                "slots": self.slots[:: self._stride()],
-                "memory_bytes": self.memory_bytes[:: self._stride()],
+                "frame": self.frame[:: stride],
+                "slots": self.slots[:: stride],
+                "memory_bytes": self.memory_bytes[:: stride],
                 # the median of each bin: single frames are noisy on a shared machine
                 "latency_ms": [
-                    round(statistics.median(self.latency_ms[i : i + self._stride()]), 2)
-                    for i in range(0, len(self.latency_ms), self._stride())
+                    round(statistics.median(self.latency_ms[i : i + stride]), 2)
+                    for i in range(0, len(self.latency_ms), stride)
                 ],
             },
         }
-
-    def _stride(self) -> int:
-        return max(1, len(self.frame) // POINTS)
 
 
 def long_run(

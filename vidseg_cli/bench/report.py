@@ -22,7 +22,7 @@ _RESULT_COLUMNS = {
     "peak bank (MB)": lambda r: f"{r['max_memory_mb']:.1f}",
 }
 
-_LONG_COLUMNS = {
+LONG_COLUMNS = {
     "configuration": lambda r: r["config"],
     "slots at end": lambda r: str(r["slots_end"]),
     "bank MB at 10%": lambda r: f"{r['memory_mb_at_10pct']:.2f}",
@@ -32,7 +32,7 @@ _LONG_COLUMNS = {
 
 
 def markdown(report: dict) -> str:
-    columns = _LONG_COLUMNS if "long" in report else _RESULT_COLUMNS
+    columns = LONG_COLUMNS if "long" in report else _RESULT_COLUMNS
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for result in report["results"]:
         lines.append("| " + " | ".join(cell(result) for cell in columns.values()) + " |")

@@ -65,9 +65,14 @@ class Result:
     max_memory_bytes: int = 0
     peak_cuda_bytes: int | None = None
 
+    @property
+    def objects(self) -> list[ObjectScore]:
+        """Every object's scores, over all sequences."""
+        return [score for scores in self.scores.values() for score in scores]
+
     def summary(self) -> dict:
         steps = sorted(self.step_seconds)
-        objects = [score for scores in self.scores.values() for score in scores]
+        objects = self.objects
         overall = j_and_f(objects)
         return {
             "config": self.config.label,
@@ -148,8 +153,7 @@ def evaluate(model: VOSModel, sequences: list[Sequence], config: Config, device:
     for sequence in sequences:
         images = [frame.image for frame in FolderSource(sequence.frames)]
         _run_one(result, model, sequence, images, 0.0, device)
-    objects = [score for scores in result.scores.values() for score in scores]
-    return _rounded(j_and_f(objects))
+    return _rounded(j_and_f(result.objects))
 
 
 def _run_one(

@@ -19,6 +19,7 @@ from vidseg_cli import __version__
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.long import LONG_HEIGHT, LONG_WIDTH, long_run
 from vidseg_cli.bench.plots import plot_long, plot_results
+from vidseg_cli.bench.report import LONG_COLUMNS
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.cli.common import Device, json_text, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, FUSIONS, pick_device, use_all_cores
@@ -142,13 +143,9 @@ def _long(sweep: list, length: int, device: torch.device, outputs: _Outputs) -> 
     with stderr.status(f"streaming {length} synthetic frames") as status:
         progress = lambda index: status.update(f"streaming {length} synthetic frames: {index}")  # noqa: E731
         series = [s.summary() for s in long_run(sweep, length, device, progress)]
-    columns = ("configuration", "slots at end", "bank MB at 10%", "bank MB at end", "ms first 10%", "ms last 10%")
-    table = _new_table(f"synthetic {length}-frame clip ({LONG_WIDTH}x{LONG_HEIGHT})", columns)
+    table = _new_table(f"synthetic {length}-frame clip ({LONG_WIDTH}x{LONG_HEIGHT})", tuple(LONG_COLUMNS))
     for s in series:
-        table.add_row(
-            s["config"], str(s["slots_end"]), f"{s['memory_mb_at_10pct']:.2f}", f"{s['memory_mb_end']:.2f}",
-            f"{s['latency_ms_first_10pct']:.0f}", f"{s['latency_ms_last_10pct']:.0f}",
-        )
+        table.add_row(*(cell(s) for cell in LONG_COLUMNS.values()))
     stderr.print(table)
     report = {"long": length, "device": str(device), "machine": _machine(), "results": series}
     outputs.write(report, plot_long, rows=[{k: v for k, v in s.items() if k != "series"} for s in series])

@@ -30,7 +30,6 @@ class TrainingFreeFusion:
     topk: int = 8
     temperature: float = 0.05
     z_max: float = 0.5
-    unit_keys: bool = True  # re-normalise blended keys (cosine keys); False for learned L2 keys
 
     def __call__(self, source: Slot, target: Slot) -> Slot:
         """Values may be probabilities (O, h, w) or learned features (O, D, h, w)."""
@@ -45,9 +44,7 @@ class TrainingFreeFusion:
         key_a, value_a, r_a = aligned[:c], aligned[c : c + len(known)], aligned[c + len(known) :]
         agreement = (F.normalize(key_a, dim=0) * target.key).sum(0, keepdim=True).clamp_min(0)
         z = self.z_max * agreement * r_a
-        key = (1 - z) * target.key + z * key_a
-        if self.unit_keys:
-            key = F.normalize(key, dim=0)
+        key = F.normalize((1 - z) * target.key + z * key_a, dim=0)
         value = target.value.clone()
         value[:objects] = (1 - z) * target.value[:objects] + z * value_a.view_as(target.value[:objects])
         return replace(target, key=key, value=value)

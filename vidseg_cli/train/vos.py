@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from vidseg_cli.engine.session import aggregate
+from vidseg_cli.io.sinks import write_file_atomically
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.backbone import Features
@@ -142,7 +142,7 @@ class Trainer:
             "config": json.dumps(asdict(self.config)),
             "history": self.history,
         }
-        _atomic(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path))
+        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
@@ -165,13 +165,7 @@ def save_model(model: MemoryNetwork, path: Path, extra: dict[str, str] | None = 
     metadata = {"arch": ARCH, "config": model.config.to_json(), "backbone": "efficientnet-lite0", **(extra or {})}
     state = {f"heads.{name}": t for name, t in model.heads.state_dict().items()} | model.finetuned_state()
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
-    _atomic(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    staging = path.with_name(f".{path.name}.partial")
-    write(staging)
-    os.replace(staging, path)
+    write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
 
 
 def run_training(
