@@ -97,3 +97,46 @@ def test_counted_flops_scale_with_the_computed_share():
     assert flops(1.0) == pytest.approx(dense, rel=0.01)  # + the mask dilation (a tiny transposed conv)
     assert flops(0.5) == pytest.approx(0.5 * dense, rel=0.1)  # the expansion's halo adds a little
     assert flops(0.1) < 0.2 * dense
+
+
+def test_gates_start_dense_and_decide_only_their_policies():
+    from vidseg_cli.sparse.gates import COMPUTE, REUSE, SKIP, TripleGate
+
+    x, previous = torch.randn(1, 8, 9, 10), torch.randn(1, 8, 9, 10)
+    for mode, allowed in [("static", {SKIP, COMPUTE}), ("residual", {REUSE, COMPUTE}), ("triple", {SKIP, REUSE, COMPUTE})]:
+        gate = TripleGate(8, stride=2, mode=mode)
+        scores = gate(x, previous)
+        assert scores.shape == (1, len(allowed), 5, 5)  # ceil(9/2) x ceil(10/2), as the blocks
+        assert (gate.decide(scores) == COMPUTE).all()  # initialised to compute everywhere
+        with torch.no_grad():
+            gate.conv.bias.zero_()
+            gate.conv.weight.normal_()
+        assert set(gate.decide(gate(x, previous)).unique().tolist()) <= allowed
+
+
+def test_gumbel_straight_through_is_one_hot_forward_and_soft_backward():
+    from vidseg_cli.sparse.gates import TripleGate, compose
+
+    torch.manual_seed(0)
+    gate = TripleGate(4, stride=1, mode="triple")
+    with torch.no_grad():
+        gate.conv.bias.zero_()
+    x, previous_in = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)
+    policy = gate.one_hot(gate(x, previous_in))
+    assert torch.equal(policy.sum(1), torch.ones(1, 6, 6)) and set(policy.unique().tolist()) == {0.0, 1.0}
+    computed, reused = torch.full((1, 2, 6, 6), 5.0), torch.full((1, 2, 6, 6), -1.0)
+    out = compose(policy, computed, reused, None)
+    expected = torch.where(policy[:, 2:3] > 0, computed, torch.where(policy[:, 1:2] > 0, reused, torch.zeros(())))
+    assert torch.equal(out, expected)
+    out.sum().backward()
+    assert gate.conv.weight.grad.abs().sum() > 0  # the soft sample carries the gradient
+
+
+def test_sparsity_losses():
+    from vidseg_cli.sparse.gates import global_loss, layer_loss, relaxed_bounds
+
+    assert relaxed_bounds(0.0, 0.4) == (0.4, 0.4) and relaxed_bounds(1.0, 0.4) == (0.0, 1.0)
+    shares = [torch.tensor(0.2), torch.tensor(0.9)]
+    assert layer_loss(shares, 0.3, 0.8).item() == pytest.approx(0.1**2 + 0.1**2)
+    # cost-weighted: (0.2 * 1 + 0.9 * 3) / 4 = 0.725
+    assert global_loss(shares, [1.0, 3.0], 0.5).item() == pytest.approx(0.225**2)
