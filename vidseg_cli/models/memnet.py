@@ -101,10 +101,16 @@ class Decoder(nn.Module):
 
     def forward(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
         """readout (B*O, Cv, h16, w16), features repeated per object -> logits (B*O, H4, W4)."""
+        return self.finish(self.refined8(readout, features), features.s4)
+
+    def refined8(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
+        """The refined stride-8 map R8 (Reuse-VOS's name): what a reused frame translates."""
         x = self.enter(torch.cat([readout, features.s16], dim=1))
-        x = self._merge(x, features.s8, self.up8, self.skip8, self.refine8)
-        x = self._merge(x, features.s4, self.up4, self.skip4, self.refine4)
-        return self.out(x)[:, 0]
+        return self._merge(x, features.s8, self.up8, self.skip8, self.refine8)
+
+    def finish(self, refined8: torch.Tensor, s4: torch.Tensor) -> torch.Tensor:
+        """R8 and the stride-4 features -> logits (B*O, H4, W4)."""
+        return self.out(self._merge(refined8, s4, self.up4, self.skip4, self.refine4))[:, 0]
 
     @staticmethod
     def _merge(x: torch.Tensor, skip: torch.Tensor, up: nn.Module, lateral: nn.Module, refine: nn.Module) -> torch.Tensor:
