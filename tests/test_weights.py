@@ -2,6 +2,7 @@
 
 import hashlib
 import threading
+from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import huggingface_hub.constants
@@ -15,6 +16,12 @@ from vidseg_cli.weights import registry as weights_registry
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 TINY = MemNetConfig(key_dim=8, value_dim=8, mask_dim=4, decoder_dims=(8, 8, 8), fusion_hidden=4, topk=4)
+
+
+def _toml_config(config: MemNetConfig) -> str:
+    """The architecture as weights.toml lists it: an inline table."""
+    items = ", ".join(f"{k} = {list(v) if isinstance(v, tuple) else v}" for k, v in asdict(config).items())
+    return "config = { " + items + " }\n"
 
 
 class _Hub(BaseHTTPRequestHandler):
@@ -64,9 +71,10 @@ def hub(tmp_path, monkeypatch):
     toml.write_text(
         "".join(
             f'[{name}]\ntask = "vos"\narch = "memnet"\nsource = "hub"\nrepo_id = "vidseg/tiny"\n'
-            f'filename = "{filename}"\nrevision = "{REVISION}"\nsha256 = "{sha}"\n\n'
-            for name, filename in (("tiny", "tiny.safetensors"), ("tampered", "tampered.safetensors"),
-                                   ("gone", "gone.safetensors"))
+            f'filename = "{filename}"\nrevision = "{REVISION}"\nsha256 = "{sha}"\n' + _toml_config(config) + "\n"
+            for name, filename, config in (("tiny", "tiny.safetensors", TINY), ("tampered", "tampered.safetensors", TINY),
+                                           ("gone", "gone.safetensors", TINY),
+                                           ("misdescribed", "tiny.safetensors", replace(TINY, topk=5)))
         )
         + (weights_registry.REGISTRY_FILE.read_text())
     )
@@ -111,6 +119,12 @@ def test_missing_on_the_hub_and_offline_give_clear_errors(vidseg, hub, monkeypat
     offline = vidseg("weights", "pull", "tiny")
     assert offline.code == 2 and "cannot download 'tiny'" in offline.stderr
     assert "tiny" in str(pytest.raises(Exception, create_vos_model, "tiny").value)
+
+
+def test_the_listed_architecture_must_match_the_file(vidseg, hub):
+    assert vidseg("weights", "pull", "misdescribed").code == 0  # same file as tiny, right hash
+    with pytest.raises(Exception, match="differs from weights.toml"):
+        create_vos_model("misdescribed")
 
 
 def test_unknown_checkpoint_names_the_known_ones(vidseg):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from pathlib import Path
 
 import torch
@@ -41,8 +42,18 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
         model = PropagationModel(backbone(spec.fields["backbone"]), PropagateConfig())
         return model.to(device).eval()
     if spec.arch == ARCH:
-        return load_memnet(resolve(name)).to(device).eval()
+        model = load_memnet(resolve(name))
+        _check_listed_config(name, spec.fields.get("config"), model.config)
+        return model.to(device).eval()
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
+
+
+def _check_listed_config(name: str, listed: dict | None, actual: MemNetConfig) -> None:
+    """weights.toml lists each learned model's architecture; its file must carry the same."""
+    if listed is None:
+        raise VidsegError(f"weights.toml entry {name!r} lacks its architecture config")
+    if MemNetConfig.from_json(json.dumps(listed)) != actual:
+        raise VidsegError(f"{name}: the file's architecture {actual} differs from weights.toml's {listed}")
 
 
 def load_memnet(path: Path) -> MemoryNetwork:
