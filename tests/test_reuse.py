@@ -44,3 +44,43 @@ def test_mask_iou():
     a = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
     b = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 0]]])
     torch.testing.assert_close(mask_iou(a, b), torch.tensor([0.5, 1.0]))
+
+
+def test_backbone_halves_equal_the_full_pass():
+    from vidseg_cli.models.registry import backbone
+
+    image = torch.rand(1, 3, 70, 90) * 255
+    with torch.no_grad():
+        full = backbone()(image)
+        s4, s8 = backbone().to_stride8(image)
+        assert torch.equal(s4, full.s4) and torch.equal(s8, full.s8)
+        assert torch.equal(backbone().stride8_to_16(s8), full.s16)
+
+
+def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path):
+    import numpy as np
+
+    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.models.registry import backbone
+    from vidseg_cli.synthetic import write_davis
+    from vidseg_cli.train.data import ClipSampler
+    from vidseg_cli.train.reuse import reuse_loss
+
+    torch.manual_seed(0)
+    tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
+    model = MemoryNetwork(backbone(), tiny).eval().requires_grad_(False)
+    heads = ReuseHeads(ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))
+    root = write_davis(tmp_path, sequences=1, length=8, height=64, width=96)
+    clip = ClipSampler(root, 4, (64, 96), np.random.default_rng(0)).sample(max_gap=1, still=False)
+    optimizer = torch.optim.Adam(heads.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss, parts = reuse_loss(model, heads, clip, margin=0.0)
+        assert set(parts) == {"gate", "delta", "mask"}
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in heads.gate.parameters())

@@ -94,26 +94,39 @@ class EfficientNetLite0(nn.Module):
     """
 
     channels = {"s4": 24, "s8": 40, "s16": 112}
-    # index of the last block of each output stride
-    _taps = {2: "s4", 4: "s8", 10: "s16"}
+    # blocks [0, 3) end at stride 4, [3, 5) at stride 8, [5, 11) at stride 16
+    _s4_end, _s8_end, _s16_end = 3, 5, 11
 
     def __init__(self) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
-        specs = _block_specs()[: max(self._taps) + 1]
+        specs = _block_specs()[: self._s16_end]
         self._blocks = nn.ModuleList(MBConv(*spec) for spec in specs)
 
     def forward(self, image: torch.Tensor) -> Features:
         """image: (B, 3, H, W) float RGB in [0, 255]."""
+        s4, s8 = self.to_stride8(image)
+        return Features(s4, s8, self.stride8_to_16(s8))
+
+    def to_stride8(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first half (stem and blocks 0-4): the stride-4 and stride-8 maps. A frame that
+        Reuse-VOS's gate reuses stops here."""
         x = (image - PIXEL_MEAN) / PIXEL_STD
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        taps = {}
-        for index, block in enumerate(self._blocks):
+        for block in self._blocks[: self._s4_end]:
             x = block(x)
-            if index in self._taps:
-                taps[self._taps[index]] = x
-        return Features(**taps)
+        s4 = x
+        for block in self._blocks[self._s4_end : self._s8_end]:
+            x = block(x)
+        return s4, x
+
+    def stride8_to_16(self, s8: torch.Tensor) -> torch.Tensor:
+        """The second half (blocks 5-10)."""
+        x = s8
+        for block in self._blocks[self._s8_end :]:
+            x = block(x)
+        return x
 
     def load_imagenet(self, state: dict[str, torch.Tensor]) -> None:
         """Load the full-classifier checkpoint, keeping only the trunk we build."""
