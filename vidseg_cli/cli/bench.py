@@ -26,6 +26,7 @@ from vidseg_cli.engine.segment import DEFAULT_SIZE, FUSIONS, pick_device, use_al
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing, write_file_atomically
 from vidseg_cli.memory.policies import POLICIES
+from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
 from vidseg_cli.synthetic import write_davis
 
 
@@ -40,7 +41,7 @@ def _split(text: str, cast=str) -> list:
 def bench_command(
     data: Annotated[Path | None, typer.Option(help="Dataset in DAVIS layout [default: a built-in synthetic one].")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run.")] = None,
-    model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = "propagate",
+    model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = DEFAULT_VOS_MODEL,
     size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes [default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}].")] = None,
     memory: Annotated[str | None, typer.Option(help="Comma list of memory policies [default: stremn; with --long, all].")] = None,
     slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
