@@ -84,3 +84,63 @@ def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path)
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is not None for p in heads.gate.parameters())
+
+
+def _reuse_session(tau: float, mode: str = "refine", always: bool = True):
+    from vidseg_cli.engine.reuse import ReuseOptions, ReuseTracker
+    from vidseg_cli.engine.segment import MemoryOptions, make_bank
+    from vidseg_cli.engine.session import VOSSession
+    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.models.registry import backbone
+    from vidseg_cli.reuse.model import ReuseModel
+
+    torch.manual_seed(0)
+    tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
+    model = ReuseModel(MemoryNetwork(backbone(), tiny), ReuseHeads(ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))).eval()
+    if always:  # a gate that always says "similar"
+        with torch.no_grad():
+            model.heads.gate.second.bias.fill_(20.0)
+    bank = make_bank(MemoryOptions(slots=3), model.fusion())
+    tracker = ReuseTracker(model, ReuseOptions(tau=tau, mode=mode))
+    return VOSSession(model, bank, 64, torch.device("cpu"), reuse=tracker), model
+
+
+def _run(session, length=6):
+    from vidseg_cli.synthetic import frames
+
+    return [session.step(image, truth if index == 0 else None) for index, (image, truth) in enumerate(frames(length, 64, 80, objects=2, seed=4))]
+
+
+def test_reused_frames_skip_the_heavy_path_and_memory():
+    session, _ = _reuse_session(tau=0.7)
+    results = _run(session)
+    # frame 0 has the mask, frame 1 is the first full prediction (the first R8); then all reuse
+    assert [r.reused for r in results] == [False, False, True, True, True, True]
+    assert [r.slots for r in results] == [1, 2, 2, 2, 2, 2]  # reused frames are not written
+    assert session.reuse.reused == 4
+
+
+def test_tau_one_never_reuses_and_equals_the_plain_model():
+    from vidseg_cli.engine.segment import MemoryOptions, make_bank
+    from vidseg_cli.engine.session import VOSSession
+
+    session, model = _reuse_session(tau=1.0)
+    reusing = _run(session)
+    plain = VOSSession(model.base, make_bank(MemoryOptions(slots=3), model.fusion()), 64, torch.device("cpu"))
+    for ours, theirs in zip(reusing, _run(plain), strict=True):
+        assert not ours.reused
+        assert (ours.labels == theirs.labels).all()
+
+
+def test_copy_mode_repeats_the_last_computed_mask():
+    session, _ = _reuse_session(tau=0.5, mode="copy")
+    results = _run(session)
+    for later in results[2:]:
+        assert later.reused and (later.labels == results[1].labels).all()
+
+
+def test_a_gate_below_tau_computes():
+    session, model = _reuse_session(tau=0.5, always=False)
+    with torch.no_grad():
+        model.heads.gate.second.bias.fill_(-20.0)
+    assert not any(r.reused for r in _run(session))

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidseg_cli.engine.aggregate import aggregate
+from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.models.base import EncodedFrame, VOSModel
-
-_EPS = 1e-6
 
 
 @dataclass
@@ -23,16 +23,20 @@ class StepResult:
     labels: np.ndarray  # (H, W) uint8 object ids at the input resolution
     slots: int
     memory_bytes: int
+    reused: bool = False  # Reuse-VOS skipped the heavy path on this frame
 
 
 class VOSSession:
     """Semi-supervised VOS over one video: ``step`` each frame, with a mask where given."""
 
-    def __init__(self, model: VOSModel, bank: MemoryBank, size: int, device: torch.device) -> None:
+    def __init__(
+        self, model: VOSModel, bank: MemoryBank, size: int, device: torch.device, reuse: ReuseTracker | None = None
+    ) -> None:
         self.model = model
         self.bank = bank
         self.size = size
         self.device = device
+        self.reuse = reuse
         self.object_ids: list[int] = []
         self.frame_index = 0
 
@@ -40,15 +44,30 @@ class VOSSession:
         """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None."""
         height, width = frame.shape[:2]
         image = self._preprocess(frame)
-        encoded = self.model.encode(image)
-        probs = self._predict(encoded)
+        if self.reuse is None:
+            encoded, refined8 = self.model.encode(image), None
+            probs = self._predict(encoded)
+        else:
+            partial = self.model.encode_stride8(image)
+            reused = None if mask is not None else self.reuse.try_reuse(partial, len(self.object_ids))
+            if reused is not None:  # Reuse-VOS: the rest of the network is skipped, memory untouched
+                return self._result(reused, image, (height, width), None, reused=True)
+            encoded = self.model.complete(partial)
+            probs, refined8 = self._predict_refined(encoded)
         if mask is not None:
             probs = self._apply_mask(probs, mask, encoded.grid)
         probs = aggregate(probs)  # (1 + objects, h, w), background first
         self._remember(encoded, probs[1:], permanent=mask is not None)
-        labels = self._labels(self.model.upsample(probs, image), (height, width), mask)
+        if self.reuse is not None and self.object_ids:
+            self.reuse.computed(partial, probs, refined8)
+        return self._result(probs, image, (height, width), mask, reused=False)
+
+    def _result(
+        self, probs: torch.Tensor, image: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None, reused: bool
+    ) -> StepResult:
+        labels = self._labels(self.model.upsample(probs, image), size, mask)
         self.frame_index += 1
-        return StepResult(labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes)
+        return StepResult(labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes, reused=reused)
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
@@ -63,6 +82,12 @@ class VOSSession:
         if not self.bank.slots or not self.object_ids:
             return encoded.key.new_zeros(len(self.object_ids), *encoded.grid)
         return self.model.segment(encoded, self.bank.slots, len(self.object_ids))
+
+    def _predict_refined(self, encoded: EncodedFrame) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As ``_predict``, with the refined stride-8 maps a later reused frame translates."""
+        if not self.bank.slots or not self.object_ids:
+            return self._predict(encoded), None
+        return self.model.segment_refined(encoded, self.bank.slots, len(self.object_ids))
 
     def _apply_mask(self, probs: torch.Tensor, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """Objects in the mask take its shape; others keep their prediction outside it."""
@@ -97,18 +122,6 @@ class VOSSession:
             labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
             labels = labels.astype(np.uint8)
         return labels
-
-
-def aggregate(probs: torch.Tensor) -> torch.Tensor:
-    """Soft aggregation (STM): per-object probabilities -> a distribution with background.
-
-    ``probs`` (O, h, w) -> (1 + O, h, w), background first, summing to 1 per pixel.
-    """
-    p = probs.clamp(_EPS, 1 - _EPS)
-    background = torch.prod(1 - p, dim=0, keepdim=True)
-    p = torch.cat([background, p])
-    logits = torch.log(p / (1 - p))
-    return torch.softmax(logits, dim=0)
 
 
 def _argmax_channels(probs: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.engine.session import aggregate
+from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.backbone import Features
