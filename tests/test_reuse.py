@@ -144,3 +144,29 @@ def test_a_gate_below_tau_computes():
     with torch.no_grad():
         model.heads.gate.second.bias.fill_(-20.0)
     assert not any(r.reused for r in _run(session))
+
+
+def test_train_reuse_command_writes_heads_that_load_only_with_their_model(vidseg, tmp_path):
+    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.models.registry import backbone, create_reuse_model
+    from vidseg_cli.synthetic import write_davis
+    from vidseg_cli.train.vos import save_model
+
+    tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
+    base, other = tmp_path / "base.safetensors", tmp_path / "other.safetensors"
+    torch.manual_seed(0)
+    save_model(MemoryNetwork(backbone(), tiny), base)
+    save_model(MemoryNetwork(backbone(), tiny), other)
+    data = write_davis(tmp_path / "davis", sequences=1, length=8, height=64, width=96)
+    run = vidseg("train", "reuse", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--steps", "3", "--clip-length", "3", "--crop", "64x96", "--max-gap", "1")
+    assert run.code == 0, run.stderr
+    heads = run.stdout.strip()
+    assert heads.endswith("reuse.safetensors") and "step 3/3" in (tmp_path / "run" / "train.log").read_text()
+    model = create_reuse_model(str(base), heads)
+    assert model.heads.translator.merge.out_channels == 8  # sized to the model's decoder
+    with pytest.raises(Exception, match="trained for another model"):
+        create_reuse_model(str(other), heads)
+    again = vidseg("train", "reuse", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "3")
+    assert again.code == 2 and "not empty" in again.stderr
+    assert vidseg("train", "reuse", "--model", "propagate", "--data", str(data), "--out", str(tmp_path / "p")).code == 2

@@ -18,8 +18,15 @@ from vidseg_cli.cli.common import Device, stderr, user_errors
 from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.models.memnet import MemoryNetwork
-from vidseg_cli.models.registry import backbone
+from vidseg_cli.models.registry import (
+    DEFAULT_VOS_MODEL,
+    backbone,
+    create_vos_model,
+    model_identity,
+)
+from vidseg_cli.reuse.heads import ReuseConfig
 from vidseg_cli.train.data import ClipSampler
+from vidseg_cli.train.reuse import ReuseTrainConfig, ReuseTrainer
 from vidseg_cli.train.vos import (
     CHECKPOINT,
     TrainConfig,
@@ -129,3 +136,65 @@ def _validator(model: MemoryNetwork, root: Path, size: int, device: torch.device
         return evaluate(model, sequences, config, device)
 
     return validate
+
+
+@train_app.command("reuse")
+@user_errors
+def train_reuse_command(
+    data: Annotated[Path, typer.Option(help="Training data in DAVIS layout.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, reuse.safetensors, config.json, train.log.")],
+    model: Annotated[str, typer.Option(help="The learned VOS model the heads serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
+    steps: Annotated[int, typer.Option(help="Training clips (one optimiser step each).")] = ReuseTrainConfig.steps,
+    seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
+    clip_length: Annotated[int, typer.Option(help="Frames per clip: memory, one full frame, then reused frames.")] = ReuseTrainConfig.clip_length,
+    crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = ReuseTrainConfig.lr,
+    max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = ReuseTrainConfig.max_gap,
+    margin: Annotated[float, typer.Option(help="m1: the gate target's floor, reached halfway (eq 4).")] = ReuseTrainConfig.margin,
+    tolerance: Annotated[float, typer.Option(help="m2: gate errors below it cost the same (eq 5).")] = ReuseTrainConfig.tolerance,
+    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
+) -> None:
+    """Train Reuse-VOS's heads (template matching, reuse gate, delta generator, refine translator)
+    on a frozen learned VOS model."""
+    if clip_length < 3:
+        raise VidsegError("--clip-length must be at least 3: a memory frame, a full frame and a reused one")
+    if not 0.0 <= margin <= 1.0 or not 0.0 <= tolerance <= 1.0:
+        raise VidsegError("--margin and --tolerance are probabilities in [0, 1]")
+    use_all_cores()
+    target = pick_device(device.value)
+    base = create_vos_model(model, target)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--model {model}: reuse heads need a learned memory network (arch memnet)")
+    heads = ReuseConfig(refined_dim=base.config.decoder_dims[1])  # the translator speaks the decoder's R8
+    config = ReuseTrainConfig(steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap,
+                              margin=margin, tolerance=tolerance, seed=seed, heads=heads)
+    _prepare(out, resume, force)
+    rng = make_generator(seed)
+    trainer = ReuseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
+    if resume:
+        trainer.load_checkpoint()
+        _check_same(out, config)
+    else:
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    with open(out / "train.log", "a") as log_file:
+        log = _logger(log_file)
+        log(f"training reuse heads for {model}: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
+        try:
+            trainer.run(log, checkpoint_every=checkpoint_every)
+        except KeyboardInterrupt:
+            trainer.save_checkpoint()
+            log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
+            raise typer.Exit(130) from None
+    print(trainer.save_heads(model_identity(model)))
+
+
+def _logger(log_file):
+    def log(line: str) -> None:
+        stderr.print(line, highlight=False)
+        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        log_file.flush()
+
+    return log

@@ -15,7 +15,9 @@ from vidseg_cli.models.backbone import EfficientNetLite0
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
-from vidseg_cli.weights.registry import entry, load_state, resolve
+from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
+from vidseg_cli.reuse.model import ReuseModel
+from vidseg_cli.weights.registry import entry, file_sha256, load_state, resolve
 
 VOS_MODELS = ("propagate",)
 DEFAULT_VOS_MODEL = "propagate"
@@ -58,14 +60,7 @@ def _check_listed_config(name: str, listed: dict | None, actual: MemNetConfig) -
 
 def load_memnet(path: Path) -> MemoryNetwork:
     """A learned model from a safetensors file written by ``vidseg train vos``."""
-    if not path.is_file():
-        raise VidsegError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (OSError, SafetensorError) as error:
-        raise VidsegError(f"cannot read {path} as safetensors: {error}") from None
+    state, metadata = _read_safetensors(path)
     if metadata.get("arch") != ARCH or "config" not in metadata:
         raise VidsegError(f"{path} is not a vidseg {ARCH} checkpoint (arch {metadata.get('arch')!r})")
     model = MemoryNetwork(backbone(metadata.get("backbone", "efficientnet-lite0")), MemNetConfig.from_json(metadata["config"]))
@@ -81,3 +76,39 @@ def load_memnet(path: Path) -> MemoryNetwork:
     except RuntimeError as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
     return model
+
+
+def model_identity(name: str) -> str:
+    """What reuse heads record of the model they were trained on: its file's sha256."""
+    path = Path(name) if name.endswith(".safetensors") else resolve(name)
+    return file_sha256(path)
+
+
+def create_reuse_model(model: str, heads: str, device: torch.device | str = "cpu") -> ReuseModel:
+    """A learned VOS model with Reuse-VOS heads (a weights.toml name or a file from
+    ``vidseg train reuse``), which must have been trained on that very model."""
+    base = create_vos_model(model, device)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--reuse needs a learned memory network; {model!r} is not one")
+    path = Path(heads) if heads.endswith(".safetensors") else resolve(heads)
+    state, metadata = _read_safetensors(path)
+    if metadata.get("arch") != REUSE_ARCH or "config" not in metadata:
+        raise VidsegError(f"{path} is not a vidseg reuse-heads checkpoint (arch {metadata.get('arch')!r})")
+    if metadata.get("base") != model_identity(model):
+        raise VidsegError(f"reuse heads {heads} were trained for another model than {model}")
+    module = ReuseHeads(ReuseConfig(**json.loads(metadata["config"])))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
+    return ReuseModel(base, module).to(device).eval()
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise VidsegError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata() or {}  # noqa: SIM118
+    except (OSError, SafetensorError) as error:
+        raise VidsegError(f"cannot read {path} as safetensors: {error}") from None

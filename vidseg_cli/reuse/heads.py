@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+REUSE_ARCH = "reuse-heads"
 GATE_START = 0.15  # reuse probability at initialisation (the paper follows AIG's 15%)
 
 

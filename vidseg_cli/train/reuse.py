@@ -13,22 +13,37 @@ asks it to predict the IoU between y_t and y_{t-n}, lifted to at least the margi
 
 from __future__ import annotations
 
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from vidseg_cli.engine.aggregate import aggregate
+from vidseg_cli.io.sinks import write_file_atomically
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import MemoryNetwork
 from vidseg_cli.reuse.heads import (
+    REUSE_ARCH,
+    ReuseConfig,
     ReuseHeads,
     delta_loss,
     gate_probability_loss,
     gate_target,
     mask_iou,
 )
-from vidseg_cli.train.data import Clip
+from vidseg_cli.train.data import Clip, ClipSampler
+
+CHECKPOINT = "checkpoint.pt"
+HEADS = "reuse.safetensors"
 
 
 def on_grid(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -72,3 +87,97 @@ def reuse_loss(model: MemoryNetwork, heads: ReuseHeads, clip: Clip, margin: floa
         parts["mask"].append(F.binary_cross_entropy_with_logits(logits, target))
     means = {name: torch.stack(values).mean() for name, values in parts.items()}
     return sum(means.values()), {name: value.item() for name, value in means.items()}
+
+
+@dataclass(frozen=True)
+class ReuseTrainConfig:
+    steps: int = 3000
+    clip_length: int = 5  # frame 0 (memory), frame 1 (full), frames 2-4 reused from frame 1
+    crop: tuple[int, int] = (256, 384)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    max_gap: int = 3  # frames between clip frames: the reused frames lie 1 to 3 * gap back
+    margin: float = 0.5  # m1: the gate target's floor grows from 0 to m1 over the first half
+    tolerance: float = 0.0  # m2 of eq 5
+    seed: int = 0
+    heads: ReuseConfig = field(default_factory=ReuseConfig)
+
+
+class ReuseTrainer:
+    """AdamW on the reuse heads only; the memory network stays frozen and in eval mode."""
+
+    def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: ReuseTrainConfig, run_dir: Path, device: torch.device) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.heads = ReuseHeads(config.heads).to(device)
+        self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
+        self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []
+
+    def margin(self) -> float:
+        """Eq 4's m = m1 * progress, reaching m1 halfway through training."""
+        return self.config.margin * min(1.0, 2.0 * self.step / max(1, self.config.steps))
+
+    def learning_rate(self) -> float:
+        share = self.step / max(1, self.config.steps)
+        return self.config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+
+    def train_step(self) -> dict[str, float]:
+        clip = self.sampler.sample(self.config.max_gap, still=False)
+        clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        self.heads.train()
+        loss, parts = reuse_loss(self.model, self.heads, clip, self.margin(), self.config.tolerance)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.heads.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss.item(), **parts}
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "heads": self.heads.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "numpy_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+        }
+        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        self.heads.load_state_dict(state["heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.sampler.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+
+    def save_heads(self, base: str) -> Path:
+        path = self.run_dir / HEADS
+        save_heads(self.heads, path, base, {"steps": str(self.step), "seed": str(self.config.seed)})
+        return path
+
+    def run(self, log: Callable[[str], None], every: int = 50, checkpoint_every: int = 250) -> None:
+        start, first, window = time.perf_counter(), self.step, []
+        while self.step < self.config.steps:
+            window.append(self.train_step())
+            if self.step % every == 0 or self.step == self.config.steps:
+                rate = (self.step - first) / (time.perf_counter() - start)
+                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                log(f"step {self.step}/{self.config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                    + f" margin {self.margin():.2f} {rate:.2f} clips/s")
+                self.history.append({"step": self.step, **{k: round(v, 5) for k, v in means.items()}})
+                window = []
+            if self.step % checkpoint_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint()
+
+
+def save_heads(heads: ReuseHeads, path: Path, base: str, extra: dict[str, str] | None = None) -> None:
+    """The reuse heads as safetensors, naming the memory network they were trained on."""
+    metadata = {"arch": REUSE_ARCH, "config": json.dumps(heads.config.to_dict(), sort_keys=True), "base": base, **(extra or {})}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in heads.state_dict().items()}
+    write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
