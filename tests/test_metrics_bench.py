@@ -195,10 +195,14 @@ def test_bench_csv_rows(vidseg, tmp_path):
     assert len(lines) == 3  # header + one row per size
 
 
-@pytest.mark.parametrize("option", ["--sparse", "--reuse"])
-def test_bench_refuses_features_not_landed(vidseg, option):
-    run = vidseg("bench", option, "triple")
+def test_bench_refuses_features_not_landed(vidseg):
+    run = vidseg("bench", "--sparse", "triple")
     assert run.code == 2 and "not available yet" in run.stderr
+
+
+def test_bench_reuse_needs_reuse_heads(vidseg):
+    run = vidseg("bench", "--model", "propagate", "--reuse", "0.7")
+    assert run.code == 2 and "learned memory network" in run.stderr
 
 
 def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg, tmp_path):

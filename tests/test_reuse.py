@@ -170,3 +170,34 @@ def test_train_reuse_command_writes_heads_that_load_only_with_their_model(vidseg
     again = vidseg("train", "reuse", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "3")
     assert again.code == 2 and "not empty" in again.stderr
     assert vidseg("train", "reuse", "--model", "propagate", "--data", str(data), "--out", str(tmp_path / "p")).code == 2
+
+
+def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
+    import json
+
+    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.models.registry import backbone
+    from vidseg_cli.reuse.heads import ReuseConfig, ReuseHeads
+    from vidseg_cli.train.reuse import save_heads
+    from vidseg_cli.train.vos import save_model
+    from vidseg_cli.weights.registry import file_sha256
+
+    tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
+    base, heads_file = tmp_path / "base.safetensors", tmp_path / "heads.safetensors"
+    torch.manual_seed(0)
+    save_model(MemoryNetwork(backbone(), tiny), base)
+    heads = ReuseHeads(ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))
+    with torch.no_grad():
+        heads.gate.second.bias.fill_(20.0)  # always similar: every frame after the first full one reuses
+    save_heads(heads, heads_file, file_sha256(base))
+    run = vidseg("bench", "--model", str(base), "--size", "48", "--reuse", "1,0.5", "--reuse-mode", "refine,copy",
+                 "--reuse-heads", str(heads_file), "--json", "-")
+    assert run.code == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert [(r["reuse"], r["reuse_mode"]) for r in results] == [(1.0, "refine"), (0.5, "refine"), (0.5, "copy")]
+    assert results[0]["reuse_rate"] == 0.0 and results[1]["reuse_rate"] > 0.5
+    video, mask = clip
+    out = vidseg("segment", str(video), "--mask", str(mask), "--model", str(base), "--size", "48", "--reuse", "0.5",
+                 "--reuse-heads", str(heads_file), "--out", str(tmp_path / "masks"), "--json")
+    assert out.code == 0, out.stderr
+    assert json.loads(out.stdout)["reused_frames"] == 12 - 2

@@ -18,19 +18,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import Sequence
+from vidseg_cli.engine.reuse import ReuseOptions
 from vidseg_cli.engine.segment import (
     MemoryOptions,
-    fusion_for,
-    make_bank,
+    build_model,
+    make_session,
     peak_rss_bytes,
     validate_memory,
 )
-from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
 from vidseg_cli.models.base import VOSModel
-from vidseg_cli.models.registry import create_vos_model
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,23 @@ class Config:
     model: str
     size: int
     memory: MemoryOptions
+    reuse: ReuseOptions = ReuseOptions()
+    reuse_heads: str | None = None
 
     @property
     def label(self) -> str:
         m = self.memory
         detail = {"stremn": f" K={m.slots} {m.update}", "fifo": f" K={m.slots}", "stm": f" every={m.every}"}
         fusion = f" fusion={m.fusion}" if m.fusion != "model" else ""
-        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}"
+        reuse = ""
+        if self.reuse.enabled:
+            reuse = f" reuse={self.reuse.tau:g}" + (f" {self.reuse.mode}" if self.reuse.mode != "refine" else "")
+        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{reuse}"
+
+    @property
+    def network(self) -> tuple[str, str | None]:
+        """Which model object runs it: the model, with reuse heads only when it may reuse."""
+        return self.model, (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None
 
 
 # FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
@@ -64,6 +73,8 @@ class Result:
     max_slots: int = 0
     max_memory_bytes: int = 0
     peak_cuda_bytes: int | None = None
+    reused_frames: int = 0  # over every frame of every sequence, counted or timed
+    all_frames: int = 0
 
     @property
     def objects(self) -> list[ObjectScore]:
@@ -79,6 +90,9 @@ class Result:
             "model": self.config.model,
             "size": self.config.size,
             **vars(self.config.memory),
+            "reuse": self.config.reuse.tau,
+            "reuse_mode": self.config.reuse.mode,
+            "reuse_rate": round(self.reused_frames / max(1, self.all_frames), 4),
             **{name: round(value, 4) for name, value in overall.items()},
             "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
             "J_decay": round(float(np.mean([o.j.decay for o in objects])), 4),
@@ -107,10 +121,14 @@ def configs(
     updates: list[str],
     every: list[int],
     fusions: tuple[str, ...] = ("model",),
+    reuses: tuple[float, ...] = (1.0,),
+    reuse_modes: tuple[str, ...] = ("refine",),
+    reuse_heads: str | None = None,
 ) -> list[Config]:
     """The cross product, without duplicates that an option does not affect."""
     seen, out = set(), []
-    for model, size, memory, k, rule, n, fusion in itertools.product(models, sizes, memories, slots, updates, every, fusions):
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes)
+    for model, size, memory, k, rule, n, fusion, tau, mode in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
@@ -118,7 +136,8 @@ def configs(
             every=n if memory == "stm" else 5,
             fusion=fusion if memory == "stremn" else "model",
         )
-        config = Config(model, size, options)
+        reuse = ReuseOptions(tau, mode if tau < 1 else "refine")
+        config = Config(model, size, options, reuse, reuse_heads if reuse.enabled else None)
         if config not in seen:
             seen.add(config)
             out.append(config)
@@ -134,7 +153,7 @@ def run(
     """Returns the results and the peak RSS in bytes."""
     for config in configs:
         validate_memory(config.memory, permanent=max(len(s.prompts) for s in sequences))
-    models = {name: create_vos_model(name, device) for name in {c.model for c in configs}}
+    models = {network: build_model(network[0], device, c.reuse, network[1]) for c in configs for network in [c.network]}
     results = [Result(config) for config in configs]
     for sequence in sequences:
         start = time.perf_counter()
@@ -143,7 +162,7 @@ def run(
         for result in results:
             if progress:
                 progress(f"{sequence.name}: {result.config.label}")
-            _run_one(result, models[result.config.model], sequence, images, decode_per_frame, device)
+            _run_one(result, models[result.config.network], sequence, images, decode_per_frame, device)
     return results, peak_rss_bytes()
 
 
@@ -160,7 +179,7 @@ def _run_one(
     result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
 ) -> None:
     config = result.config
-    session = VOSSession(model, make_bank(config.memory, fusion_for(model, config.memory)), config.size, device)
+    session = make_session(model, config.memory, config.size, device, config.reuse)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -182,6 +201,8 @@ def _run_one(
             result.total_seconds += decode + end - start
             result.frames += 1
         result.max_slots = max(result.max_slots, step.slots)
+        result.reused_frames += step.reused
+        result.all_frames += 1
         result.max_memory_bytes = max(result.max_memory_bytes, step.memory_bytes)
         memory.append(step.memory_bytes)
         predictions.append(step.labels)

@@ -55,12 +55,13 @@ def bench_command(
     force: Annotated[bool, typer.Option("--force", help="Replace existing report files.")] = False,
     long: Annotated[int | None, typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
     sparse: Annotated[str | None, typer.Option(help="Sparse convolution modes (not available yet).")] = None,
-    reuse: Annotated[str | None, typer.Option(help="Reuse-gate thresholds (not available yet).")] = None,
+    reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of Reuse-VOS gate thresholds (1: never reuse).")] = "1",
+    reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
+    reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads [default: MODEL-reuse from weights.toml].")] = None,
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
-    for name, value in (("--sparse", sparse), ("--reuse", reuse)):
-        if value is not None:
-            raise VidsegError(f"{name} is not available yet: the {name[2:]} mode has not landed in vidseg")
+    if sparse is not None:
+        raise VidsegError("--sparse is not available yet: the sparse mode has not landed in vidseg")
     outputs = _Outputs(json_path, csv_path, plot, force)
     use_all_cores()
     target = pick_device(device.value)
@@ -73,7 +74,8 @@ def bench_command(
     if unknown:
         raise VidsegError(f"unknown fusion {sorted(unknown)[0]!r}; choose from {', '.join(FUSIONS)}")
     sweep = configs(
-        _split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int), fusions
+        _split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int), fusions,
+        tuple(_split(reuse, float)), tuple(_split(reuse_mode)), reuse_heads,
     )
     if long is not None:
         _long(sweep, long, target, outputs)
@@ -184,14 +186,16 @@ def _new_table(title: str, columns: tuple[str, ...]) -> Table:
 def _table(report: dict) -> None:
     title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames"
     cuda = report["device"].startswith("cuda")
+    reusing = any(r["reuse"] < 1 for r in report["results"])
     columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "GFLOPs", "slots", "bank MB")
-    table = _new_table(title, columns + (("CUDA peak MB",) if cuda else ()))
+    table = _new_table(title, columns + (("reuse rate",) if reusing else ()) + (("CUDA peak MB",) if cuda else ()))
     for r in report["results"]:
         gflops = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
         table.add_row(
             r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
             f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", gflops, str(r["max_slots"]),
-            f"{r['max_memory_mb']:.1f}", *((f"{r['peak_cuda_mb']:.0f}",) if cuda else ()),
+            f"{r['max_memory_mb']:.1f}", *((f"{r['reuse_rate']:.3f}",) if reusing else ()),
+            *((f"{r['peak_cuda_mb']:.0f}",) if cuda else ()),
         )
     stderr.print(table)
     m = report["machine"]

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.engine.reuse import ReuseOptions
 from vidseg_cli.engine.segment import (
     DEFAULT_SIZE,
     MemoryOptions,
@@ -38,6 +39,12 @@ class Update(str, enum.Enum):
     B = "B"
     C = "C"
     D = "D"
+
+
+class ReuseMode(str, enum.Enum):
+    copy = "copy"
+    fusion = "fusion"
+    refine = "refine"
 
 
 class Format(str, enum.Enum):
@@ -68,6 +75,9 @@ def segment_command(
     model: Annotated[str, typer.Option(help="VOS model: a name from weights.toml or a .safetensors file from vidseg train.")] = DEFAULT_VOS_MODEL,
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS gate threshold: frames with P_gate >= TAU skip the heavy path (1: never).")] = 1.0,
+    reuse_mode: Annotated[ReuseMode, typer.Option(help="What a reused frame gets: the last mask (copy), copy when very similar else refine (fusion), or the refine translator.")] = ReuseMode.refine,
+    reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse [default: MODEL-reuse].")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
@@ -85,6 +95,8 @@ def segment_command(
         size=size,
         device=device.value,
         memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value, every=every),
+        reuse=ReuseOptions(tau=reuse, mode=reuse_mode.value),
+        reuse_heads=reuse_heads,
     )
     with _progress() as advance:
         summary = segment(options, advance)
@@ -92,7 +104,8 @@ def segment_command(
         print_json(summary)
     else:
         stderr.print(
-            f"{summary.frames} frames, objects {summary.objects}, {summary.fps:.2f} fps, "
+            f"{summary.frames} frames{f' ({summary.reused_frames} reused)' if reuse < 1 else ''}, "
+            f"objects {summary.objects}, {summary.fps:.2f} fps, "
             f"peak memory {summary.peak_rss_mb:.0f} MB",
             highlight=False,
         )

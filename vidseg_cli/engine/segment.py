@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vidseg_cli.engine.reuse import ReuseOptions, ReuseTracker
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource, open_frames
@@ -22,7 +23,11 @@ from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.base import VOSModel
-from vidseg_cli.models.registry import DEFAULT_VOS_MODEL, create_vos_model
+from vidseg_cli.models.registry import (
+    DEFAULT_VOS_MODEL,
+    create_reuse_model,
+    create_vos_model,
+)
 
 DEFAULT_SIZE = 360
 
@@ -64,6 +69,8 @@ class SegmentOptions:
     size: int = DEFAULT_SIZE
     device: str = "auto"
     memory: MemoryOptions = MemoryOptions()
+    reuse: ReuseOptions = ReuseOptions()
+    reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
 
 
 @dataclass
@@ -78,6 +85,7 @@ class SegmentSummary:
     peak_cuda_mb: float | None = None
     memory_slots_max: int = 0
     memory_bytes_max: int = 0
+    reused_frames: int = 0
     outputs: list[str] = field(default_factory=list)
 
 
@@ -115,6 +123,19 @@ def make_bank(options: MemoryOptions, fusion: FusionCell | None = None) -> Memor
     except ValueError as error:
         raise VidsegError(str(error)) from None
     return MemoryBank(policy=policy, fusion=fusion)
+
+
+def build_model(model: str, device: torch.device, reuse: ReuseOptions, heads: str | None = None) -> VOSModel:
+    """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1)."""
+    if not reuse.enabled:
+        return create_vos_model(model, device)
+    return create_reuse_model(model, heads or f"{model}-reuse", device)
+
+
+def make_session(model: VOSModel, memory: MemoryOptions, size: int, device: torch.device, reuse: ReuseOptions) -> VOSSession:
+    """A fresh per-video session: its own bank and, when reusing, its own reuse state."""
+    tracker = ReuseTracker(model, reuse) if reuse.enabled else None
+    return VOSSession(model, make_bank(memory, fusion_for(model, memory)), size, device, reuse=tracker)
 
 
 def validate_memory(options: MemoryOptions, permanent: int) -> None:
@@ -172,8 +193,8 @@ def _run(
     progress: Progress | None,
 ) -> SegmentSummary:
     use_all_cores()
-    model = create_vos_model(options.model, device)
-    session = VOSSession(model, make_bank(options.memory, fusion_for(model, options.memory)), options.size, device)
+    model = build_model(options.model, device, options.reuse, options.reuse_heads)
+    session = make_session(model, options.memory, options.size, device, options.reuse)
     sinks = make_sinks(options.format, folder, source.time_base)
     by_frame = {mask.frame: mask.path for mask in masks}
     summary = SegmentSummary(input=str(options.input), output="")
@@ -187,6 +208,7 @@ def _run(
             summary.frames += 1
             summary.memory_slots_max = max(summary.memory_slots_max, result.slots)
             summary.memory_bytes_max = max(summary.memory_bytes_max, result.memory_bytes)
+            summary.reused_frames += result.reused
             if progress:
                 progress(summary.frames, source.count)
     finally:

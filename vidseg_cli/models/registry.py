@@ -17,7 +17,13 @@ from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
 from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
 from vidseg_cli.reuse.model import ReuseModel
-from vidseg_cli.weights.registry import entry, file_sha256, load_state, resolve
+from vidseg_cli.weights.registry import (
+    entry,
+    file_sha256,
+    load_state,
+    registry,
+    resolve,
+)
 
 VOS_MODELS = ("propagate",)
 DEFAULT_VOS_MODEL = "propagate"
@@ -90,6 +96,8 @@ def create_reuse_model(model: str, heads: str, device: torch.device | str = "cpu
     base = create_vos_model(model, device)
     if not isinstance(base, MemoryNetwork):
         raise VidsegError(f"--reuse needs a learned memory network; {model!r} is not one")
+    if not heads.endswith(".safetensors") and heads not in registry():
+        raise VidsegError(f"no reuse heads named {heads!r}: train them with `vidseg train reuse` and pass --reuse-heads FILE")
     path = Path(heads) if heads.endswith(".safetensors") else resolve(heads)
     state, metadata = _read_safetensors(path)
     if metadata.get("arch") != REUSE_ARCH or "config" not in metadata:
