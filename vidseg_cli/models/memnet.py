@@ -37,6 +37,9 @@ class MemNetConfig:
     decoder_dims: tuple[int, int, int] = (96, 48, 32)  # at strides 16, 8, 4
     fusion_hidden: int = 64
     topk: int = 20  # memory pixels each query pixel reads from; 0 = all
+    # Added to every object logit: a calibration chosen after training by `vidseg train
+    # calibrate` on validation data (0 while training).
+    logit_bias: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -89,8 +92,9 @@ class ValueEncoder(nn.Module):
 class Decoder(nn.Module):
     """Readout + query features -> one logit per pixel of the stride-4 grid."""
 
-    def __init__(self, channels: dict[str, int], value_dim: int, dims: tuple[int, int, int]) -> None:
+    def __init__(self, channels: dict[str, int], value_dim: int, dims: tuple[int, int, int], bias: float = 0.0) -> None:
         super().__init__()
+        self.bias = bias
         d16, d8, d4 = dims
         self.enter = nn.Sequential(
             _conv(value_dim + channels["s16"], d16), nn.ReLU(inplace=True), _conv(d16, d16), nn.ReLU(inplace=True)
@@ -110,7 +114,7 @@ class Decoder(nn.Module):
 
     def finish(self, refined8: torch.Tensor, s4: torch.Tensor) -> torch.Tensor:
         """R8 and the stride-4 features -> logits (B*O, H4, W4)."""
-        return self.out(self._merge(refined8, s4, self.up4, self.skip4, self.refine4))[:, 0]
+        return self.out(self._merge(refined8, s4, self.up4, self.skip4, self.refine4))[:, 0] + self.bias
 
     @staticmethod
     def _merge(x: torch.Tensor, skip: torch.Tensor, up: nn.Module, lateral: nn.Module, refine: nn.Module) -> torch.Tensor:
@@ -130,7 +134,7 @@ class MemNetHeads(nn.Module):
         # step (top-1 weight 1.0) and starves the keys of gradient.
         self.log_read_scale = nn.Parameter(torch.tensor(math.log(7.0)))
         self.value = ValueEncoder(channels["s16"], config.mask_dim, config.value_dim)
-        self.decoder = Decoder(channels, config.value_dim, config.decoder_dims)
+        self.decoder = Decoder(channels, config.value_dim, config.decoder_dims, config.logit_bias)
         self.fusion = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
 
 
@@ -142,6 +146,7 @@ class MemoryNetwork(nn.Module):
         self.backbone = backbone
         self.config = config
         self.heads = MemNetHeads(config, EfficientNetLite0.channels)
+        self.tuned_blocks: set[int] = set()  # backbone blocks this model has its own weights for
 
     # -- differentiable pieces, batched (training uses these directly) --
 
@@ -160,18 +165,26 @@ class MemoryNetwork(nn.Module):
             return []
         self.backbone = copy.deepcopy(self.backbone)
         opened = []
-        for block in self.backbone._blocks[-blocks:]:
+        first = len(self.backbone._blocks) - blocks
+        for block in self.backbone._blocks[first:]:
             block.requires_grad_(True)
             opened.extend(block.parameters())
+        self.tuned_blocks = set(range(first, len(self.backbone._blocks)))
         return opened
+
+    def load_tuned_blocks(self, state: dict[str, torch.Tensor]) -> None:
+        """Fine-tuned backbone blocks from a model file, on a private copy of the backbone."""
+        self.backbone = copy.deepcopy(self.backbone)
+        unexpected = self.backbone.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"unexpected tensors, e.g. backbone.{unexpected[0]}")
+        self.tuned_blocks = {int(name.split(".")[1]) for name in state}
 
     def finetuned_state(self) -> dict[str, torch.Tensor]:
         """The backbone tensors that training changed, named as in the backbone."""
-        trainable = {n for n, p in self.backbone.named_parameters() if p.requires_grad}
-        blocks = {n.split(".")[1] for n in trainable}
         return {
             f"backbone.{n}": t for n, t in self.backbone.state_dict().items()
-            if n.startswith("_blocks.") and n.split(".")[1] in blocks
+            if n.startswith("_blocks.") and int(n.split(".")[1]) in self.tuned_blocks
         }
 
     def keys(self, features: Features) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -56,6 +56,15 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
 
 
+def with_logit_bias(model: MemoryNetwork, bias: float) -> MemoryNetwork:
+    """The same network (shared tensors) with another calibration bias."""
+    config = dataclasses.replace(model.config, logit_bias=bias)
+    calibrated = MemoryNetwork(model.backbone, config)
+    calibrated.heads.load_state_dict(model.heads.state_dict())
+    calibrated.tuned_blocks = set(model.tuned_blocks)
+    return calibrated
+
+
 def _check_listed_config(name: str, listed: dict | None, actual: MemNetConfig) -> None:
     """weights.toml lists each learned model's architecture; its file must carry the same."""
     if listed is None:
@@ -75,10 +84,9 @@ def load_memnet(path: Path) -> MemoryNetwork:
     try:
         model.heads.load_state_dict(heads, strict=True)
         if tuned:  # fine-tuned blocks: a private copy, the shared backbone stays as it is
-            model.backbone = copy.deepcopy(model.backbone)
-            unexpected = model.backbone.load_state_dict(tuned, strict=False).unexpected_keys
-            if unexpected or len(tuned) + len(heads) != len(state):
-                raise RuntimeError(f"unexpected tensors, e.g. {(unexpected or sorted(state))[0]}")
+            model.load_tuned_blocks(tuned)
+        if len(tuned) + len(heads) != len(state):
+            raise RuntimeError(f"unexpected tensors, e.g. {sorted(state)[0]}")
     except RuntimeError as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
     return model
