@@ -25,8 +25,8 @@ from vidseg_cli.weights.registry import (
     resolve,
 )
 
-VOS_MODELS = ("propagate",)
-DEFAULT_VOS_MODEL = "propagate"
+VOS_MODELS = ("vos-effl0", "propagate")
+DEFAULT_VOS_MODEL = "vos-effl0"
 
 
 @functools.cache
