@@ -183,3 +183,17 @@ def test_calibrate_picks_a_bias_by_j_and_f_and_keeps_the_tuned_blocks(vidseg, da
     with safe_open(str(path), framework="pt") as handle:
         assert names == set(handle.keys())  # the fine-tuned blocks travel with the heads
     assert vidseg("train", "calibrate", "--model", path, "--data", dataset, "--out", out).code == 2  # exists
+
+
+def test_every_validated_model_is_kept_and_the_best_is_named(dataset, tmp_path):
+    from safetensors import safe_open as open_safetensors
+
+    from vidseg_cli.train.vos import run_training
+
+    trainer = _trainer(dataset, tmp_path, steps=4)
+    scores = iter([{"J&F": 0.5}, {"J&F": 0.7}, {"J&F": 0.6}, {"J&F": 0.4}])
+    run_training(trainer, lambda line: None, lambda: next(scores), validate_every=1, checkpoint_every=4)
+    kept = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert kept == ["model-best.safetensors"] + [f"model-step{n}.safetensors" for n in range(1, 5)]
+    with open_safetensors(str(tmp_path / "model-best.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["steps"] == "2"  # the 0.7 one

@@ -34,6 +34,7 @@ from vidseg_cli.train.losses import bootstrapped_nll
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
+BEST_MODEL = "model-best.safetensors"  # the validated model with the highest J&F
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.history = state["history"]
 
-    def save_model(self) -> Path:
-        path = self.run_dir / MODEL
+    def save_model(self, name: str = MODEL) -> Path:
+        path = self.run_dir / name
         save_model(self.model, path, {"steps": str(self.step), "seed": str(self.config.seed)})
         return path
 
@@ -191,8 +192,13 @@ def run_training(
             losses = []
         if validate is not None and (step % validate_every == 0 or step == trainer.config.steps):
             scores = validate()
+            best = max((h["J&F"] for h in trainer.history if "J&F" in h), default=-1.0)
             trainer.history.append({"step": step, **scores})
             log(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            # every validated model is kept: later steps are not always better
+            trainer.save_model(f"model-step{step}.safetensors")
+            if scores.get("J&F", -1.0) > best:
+                trainer.save_model(BEST_MODEL)
         if step % checkpoint_every == 0 or step == trainer.config.steps:
             trainer.save_checkpoint()
     return trainer.save_model()
