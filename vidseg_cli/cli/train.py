@@ -92,22 +92,15 @@ def train_vos_command(
     else:
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     validate = _validator(model, val, val_size, target) if val is not None else None
-    log_file = open(out / "train.log", "a")
-
-    def log(line: str) -> None:
-        stderr.print(line, highlight=False)
-        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-        log_file.flush()
-
-    log(f"training {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
-    try:
-        path = run_training(trainer, log, validate, checkpoint_every=checkpoint_every, validate_every=val_every)
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
-        raise typer.Exit(130) from None
-    finally:
-        log_file.close()
+    with open(out / "train.log", "a") as log_file:
+        log = _logger(log_file)
+        log(f"training {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
+        try:
+            path = run_training(trainer, log, validate, checkpoint_every=checkpoint_every, validate_every=val_every)
+        except KeyboardInterrupt:
+            trainer.save_checkpoint()
+            log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
+            raise typer.Exit(130) from None
     print(path)
 
 

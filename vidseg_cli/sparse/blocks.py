@@ -11,6 +11,7 @@ from vidseg_cli.sparse.gather import (
     conv_at,
     depthwise_at,
     needed_inputs,
+    output_size,
     same_padding,
 )
 
@@ -21,7 +22,7 @@ def block_geometry(block: MBConv, in_size: tuple[int, int]) -> tuple[tuple[int, 
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     top, bottom = same_padding(in_size[0], kernel, stride)
     left, right = same_padding(in_size[1], kernel, stride)
-    out = ((in_size[0] + top + bottom - kernel) // stride + 1, (in_size[1] + left + right - kernel) // stride + 1)
+    out = (output_size(in_size[0], kernel, stride, top, bottom), output_size(in_size[1], kernel, stride, left, right))
     return out, (top, bottom, left, right)
 
 

@@ -41,14 +41,10 @@ from vidseg_cli.reuse.heads import (
     mask_iou,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
+from vidseg_cli.train.vos import on_grid
 
 CHECKPOINT = "checkpoint.pt"
 HEADS = "reuse.safetensors"
-
-
-def on_grid(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(T, H, W) labels -> (T, 1, h, w) object coverage per cell."""
-    return F.interpolate(masks[:, None].float(), size=grid, mode="area")
 
 
 @torch.no_grad()
@@ -80,7 +76,7 @@ def reuse_loss(model: MemoryNetwork, heads: ReuseHeads, clip: Clip, margin: floa
         gate, delta = heads.gate_and_delta(features.s8[t : t + 1], score, template)
         translated = heads.translator(refined8, delta)
         logits = model.heads.decoder.finish(translated, features.s4[t : t + 1])
-        target = F.interpolate(clip.masks[t][None, None].float(), size=logits.shape[-2:], mode="area")[:, 0]
+        target = on_grid(clip.masks[t : t + 1], logits.shape[-2:])[:, 0]
         iou = mask_iou(clip.masks[t][None], clip.masks[1][None])
         parts["gate"].append(gate_probability_loss(gate, gate_target(iou, margin), tolerance))
         parts["delta"].append(delta_loss(delta, targets8[t : t + 1], score))

@@ -65,7 +65,7 @@ def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: fl
     features = model.features(clip.images)
     keys = model.keys(features)
     size = clip.masks.shape[-2:]
-    first = aggregate(_on_grid(clip.masks[0], features.s4.shape[-2:]))[1:]  # as the session writes a given mask
+    first = aggregate(on_grid(clip.masks[:1], features.s4.shape[-2:])[0])[1:]  # as the session writes a given mask
     bank = MemoryBank(make_policy("stremn", slots, rule), model.fusion())
     bank.write(Slot(keys[0], model.values(_frame(features, 0), first[None])[0], frame=0, permanent=True))
     losses = []
@@ -83,9 +83,9 @@ def _frame(features: Features, t: int) -> Features:
     return Features(features.s4[t : t + 1], features.s8[t : t + 1], features.s16[t : t + 1])
 
 
-def _on_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(H, W) labels -> (1, h, w) coverage of the object on the stride-4 grid."""
-    return F.interpolate(mask[None, None].float(), size=grid, mode="area")[0]
+def on_grid(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(T, H, W) labels -> (T, 1, h, w) coverage of the object per cell of a feature grid."""
+    return F.interpolate(masks[:, None].float(), size=grid, mode="area")
 
 
 class Trainer:
