@@ -11,7 +11,7 @@ from vidseg_cli.engine.segment import MemoryOptions, make_bank
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import attend
-from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
+from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion, fam
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone, create_vos_model
 from vidseg_cli.synthetic import frames, write_davis
@@ -54,6 +54,20 @@ def test_fusion_cell_keeps_shapes_and_other_objects():
     assert fused.key.shape == target.key.shape and fused.value.shape == target.value.shape
     assert torch.equal(fused.value[1], target.value[1])  # the source never knew object 2
     assert not torch.allclose(fused.value[0], target.value[0])
+
+
+def test_aligned_fusion_candidate_starts_as_a_gated_blend_with_the_aligned_source():
+    torch.manual_seed(0)
+    cell = FusionCell(key_dim=4, value_dim=3, hidden=5, candidate="aligned")
+    source, target = torch.randn(1, 7, 5, 6) * 10, torch.randn(1, 7, 5, 6) * 10
+    scale = cell.log_scale.exp()
+    r = torch.sigmoid(cell.filter(torch.cat([source, fam(source, target, 4, scale)], 1)))
+    aligned = fam(target, r * source, 4, scale)
+    z = torch.sigmoid(cell.gate(cell.trunk(torch.cat([aligned, target], 1))))
+    assert torch.allclose(cell(source, target), (1 - z) * target + z * aligned, atol=1e-5)
+    assert 0.05 < z.mean().item() < 0.3  # a gentle start
+    with pytest.raises(ValueError, match="unknown fusion candidate"):
+        FusionCell(key_dim=4, value_dim=3, candidate="gru")
 
 
 def test_memnet_runs_in_a_session_and_fuses_when_memory_is_full():
@@ -118,9 +132,14 @@ def test_training_reduces_the_loss_on_one_clip(dataset, tmp_path):
 def test_train_command_writes_a_model_that_segment_loads(vidseg, dataset, tmp_path, clip):
     run = tmp_path / "run"
     args = ("train", "vos", "--data", dataset, "--out", run, "--steps", "2", "--crop", "48x64", "--clip-length", "4",
-            "--slots", "2", "--val", dataset, "--val-every", "2", "--val-size", "48", "--device", "cpu")
+            "--slots", "2", "--val", dataset, "--val-every", "2", "--val-size", "48", "--device", "cpu",
+            "--max-gap", "2,3", "--top-p", "1,0.5", "--fusion-candidate", "aligned")
     result = vidseg(*args)
     assert result.code == 0, result.stderr
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["max_gap"] == [2, 3] and recorded["top_p"] == [1.0, 0.5]
+    assert recorded["model"]["fusion_candidate"] == "aligned"
+    assert vidseg(*args, "--force", "--max-gap", "3").code == 2  # START,END
     model_file = run / "model.safetensors"
     assert result.stdout.strip() == str(model_file) and "validation: J&F" in result.stderr
     with safe_open(str(model_file), framework="pt") as handle:

@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +19,8 @@ from vidseg_cli.cli.common import Device, stderr, user_errors
 from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing
-from vidseg_cli.models.memnet import MemoryNetwork
+from vidseg_cli.models.fusion_cell import FUSION_CANDIDATES
+from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import (
     DEFAULT_VOS_MODEL,
     backbone,
@@ -52,6 +54,21 @@ def _crop(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _pair_text(pair: tuple) -> str:
+    return ",".join(f"{v:g}" for v in pair)
+
+
+def _pair(option: str, text: str, kind: type) -> tuple:
+    try:
+        first, last = (kind(part) for part in text.split(","))
+    except ValueError:
+        raise VidsegError(f"{option} takes START,END, e.g. {option} 3,10, not {text!r}") from None
+    return first, last
+
+
+FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDATES}, type=str)
+
+
 @train_app.command("vos")
 @user_errors
 def train_vos_command(
@@ -65,6 +82,9 @@ def train_vos_command(
     crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = TrainConfig.lr,
     finetune_blocks: Annotated[int, typer.Option(help="Also train the last N of the backbone's 11 blocks (0: frozen).")] = 0,
+    max_gap: Annotated[str, typer.Option(help="Curriculum: widest frame gap at the start and the end, START,END.")] = _pair_text(TrainConfig.max_gap),
+    top_p: Annotated[str, typer.Option(help="Bootstrapped CE: share of hardest pixels kept at the start and the end, START,END.")] = _pair_text(TrainConfig.top_p),
+    fusion_candidate: Annotated[FusionCandidate, typer.Option(help="Fusion cell's eq 8: tanh as published, or aligned source + learned correction.")] = FusionCandidate.tanh,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
     val_size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
@@ -77,8 +97,14 @@ def train_vos_command(
         raise VidsegError("--clip-length must be at least 2")
     if not 0 <= finetune_blocks <= 11:
         raise VidsegError("--finetune-blocks must be between 0 and 11")
+    gaps = _pair("--max-gap", max_gap, int)
+    shares = _pair("--top-p", top_p, float)
+    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares):
+        raise VidsegError("--max-gap values must be at least 1 and --top-p values in (0, 1]")
     config = TrainConfig(
-        steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed, finetune_blocks=finetune_blocks
+        steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed,
+        finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares,
+        model=MemNetConfig(fusion_candidate=fusion_candidate.value),
     )
     _prepare(out, resume, force)
     use_all_cores()

@@ -8,6 +8,12 @@ aligned, filtered X_i into X_j like a convolutional GRU.
 Several objects: each object's template [key; value_o] goes through the cell as one batch
 item, and the fused slot keeps the mean of the updated keys (for one object, exactly the
 paper's cell).
+
+Candidate (eq 8): the paper's n = tanh(g(.)) bounds the fused template to [-1, 1], while
+our values are unbounded conv features, so every fusion also shrinks the values it
+touches. ``candidate="aligned"`` makes n the aligned source plus a bounded learned
+correction, n = X_i^A + tanh(g(.)), and starts z small: the cell begins as a gentle
+version of the training-free blend and learns where to depart from it.
 """
 
 from __future__ import annotations
@@ -35,11 +41,17 @@ def fam(anchor: torch.Tensor, other: torch.Tensor, key_dim: int, scale: torch.Te
     return (other.flatten(2) @ attention.transpose(1, 2)).view(b, c, h, w)
 
 
+FUSION_CANDIDATES = ("tanh", "aligned")
+
+
 class FusionCell(nn.Module):
-    def __init__(self, key_dim: int, value_dim: int, hidden: int = 64) -> None:
+    def __init__(self, key_dim: int, value_dim: int, hidden: int = 64, candidate: str = "tanh") -> None:
         super().__init__()
+        if candidate not in FUSION_CANDIDATES:
+            raise ValueError(f"unknown fusion candidate {candidate!r}; choose from {', '.join(FUSION_CANDIDATES)}")
         channels = key_dim + value_dim
         self.key_dim = key_dim
+        self.aligned = candidate == "aligned"
         self.filter = nn.Sequential(  # f of eq 5
             nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
         )
@@ -47,6 +59,10 @@ class FusionCell(nn.Module):
         self.gate = nn.Conv2d(hidden, channels, 1)  # h of eq 7
         self.candidate = nn.Conv2d(hidden, channels, 1)  # g of eq 8
         self.log_scale = nn.Parameter(torch.tensor(math.log(14.0)))  # FAM sharpness, learned
+        if self.aligned:
+            nn.init.constant_(self.gate.bias, -2.0)  # z ~ 0.12 at the start
+            nn.init.zeros_(self.candidate.weight)  # n = X_i^A at the start
+            nn.init.zeros_(self.candidate.bias)
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """source X_i, target X_j: (B, C, h, w) -> the updated X_j."""
@@ -58,6 +74,8 @@ class FusionCell(nn.Module):
         hidden = self.trunk(torch.cat([source_on_target, target], 1))
         z = torch.sigmoid(self.gate(hidden))  # eq 7
         n = torch.tanh(self.candidate(hidden))  # eq 8
+        if self.aligned:
+            n = source_on_target + n
         return (1 - z) * target + z * n
 
 

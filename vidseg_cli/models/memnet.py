@@ -36,6 +36,7 @@ class MemNetConfig:
     mask_dim: int = 32
     decoder_dims: tuple[int, int, int] = (96, 48, 32)  # at strides 16, 8, 4
     fusion_hidden: int = 64
+    fusion_candidate: str = "tanh"  # eq 8 as published; "aligned" (models/fusion_cell.py)
     topk: int = 20  # memory pixels each query pixel reads from; 0 = all
     # Added to every object logit: a calibration chosen after training by `vidseg train
     # calibrate` on validation data (0 while training).
@@ -135,7 +136,7 @@ class MemNetHeads(nn.Module):
         self.log_read_scale = nn.Parameter(torch.tensor(math.log(7.0)))
         self.value = ValueEncoder(channels["s16"], config.mask_dim, config.value_dim)
         self.decoder = Decoder(channels, config.value_dim, config.decoder_dims, config.logit_bias)
-        self.fusion = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
+        self.fusion = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden, config.fusion_candidate)
 
 
 class MemoryNetwork(nn.Module):
