@@ -74,6 +74,8 @@ def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path)
     clip = ClipSampler(root, 4, (64, 96), np.random.default_rng(0)).sample(max_gap=1, still=False)
     optimizer = torch.optim.Adam(heads.parameters(), lr=3e-3)
     losses = []
+    gate_losses = {t: reuse_loss(model, heads, clip, 0.0, target=t)[1]["gate"] for t in ("full", "ground-truth")}
+    assert gate_losses["full"] != gate_losses["ground-truth"]
     for _ in range(15):
         loss, parts = reuse_loss(model, heads, clip, margin=0.0)
         assert set(parts) == {"gate", "delta", "mask"}
@@ -84,6 +86,20 @@ def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path)
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is not None for p in heads.gate.parameters())
+
+
+def test_full_gate_target_is_the_agreement_of_the_reused_mask_with_the_full_one():
+    from vidseg_cli.train.reuse import agreement
+
+    full = torch.zeros(1, 4, 4, dtype=torch.bool)
+    full[0, :2] = True
+    logits = torch.full((1, 4, 4), -1.0)
+    assert agreement(logits, full).item() == 0.0
+    logits[0, :2] = 1.0
+    assert agreement(logits, full).item() == 1.0
+    logits[0, 2:] = 1.0  # twice the full mask: IoU 1/2
+    assert agreement(logits, full).item() == pytest.approx(0.5)
+    assert agreement(logits, full, strictness=2.0).item() == pytest.approx(0.25)
 
 
 def _reuse_session(tau: float, mode: str = "refine", always: bool = True):

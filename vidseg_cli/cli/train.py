@@ -31,7 +31,7 @@ from vidseg_cli.models.registry import (
 )
 from vidseg_cli.reuse.heads import ReuseConfig
 from vidseg_cli.train.data import ClipSampler
-from vidseg_cli.train.reuse import ReuseTrainConfig, ReuseTrainer
+from vidseg_cli.train.reuse import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
 from vidseg_cli.train.vos import (
     CHECKPOINT,
     TrainConfig,
@@ -66,6 +66,7 @@ def _pair(option: str, text: str, kind: type) -> tuple:
     return first, last
 
 
+GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
 FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDATES}, type=str)
 
 
@@ -175,6 +176,8 @@ def train_reuse_command(
     max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = ReuseTrainConfig.max_gap,
     margin: Annotated[float, typer.Option(help="m1: the gate target's floor, reached halfway (eq 4).")] = ReuseTrainConfig.margin,
     tolerance: Annotated[float, typer.Option(help="m2: gate errors below it cost the same (eq 5).")] = ReuseTrainConfig.tolerance,
+    gate_target: Annotated[GateTarget, typer.Option(help="What P_gate learns: IoU of the reused mask with the full network's (full) or of consecutive true masks (ground-truth, eq 4).")] = GateTarget.full,
+    strictness: Annotated[float, typer.Option(help="The full target's exponent: > 1 asks for closer agreement at a given tau.")] = ReuseTrainConfig.strictness,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
@@ -186,6 +189,8 @@ def train_reuse_command(
         raise VidsegError("--clip-length must be at least 3: a memory frame, a full frame and a reused one")
     if not 0.0 <= margin <= 1.0 or not 0.0 <= tolerance <= 1.0:
         raise VidsegError("--margin and --tolerance are probabilities in [0, 1]")
+    if strictness <= 0:
+        raise VidsegError("--strictness must be positive")
     use_all_cores()
     target = pick_device(device.value)
     base = create_vos_model(model, target)
@@ -193,7 +198,8 @@ def train_reuse_command(
         raise VidsegError(f"--model {model}: reuse heads need a learned memory network (arch memnet)")
     heads = ReuseConfig(refined_dim=base.config.decoder_dims[1])  # the translator speaks the decoder's R8
     config = ReuseTrainConfig(steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap,
-                              margin=margin, tolerance=tolerance, seed=seed, heads=heads)
+                              margin=margin, tolerance=tolerance, gate_target=gate_target.value,
+                              strictness=strictness, seed=seed, heads=heads)
     _prepare(out, resume, force)
     rng = make_generator(seed)
     trainer = ReuseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)

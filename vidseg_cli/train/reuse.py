@@ -7,8 +7,20 @@ every later frame t takes the reuse path from frame 1, n = t - 1 frames back:
     Loss = Loss_gp (eqs 4-5) + Loss_delta (eq 3) + BCE(reused mask, y_t)   (eq 6)
 
 The memory network does not change, so the full path needs no gradient, and the reuse path
-is trained on every frame whatever its gate says: the gate learns only from Loss_gp, which
-asks it to predict the IoU between y_t and y_{t-n}, lifted to at least the margin m.
+is trained on every frame whatever its gate says: the gate learns only from Loss_gp.
+
+What the gate predicts (``gate_target``):
+
+* ``ground-truth`` (eq 4 as published): IoU(y_t, y_{t-n}), how much the object moved. It
+  does not know how well the translator copes: at inference a chain of reused frames grows
+  from the last full one while the object barely moves, long after the translated mask has
+  drifted.
+* ``full`` (default): the IoU between the reused mask and the mask the full network gives at
+  t, raised to ``strictness``. The gate then predicts what reusing costs against computing,
+  so tau = 1 never reuses and a lower tau trades a measured agreement for speed;
+  strictness > 1 spreads the high agreements over the range tau is chosen from.
+
+Either is lifted to at least the margin m (eq 4).
 """
 
 from __future__ import annotations
@@ -47,26 +59,57 @@ CHECKPOINT = "checkpoint.pt"
 HEADS = "reuse.safetensors"
 
 
+GATE_TARGETS = ("full", "ground-truth")
+
+
+@dataclass(frozen=True)
+class FullPath:
+    features: Features  # every frame's
+    refined8: torch.Tensor  # frame 1's R8 (1, C, h8, w8)
+    probability: torch.Tensor  # frame 1's object probability (1, 1, h4, w4)
+    masks: torch.Tensor  # (T, h4, w4) bool: the full network's mask of every frame (frame 0: none)
+
+
 @torch.no_grad()
-def full_path(model: MemoryNetwork, clip: Clip) -> tuple[Features, torch.Tensor, torch.Tensor]:
-    """Features of every frame, and frame 1's refined map R8 (1, C, h8, w8) and object
-    probability (1, 1, h4, w4) from memory holding frame 0 and its mask."""
+def full_path(model: MemoryNetwork, clip: Clip) -> FullPath:
+    """The full network on every frame from memory holding frame 0 and its mask."""
     features = model.features(clip.images)
     keys = model.keys(features)
-    first = Features(features.s4[:1], features.s8[:1], features.s16[:1])
     bank = MemoryBank(make_policy("stremn", 2, "C"), model.fusion())
-    bank.write(Slot(keys[0], model.values(first, on_grid(clip.masks[:1], features.s4.shape[-2:]))[0], frame=0, permanent=True))
-    readout = model.read(keys[1], bank.slots, 1)
-    frame = Features(features.s4[1:2], features.s8[1:2], features.s16[1:2])
-    refined8 = model.heads.decoder.refined8(readout, frame)
-    logits = model.heads.decoder.finish(refined8, frame.s4)
-    probability = aggregate(torch.sigmoid(logits))[1:]  # one object: soft aggregation as inference
-    return features, refined8, probability[None]
+    first = on_grid(clip.masks[:1], features.s4.shape[-2:])
+    bank.write(Slot(keys[0], model.values(_frame(features, 0), first)[0], frame=0, permanent=True))
+    masks = torch.zeros(len(clip.masks), *features.s4.shape[-2:], dtype=torch.bool, device=features.s4.device)
+    for t in range(1, len(clip.masks)):
+        frame = _frame(features, t)
+        refined = model.heads.decoder.refined8(model.read(keys[t], bank.slots, 1), frame)
+        probability = aggregate(torch.sigmoid(model.heads.decoder.finish(refined, frame.s4)))[1:]  # as inference
+        masks[t] = probability[0] > 0.5
+        if t == 1:
+            refined8, first_probability = refined, probability[None]
+    return FullPath(features, refined8, first_probability, masks)
 
 
-def reuse_loss(model: MemoryNetwork, heads: ReuseHeads, clip: Clip, margin: float, tolerance: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def _frame(features: Features, t: int) -> Features:
+    return Features(features.s4[t : t + 1], features.s8[t : t + 1], features.s16[t : t + 1])
+
+
+def agreement(reused_logits: torch.Tensor, full_mask: torch.Tensor, strictness: float = 1.0) -> torch.Tensor:
+    """The "full" gate target: IoU(reused mask, full network's mask) ** strictness, per object."""
+    return mask_iou(reused_logits.detach() > 0, full_mask) ** strictness
+
+
+def reuse_loss(
+    model: MemoryNetwork,
+    heads: ReuseHeads,
+    clip: Clip,
+    margin: float,
+    tolerance: float = 0.0,
+    target: str = "full",
+    strictness: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq 6 averaged over frames 2.. of the clip, and its parts for the log."""
-    features, refined8, probability = full_path(model, clip)
+    full = full_path(model, clip)
+    features, refined8, probability = full.features, full.refined8, full.probability
     grid8 = features.s8.shape[-2:]
     score = F.interpolate(probability, size=grid8, mode="area")  # S_{t-n} on the stride-8 grid
     targets8 = on_grid(clip.masks, grid8)
@@ -76,11 +119,14 @@ def reuse_loss(model: MemoryNetwork, heads: ReuseHeads, clip: Clip, margin: floa
         gate, delta = heads.gate_and_delta(features.s8[t : t + 1], score, template)
         translated = heads.translator(refined8, delta)
         logits = model.heads.decoder.finish(translated, features.s4[t : t + 1])
-        target = on_grid(clip.masks[t : t + 1], logits.shape[-2:])[:, 0]
-        iou = mask_iou(clip.masks[t][None], clip.masks[1][None])
+        truth = on_grid(clip.masks[t : t + 1], logits.shape[-2:])[:, 0]
+        if target == "full":
+            iou = agreement(logits, full.masks[t][None], strictness)
+        else:
+            iou = mask_iou(clip.masks[t][None], clip.masks[1][None])
         parts["gate"].append(gate_probability_loss(gate, gate_target(iou, margin), tolerance))
         parts["delta"].append(delta_loss(delta, targets8[t : t + 1], score))
-        parts["mask"].append(F.binary_cross_entropy_with_logits(logits, target))
+        parts["mask"].append(F.binary_cross_entropy_with_logits(logits, truth))
     means = {name: torch.stack(values).mean() for name, values in parts.items()}
     return sum(means.values()), {name: value.item() for name, value in means.items()}
 
@@ -95,6 +141,8 @@ class ReuseTrainConfig:
     max_gap: int = 3  # frames between clip frames: the reused frames lie 1 to 3 * gap back
     margin: float = 0.5  # m1: the gate target's floor grows from 0 to m1 over the first half
     tolerance: float = 0.0  # m2 of eq 5
+    gate_target: str = "full"  # what P_gate predicts: see the module docstring
+    strictness: float = 1.0  # the "full" target's exponent
     seed: int = 0
     heads: ReuseConfig = field(default_factory=ReuseConfig)
 
@@ -124,7 +172,8 @@ class ReuseTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         self.heads.train()
-        loss, parts = reuse_loss(self.model, self.heads, clip, self.margin(), self.config.tolerance)
+        c = self.config
+        loss, parts = reuse_loss(self.model, self.heads, clip, self.margin(), c.tolerance, c.gate_target, c.strictness)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.heads.parameters(), 1.0)
