@@ -140,3 +140,54 @@ def test_sparsity_losses():
     assert layer_loss(shares, 0.3, 0.8).item() == pytest.approx(0.1**2 + 0.1**2)
     # cost-weighted: (0.2 * 1 + 0.9 * 3) / 4 = 0.725
     assert global_loss(shares, [1.0, 3.0], 0.5).item() == pytest.approx(0.225**2)
+
+
+def _random_mbconv(kernel: int, stride: int, expand: int, cin: int, cout: int) -> MBConv:
+    torch.manual_seed(kernel * 10 + stride)
+    block = MBConv(kernel, stride, expand, cin, cout).eval()
+    for module in block.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics, so padding mistakes show
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-1, 1)
+    return block
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "expand", "cin", "cout"),
+    [(3, 1, 1, 8, 8), (3, 2, 6, 4, 6), (5, 2, 6, 6, 10), (3, 1, 6, 6, 6), (5, 1, 6, 10, 10)],
+)
+def test_mbconv_tiles_equal_the_dense_block_on_computed_tiles(kernel, stride, expand, cin, cout):
+    from vidseg_cli.sparse.tiles import mbconv_tiles, scatter_tiles, tile_grid
+
+    block = _random_mbconv(kernel, stride, expand, cin, cout)
+    x = torch.randn(1, cin, 29, 37)
+    with torch.no_grad():
+        dense = block(x)
+        selected = _random_selection(tile_grid(dense.shape[-2:], 4), 0.5, seed=3)
+        previous = torch.randn_like(dense)
+        out = scatter_tiles(previous, mbconv_tiles(block, x, selected, 4), selected, 4)
+    computed = selected.repeat_interleave(4, 0).repeat_interleave(4, 1)[: dense.shape[-2], : dense.shape[-1]]
+    torch.testing.assert_close(out[..., computed], dense[..., computed], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[..., ~computed], previous[..., ~computed])  # the rest is untouched
+    assert 0 < computed.float().mean() < 1
+
+
+def test_tile_work_scales_with_the_computed_share():
+    from vidseg_cli.sparse.tiles import mbconv_tiles, tile_grid
+
+    block = _random_mbconv(3, 2, 6, 16, 24)
+    x = torch.randn(1, 16, 64, 96)
+    grid = tile_grid((32, 48), 8)
+    flops = {}
+    for share in (0.25, 1.0):
+        selected = torch.zeros(grid, dtype=torch.bool).flatten()
+        selected[: round(share * selected.numel())] = True
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            mbconv_tiles(block, x, selected.view(grid), 8)
+        flops[share] = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        block(x)
+    assert flops[0.25] == pytest.approx(0.25 * flops[1.0], rel=1e-6)
+    assert flops[1.0] < 1.2 * counter.get_total_flops()  # the stride-2 halo costs < 20% extra

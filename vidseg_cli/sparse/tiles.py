@@ -1,0 +1,80 @@
+"""MBConv blocks evaluated on selected output tiles only: the fast path for sparse inference.
+
+Per-position gathering (gather.py, blocks.py) counts exactly the work of SpVOS's
+per-pixel policies, but on a CPU it is slower than the dense block at any useful share:
+the depthwise kernels and the expansion become memory-bound index gathers. Tiles keep the
+convolutions dense and batched. The output map is cut into T x T tiles; a computed tile
+reads its receptive field, ((T - 1) * stride + k) pixels a side, as one crop of the padded
+input, and every computed tile goes through the block's own layers as one batch: expand
+(1x1), depthwise (valid, stride s), project (1x1), with BatchNorm folded in. The halo is
+the price: for T = 8, k = 3 a stride-2 tile expands 1.13x the pixels it needs, a stride-1
+tile 1.56x.
+
+The expanded map must be zero where the dense block pads it (the depthwise kernel reads
+zeros there), not relu6(bn(0)): a validity mask of the padded input takes care of that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vidseg_cli.models.backbone import MBConv
+from vidseg_cli.sparse.blocks import block_geometry
+from vidseg_cli.sparse.gather import bn_affine
+
+
+def tile_grid(out_size: tuple[int, int], tile: int) -> tuple[int, int]:
+    """Tiles per column and per row covering an output map (the last ones may overhang)."""
+    return math.ceil(out_size[0] / tile), math.ceil(out_size[1] / tile)
+
+
+def _crops(x: torch.Tensor, selected: torch.Tensor, tile: int, stride: int, span: int, before: tuple[int, int]) -> torch.Tensor:
+    """(N, C, span, span): the zero-padded input each selected tile reads, in
+    ``selected.nonzero()`` order. x (1, C, H, W); ``before`` = padding (top, left)."""
+    rows, cols = selected.shape
+    step = tile * stride
+    top, left = before
+    bottom = max(0, (rows - 1) * step + span - x.shape[-2] - top)
+    right = max(0, (cols - 1) * step + span - x.shape[-1] - left)
+    padded = F.pad(x, (left, right, top, bottom))
+    windows = padded.unfold(2, span, step).unfold(3, span, step)  # (1, C, rows, cols, span, span), a view
+    return windows[0].permute(1, 2, 0, 3, 4)[selected]  # copies only the selected tiles
+
+
+def mbconv_tiles(block: MBConv, x: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
+    """``block(x)`` on the ``selected`` output tiles (bool (rows, cols) of ``tile_grid``) ->
+    (N, C_out, tile, tile). x: (1, C_in, H, W), eval-mode BatchNorm."""
+    conv = block._depthwise_conv
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    _, (top, _, left, _) = block_geometry(block, tuple(x.shape[-2:]))
+    span = (tile - 1) * stride + kernel
+    crops = _crops(x, selected, tile, stride, span, (top, left))
+    if block.expand:
+        scale, shift = bn_affine(block._bn0)
+        weight = block._expand_conv.weight * scale.view(-1, 1, 1, 1)
+        mid = F.conv2d(crops, weight, shift).clamp_(0.0, 6.0)
+        inside = _crops(torch.ones_like(x[:, :1]), selected, tile, stride, span, (top, left))
+        mid = mid * inside  # the dense block's padding is zero after the expansion too
+    else:
+        mid = crops
+    scale, shift = bn_affine(block._bn1)
+    y = F.conv2d(mid, conv.weight * scale.view(-1, 1, 1, 1), shift, stride, groups=conv.groups).clamp_(0.0, 6.0)
+    scale, shift = bn_affine(block._bn2)
+    y = F.conv2d(y, block._project_conv.weight * scale.view(-1, 1, 1, 1), shift)
+    if block.residual:  # stride 1, same channels: the input under each output pixel
+        y = y + crops[:, :, top : top + tile, left : left + tile]
+    return y
+
+
+def scatter_tiles(base: torch.Tensor, rows: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
+    """``base`` (1, C, H, W) with the selected tiles replaced by ``rows`` (N, C, tile, tile)."""
+    grid_rows, grid_cols = selected.shape
+    height, width = base.shape[-2:]
+    canvas = base.new_empty(1, base.shape[1], grid_rows * tile, grid_cols * tile)
+    canvas[..., :height, :width] = base
+    tiles = canvas[0].view(base.shape[1], grid_rows, tile, grid_cols, tile).permute(1, 3, 0, 2, 4)
+    tiles[selected] = rows
+    return canvas[..., :height, :width]
