@@ -195,9 +195,11 @@ def test_bench_csv_rows(vidseg, tmp_path):
     assert len(lines) == 3  # header + one row per size
 
 
-def test_bench_refuses_features_not_landed(vidseg):
-    run = vidseg("bench", "--sparse", "triple")
-    assert run.code == 2 and "not available yet" in run.stderr
+def test_bench_sparse_needs_gates_and_a_known_mode(vidseg):
+    run = vidseg("bench", "--sparse", "triple", "--sparse-gates", "no-such-gates")
+    assert run.code == 2 and "no sparse gates named 'no-such-gates'" in run.stderr
+    run = vidseg("bench", "--sparse", "dense")
+    assert run.code == 2 and "unknown --sparse 'dense'" in run.stderr
 
 
 def test_bench_reuse_needs_reuse_heads(vidseg):

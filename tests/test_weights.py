@@ -1,6 +1,7 @@
 """weights.toml resolution against a loopback Hub: pull, cache, path, verify, tampering, offline."""
 
 import hashlib
+import json
 import threading
 from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +21,14 @@ TINY = MemNetConfig(key_dim=8, value_dim=8, mask_dim=4, decoder_dims=(8, 8, 8), 
 
 def _toml_config(config: MemNetConfig) -> str:
     """The architecture as weights.toml lists it: an inline table."""
-    items = ", ".join(f"{k} = {list(v) if isinstance(v, tuple) else v}" for k, v in asdict(config).items())
+    items = ", ".join(f"{k} = {_toml_value(v)}" for k, v in asdict(config).items())
     return "config = { " + items + " }\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, tuple):
+        return str(list(value))
+    return json.dumps(value) if isinstance(value, str) else str(value)  # a JSON string is a TOML basic string
 
 
 class _Hub(BaseHTTPRequestHandler):
@@ -89,7 +96,7 @@ def hub(tmp_path, monkeypatch):
 
 def test_pull_downloads_at_the_pinned_commit_then_path_finds_it(vidseg, hub):
     before = vidseg("weights", "path", "tiny")
-    assert before.code == 2 and "weights pull tiny" in before.stderr
+    assert before.code == 2 and "weights pull tiny" in before.stderr, (before.stderr, before.exception)
     pulled = vidseg("weights", "pull", "tiny")
     assert pulled.code == 0, pulled.stderr
     path = pulled.stdout.strip()

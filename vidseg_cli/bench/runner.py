@@ -24,8 +24,10 @@ from vidseg_cli.engine.segment import (
     build_model,
     make_session,
     peak_rss_bytes,
+    sparse_gates_name,
     validate_memory,
 )
+from vidseg_cli.engine.sparse import SPARSE_WRITE_EVERY, SparseOptions
 from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
@@ -39,6 +41,8 @@ class Config:
     memory: MemoryOptions
     reuse: ReuseOptions = ReuseOptions()
     reuse_heads: str | None = None
+    sparse: SparseOptions = SparseOptions()
+    sparse_gates: str | None = None
 
     @property
     def label(self) -> str:
@@ -48,17 +52,27 @@ class Config:
         reuse = ""
         if self.reuse.enabled:
             reuse = f" reuse={self.reuse.tau:g}" + (f" {self.reuse.mode}" if self.reuse.mode != "refine" else "")
-        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{reuse}"
+        writes = f" write/{m.write_every}" if m.write_every != 1 else ""
+        sparse = f" sparse={self.sparse.mode}" if self.sparse.enabled else ""
+        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}"
 
     @property
-    def network(self) -> tuple[str, str | None]:
-        """Which model object runs it: the model, with reuse heads only when it may reuse."""
-        return self.model, (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None
+    def network(self) -> tuple[str, str | None, str | None]:
+        """Which model object runs it: the model, with reuse heads only when it may reuse and
+        sparse gates only when it runs sparse."""
+        heads = (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None
+        gates = sparse_gates_name(self.model, self.sparse.mode, self.sparse_gates) if self.sparse.enabled else None
+        return self.model, heads, gates
+
+    def build(self, device: torch.device) -> VOSModel:
+        return build_model(self.model, device, self.reuse, self.reuse_heads, self.sparse, self.sparse_gates)
 
 
 # FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
 # dispatch mode that slows the step down; those frames are left out of the timings.
-FLOP_EVERY, FLOP_OFFSET = 10, 1
+# FLOP_EVERY is prime to the memory-write intervals, so counted frames mix memory frames
+# (dense under --sparse) and the others in their true proportion.
+FLOP_EVERY, FLOP_OFFSET = 7, 1
 
 
 @dataclass
@@ -74,6 +88,7 @@ class Result:
     max_memory_bytes: int = 0
     peak_cuda_bytes: int | None = None
     reused_frames: int = 0  # over every frame of every sequence, counted or timed
+    computed: list[float] = field(default_factory=list)  # per frame: share of gated work done
     all_frames: int = 0
 
     @property
@@ -93,6 +108,8 @@ class Result:
             "reuse": self.config.reuse.tau,
             "reuse_mode": self.config.reuse.mode,
             "reuse_rate": round(self.reused_frames / max(1, self.all_frames), 4),
+            "sparse": self.config.sparse.mode,
+            "computed_share": round(float(np.mean(self.computed)), 4) if self.computed else 1.0,
             **{name: round(value, 4) for name, value in overall.items()},
             "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
             "J_decay": round(float(np.mean([o.j.decay for o in objects])), 4),
@@ -124,20 +141,32 @@ def configs(
     reuses: tuple[float, ...] = (1.0,),
     reuse_modes: tuple[str, ...] = ("refine",),
     reuse_heads: str | None = None,
+    sparses: tuple[str, ...] = ("none",),
+    sparse_gates: str | None = None,
+    write_every: int | None = None,
 ) -> list[Config]:
-    """The cross product, without duplicates that an option does not affect."""
+    """The cross product, without duplicates that an option does not affect. Memory is
+    written every ``write_every`` frames; by default every frame, or SpVOS's every fifth
+    when a sparse mode is listed (for every configuration, so they compare alike)."""
+    if write_every is None:
+        write_every = SPARSE_WRITE_EVERY if any(s != "none" for s in sparses) else 1
     seen, out = set(), []
-    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes)
-    for model, size, memory, k, rule, n, fusion, tau, mode in grid:
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses)
+    for model, size, memory, k, rule, n, fusion, tau, mode, sparse in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
             update=rule if memory == "stremn" else "C",
             every=n if memory == "stm" else 5,
             fusion=fusion if memory == "stremn" else "model",
+            write_every=write_every,
         )
         reuse = ReuseOptions(tau, mode if tau < 1 else "refine")
-        config = Config(model, size, options, reuse, reuse_heads if reuse.enabled else None)
+        sparsing = SparseOptions(sparse)
+        config = Config(
+            model, size, options, reuse, reuse_heads if reuse.enabled else None,
+            sparsing, sparse_gates if sparsing.enabled else None,
+        )
         if config not in seen:
             seen.add(config)
             out.append(config)
@@ -153,7 +182,10 @@ def run(
     """Returns the results and the peak RSS in bytes."""
     for config in configs:
         validate_memory(config.memory, permanent=max(len(s.prompts) for s in sequences))
-    models = {network: build_model(network[0], device, c.reuse, network[1]) for c in configs for network in [c.network]}
+    models = {}
+    for config in configs:
+        if config.network not in models:
+            models[config.network] = config.build(device)
     results = [Result(config) for config in configs]
     for sequence in sequences:
         start = time.perf_counter()
@@ -179,7 +211,7 @@ def _run_one(
     result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
 ) -> None:
     config = result.config
-    session = make_session(model, config.memory, config.size, device, config.reuse)
+    session = make_session(model, config.memory, config.size, device, config.reuse, config.sparse)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -202,6 +234,7 @@ def _run_one(
             result.frames += 1
         result.max_slots = max(result.max_slots, step.slots)
         result.reused_frames += step.reused
+        result.computed.append(step.computed)
         result.all_frames += 1
         result.max_memory_bytes = max(result.max_memory_bytes, step.memory_bytes)
         memory.append(step.memory_bytes)

@@ -39,11 +39,11 @@ def _split(text: str, cast=str) -> list:
 
 @user_errors
 def bench_command(
-    data: Annotated[Path | None, typer.Option(help="Dataset in DAVIS layout [default: a built-in synthetic one].")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset in DAVIS layout (default: a built-in synthetic one).")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run.")] = None,
     model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = DEFAULT_VOS_MODEL,
-    size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes [default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}].")] = None,
-    memory: Annotated[str | None, typer.Option(help="Comma list of memory policies [default: stremn; with --long, all].")] = None,
+    size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes (default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}).")] = None,
+    memory: Annotated[str | None, typer.Option(help="Comma list of memory policies (default: stremn; with --long, all).")] = None,
     slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
@@ -54,14 +54,14 @@ def bench_command(
     plot: Annotated[Path | None, typer.Option(metavar="FILE.png", help="Plot J&F against FPS and memory against frame index.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing report files.")] = False,
     long: Annotated[int | None, typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
-    sparse: Annotated[str | None, typer.Option(help="Sparse convolution modes (not available yet).")] = None,
+    sparse: Annotated[str, typer.Option(help="Comma list of SpVOS modes: none, static, residual, triple (frames written to memory run dense).")] = "none",
+    sparse_gates: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Sparse gates; {mode} stands for the mode (default: MODEL-{mode} from weights.toml).")] = None,
+    write_every: Annotated[int | None, typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1; 5 when --sparse lists a mode).")] = None,
     reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of Reuse-VOS gate thresholds (1: never reuse).")] = "1",
     reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
-    reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads [default: MODEL-reuse from weights.toml].")] = None,
+    reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
-    if sparse is not None:
-        raise VidsegError("--sparse is not available yet: the sparse mode has not landed in vidseg")
     outputs = _Outputs(json_path, csv_path, plot, force)
     use_all_cores()
     target = pick_device(device.value)
@@ -76,6 +76,7 @@ def bench_command(
     sweep = configs(
         _split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int), fusions,
         tuple(_split(reuse, float)), tuple(_split(reuse_mode)), reuse_heads,
+        tuple(_split(sparse)), sparse_gates, write_every,
     )
     if long is not None:
         _long(sweep, long, target, outputs)
@@ -187,14 +188,17 @@ def _table(report: dict) -> None:
     title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames"
     cuda = report["device"].startswith("cuda")
     reusing = any(r["reuse"] < 1 for r in report["results"])
+    sparse = any(r.get("sparse", "none") != "none" for r in report["results"])
     columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "GFLOPs", "slots", "bank MB")
-    table = _new_table(title, columns + (("reuse rate",) if reusing else ()) + (("CUDA peak MB",) if cuda else ()))
+    extra = (("reuse rate",) if reusing else ()) + (("computed",) if sparse else ()) + (("CUDA peak MB",) if cuda else ())
+    table = _new_table(title, columns + extra)
     for r in report["results"]:
         gflops = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
         table.add_row(
             r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
             f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", gflops, str(r["max_slots"]),
             f"{r['max_memory_mb']:.1f}", *((f"{r['reuse_rate']:.3f}",) if reusing else ()),
+            *((f"{r['computed_share']:.3f}",) if sparse else ()),
             *((f"{r['peak_cuda_mb']:.0f}",) if cuda else ()),
         )
     stderr.print(table)

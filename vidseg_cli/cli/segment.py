@@ -24,7 +24,9 @@ from vidseg_cli.engine.segment import (
     SegmentOptions,
     segment,
 )
+from vidseg_cli.engine.sparse import SPARSE_WRITE_EVERY, SparseOptions
 from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
+from vidseg_cli.sparse.gates import SPARSE_MODES
 
 
 class Memory(str, enum.Enum):
@@ -47,6 +49,9 @@ class ReuseMode(str, enum.Enum):
     refine = "refine"
 
 
+SparseMode = enum.Enum("SparseMode", {mode: mode for mode in SPARSE_MODES}, type=str)
+
+
 class Format(str, enum.Enum):
     png = "png"
     video = "video"
@@ -64,7 +69,7 @@ def segment_command(
             help="PNG (frame 0), N:PNG (frame N) or DIR (files named by frame index). Repeatable.",
         ),
     ],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder [default: INPUT_masks beside the input].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_masks beside the input).")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="png: palette PNG per frame; video: lossless FFV1 label video; overlay: colour mp4.")] = Format.png,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize masks whose size differs from the frames (nearest).")] = False,
@@ -77,7 +82,10 @@ def segment_command(
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS gate threshold: frames with P_gate >= TAU skip the heavy path (1: never).")] = 1.0,
     reuse_mode: Annotated[ReuseMode, typer.Option(help="What a reused frame gets: the last mask (copy), copy when very similar else refine (fusion), or the refine translator.")] = ReuseMode.refine,
-    reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse [default: MODEL-reuse].")] = None,
+    reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse (default: MODEL-reuse).")] = None,
+    sparse: Annotated[SparseMode, typer.Option(help="SpVOS: frames not written to memory run the gated backbone (static: skip or compute; residual: reuse or compute; triple: all three).")] = SparseMode.none,
+    sparse_gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Sparse gates from weights.toml or vidseg train sparse (default: MODEL-MODE).")] = None,
+    write_every: Annotated[Optional[int], typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1; 5 with --sparse).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
@@ -94,9 +102,14 @@ def segment_command(
         model=model,
         size=size,
         device=device.value,
-        memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value, every=every),
+        memory=MemoryOptions(
+            memory=memory.value, slots=slots, update=update.value, every=every,
+            write_every=write_every or (SPARSE_WRITE_EVERY if sparse != SparseMode.none else 1),
+        ),
         reuse=ReuseOptions(tau=reuse, mode=reuse_mode.value),
         reuse_heads=reuse_heads,
+        sparse=SparseOptions(sparse.value),
+        sparse_gates=sparse_gates,
     )
     with _progress() as advance:
         summary = segment(options, advance)
@@ -104,7 +117,8 @@ def segment_command(
         print_json(summary)
     else:
         stderr.print(
-            f"{summary.frames} frames{f' ({summary.reused_frames} reused)' if reuse < 1 else ''}, "
+            f"{summary.frames} frames{f' ({summary.reused_frames} reused)' if reuse < 1 else ''}"
+            f"{f' ({summary.computed_share:.0%} of the gated work computed)' if summary.computed_share is not None else ''}, "
             f"objects {summary.objects}, {summary.fps:.2f} fps, "
             f"peak memory {summary.peak_rss_mb:.0f} MB",
             highlight=False,

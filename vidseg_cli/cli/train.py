@@ -30,8 +30,11 @@ from vidseg_cli.models.registry import (
     with_logit_bias,
 )
 from vidseg_cli.reuse.heads import ReuseConfig
+from vidseg_cli.sparse.gates import POLICIES
+from vidseg_cli.sparse.network import SparseConfig
 from vidseg_cli.train.data import ClipSampler
 from vidseg_cli.train.reuse import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
+from vidseg_cli.train.sparse import SparseTrainConfig, SparseTrainer
 from vidseg_cli.train.vos import (
     CHECKPOINT,
     TrainConfig,
@@ -67,6 +70,7 @@ def _pair(option: str, text: str, kind: type) -> tuple:
 
 
 GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
+SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=str)
 FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDATES}, type=str)
 
 
@@ -218,6 +222,63 @@ def train_reuse_command(
             log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
             raise typer.Exit(130) from None
     print(trainer.save_heads(model_identity(model)))
+
+
+@train_app.command("sparse")
+@user_errors
+def train_sparse_command(
+    data: Annotated[Path, typer.Option(help="Training data in DAVIS layout.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, gates.safetensors, config.json, train.log.")],
+    mode: Annotated[SparseGateMode, typer.Option(help="static (skip or compute), residual (reuse or compute) or triple.")] = SparseGateMode.triple,
+    model: Annotated[str, typer.Option(help="The learned VOS model the gates serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
+    target: Annotated[float, typer.Option(help="t_s: the share of the gated work to compute (eqs 11-12).")] = SparseTrainConfig.target,
+    tile: Annotated[int, typer.Option(help="Output pixels per tile side: one gate decision per tile.")] = SparseConfig.tile,
+    steps: Annotated[int, typer.Option(help="Training clips (one optimiser step each).")] = SparseTrainConfig.steps,
+    seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
+    clip_length: Annotated[int, typer.Option(help="Frames per clip: two dense memory frames, then sparse ones.")] = SparseTrainConfig.clip_length,
+    crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = SparseTrainConfig.lr,
+    max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
+    gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
+    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
+) -> None:
+    """Train SpVOS's triple gates (or a baseline's) in the backbone of a frozen learned VOS model."""
+    if clip_length < 3:
+        raise VidsegError("--clip-length must be at least 3: two memory frames and a sparse one")
+    if not 0.0 < target <= 1.0:
+        raise VidsegError("--target is a share of the work in (0, 1]")
+    if tile < 1:
+        raise VidsegError("--tile must be at least 1")
+    use_all_cores()
+    device_ = pick_device(device.value)
+    base = create_vos_model(model, device_)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
+    config = SparseTrainConfig(
+        steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
+        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile),
+    )
+    _prepare(out, resume, force)
+    rng = make_generator(seed)
+    trainer = SparseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, device_)
+    if resume:
+        trainer.load_checkpoint()
+        _check_same(out, config)
+    else:
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    with open(out / "train.log", "a") as log_file:
+        log = _logger(log_file)
+        log(f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {trainer.step} on {device_} (seed {seed})")
+        try:
+            trainer.run(log, checkpoint_every=checkpoint_every)
+        except KeyboardInterrupt:
+            trainer.save_checkpoint()
+            log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
+            raise typer.Exit(130) from None
+    print(trainer.save_gates(model_identity(model)))
 
 
 def _logger(log_file):

@@ -83,7 +83,7 @@ def pull_command(name: Annotated[str, typer.Argument(help="Checkpoint name.")]) 
 @weights_app.command("verify")
 @user_errors
 def verify_command(
-    names: Annotated[list[str] | None, typer.Argument(help="Checkpoints to check [default: all].")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Checkpoints to check (default: all).")] = None,
 ) -> None:
     """Check the sha256 of every local checkpoint file; exit 1 if any differs."""
     bad = 0

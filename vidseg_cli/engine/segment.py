@@ -15,6 +15,7 @@ import torch
 
 from vidseg_cli.engine.reuse import ReuseOptions, ReuseTracker
 from vidseg_cli.engine.session import VOSSession
+from vidseg_cli.engine.sparse import SparseOptions, SparseTracker
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource, open_frames
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
@@ -26,6 +27,7 @@ from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.registry import (
     DEFAULT_VOS_MODEL,
     create_reuse_model,
+    create_sparse_model,
     create_vos_model,
 )
 
@@ -41,6 +43,7 @@ class MemoryOptions:
     update: str = "C"
     every: int = 5
     fusion: str = "model"  # stremn's fusion cell: the model's own, training-free, or none
+    write_every: int = 1  # write a frame to memory every N frames (and every masked frame)
 
 
 FUSIONS = ("model", "training-free", "none")
@@ -71,6 +74,8 @@ class SegmentOptions:
     memory: MemoryOptions = MemoryOptions()
     reuse: ReuseOptions = ReuseOptions()
     reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
+    sparse: SparseOptions = SparseOptions()
+    sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
 
 
 @dataclass
@@ -86,6 +91,7 @@ class SegmentSummary:
     memory_slots_max: int = 0
     memory_bytes_max: int = 0
     reused_frames: int = 0
+    computed_share: float | None = None  # SpVOS: mean share of the gated backbone work computed
     outputs: list[str] = field(default_factory=list)
 
 
@@ -125,24 +131,50 @@ def make_bank(options: MemoryOptions, fusion: FusionCell | None = None) -> Memor
     return MemoryBank(policy=policy, fusion=fusion)
 
 
-def build_model(model: str, device: torch.device, reuse: ReuseOptions, heads: str | None = None) -> VOSModel:
-    """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1)."""
-    if not reuse.enabled:
-        return create_vos_model(model, device)
-    return create_reuse_model(model, heads or f"{model}-reuse", device)
+def build_model(
+    model: str,
+    device: torch.device,
+    reuse: ReuseOptions,
+    heads: str | None = None,
+    sparse: SparseOptions = SparseOptions(),
+    gates: str | None = None,
+) -> VOSModel:
+    """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1) or its
+    SpVOS gates when it runs sparse."""
+    if reuse.enabled and sparse.enabled:
+        raise VidsegError("--reuse and --sparse cannot be combined: pick one way to skip work")
+    if reuse.enabled:
+        return create_reuse_model(model, heads or f"{model}-reuse", device)
+    if sparse.enabled:
+        return create_sparse_model(model, sparse_gates_name(model, sparse.mode, gates), sparse.mode, device)
+    return create_vos_model(model, device)
 
 
-def make_session(model: VOSModel, memory: MemoryOptions, size: int, device: torch.device, reuse: ReuseOptions) -> VOSSession:
-    """A fresh per-video session: its own bank and, when reusing, its own reuse state."""
-    tracker = ReuseTracker(model, reuse) if reuse.enabled else None
-    return VOSSession(model, make_bank(memory, fusion_for(model, memory)), size, device, reuse=tracker)
+def sparse_gates_name(model: str, mode: str, gates: str | None) -> str:
+    """--sparse-gates NAME|FILE, where {mode} stands for the mode; default MODEL-MODE."""
+    return (gates or f"{model}-{{mode}}").replace("{mode}", mode)
+
+
+def make_session(
+    model: VOSModel,
+    memory: MemoryOptions,
+    size: int,
+    device: torch.device,
+    reuse: ReuseOptions,
+    sparse: SparseOptions = SparseOptions(),
+) -> VOSSession:
+    """A fresh per-video session: its own bank and, when reusing or running sparse, that state."""
+    reusing = ReuseTracker(model, reuse) if reuse.enabled else None
+    sparsing = SparseTracker(model) if sparse.enabled else None
+    bank = make_bank(memory, fusion_for(model, memory))
+    return VOSSession(model, bank, size, device, reuse=reusing, sparse=sparsing, write_every=memory.write_every)
 
 
 def validate_memory(options: MemoryOptions, permanent: int) -> None:
     if options.update not in ("A", "B", "C", "D"):
         raise VidsegError(f"unknown --update {options.update!r}; choose A, B, C or D")
-    if options.slots < 1 or options.every < 1:
-        raise VidsegError("--slots and --every must be at least 1")
+    if options.slots < 1 or options.every < 1 or options.write_every < 1:
+        raise VidsegError("--slots, --every and --write-every must be at least 1")
     if options.memory == "stremn" and options.slots < permanent + 1:
         raise VidsegError(
             f"--slots {options.slots} leaves no room: {permanent} mask frame(s) are kept permanently, "
@@ -193,8 +225,9 @@ def _run(
     progress: Progress | None,
 ) -> SegmentSummary:
     use_all_cores()
-    model = build_model(options.model, device, options.reuse, options.reuse_heads)
-    session = make_session(model, options.memory, options.size, device, options.reuse)
+    model = build_model(options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates)
+    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse)
+    computed = []
     sinks = make_sinks(options.format, folder, source.time_base)
     by_frame = {mask.frame: mask.path for mask in masks}
     summary = SegmentSummary(input=str(options.input), output="")
@@ -209,6 +242,7 @@ def _run(
             summary.memory_slots_max = max(summary.memory_slots_max, result.slots)
             summary.memory_bytes_max = max(summary.memory_bytes_max, result.memory_bytes)
             summary.reused_frames += result.reused
+            computed.append(result.computed)
             if progress:
                 progress(summary.frames, source.count)
     finally:
@@ -221,6 +255,8 @@ def _run(
             f"mask {late[0].path} is for frame {late[0].frame}, but the video has {summary.frames} frames"
         )
     _finish(summary, session, sinks, time.perf_counter() - start, device)
+    if options.sparse.enabled and computed:
+        summary.computed_share = round(sum(computed) / len(computed), 4)
     return summary
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.engine.reuse import ReuseTracker
+from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.models.base import EncodedFrame, VOSModel
 
@@ -24,28 +25,44 @@ class StepResult:
     slots: int
     memory_bytes: int
     reused: bool = False  # Reuse-VOS skipped the heavy path on this frame
+    computed: float = 1.0  # SpVOS: share of the gated backbone work this frame computed
 
 
 class VOSSession:
     """Semi-supervised VOS over one video: ``step`` each frame, with a mask where given."""
 
     def __init__(
-        self, model: VOSModel, bank: MemoryBank, size: int, device: torch.device, reuse: ReuseTracker | None = None
+        self,
+        model: VOSModel,
+        bank: MemoryBank,
+        size: int,
+        device: torch.device,
+        reuse: ReuseTracker | None = None,
+        sparse: SparseTracker | None = None,
+        write_every: int = 1,
     ) -> None:
         self.model = model
         self.bank = bank
         self.size = size
         self.device = device
         self.reuse = reuse
+        self.sparse = sparse
+        self.write_every = write_every  # memory frames: one every N frames, and every masked frame
         self.object_ids: list[int] = []
         self.frame_index = 0
+        self._last_write: int | None = None
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> StepResult:
         """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None."""
         height, width = frame.shape[:2]
         image = self._preprocess(frame)
-        if self.reuse is None:
-            encoded, refined8 = self.model.encode(image), None
+        writes = mask is not None or self._memory_frame()
+        computed = 1.0
+        if self.sparse is not None:  # SpVOS's mixed processing: memory frames run dense
+            encoded, computed = self.sparse.encode(image, dense=writes)
+            probs = self._predict(encoded)
+        elif self.reuse is None:
+            encoded = self.model.encode(image)
             probs = self._predict(encoded)
         else:
             partial = self.model.encode_stride8(image)
@@ -57,17 +74,29 @@ class VOSSession:
         if mask is not None:
             probs = self._apply_mask(probs, mask, encoded.grid)
         probs = aggregate(probs)  # (1 + objects, h, w), background first
-        self._remember(encoded, probs[1:], permanent=mask is not None)
+        if writes:
+            self._remember(encoded, probs[1:], permanent=mask is not None)
         if self.reuse is not None and self.object_ids:
             self.reuse.computed(partial, probs, refined8)
-        return self._result(probs, image, (height, width), mask, reused=False)
+        return self._result(probs, image, (height, width), mask, reused=False, computed=computed)
+
+    def _memory_frame(self) -> bool:
+        return self._last_write is None or self.frame_index - self._last_write >= self.write_every
 
     def _result(
-        self, probs: torch.Tensor, image: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None, reused: bool
+        self,
+        probs: torch.Tensor,
+        image: torch.Tensor,
+        size: tuple[int, int],
+        mask: np.ndarray | None,
+        reused: bool,
+        computed: float = 1.0,
     ) -> StepResult:
         labels = self._labels(self.model.upsample(probs, image), size, mask)
         self.frame_index += 1
-        return StepResult(labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes, reused=reused)
+        return StepResult(
+            labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes, reused=reused, computed=computed
+        )
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
@@ -109,6 +138,7 @@ class VOSSession:
             return  # nothing to propagate yet: frames before the first mask are not stored
         k, v = self.model.memorize(encoded, probs)
         self.bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
+        self._last_write = self.frame_index
 
     def _labels(self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
         full = probs

@@ -17,6 +17,8 @@ from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
 from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
 from vidseg_cli.reuse.model import ReuseModel
+from vidseg_cli.sparse.model import SparseModel
+from vidseg_cli.sparse.network import SPARSE_ARCH, SparseConfig, SparseGates
 from vidseg_cli.weights.registry import (
     entry,
     file_sha256,
@@ -118,6 +120,31 @@ def create_reuse_model(model: str, heads: str, device: torch.device | str = "cpu
     except RuntimeError as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
     return ReuseModel(base, module).to(device).eval()
+
+
+def create_sparse_model(model: str, gates: str, mode: str, device: torch.device | str = "cpu") -> SparseModel:
+    """A learned VOS model with SpVOS gates (a weights.toml name or a file from
+    ``vidseg train sparse``) trained on that very model for that mode."""
+    base = create_vos_model(model, device)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--sparse needs a learned memory network; {model!r} is not one")
+    if not gates.endswith(".safetensors") and gates not in registry():
+        raise VidsegError(f"no sparse gates named {gates!r}: train them with `vidseg train sparse` and pass --sparse-gates FILE")
+    path = Path(gates) if gates.endswith(".safetensors") else resolve(gates)
+    state, metadata = _read_safetensors(path)
+    if metadata.get("arch") != SPARSE_ARCH or "config" not in metadata:
+        raise VidsegError(f"{path} is not a vidseg sparse-gates checkpoint (arch {metadata.get('arch')!r})")
+    if metadata.get("base") != model_identity(model):
+        raise VidsegError(f"sparse gates {gates} were trained for another model than {model}")
+    config = SparseConfig.from_dict(json.loads(metadata["config"]))
+    if config.mode != mode:
+        raise VidsegError(f"sparse gates {gates} are for --sparse {config.mode}, not {mode}")
+    module = SparseGates(config, base.backbone)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
+    return SparseModel(base, module).to(device).eval()
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -1,0 +1,59 @@
+"""A memory network with SpVOS gates in its backbone: the stateless pieces a sparse session calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vidseg_cli.memory.bank import Slot
+from vidseg_cli.models.memnet import MemNetFrame, MemoryNetwork
+from vidseg_cli.sparse.network import (
+    LayerState,
+    Shares,
+    SparseGates,
+    dense_runner,
+    run_backbone,
+    sparse_runner,
+)
+
+
+class SparseModel(nn.Module):
+    """``base`` with its sparse gates. Like every model, it keeps no per-video state."""
+
+    def __init__(self, base: MemoryNetwork, gates: SparseGates) -> None:
+        super().__init__()
+        self.base, self.gates = base, gates
+
+    # -- the ordinary VOSModel interface: dense frames --
+
+    def encode(self, image: torch.Tensor) -> MemNetFrame:
+        return self.base.encode(image)
+
+    def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        return self.base.segment(frame, slots, objects)
+
+    def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.memorize(frame, probs)
+
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.base.upsample(probs, image)
+
+    def fusion(self):
+        return self.base.fusion()
+
+    # -- with the per-video layer state --
+
+    @torch.inference_mode()
+    def encode_dense(self, image: torch.Tensor, state: LayerState) -> MemNetFrame:
+        """The full backbone, recording what the next frame's gates compare against."""
+        return self._frame(run_backbone(self.base.backbone, image[None], dense_runner(self.gates, state)))
+
+    @torch.inference_mode()
+    def encode_sparse(self, image: torch.Tensor, state: LayerState, shares: Shares) -> MemNetFrame:
+        """The gated backbone: each gated block computes only the tiles its gate keeps."""
+        return self._frame(run_backbone(self.base.backbone, image[None], sparse_runner(self.gates, state, shares)))
+
+    def _frame(self, features) -> MemNetFrame:
+        return MemNetFrame(self.base.keys(features)[0], features)

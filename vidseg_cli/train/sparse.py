@@ -1,0 +1,182 @@
+"""`vidseg train sparse`: SpVOS's gates learned on a frozen memory network (eqs 9-13).
+
+Mixed sparse training: a clip's frame 0 carries its mask and frame 1 its predicted mask; both
+run dense and fill the memory. Every later frame runs the relaxed gated backbone: each gated
+block's dense output mixed with the previous frame's output and the skip value by one-hot
+policies sampled with Gumbel-softmax (straight-through), frame after frame as at inference.
+
+    Loss = L_seg + gamma * (L_layer + beta * L_global)   (eqs 10-13)
+
+L_seg is the bootstrapped cross-entropy of the sparse frames; L_layer holds each block's
+computed share between bounds that relax from the target t_s to (0, 1) over training
+(eq 11), and L_global holds the cost-weighted share of all gated work at t_s (eq 12).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from vidseg_cli.engine.aggregate import aggregate
+from vidseg_cli.io.sinks import write_file_atomically
+from vidseg_cli.memory.bank import Slot
+from vidseg_cli.models.memnet import MemoryNetwork
+from vidseg_cli.sparse.gates import global_loss, layer_loss, relaxed_bounds
+from vidseg_cli.sparse.network import (
+    SPARSE_ARCH,
+    LayerState,
+    Shares,
+    SparseConfig,
+    SparseGates,
+    dense_runner,
+    relaxed_runner,
+    run_backbone,
+)
+from vidseg_cli.train.data import Clip, ClipSampler
+from vidseg_cli.train.losses import bootstrapped_nll
+from vidseg_cli.train.vos import on_grid
+
+CHECKPOINT = "checkpoint.pt"
+GATES = "gates.safetensors"
+
+
+@dataclass(frozen=True)
+class SparseTrainConfig:
+    steps: int = 1500
+    clip_length: int = 5  # frames 0-1 dense (memory), 2.. sparse, each against the one before
+    crop: tuple[int, int] = (256, 384)
+    lr: float = 1e-3
+    max_gap: int = 2  # sparse frames follow each other closely at inference
+    target: float = 0.1  # t_s: the share of gated work computed (SpVOS trains at 0.1)
+    gamma: float = 1.0  # weight of the sparsity loss (eq 10)
+    beta: float = 1.0  # weight of the global term (eq 13)
+    temperature: float = 1.0  # Gumbel-softmax (eq 9)
+    top_p: float = 0.5  # bootstrapped CE: share of hardest pixels kept
+    seed: int = 0
+    gates: SparseConfig = field(default_factory=SparseConfig)
+
+
+@torch.no_grad()
+def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: LayerState) -> list[Slot]:
+    """Frames 0 and 1, dense: frame 0 with its mask, frame 1 with its prediction."""
+    slots = []
+    for t in (0, 1):
+        features = run_backbone(model.backbone, clip.images[t : t + 1], dense_runner(gates, state))
+        key = model.keys(features)[0]
+        if t == 0:
+            probs = aggregate(on_grid(clip.masks[:1], features.s4.shape[-2:])[0])[1:]
+        else:
+            probs = aggregate(torch.sigmoid(model.decode(model.read(key, slots, 1)[None], features)[0]))[1:]
+        slots.append(Slot(key, model.values(features, probs[None])[0], frame=t, permanent=t == 0))
+    return slots
+
+
+def sparse_loss(
+    model: MemoryNetwork, gates: SparseGates, clip: Clip, config: SparseTrainConfig, progress: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq 10 over the clip's sparse frames, and its parts (and the computed share) for the log."""
+    state = LayerState()
+    slots = _memory_frames(model, gates, clip, state)
+    lower, upper = relaxed_bounds(progress, config.target)
+    seg, sparsity, computed = [], [], []
+    size = clip.masks.shape[-2:]
+    for t in range(2, len(clip.masks)):
+        shares = Shares()
+        features = run_backbone(model.backbone, clip.images[t : t + 1], relaxed_runner(gates, state, shares, config.temperature))
+        readout = model.read(model.keys(features)[0], slots, 1)
+        probs = aggregate(torch.sigmoid(model.decode(readout[None], features)[0]))
+        full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+        seg.append(bootstrapped_nll(full, clip.masks[t], config.top_p))
+        costs = gates.costs(state.outputs)
+        layers = [shares.computed[i] for i in costs]
+        weights = list(costs.values())
+        sparsity.append(layer_loss(layers, lower, upper) + config.beta * global_loss(layers, weights, config.target))
+        computed.append(sum(s.item() * c for s, c in zip(layers, weights, strict=True)) / sum(weights))
+    seg_loss, sparsity_loss = torch.stack(seg).mean(), torch.stack(sparsity).mean()
+    loss = seg_loss + config.gamma * sparsity_loss
+    return loss, {"seg": seg_loss.item(), "sparsity": sparsity_loss.item(), "computed": float(np.mean(computed))}
+
+
+class SparseTrainer:
+    """AdamW on the gates only; the memory network stays frozen and in eval mode."""
+
+    def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: SparseTrainConfig, run_dir: Path, device: torch.device) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.gates = SparseGates(config.gates, model.backbone).to(device)
+        self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
+        self.optimizer = torch.optim.AdamW(self.gates.parameters(), lr=config.lr, weight_decay=0.0)
+        self.step = 0
+        self.history: list[dict] = []
+
+    def learning_rate(self) -> float:
+        share = self.step / max(1, self.config.steps)
+        return self.config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+
+    def train_step(self) -> dict[str, float]:
+        clip = self.sampler.sample(self.config.max_gap, still=False)
+        clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        self.gates.train()
+        loss, parts = sparse_loss(self.model, self.gates, clip, self.config, self.step / max(1, self.config.steps))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.gates.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss.item(), **parts}
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "gates": self.gates.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "numpy_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+        }
+        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        self.gates.load_state_dict(state["gates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.sampler.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+
+    def save_gates(self, base: str) -> Path:
+        path = self.run_dir / GATES
+        save_gates(self.gates, path, base, {"steps": str(self.step), "seed": str(self.config.seed)})
+        return path
+
+    def run(self, log: Callable[[str], None], every: int = 25, checkpoint_every: int = 250) -> None:
+        start, first, window = time.perf_counter(), self.step, []
+        while self.step < self.config.steps:
+            window.append(self.train_step())
+            if self.step % every == 0 or self.step == self.config.steps:
+                rate = (self.step - first) / (time.perf_counter() - start)
+                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                log(f"step {self.step}/{self.config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                    + f" {rate:.2f} clips/s")
+                self.history.append({"step": self.step, **{k: round(v, 5) for k, v in means.items()}})
+                window = []
+            if self.step % checkpoint_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint()
+
+
+def save_gates(gates: SparseGates, path: Path, base: str, extra: dict[str, str] | None = None) -> None:
+    """The gates as safetensors, naming the memory network they were trained on."""
+    metadata = {"arch": SPARSE_ARCH, "config": json.dumps(gates.config.to_dict(), sort_keys=True), "base": base, **(extra or {})}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in gates.state_dict().items()}
+    write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
