@@ -191,3 +191,21 @@ def test_tile_work_scales_with_the_computed_share():
         block(x)
     assert flops[0.25] == pytest.approx(0.25 * flops[1.0], rel=1e-6)
     assert flops[1.0] < 1.2 * counter.get_total_flops()  # the stride-2 halo costs < 20% extra
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_tiles_equal_the_dense_conv_on_computed_tiles_of_a_batch(kernel):
+    from vidseg_cli.sparse.tiles import conv_tiles, scatter_tiles, tile_grid
+
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(5, 7, kernel, padding=kernel // 2)
+    x = torch.randn(3, 5, 13, 18)
+    with torch.no_grad():
+        dense = conv(x)
+        selected = torch.rand(3, *tile_grid(dense.shape[-2:], 4), generator=torch.Generator().manual_seed(5)) < 0.5
+        previous = torch.randn_like(dense)
+        out = scatter_tiles(previous, conv_tiles(conv, x, selected, 4), selected, 4)
+    computed = selected.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, : dense.shape[-2], : dense.shape[-1]]
+    mask = computed[:, None].expand_as(dense)
+    torch.testing.assert_close(out[mask], dense[mask], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[~mask], previous[~mask])

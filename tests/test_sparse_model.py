@@ -25,8 +25,9 @@ from vidseg_cli.sparse.network import (
 TINY = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
 
 
-def _gates(mode: str = "triple", tile: int = 4) -> SparseGates:
-    return SparseGates(SparseConfig(mode=mode, tile=tile), backbone()).eval()
+def _gates(mode: str = "triple", tile: int = 4, model: MemoryNetwork | None = None) -> SparseGates:
+    decoder = (model or MemoryNetwork(backbone(), TINY)).heads.decoder
+    return SparseGates(SparseConfig(mode=mode, tile=tile), backbone(), decoder).eval()
 
 
 def _force(gates: SparseGates, policy: int) -> None:
@@ -43,7 +44,8 @@ def _pattern(gates: SparseGates) -> None:
         def forward(current, previous, gate=gate):
             rows, cols = current.shape[-2:]
             index = (torch.arange(rows)[:, None] + 2 * torch.arange(cols)[None, :]) % len(gate.policies)
-            return torch.nn.functional.one_hot(index, len(gate.policies)).permute(2, 0, 1)[None].float()
+            scores = torch.nn.functional.one_hot(index, len(gate.policies)).permute(2, 0, 1).float()
+            return scores.expand(current.shape[0], -1, -1, -1)
         gate.forward = forward
 
 
@@ -79,6 +81,7 @@ def test_sparse_blocks_compute_reuse_and_skip_exactly_where_their_gates_say():
 
         run_backbone(backbone(), images[1:], spy)
     for index, policy in shares.policies.items():
+        policy = policy[0]
         x, dense = seen[index]
         out = state.outputs[index]
         block = backbone()._blocks[index]
@@ -92,7 +95,8 @@ def test_sparse_blocks_compute_reuse_and_skip_exactly_where_their_gates_say():
 
 @pytest.mark.parametrize(("policy", "expected"), [(COMPUTE, 1.0), (SKIP, 0.0)])
 def test_counted_flops_follow_the_computed_share(policy, expected):
-    model = SparseModel(MemoryNetwork(backbone(), TINY), _gates()).eval()
+    base = MemoryNetwork(backbone(), TINY)
+    model = SparseModel(base, _gates(model=base)).eval()
     image = _images()[0]
     state = LayerState()
     model.encode_dense(image, state)
@@ -117,7 +121,8 @@ def test_relaxed_blocks_equal_dense_when_computing_and_send_gradients_to_the_gat
     features = run_backbone(backbone(), images[1:], relaxed_runner(gates, state, shares))
     assert all(0 <= float(s.detach()) <= 1 for s in shares.computed.values())
     (features.s16.sum() + sum(shares.computed.values())).backward()
-    assert all(g.conv.weight.grad is not None and g.conv.weight.grad.abs().sum() > 0 for g in gates.gates.values())
+    backbone_gates = [g for key, g in gates.gates.items() if key.isdigit()]
+    assert all(g.conv.weight.grad is not None and g.conv.weight.grad.abs().sum() > 0 for g in backbone_gates)
     _force(gates, COMPUTE)
     state_all = LayerState()
     with torch.no_grad():
@@ -133,7 +138,8 @@ def test_a_sparse_session_runs_memory_frames_dense_and_writes_only_them():
     from vidseg_cli.synthetic import frames
 
     torch.manual_seed(0)
-    model = SparseModel(MemoryNetwork(backbone(), TINY), _gates()).eval()
+    base = MemoryNetwork(backbone(), TINY)
+    model = SparseModel(base, _gates(model=base)).eval()
     _force(model.gates, SKIP)
     options = MemoryOptions(memory="stremn", slots=4, write_every=3)
     session = VOSSession(model, make_bank(options, model.fusion()), 64, torch.device("cpu"),
@@ -142,8 +148,36 @@ def test_a_sparse_session_runs_memory_frames_dense_and_writes_only_them():
     for index, (image, truth) in enumerate(frames(8, 64, 96, objects=1, seed=0)):
         result = session.step(image, truth if index == 0 else None)
         written.append(result.computed)
-    assert written == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    # frame 1 runs the decoder for the first time (frame 0's mask needed no decoding): dense there
+    assert 0 < written[1] < 0.1
+    assert written[:1] + written[2:] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     assert sorted(slot.frame for slot in session.bank.slots) == [0, 3, 6]
+
+
+def test_the_decoder_convolutions_are_gated_per_object_too():
+    from vidseg_cli.memory.bank import Slot
+
+    torch.manual_seed(0)
+    base = MemoryNetwork(backbone(), TINY).eval()
+    model = SparseModel(base, _gates(model=base)).eval()
+    images = _images()
+    state = LayerState()
+    first = model.encode_dense(images[0], state)
+    key, value = model.memorize(first, torch.rand(2, *first.grid))
+    slots = [Slot(key, value, frame=0, permanent=True)]
+    model.segment_dense(first, slots, 2, state)
+    assert {"enter0", "enter2", "refine8", "refine4"} <= set(state.outputs)
+    assert state.outputs["refine4"].shape[0] == 2  # one batch item per object
+    _force(model.gates, COMPUTE)
+    second = model.encode_sparse(images[1], state, Shares())
+    shares = Shares()
+    sparse = model.segment_sparse(second, slots, 2, state, shares)
+    torch.testing.assert_close(sparse, base.segment(base.encode(images[1]), slots, 2), atol=1e-5, rtol=1e-5)
+    assert shares.computed["refine4"] == 1.0
+    _pattern(model.gates)
+    shares = Shares()
+    model.segment_sparse(model.encode_sparse(images[0], state, Shares()), slots, 2, state, shares)
+    assert shares.policies["refine4"].shape[0] == 2 and 0 < float(shares.computed["refine4"]) < 1
 
 
 def _tiny_model_files(tmp_path):

@@ -59,8 +59,9 @@ class VOSSession:
         writes = mask is not None or self._memory_frame()
         computed = 1.0
         if self.sparse is not None:  # SpVOS's mixed processing: memory frames run dense
-            encoded, computed = self.sparse.encode(image, dense=writes)
-            probs = self._predict(encoded)
+            encoded = self.sparse.encode(image, dense=writes)
+            probs = self._predict(encoded, self.sparse.segment)
+            computed = self.sparse.computed()
         elif self.reuse is None:
             encoded = self.model.encode(image)
             probs = self._predict(encoded)
@@ -107,10 +108,10 @@ class VOSSession:
             image = F.interpolate(image[None], size=target, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
         return image
 
-    def _predict(self, encoded: EncodedFrame) -> torch.Tensor:
+    def _predict(self, encoded: EncodedFrame, segment=None) -> torch.Tensor:
         if not self.bank.slots or not self.object_ids:
             return encoded.key.new_zeros(len(self.object_ids), *encoded.grid)
-        return self.model.segment(encoded, self.bank.slots, len(self.object_ids))
+        return (segment or self.model.segment)(encoded, self.bank.slots, len(self.object_ids))
 
     def _predict_refined(self, encoded: EncodedFrame) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As ``_predict``, with the refined stride-8 maps a later reused frame translates."""

@@ -7,11 +7,13 @@ the previous frame's, sparse or dense, and reuses the previous frame's output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from vidseg_cli.errors import VidsegError
+from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.memnet import MemNetFrame
 from vidseg_cli.sparse.gates import SPARSE_MODES
 from vidseg_cli.sparse.model import SparseModel
@@ -34,19 +36,30 @@ class SparseOptions:
 
 
 class SparseTracker:
+    """Per video: the layer state the gates compare against, and what the current frame spent."""
+
     def __init__(self, model: SparseModel) -> None:
         self.model = model
         self.state = LayerState()
-        self.costs: dict[int, float] | None = None  # per gated block, its dense work on this video's frames
+        self._dense = True
+        self._shares = Shares()
 
-    def encode(self, image: torch.Tensor, dense: bool) -> tuple[MemNetFrame, float]:
-        """The frame, and the share of the gated blocks' work it computed (1 when dense)."""
-        if dense or not self.state.ready():
-            frame = self.model.encode_dense(image, self.state)
-            if self.costs is None:
-                self.costs = self.model.gates.costs(self.state.outputs)
-            return frame, 1.0
-        shares = Shares()
-        frame = self.model.encode_sparse(image, self.state, shares)
-        spent = sum(self.costs[i] * float(shares.computed[i]) for i in self.costs)
-        return frame, spent / sum(self.costs.values())
+    def encode(self, image: torch.Tensor, dense: bool) -> MemNetFrame:
+        self._dense = dense or not self.state.ready()
+        self._shares = Shares()
+        if self._dense:
+            return self.model.encode_dense(image, self.state)
+        return self.model.encode_sparse(image, self.state, self._shares)
+
+    def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        if self._dense:
+            return self.model.segment_dense(frame, slots, objects, self.state)
+        return self.model.segment_sparse(frame, slots, objects, self.state, self._shares)
+
+    def computed(self) -> float:
+        """The FLOP-weighted share of the gated layers' work this frame computed (1 when dense)."""
+        if self._dense:
+            return 1.0
+        costs = self.model.gates.costs({k: self.state.outputs[k] for k in self.model.gates.pool if k in self.state.outputs})
+        spent = sum(cost * float(self._shares.computed.get(k, 1.0)) for k, cost in costs.items())
+        return spent / sum(costs.values())

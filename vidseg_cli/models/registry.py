@@ -139,7 +139,7 @@ def create_sparse_model(model: str, gates: str, mode: str, device: torch.device 
     config = SparseConfig.from_dict(json.loads(metadata["config"]))
     if config.mode != mode:
         raise VidsegError(f"sparse gates {gates} are for --sparse {config.mode}, not {mode}")
-    module = SparseGates(config, base.backbone)
+    module = SparseGates(config, base.backbone, base.heads.decoder)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:

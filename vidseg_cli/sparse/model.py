@@ -55,5 +55,21 @@ class SparseModel(nn.Module):
         """The gated backbone: each gated block computes only the tiles its gate keeps."""
         return self._frame(run_backbone(self.base.backbone, image[None], sparse_runner(self.gates, state, shares)))
 
+    @torch.inference_mode()
+    def segment_dense(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int, state: LayerState) -> torch.Tensor:
+        """``segment``, recording the decoder's gated layers."""
+        return self._segment(frame, slots, objects, dense_runner(self.gates, state))
+
+    @torch.inference_mode()
+    def segment_sparse(
+        self, frame: MemNetFrame, slots: Sequence[Slot], objects: int, state: LayerState, shares: Shares
+    ) -> torch.Tensor:
+        """``segment`` with the decoder's gated convolutions on the tiles their gates keep."""
+        return self._segment(frame, slots, objects, sparse_runner(self.gates, state, shares))
+
+    def _segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int, run) -> torch.Tensor:
+        readout = self.base.read(frame.key, slots, objects)
+        return torch.sigmoid(self.base.decode(readout[None], frame.features, run)[0])
+
     def _frame(self, features) -> MemNetFrame:
         return MemNetFrame(self.base.keys(features)[0], features)

@@ -1,20 +1,24 @@
-"""SpVOS's triple sparse convolution in the backbone: a gate per MBConv block, three ways to run it.
+"""SpVOS's triple sparse convolution: a gate per backbone block and decoder convolution,
+and three ways to run each gated layer.
 
-Every gated block has a triple gate (gates.py) that looks at the block's input on this frame
-and on the previous one and picks a policy per output *tile* (T x T output pixels): SKIP
-(zeros; a residual block passes its input through), REUSE (the previous frame's output) or
-COMPUTE. One decision per tile instead of per pixel is what makes the saving real on a CPU
-(tiles.py); the gate reads both inputs average-pooled to the tile grid, so it costs next to
-nothing. The same block runs three ways:
+Every gated layer (the backbone's MBConv blocks, the decoder's 3x3 convolutions) has a triple
+gate (gates.py) that looks at the layer's input on this frame and on the previous one and
+picks a policy per output *tile* (T x T output pixels): SKIP (zeros; a residual block passes
+its input through), REUSE (the previous frame's output) or COMPUTE. One decision per tile
+instead of per pixel is what makes the saving real on a CPU (tiles.py); the gate reads both
+inputs average-pooled to the tile grid, so it costs next to nothing. A gated layer runs
+three ways:
 
-* ``dense``: the plain block; frames written to memory and the first frame (mixed sparse
+* ``dense``: the plain layer; frames written to memory and the first frame (mixed sparse
   processing), and it records what the next frame's gates compare against;
-* ``sparse``: inference, computing only the COMPUTE tiles (``mbconv_tiles``);
-* ``relaxed``: training, the dense block mixed by Gumbel-softmax one-hot policies with a
+* ``sparse``: inference, computing only the COMPUTE tiles (``mbconv_tiles``, ``conv_tiles``);
+* ``relaxed``: training, the dense layer mixed by Gumbel-softmax one-hot policies with a
   straight-through gradient (eqs 8-9), and the computed share s_k for the sparsity losses.
 
-Per-video state (each gated block's pooled input and output on the last frame) lives in a
-``LayerState`` that the session owns; the modules here keep none.
+Layers are keyed by the block index (backbone) or the convolution's name (decoder, which
+runs one batch item per object). Per-video state (each gated layer's pooled input and
+output on the last frame) lives in a ``LayerState`` that the session owns; the modules here
+keep none.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from vidseg_cli.models.backbone import (
     Features,
     MBConv,
 )
+from vidseg_cli.models.memnet import Decoder
 from vidseg_cli.sparse.gates import COMPUTE, REUSE, TripleGate, compose
-from vidseg_cli.sparse.tiles import mbconv_tiles, scatter_tiles
+from vidseg_cli.sparse.tiles import conv_tiles, mbconv_tiles, scatter_tiles
 
 SPARSE_ARCH = "sparse-gates"
 
@@ -44,133 +49,163 @@ class SparseConfig:
     mode: str = "triple"  # static | residual | triple
     tile: int = 8  # output pixels per tile side: one decision per tile
     blocks: tuple[int, ...] = tuple(range(11))  # gated backbone blocks
+    decoder: tuple[str, ...] = Decoder.GATED_CONVS  # gated decoder convolutions
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, fields: dict) -> SparseConfig:
-        return cls(**{**fields, "blocks": tuple(fields["blocks"])})
+        return cls(**{**fields, "blocks": tuple(fields["blocks"]), "decoder": tuple(fields.get("decoder", ()))})
+
+
+Key = int | str  # a backbone block's index or a decoder convolution's name
+Layer = MBConv | nn.Conv2d
 
 
 @dataclass
 class LayerState:
-    """What the next frame's gates need: per gated block, its pooled input and its output."""
+    """What the next frame's gates need: per gated layer, its pooled input and its output."""
 
-    pooled: dict[int, torch.Tensor] = field(default_factory=dict)
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    pooled: dict[Key, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[Key, torch.Tensor] = field(default_factory=dict)
 
     def ready(self) -> bool:
         return bool(self.outputs)
 
+    def knows(self, key: Key, output_shape: torch.Size) -> bool:
+        """Whether the last frame ran this layer on the same shape (objects can join a video)."""
+        return key in self.outputs and self.outputs[key].shape == output_shape
+
 
 @dataclass
 class Shares:
-    """Per gated block, the share of tiles computed (a tensor in training: it has gradients)."""
+    """Per gated layer, the share of tiles computed (a tensor in training: it has gradients)."""
 
-    computed: dict[int, torch.Tensor] = field(default_factory=dict)
-    policies: dict[int, torch.Tensor] = field(default_factory=dict)  # inference: codes per tile
+    computed: dict[Key, torch.Tensor] = field(default_factory=dict)
+    policies: dict[Key, torch.Tensor] = field(default_factory=dict)  # inference: codes (B, rows, cols)
 
 
-def in_channels(block: MBConv) -> int:
-    conv = block._expand_conv if block.expand else block._depthwise_conv
+def in_channels(layer: Layer) -> int:
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels
+    conv = layer._expand_conv if layer.expand else layer._depthwise_conv
     return conv.in_channels
 
 
-def stride_of(block: MBConv) -> int:
-    return block._depthwise_conv.stride[0]
+def stride_of(layer: Layer) -> int:
+    return (layer if isinstance(layer, nn.Conv2d) else layer._depthwise_conv).stride[0]
 
 
-def pixel_cost(block: MBConv) -> float:
-    """FLOPs (multiply-adds x 2) per output pixel: the c_k of eq 12 for a whole block."""
-    conv = block._depthwise_conv
+def pixel_cost(layer: Layer) -> float:
+    """FLOPs (multiply-adds x 2) per output pixel: the c_k of eq 12."""
+    if isinstance(layer, nn.Conv2d):
+        k = layer.kernel_size[0]
+        return 2.0 * k * k * layer.in_channels * layer.out_channels / layer.groups
+    conv = layer._depthwise_conv
     mid, kernel, stride = conv.out_channels, conv.kernel_size[0], conv.stride[0]
-    expand = stride * stride * in_channels(block) * mid if block.expand else 0
-    return 2.0 * (expand + kernel * kernel * mid + mid * block._project_conv.out_channels)
+    expand = stride * stride * in_channels(layer) * mid if layer.expand else 0
+    return 2.0 * (expand + kernel * kernel * mid + mid * layer._project_conv.out_channels)
+
+
+def _layers(config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder) -> dict[Key, Layer]:
+    convs = decoder.gated_convs()
+    return {**{i: backbone._blocks[i] for i in config.blocks}, **{name: convs[name] for name in config.decoder}}
 
 
 class SparseGates(nn.Module):
-    """The learned part: one TripleGate per gated block, on tile-pooled inputs."""
+    """The learned part: one TripleGate per gated layer, on tile-pooled inputs."""
 
-    def __init__(self, config: SparseConfig, backbone: EfficientNetLite0) -> None:
+    def __init__(self, config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder) -> None:
         super().__init__()
         self.config = config
-        blocks = backbone._blocks
-        self.gates = nn.ModuleDict({str(i): TripleGate(in_channels(blocks[i]), 1, config.mode) for i in config.blocks})
-        self.pool = {i: config.tile * stride_of(blocks[i]) for i in config.blocks}
-        self.pixel_costs = {i: pixel_cost(blocks[i]) for i in config.blocks}
+        layers = _layers(config, backbone, decoder)
+        self.gates = nn.ModuleDict({str(k): TripleGate(in_channels(layer), 1, config.mode) for k, layer in layers.items()})
+        self.pool = {k: config.tile * stride_of(layer) for k, layer in layers.items()}
+        self.pixel_costs = {k: pixel_cost(layer) for k, layer in layers.items()}
 
-    def costs(self, outputs: dict[int, torch.Tensor]) -> dict[int, float]:
-        """c_k H_k W_k of eq 12 per gated block, from the block outputs of one frame."""
-        return {i: self.pixel_costs[i] * outputs[i].shape[-2] * outputs[i].shape[-1] for i in self.pool}
+    def costs(self, outputs: dict[Key, torch.Tensor]) -> dict[Key, float]:
+        """c_k H_k W_k of eq 12 per gated layer (times its batch: objects), from one frame's outputs."""
+        return {k: self.pixel_costs[k] * outputs[k].shape[0] * outputs[k].shape[-2] * outputs[k].shape[-1] for k in self.pool}
 
-    def pooled(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """The block's input averaged over each output tile's footprint."""
-        size = self.pool[index]
+    def pooled(self, key: Key, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input averaged over each output tile's footprint."""
+        size = self.pool[key]
         return F.avg_pool2d(x, size, size, ceil_mode=True)
 
-    def scores(self, index: int, pooled: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        return self.gates[str(index)](pooled, previous)
+    def gate(self, key: Key) -> TripleGate:
+        return self.gates[str(key)]
 
 
-BlockRunner = Callable[[int, MBConv, torch.Tensor], torch.Tensor]
+LayerRunner = Callable[[Key, Layer, torch.Tensor], torch.Tensor]
 
 
-def run_backbone(backbone: EfficientNetLite0, image: torch.Tensor, run_block: BlockRunner) -> Features:
-    """The backbone's forward pass with every block call handed to ``run_block``."""
+def run_backbone(backbone: EfficientNetLite0, image: torch.Tensor, run: LayerRunner) -> Features:
+    """The backbone's forward pass with every block call handed to ``run``."""
     x = (image - PIXEL_MEAN) / PIXEL_STD
     x = F.relu6(backbone._bn0(backbone._conv_stem(x)))
     taps = {}
     for index, block in enumerate(backbone._blocks):
-        x = run_block(index, block, x)
+        x = run(index, block, x)
         taps[index + 1] = x
     return Features(taps[backbone._s4_end], taps[backbone._s8_end], taps[backbone._s16_end])
 
 
-def dense_runner(gates: SparseGates, state: LayerState) -> BlockRunner:
-    """The plain blocks, recording each gated block's pooled input and output."""
+def _output_shape(layer: Layer, x: torch.Tensor) -> torch.Size:
+    stride = stride_of(layer)
+    channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer._project_conv.out_channels
+    return torch.Size((x.shape[0], channels, -(-x.shape[-2] // stride), -(-x.shape[-1] // stride)))
 
-    def run(index: int, block: MBConv, x: torch.Tensor) -> torch.Tensor:
-        y = block(x)
-        if index in gates.pool:
-            state.pooled[index], state.outputs[index] = gates.pooled(index, x), y
+
+def _skip_value(layer: Layer, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A skipped position: a residual block passes its input through, anything else is zero."""
+    return x if isinstance(layer, MBConv) and layer.residual else torch.zeros_like(like)
+
+
+def _tiles(layer: Layer, x: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
+    if isinstance(layer, MBConv):
+        return mbconv_tiles(layer, x, selected, tile)
+    return conv_tiles(layer, x, selected, tile)
+
+
+def dense_runner(gates: SparseGates, state: LayerState) -> LayerRunner:
+    """The plain layers, recording each gated layer's pooled input and output."""
+
+    def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        y = layer(x)
+        if key in gates.pool:
+            state.pooled[key], state.outputs[key] = gates.pooled(key, x), y
         return y
 
     return run
 
 
-def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> BlockRunner:
-    """Inference: each gated block computes only its COMPUTE tiles (needs a ready state)."""
-    tile = gates.config.tile
+def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> LayerRunner:
+    """Inference: each gated layer computes only its COMPUTE tiles. A layer the last frame did
+    not run on this shape (a new object) runs dense."""
+    tile, dense = gates.config.tile, dense_runner(gates, state)
 
-    def run(index: int, block: MBConv, x: torch.Tensor) -> torch.Tensor:
-        if index not in gates.pool:
-            return block(x)
-        pooled = gates.pooled(index, x)
-        gate = gates.gates[str(index)]
-        policy = gate.decide(gate(pooled, state.pooled[index]))[0]  # (rows, cols) codes
+    def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        if key not in gates.pool or not state.knows(key, _output_shape(layer, x)):
+            return dense(key, layer, x)
+        pooled = gates.pooled(key, x)
+        gate = gates.gate(key)
+        policy = gate.decide(gate(pooled, state.pooled[key]))  # (B, rows, cols) codes
         compute = policy == COMPUTE
         if bool(compute.all()):
-            y = block(x)
+            y = layer(x)
         else:
-            y = _kept(policy, block, x, state.outputs[index], tile)
+            previous = state.outputs[key]
+            reuse = _to_pixels(policy == REUSE, tile, previous.shape[-2:])[:, None]
+            y = torch.where(reuse, previous, _skip_value(layer, x, previous))
             if bool(compute.any()):
-                y = scatter_tiles(y, mbconv_tiles(block, x, compute, tile), compute, tile)
-        state.pooled[index], state.outputs[index] = pooled, y
-        shares.computed[index] = compute.float().mean()
-        shares.policies[index] = policy
+                y = scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile)
+        state.pooled[key], state.outputs[key] = pooled, y
+        shares.computed[key] = compute.float().mean()
+        shares.policies[key] = policy
         return y
 
     return run
-
-
-def _kept(policy: torch.Tensor, block: MBConv, x: torch.Tensor, previous: torch.Tensor, tile: int) -> torch.Tensor:
-    """The output where nothing is computed: the previous output on REUSE tiles, the skip
-    value (the input for a residual block, zeros otherwise) on SKIP tiles."""
-    size = previous.shape[-2:]
-    reuse = _to_pixels(policy == REUSE, tile, size)
-    skipped = x if block.residual else torch.zeros_like(previous)
-    return torch.where(reuse, previous, skipped)
 
 
 def _to_pixels(tiles: torch.Tensor, tile: int, size: torch.Size) -> torch.Tensor:
@@ -178,21 +213,22 @@ def _to_pixels(tiles: torch.Tensor, tile: int, size: torch.Size) -> torch.Tensor
     return tiles.repeat_interleave(tile, -2).repeat_interleave(tile, -1)[..., : size[0], : size[1]]
 
 
-def relaxed_runner(gates: SparseGates, state: LayerState, shares: Shares, temperature: float = 1.0) -> BlockRunner:
-    """Training: dense blocks mixed by sampled one-hot policies (eq 8), differentiable to the gates."""
-    tile = gates.config.tile
+def relaxed_runner(gates: SparseGates, state: LayerState, shares: Shares, temperature: float = 1.0) -> LayerRunner:
+    """Training: dense layers mixed by sampled one-hot policies (eq 8), differentiable to the gates."""
+    tile, dense = gates.config.tile, dense_runner(gates, state)
 
-    def run(index: int, block: MBConv, x: torch.Tensor) -> torch.Tensor:
-        if index not in gates.pool:
-            return block(x)
-        pooled = gates.pooled(index, x)
-        gate = gates.gates[str(index)]
-        policy = gate.one_hot(gate(pooled, state.pooled[index]), temperature)  # (B, 3, rows, cols)
-        dense = block(x)
-        pixels = _to_pixels(policy, tile, dense.shape[-2:])
-        y = compose(pixels, dense, state.outputs[index], x if block.residual else None)
-        state.pooled[index], state.outputs[index] = pooled, y
-        shares.computed[index] = policy[:, COMPUTE].mean()
+    def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
+        if key not in gates.pool or not state.knows(key, _output_shape(layer, x)):
+            return dense(key, layer, x)
+        pooled = gates.pooled(key, x)
+        gate = gates.gate(key)
+        policy = gate.one_hot(gate(pooled, state.pooled[key]), temperature)  # (B, 3, rows, cols)
+        computed = layer(x)
+        pixels = _to_pixels(policy, tile, computed.shape[-2:])
+        skipped = x if isinstance(layer, MBConv) and layer.residual else None
+        y = compose(pixels, computed, state.outputs[key], skipped)
+        state.pooled[key], state.outputs[key] = pooled, y
+        shares.computed[key] = policy[:, COMPUTE].mean()
         return y
 
     return run

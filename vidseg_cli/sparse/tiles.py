@@ -20,6 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vidseg_cli.models.backbone import MBConv
 from vidseg_cli.sparse.blocks import block_geometry
@@ -31,22 +32,28 @@ def tile_grid(out_size: tuple[int, int], tile: int) -> tuple[int, int]:
     return math.ceil(out_size[0] / tile), math.ceil(out_size[1] / tile)
 
 
+def _batched(selected: torch.Tensor) -> torch.Tensor:
+    """Tile selections are (rows, cols) for one image or (B, rows, cols) for a batch."""
+    return selected[None] if selected.dim() == 2 else selected
+
+
 def _crops(x: torch.Tensor, selected: torch.Tensor, tile: int, stride: int, span: int, before: tuple[int, int]) -> torch.Tensor:
     """(N, C, span, span): the zero-padded input each selected tile reads, in
-    ``selected.nonzero()`` order. x (1, C, H, W); ``before`` = padding (top, left)."""
-    rows, cols = selected.shape
+    ``selected.nonzero()`` order. x (B, C, H, W); ``before`` = padding (top, left)."""
+    selected = _batched(selected)
+    rows, cols = selected.shape[-2:]
     step = tile * stride
     top, left = before
     bottom = max(0, (rows - 1) * step + span - x.shape[-2] - top)
     right = max(0, (cols - 1) * step + span - x.shape[-1] - left)
     padded = F.pad(x, (left, right, top, bottom))
-    windows = padded.unfold(2, span, step).unfold(3, span, step)  # (1, C, rows, cols, span, span), a view
-    return windows[0].permute(1, 2, 0, 3, 4)[selected]  # copies only the selected tiles
+    windows = padded.unfold(2, span, step).unfold(3, span, step)  # (B, C, rows, cols, span, span), a view
+    return windows.permute(0, 2, 3, 1, 4, 5)[selected]  # copies only the selected tiles
 
 
 def mbconv_tiles(block: MBConv, x: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
-    """``block(x)`` on the ``selected`` output tiles (bool (rows, cols) of ``tile_grid``) ->
-    (N, C_out, tile, tile). x: (1, C_in, H, W), eval-mode BatchNorm."""
+    """``block(x)`` on the ``selected`` output tiles (bool (rows, cols) of ``tile_grid``, or
+    (B, rows, cols)) -> (N, C_out, tile, tile). x: (B, C_in, H, W), eval-mode BatchNorm."""
     conv = block._depthwise_conv
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     _, (top, _, left, _) = block_geometry(block, tuple(x.shape[-2:]))
@@ -69,12 +76,22 @@ def mbconv_tiles(block: MBConv, x: torch.Tensor, selected: torch.Tensor, tile: i
     return y
 
 
+def conv_tiles(conv: nn.Conv2d, x: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
+    """A stride-1 convolution with symmetric zero padding (k // 2, as the decoder's) on the
+    ``selected`` output tiles -> (N, C_out, tile, tile). x: (B, C_in, H, W)."""
+    kernel = conv.kernel_size[0]
+    pad = kernel // 2
+    crops = _crops(x, selected, tile, 1, tile + kernel - 1, (pad, pad))
+    return F.conv2d(crops, conv.weight, conv.bias)
+
+
 def scatter_tiles(base: torch.Tensor, rows: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
-    """``base`` (1, C, H, W) with the selected tiles replaced by ``rows`` (N, C, tile, tile)."""
-    grid_rows, grid_cols = selected.shape
-    height, width = base.shape[-2:]
-    canvas = base.new_empty(1, base.shape[1], grid_rows * tile, grid_cols * tile)
+    """``base`` (B, C, H, W) with the selected tiles replaced by ``rows`` (N, C, tile, tile)."""
+    selected = _batched(selected)
+    batch, grid_rows, grid_cols = selected.shape
+    channels, (height, width) = base.shape[1], base.shape[-2:]
+    canvas = base.new_empty(batch, channels, grid_rows * tile, grid_cols * tile)
     canvas[..., :height, :width] = base
-    tiles = canvas[0].view(base.shape[1], grid_rows, tile, grid_cols, tile).permute(1, 3, 0, 2, 4)
+    tiles = canvas.view(batch, channels, grid_rows, tile, grid_cols, tile).permute(0, 2, 4, 1, 3, 5)
     tiles[selected] = rows
     return canvas[..., :height, :width]

@@ -75,7 +75,8 @@ def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: 
         if t == 0:
             probs = aggregate(on_grid(clip.masks[:1], features.s4.shape[-2:])[0])[1:]
         else:
-            probs = aggregate(torch.sigmoid(model.decode(model.read(key, slots, 1)[None], features)[0]))[1:]
+            readout = model.read(key, slots, 1)[None]
+            probs = aggregate(torch.sigmoid(model.decode(readout, features, dense_runner(gates, state))[0]))[1:]
         slots.append(Slot(key, model.values(features, probs[None])[0], frame=t, permanent=t == 0))
     return slots
 
@@ -91,9 +92,10 @@ def sparse_loss(
     size = clip.masks.shape[-2:]
     for t in range(2, len(clip.masks)):
         shares = Shares()
-        features = run_backbone(model.backbone, clip.images[t : t + 1], relaxed_runner(gates, state, shares, config.temperature))
+        run = relaxed_runner(gates, state, shares, config.temperature)
+        features = run_backbone(model.backbone, clip.images[t : t + 1], run)
         readout = model.read(model.keys(features)[0], slots, 1)
-        probs = aggregate(torch.sigmoid(model.decode(readout[None], features)[0]))
+        probs = aggregate(torch.sigmoid(model.decode(readout[None], features, run)[0]))
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         seg.append(bootstrapped_nll(full, clip.masks[t], config.top_p))
         costs = gates.costs(state.outputs)
@@ -111,7 +113,7 @@ class SparseTrainer:
 
     def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: SparseTrainConfig, run_dir: Path, device: torch.device) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.gates = SparseGates(config.gates, model.backbone).to(device)
+        self.gates = SparseGates(config.gates, model.backbone, model.heads.decoder).to(device)
         self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
         self.optimizer = torch.optim.AdamW(self.gates.parameters(), lr=config.lr, weight_decay=0.0)
         self.step = 0
