@@ -60,6 +60,6 @@ class SparseTracker:
         """The FLOP-weighted share of the gated layers' work this frame computed (1 when dense)."""
         if self._dense:
             return 1.0
-        costs = self.model.gates.costs({k: self.state.outputs[k] for k in self.model.gates.pool if k in self.state.outputs})
+        costs = self.model.gates.costs(self.state.outputs)
         spent = sum(cost * float(self._shares.computed.get(k, 1.0)) for k, cost in costs.items())
         return spent / sum(costs.values())

@@ -126,7 +126,7 @@ class SparseGates(nn.Module):
 
     def costs(self, outputs: dict[Key, torch.Tensor]) -> dict[Key, float]:
         """c_k H_k W_k of eq 12 per gated layer (times its batch: objects), from one frame's outputs."""
-        return {k: self.pixel_costs[k] * outputs[k].shape[0] * outputs[k].shape[-2] * outputs[k].shape[-1] for k in self.pool}
+        return {k: self.pixel_costs[k] * out.shape[0] * out.shape[-2] * out.shape[-1] for k, out in outputs.items() if k in self.pool}
 
     def pooled(self, key: Key, x: torch.Tensor) -> torch.Tensor:
         """The layer's input averaged over each output tile's footprint."""
