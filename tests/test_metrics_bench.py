@@ -228,6 +228,9 @@ def test_markdown_tables_from_a_report():
     assert len(table) == 4 and table[2].startswith("| c | 0.500 | 0.600 | 0.400 | 3.00 |") and "9.4" in table[2]
     grid = pivot(report, "update", "slots", "J&F").splitlines()
     assert grid[2:] == ["| A | 0.500 |", "| C | 0.750 |"]
+    sparse = {"results": [{**row, "sparse": "none", "computed_share": 1.0}, {**row, "sparse": "triple", "computed_share": 0.3}]}
+    lines = markdown(sparse).splitlines()
+    assert lines[0].endswith("| gated work computed |") and lines[3].endswith("| 0.300 |")
 
 
 def test_bench_compares_fusion_cells(vidseg, tmp_path):
