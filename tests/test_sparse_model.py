@@ -90,7 +90,9 @@ def test_sparse_blocks_compute_reuse_and_skip_exactly_where_their_gates_say():
         assert torch.equal(out[..., pixels == REUSE], previous[index][..., pixels == REUSE])
         skipped = x if block.residual else torch.zeros_like(out)
         assert torch.equal(out[..., pixels == SKIP], skipped[..., pixels == SKIP])
-        assert {SKIP, REUSE, COMPUTE} <= set(policy.unique().tolist()) or policy.numel() < 3
+        expected = {SKIP, REUSE, COMPUTE} if block.residual else {REUSE, COMPUTE}  # only residual layers skip
+        assert set(gates.gate(index).policies) == expected
+        assert expected <= set(policy.unique().tolist()) or policy.numel() < 3
 
 
 @pytest.mark.parametrize(("policy", "expected"), [(COMPUTE, 1.0), (SKIP, 0.0)])

@@ -16,23 +16,26 @@ from torch import nn
 SKIP, REUSE, COMPUTE = 0, 1, 2
 POLICIES = {"static": (SKIP, COMPUTE), "residual": (REUSE, COMPUTE), "triple": (SKIP, REUSE, COMPUTE)}
 SPARSE_MODES = ("none", *POLICIES)
-_START_BIAS = 3.0  # logit lead of COMPUTE at initialisation: a gated network starts dense
+# Policy logits at initialisation: a gated network starts dense, and when a gate learns to
+# stop computing, reusing comes before skipping: skipped tiles are zeros, which the frozen
+# network after them has never seen.
+_START_BIAS = {COMPUTE: 3.0, REUSE: 1.5, SKIP: 0.0}
 
 
 class TripleGate(nn.Module):
     """One policy per output position of a layer with the given input channels and stride."""
 
-    def __init__(self, channels: int, stride: int, mode: str = "triple") -> None:
+    def __init__(self, channels: int, stride: int, mode: str = "triple", skip: bool = True) -> None:
         super().__init__()
         if mode not in POLICIES:
             raise ValueError(f"unknown sparse mode {mode!r}")
-        self.mode, self.policies = mode, POLICIES[mode]
+        self.mode, self.policies = mode, layer_policies(mode, skip)
         inputs = channels if mode == "static" else 2 * channels
         # k=3, padding 1, stride s gives ceil(H / s) outputs: TensorFlow 'SAME', as the blocks
         self.conv = nn.Conv2d(inputs, len(self.policies), 3, stride=stride, padding=1)
         nn.init.normal_(self.conv.weight, std=1e-3)
         with torch.no_grad():
-            self.conv.bias.copy_(torch.tensor([_START_BIAS if p == COMPUTE else 0.0 for p in self.policies]))
+            self.conv.bias.copy_(torch.tensor([_START_BIAS[p] for p in self.policies]))
 
     def forward(self, current: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         """Unnormalised policy scores P (B, policies, H_out, W_out) (eq 7's input)."""
@@ -53,6 +56,15 @@ class TripleGate(nn.Module):
         full = scores.new_zeros(scores.shape[0], 3, *scores.shape[2:])
         full[:, list(self.policies)] = sample
         return full
+
+
+def layer_policies(mode: str, skip: bool) -> tuple[int, ...]:
+    """A mode's policies for one layer. SKIP only where it means something: in a residual
+    layer, whose branch may contribute nothing (SpVOS gates ResNet blocks, where skipping
+    passes the input through). Elsewhere a skipped tile is zeros that the frozen layers
+    after it never saw, and the straight-through gradient cannot tell: a zero output gets no
+    gradient, so gates drift to SKIP as soon as the sparsity loss pushes COMPUTE down."""
+    return tuple(p for p in POLICIES[mode] if skip or p != SKIP)
 
 
 def gumbel_straight_through(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -38,7 +38,7 @@ from vidseg_cli.models.backbone import (
     MBConv,
 )
 from vidseg_cli.models.memnet import Decoder
-from vidseg_cli.sparse.gates import COMPUTE, REUSE, TripleGate, compose
+from vidseg_cli.sparse.gates import COMPUTE, REUSE, TripleGate, compose, layer_policies
 from vidseg_cli.sparse.tiles import conv_tiles, mbconv_tiles, scatter_tiles
 
 SPARSE_ARCH = "sparse-gates"
@@ -108,9 +108,15 @@ def pixel_cost(layer: Layer) -> float:
     return 2.0 * (expand + kernel * kernel * mid + mid * layer._project_conv.out_channels)
 
 
+def residual(layer: Layer) -> bool:
+    return isinstance(layer, MBConv) and layer.residual
+
+
 def _layers(config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder) -> dict[Key, Layer]:
+    """The gated layers: those where the mode has a choice (static skips residual layers only)."""
     convs = decoder.gated_convs()
-    return {**{i: backbone._blocks[i] for i in config.blocks}, **{name: convs[name] for name in config.decoder}}
+    layers = {**{i: backbone._blocks[i] for i in config.blocks}, **{name: convs[name] for name in config.decoder}}
+    return {k: layer for k, layer in layers.items() if len(layer_policies(config.mode, residual(layer))) > 1}
 
 
 class SparseGates(nn.Module):
@@ -120,7 +126,9 @@ class SparseGates(nn.Module):
         super().__init__()
         self.config = config
         layers = _layers(config, backbone, decoder)
-        self.gates = nn.ModuleDict({str(k): TripleGate(in_channels(layer), 1, config.mode) for k, layer in layers.items()})
+        self.gates = nn.ModuleDict(
+            {str(k): TripleGate(in_channels(layer), 1, config.mode, skip=residual(layer)) for k, layer in layers.items()}
+        )
         self.pool = {k: config.tile * stride_of(layer) for k, layer in layers.items()}
         self.pixel_costs = {k: pixel_cost(layer) for k, layer in layers.items()}
 
@@ -158,8 +166,9 @@ def _output_shape(layer: Layer, x: torch.Tensor) -> torch.Size:
 
 
 def _skip_value(layer: Layer, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A skipped position: a residual block passes its input through, anything else is zero."""
-    return x if isinstance(layer, MBConv) and layer.residual else torch.zeros_like(like)
+    """A skipped position: a residual block passes its input through (only residual layers
+    may skip; the zeros fill positions no policy chose)."""
+    return x if residual(layer) else torch.zeros_like(like)
 
 
 def _tiles(layer: Layer, x: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
@@ -225,7 +234,7 @@ def relaxed_runner(gates: SparseGates, state: LayerState, shares: Shares, temper
         policy = gate.one_hot(gate(pooled, state.pooled[key]), temperature)  # (B, 3, rows, cols)
         computed = layer(x)
         pixels = _to_pixels(policy, tile, computed.shape[-2:])
-        skipped = x if isinstance(layer, MBConv) and layer.residual else None
+        skipped = x if residual(layer) else None
         y = compose(pixels, computed, state.outputs[key], skipped)
         state.pooled[key], state.outputs[key] = pooled, y
         shares.computed[key] = policy[:, COMPUTE].mean()

@@ -5,7 +5,7 @@ run dense and fill the memory. Every later frame runs the relaxed gated backbone
 block's dense output mixed with the previous frame's output and the skip value by one-hot
 policies sampled with Gumbel-softmax (straight-through), frame after frame as at inference.
 
-    Loss = L_seg + gamma * (L_layer + beta * L_global)   (eqs 10-13)
+    Loss = L_seg + gamma * (L_layer / K + beta * L_global)   (eqs 10-13, K gated layers)
 
 L_seg is the bootstrapped cross-entropy of the sparse frames; L_layer holds each block's
 computed share between bounds that relax from the target t_s to (0, 1) over training
@@ -101,7 +101,10 @@ def sparse_loss(
         costs = gates.costs(state.outputs)
         layers = [shares.computed[i] for i in costs]
         weights = list(costs.values())
-        sparsity.append(layer_loss(layers, lower, upper) + config.beta * global_loss(layers, weights, config.target))
+        # eq 11 sums over layers; averaged here, so the term does not grow with the number
+        # of gated layers (15) and drown the segmentation loss in the first steps
+        layer = layer_loss(layers, lower, upper) / len(layers)
+        sparsity.append(layer + config.beta * global_loss(layers, weights, config.target))
         computed.append(sum(s.item() * c for s, c in zip(layers, weights, strict=True)) / sum(weights))
     seg_loss, sparsity_loss = torch.stack(seg).mean(), torch.stack(sparsity).mean()
     loss = seg_loss + config.gamma * sparsity_loss
