@@ -37,11 +37,12 @@ class TripleGate(nn.Module):
         with torch.no_grad():
             self.conv.bias.copy_(torch.tensor([_START_BIAS[p] for p in self.policies]))
 
-    def forward(self, current: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        """Unnormalised policy scores P (B, policies, H_out, W_out) (eq 7's input)."""
+    def forward(self, current: torch.Tensor, change: torch.Tensor | None) -> torch.Tensor:
+        """Unnormalised policy scores P (B, policies, H_out, W_out) (eq 7's input) from the
+        layer's input and its change since the last frame (None: no last frame)."""
         if self.mode == "static":
             return self.conv(current)
-        return self.conv(torch.cat([previous if previous is not None else current, current], dim=1))
+        return self.conv(torch.cat([change if change is not None else torch.zeros_like(current), current], dim=1))
 
     def decide(self, scores: torch.Tensor) -> torch.Tensor:
         """Inference: the most likely policy per position, as SKIP/REUSE/COMPUTE codes (B, H, W)."""

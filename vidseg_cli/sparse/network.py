@@ -6,7 +6,10 @@ gate (gates.py) that looks at the layer's input on this frame and on the previou
 picks a policy per output *tile* (T x T output pixels): SKIP (zeros; a residual block passes
 its input through), REUSE (the previous frame's output) or COMPUTE. One decision per tile
 instead of per pixel is what makes the saving real on a CPU (tiles.py); the gate reads both
-inputs average-pooled to the tile grid, so it costs next to nothing. A gated layer runs
+and their absolute difference average-pooled to the tile grid, so it costs next to nothing.
+(Eq 7 feeds the gate [F_{t-1}, F_t]; a convolution over those is linear in the change and
+cannot tell a large change from a small one of the opposite sign, which is what a reuse
+decision needs: the gate reads |F_t - F_{t-1}| instead of F_{t-1}.) A gated layer runs
 three ways:
 
 * ``dense``: the plain layer; frames written to memory and the first frame (mixed sparse
@@ -16,8 +19,8 @@ three ways:
   straight-through gradient (eqs 8-9), and the computed share s_k for the sparsity losses.
 
 Layers are keyed by the block index (backbone) or the convolution's name (decoder, which
-runs one batch item per object). Per-video state (each gated layer's pooled input and
-output on the last frame) lives in a ``LayerState`` that the session owns; the modules here
+runs one batch item per object). Per-video state (each gated layer's input and output on
+the last frame) lives in a ``LayerState`` that the session owns; the modules here
 keep none.
 """
 
@@ -65,9 +68,9 @@ Layer = MBConv | nn.Conv2d
 
 @dataclass
 class LayerState:
-    """What the next frame's gates need: per gated layer, its pooled input and its output."""
+    """What the next frame's gates need: per gated layer, its input and its output."""
 
-    pooled: dict[Key, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[Key, torch.Tensor] = field(default_factory=dict)
     outputs: dict[Key, torch.Tensor] = field(default_factory=dict)
 
     def ready(self) -> bool:
@@ -120,7 +123,7 @@ def _layers(config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder)
 
 
 class SparseGates(nn.Module):
-    """The learned part: one TripleGate per gated layer, on tile-pooled inputs."""
+    """The learned part: one TripleGate per gated layer, on tile-pooled maps."""
 
     def __init__(self, config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder) -> None:
         super().__init__()
@@ -143,6 +146,11 @@ class SparseGates(nn.Module):
 
     def gate(self, key: Key) -> TripleGate:
         return self.gates[str(key)]
+
+    def scores(self, key: Key, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Policy scores per tile from this frame's input and the last frame's."""
+        change = None if self.config.mode == "static" else self.pooled(key, (x - previous).abs())
+        return self.gate(key)(self.pooled(key, x), change)
 
 
 LayerRunner = Callable[[Key, Layer, torch.Tensor], torch.Tensor]
@@ -178,12 +186,12 @@ def _tiles(layer: Layer, x: torch.Tensor, selected: torch.Tensor, tile: int) -> 
 
 
 def dense_runner(gates: SparseGates, state: LayerState) -> LayerRunner:
-    """The plain layers, recording each gated layer's pooled input and output."""
+    """The plain layers, recording each gated layer's input and output."""
 
     def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         y = layer(x)
         if key in gates.pool:
-            state.pooled[key], state.outputs[key] = gates.pooled(key, x), y
+            state.inputs[key], state.outputs[key] = x, y
         return y
 
     return run
@@ -197,9 +205,7 @@ def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> Laye
     def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if key not in gates.pool or not state.knows(key, _output_shape(layer, x)):
             return dense(key, layer, x)
-        pooled = gates.pooled(key, x)
-        gate = gates.gate(key)
-        policy = gate.decide(gate(pooled, state.pooled[key]))  # (B, rows, cols) codes
+        policy = gates.gate(key).decide(gates.scores(key, x, state.inputs[key]))  # (B, rows, cols) codes
         compute = policy == COMPUTE
         if bool(compute.all()):
             y = layer(x)
@@ -209,7 +215,7 @@ def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> Laye
             y = torch.where(reuse, previous, _skip_value(layer, x, previous))
             if bool(compute.any()):
                 y = scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile)
-        state.pooled[key], state.outputs[key] = pooled, y
+        state.inputs[key], state.outputs[key] = x, y
         shares.computed[key] = compute.float().mean()
         shares.policies[key] = policy
         return y
@@ -229,14 +235,12 @@ def relaxed_runner(gates: SparseGates, state: LayerState, shares: Shares, temper
     def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if key not in gates.pool or not state.knows(key, _output_shape(layer, x)):
             return dense(key, layer, x)
-        pooled = gates.pooled(key, x)
-        gate = gates.gate(key)
-        policy = gate.one_hot(gate(pooled, state.pooled[key]), temperature)  # (B, 3, rows, cols)
+        policy = gates.gate(key).one_hot(gates.scores(key, x, state.inputs[key]), temperature)  # (B, 3, rows, cols)
         computed = layer(x)
         pixels = _to_pixels(policy, tile, computed.shape[-2:])
         skipped = x if residual(layer) else None
         y = compose(pixels, computed, state.outputs[key], skipped)
-        state.pooled[key], state.outputs[key] = pooled, y
+        state.inputs[key], state.outputs[key] = x, y
         shares.computed[key] = policy[:, COMPUTE].mean()
         return y
 
