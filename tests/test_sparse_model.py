@@ -199,11 +199,13 @@ def test_train_sparse_writes_gates_that_segment_and_bench_run(vidseg, tmp_path, 
     base, other = _tiny_model_files(tmp_path)
     data = write_davis(tmp_path / "davis", sequences=1, length=8, height=64, width=96)
     run = vidseg("train", "sparse", "--model", base, "--data", data, "--out", tmp_path / "run", "--steps", "3",
-                 "--clip-length", "4", "--crop", "64x96", "--max-gap", "1", "--tile", "4", "--mode", "triple")
+                 "--clip-length", "4", "--crop", "64x96", "--max-gap", "1", "--tile", "4", "--mode", "triple",
+                 "--cost", "time")
     assert run.code == 0, run.stderr
     gates = run.stdout.strip()
     log = (tmp_path / "run" / "train.log").read_text()
     assert gates.endswith("gates.safetensors") and "step 3/3" in log and "computed" in log
+    assert "layer costs (ms): 0 " in log and "refine4" in log  # measured per gated layer
     assert isinstance(create_sparse_model(str(base), gates, "triple"), SparseModel)
     with pytest.raises(Exception, match="trained for another model"):
         create_sparse_model(str(other), gates, "triple")

@@ -70,6 +70,7 @@ def _pair(option: str, text: str, kind: type) -> tuple:
 
 
 GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
+SparseCost = Enum("SparseCost", {"flops": "flops", "time": "time"}, type=str)
 SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=str)
 FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDATES}, type=str)
 
@@ -240,6 +241,7 @@ def train_sparse_command(
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = SparseTrainConfig.lr,
     max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
     gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
+    cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
@@ -259,7 +261,7 @@ def train_sparse_command(
         raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
     config = SparseTrainConfig(
         steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
-        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile),
+        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile), cost=cost.value,
     )
     _prepare(out, resume, force)
     rng = make_generator(seed)
@@ -272,6 +274,8 @@ def train_sparse_command(
     with open(out / "train.log", "a") as log_file:
         log = _logger(log_file)
         log(f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {trainer.step} on {device_} (seed {seed})")
+        if trainer.layer_seconds is not None:
+            log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
         try:
             trainer.run(log, checkpoint_every=checkpoint_every)
         except KeyboardInterrupt:

@@ -61,8 +61,32 @@ class SparseTrainConfig:
     beta: float = 1.0  # weight of the global term (eq 13)
     temperature: float = 1.0  # Gumbel-softmax (eq 9)
     top_p: float = 0.5  # bootstrapped CE: share of hardest pixels kept
+    cost: str = "flops"  # what eq 12 weighs layers by: FLOPs (the paper) or measured time
     seed: int = 0
     gates: SparseConfig = field(default_factory=SparseConfig)
+
+
+@torch.no_grad()
+def measure_layer_seconds(model: MemoryNetwork, gates: SparseGates, size: tuple[int, int], repeats: int = 5) -> dict:
+    """Median dense time of every gated layer on one frame of ``size``: eq 12's weights when
+    they should follow the wall clock. On a CPU FLOPs do not: the stride-16 blocks hold many
+    FLOPs per pixel and take little time, while block 1 (16 -> 96 channels on the stride-2
+    map) is memory-bound and takes ~40% of the backbone with a small share of its FLOPs."""
+    times: dict = {}
+
+    def timed(key, layer, x):
+        start = time.perf_counter()
+        y = layer(x)
+        if key in gates.pool:
+            times.setdefault(key, []).append(time.perf_counter() - start)
+        return y
+
+    image = torch.rand(1, 3, *size, device=next(model.parameters()).device) * 255
+    for _ in range(repeats + 1):
+        features = run_backbone(model.backbone, image, timed)
+        readout = torch.zeros(1, 1, model.config.value_dim, *features.s16.shape[-2:], device=image.device)
+        model.decode(readout, features, timed)
+    return {key: float(np.median(values[1:])) for key, values in times.items()}
 
 
 @torch.no_grad()
@@ -82,7 +106,12 @@ def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: 
 
 
 def sparse_loss(
-    model: MemoryNetwork, gates: SparseGates, clip: Clip, config: SparseTrainConfig, progress: float
+    model: MemoryNetwork,
+    gates: SparseGates,
+    clip: Clip,
+    config: SparseTrainConfig,
+    progress: float,
+    layer_seconds: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq 10 over the clip's sparse frames, and its parts (and the computed share) for the log."""
     state = LayerState()
@@ -98,7 +127,7 @@ def sparse_loss(
         probs = aggregate(torch.sigmoid(model.decode(readout[None], features, run)[0]))
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         seg.append(bootstrapped_nll(full, clip.masks[t], config.top_p))
-        costs = gates.costs(state.outputs)
+        costs = gates.costs(state.outputs) if layer_seconds is None else layer_seconds
         layers = [shares.computed[i] for i in costs]
         weights = list(costs.values())
         # eq 11 sums over layers; averaged here, so the term does not grow with the number
@@ -121,6 +150,7 @@ class SparseTrainer:
         self.optimizer = torch.optim.AdamW(self.gates.parameters(), lr=config.lr, weight_decay=0.0)
         self.step = 0
         self.history: list[dict] = []
+        self.layer_seconds = measure_layer_seconds(model, self.gates, config.crop) if config.cost == "time" else None
 
     def learning_rate(self) -> float:
         share = self.step / max(1, self.config.steps)
@@ -132,7 +162,8 @@ class SparseTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         self.gates.train()
-        loss, parts = sparse_loss(self.model, self.gates, clip, self.config, self.step / max(1, self.config.steps))
+        progress = self.step / max(1, self.config.steps)
+        loss, parts = sparse_loss(self.model, self.gates, clip, self.config, progress, self.layer_seconds)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.gates.parameters(), 1.0)
@@ -148,6 +179,7 @@ class SparseTrainer:
             "numpy_rng": self.sampler.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
+            "layer_seconds": self.layer_seconds,
         }
         write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
 
@@ -159,6 +191,7 @@ class SparseTrainer:
         self.sampler.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.history = state["history"]
+        self.layer_seconds = state.get("layer_seconds")  # the run's own measurement, not a new one
 
     def save_gates(self, base: str) -> Path:
         path = self.run_dir / GATES
