@@ -209,3 +209,9 @@ def test_conv_tiles_equal_the_dense_conv_on_computed_tiles_of_a_batch(kernel):
     mask = computed[:, None].expand_as(dense)
     torch.testing.assert_close(out[mask], dense[mask], atol=1e-5, rtol=1e-5)
     assert torch.equal(out[~mask], previous[~mask])
+    exact = torch.randn(3, 7, 12, 16)  # tiles of 4 cover it: written in place, same result
+    copy = exact.clone()
+    rows = torch.randn(int(selected[:, :3, :4].sum()), 7, 4, 4)
+    together = scatter_tiles(exact, rows, selected[:, :3, :4], 4, inplace=True)
+    assert together.data_ptr() == exact.data_ptr()
+    assert torch.equal(together, scatter_tiles(copy, rows, selected[:, :3, :4], 4))

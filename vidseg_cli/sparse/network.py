@@ -214,7 +214,7 @@ def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> Laye
             reuse = _to_pixels(policy == REUSE, tile, previous.shape[-2:])[:, None]
             y = torch.where(reuse, previous, _skip_value(layer, x, previous))
             if bool(compute.any()):
-                y = scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile)
+                y = scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile, inplace=True)
         state.inputs[key], state.outputs[key] = x, y
         shares.computed[key] = compute.float().mean()
         shares.policies[key] = policy

@@ -85,13 +85,19 @@ def conv_tiles(conv: nn.Conv2d, x: torch.Tensor, selected: torch.Tensor, tile: i
     return F.conv2d(crops, conv.weight, conv.bias)
 
 
-def scatter_tiles(base: torch.Tensor, rows: torch.Tensor, selected: torch.Tensor, tile: int) -> torch.Tensor:
-    """``base`` (B, C, H, W) with the selected tiles replaced by ``rows`` (N, C, tile, tile)."""
+def scatter_tiles(
+    base: torch.Tensor, rows: torch.Tensor, selected: torch.Tensor, tile: int, inplace: bool = False
+) -> torch.Tensor:
+    """``base`` (B, C, H, W) with the selected tiles replaced by ``rows`` (N, C, tile, tile).
+    ``inplace`` writes into ``base`` when the tiles cover it exactly (a full-size copy less)."""
     selected = _batched(selected)
     batch, grid_rows, grid_cols = selected.shape
     channels, (height, width) = base.shape[1], base.shape[-2:]
-    canvas = base.new_empty(batch, channels, grid_rows * tile, grid_cols * tile)
-    canvas[..., :height, :width] = base
+    if inplace and base.is_contiguous() and (height, width) == (grid_rows * tile, grid_cols * tile):
+        canvas = base
+    else:
+        canvas = base.new_empty(batch, channels, grid_rows * tile, grid_cols * tile)
+        canvas[..., :height, :width] = base
     tiles = canvas.view(batch, channels, grid_rows, tile, grid_cols, tile).permute(0, 2, 4, 1, 3, 5)
     tiles[selected] = rows
     return canvas[..., :height, :width]
