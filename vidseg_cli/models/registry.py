@@ -103,48 +103,49 @@ def model_identity(name: str) -> str:
 def create_reuse_model(model: str, heads: str, device: torch.device | str = "cpu") -> ReuseModel:
     """A learned VOS model with Reuse-VOS heads (a weights.toml name or a file from
     ``vidseg train reuse``), which must have been trained on that very model."""
-    base = create_vos_model(model, device)
-    if not isinstance(base, MemoryNetwork):
-        raise VidsegError(f"--reuse needs a learned memory network; {model!r} is not one")
-    if not heads.endswith(".safetensors") and heads not in registry():
-        raise VidsegError(f"no reuse heads named {heads!r}: train them with `vidseg train reuse` and pass --reuse-heads FILE")
-    path = Path(heads) if heads.endswith(".safetensors") else resolve(heads)
-    state, metadata = _read_safetensors(path)
-    if metadata.get("arch") != REUSE_ARCH or "config" not in metadata:
-        raise VidsegError(f"{path} is not a vidseg reuse-heads checkpoint (arch {metadata.get('arch')!r})")
-    if metadata.get("base") != model_identity(model):
-        raise VidsegError(f"reuse heads {heads} were trained for another model than {model}")
-    module = ReuseHeads(ReuseConfig(**json.loads(metadata["config"])))
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
+    base, state, metadata, path = _addon(model, heads, REUSE_ARCH, "reuse heads", "reuse", device)
+    module = _loaded(ReuseHeads(ReuseConfig(**json.loads(metadata["config"]))), state, path)
     return ReuseModel(base, module).to(device).eval()
 
 
 def create_sparse_model(model: str, gates: str, mode: str, device: torch.device | str = "cpu") -> SparseModel:
     """A learned VOS model with SpVOS gates (a weights.toml name or a file from
     ``vidseg train sparse``) trained on that very model for that mode."""
-    base = create_vos_model(model, device)
-    if not isinstance(base, MemoryNetwork):
-        raise VidsegError(f"--sparse needs a learned memory network; {model!r} is not one")
-    if not gates.endswith(".safetensors") and gates not in registry():
-        raise VidsegError(f"no sparse gates named {gates!r}: train them with `vidseg train sparse` and pass --sparse-gates FILE")
-    path = Path(gates) if gates.endswith(".safetensors") else resolve(gates)
-    state, metadata = _read_safetensors(path)
-    if metadata.get("arch") != SPARSE_ARCH or "config" not in metadata:
-        raise VidsegError(f"{path} is not a vidseg sparse-gates checkpoint (arch {metadata.get('arch')!r})")
-    if metadata.get("base") != model_identity(model):
-        raise VidsegError(f"sparse gates {gates} were trained for another model than {model}")
+    base, state, metadata, path = _addon(model, gates, SPARSE_ARCH, "sparse gates", "sparse", device)
     config = SparseConfig.from_dict(json.loads(metadata["config"]))
     if config.mode != mode:
         raise VidsegError(f"sparse gates {gates} are for --sparse {config.mode}, not {mode}")
-    module = SparseGates(config, base.backbone, base.heads.decoder)
+    module = _loaded(SparseGates(config, base.backbone, base.heads.decoder), state, path)
+    return SparseModel(base, module).to(device).eval()
+
+
+def _addon(
+    model: str, name: str, arch: str, kind: str, command: str, device: torch.device | str
+) -> tuple[MemoryNetwork, dict[str, torch.Tensor], dict[str, str], Path]:
+    """The learned model and the tensors of an add-on trained for it (reuse heads, sparse
+    gates): a weights.toml name or a file, whose metadata must name that very model."""
+    base = create_vos_model(model, device)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--{command} needs a learned memory network; {model!r} is not one")
+    if not name.endswith(".safetensors") and name not in registry():
+        raise VidsegError(
+            f"no {kind} named {name!r}: train them with `vidseg train {command}` and pass --{kind.replace(' ', '-')} FILE"
+        )
+    path = Path(name) if name.endswith(".safetensors") else resolve(name)
+    state, metadata = _read_safetensors(path)
+    if metadata.get("arch") != arch or "config" not in metadata:
+        raise VidsegError(f"{path} is not a vidseg {arch} checkpoint (arch {metadata.get('arch')!r})")
+    if metadata.get("base") != model_identity(model):
+        raise VidsegError(f"{kind} {name} were trained for another model than {model}")
+    return base, state, metadata, path
+
+
+def _loaded(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
-    return SparseModel(base, module).to(device).eval()
+    return module
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
