@@ -53,7 +53,7 @@ from vidseg_cli.reuse.heads import (
     mask_iou,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.vos import on_grid
+from vidseg_cli.train.vos import frame_at, on_grid
 
 CHECKPOINT = "checkpoint.pt"
 HEADS = "reuse.safetensors"
@@ -77,20 +77,16 @@ def full_path(model: MemoryNetwork, clip: Clip) -> FullPath:
     keys = model.keys(features)
     bank = MemoryBank(make_policy("stremn", 2, "C"), model.fusion())
     first = on_grid(clip.masks[:1], features.s4.shape[-2:])
-    bank.write(Slot(keys[0], model.values(_frame(features, 0), first)[0], frame=0, permanent=True))
+    bank.write(Slot(keys[0], model.values(frame_at(features, 0), first)[0], frame=0, permanent=True))
     masks = torch.zeros(len(clip.masks), *features.s4.shape[-2:], dtype=torch.bool, device=features.s4.device)
     for t in range(1, len(clip.masks)):
-        frame = _frame(features, t)
+        frame = frame_at(features, t)
         refined = model.heads.decoder.refined8(model.read(keys[t], bank.slots, 1), frame)
         probability = aggregate(torch.sigmoid(model.heads.decoder.finish(refined, frame.s4)))[1:]  # as inference
         masks[t] = probability[0] > 0.5
         if t == 1:
             refined8, first_probability = refined, probability[None]
     return FullPath(features, refined8, first_probability, masks)
-
-
-def _frame(features: Features, t: int) -> Features:
-    return Features(features.s4[t : t + 1], features.s8[t : t + 1], features.s16[t : t + 1])
 
 
 def agreement(reused_logits: torch.Tensor, full_mask: torch.Tensor, strictness: float = 1.0) -> torch.Tensor:

@@ -67,10 +67,10 @@ def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: fl
     size = clip.masks.shape[-2:]
     first = aggregate(on_grid(clip.masks[:1], features.s4.shape[-2:])[0])[1:]  # as the session writes a given mask
     bank = MemoryBank(make_policy("stremn", slots, rule), model.fusion())
-    bank.write(Slot(keys[0], model.values(_frame(features, 0), first[None])[0], frame=0, permanent=True))
+    bank.write(Slot(keys[0], model.values(frame_at(features, 0), first[None])[0], frame=0, permanent=True))
     losses = []
     for t in range(1, len(clip.masks)):
-        frame = _frame(features, t)
+        frame = frame_at(features, t)
         readout = model.read(keys[t], bank.slots, 1)
         probs = aggregate(torch.sigmoid(model.decode(readout[None], frame)[0]))  # (2, H4, W4)
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -79,7 +79,8 @@ def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: fl
     return torch.stack(losses).mean()
 
 
-def _frame(features: Features, t: int) -> Features:
+def frame_at(features: Features, t: int) -> Features:
+    """Frame t of a batch of features, as a batch of one."""
     return Features(features.s4[t : t + 1], features.s8[t : t + 1], features.s16[t : t + 1])
 
 
