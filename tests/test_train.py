@@ -18,6 +18,7 @@ from vidseg_cli.synthetic import frames, write_davis
 from vidseg_cli.train.data import ClipSampler
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.train.vos import TrainConfig, Trainer, make_generator
+from vidseg_cli.weights.registry import file_sha256
 
 TINY = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
 
@@ -151,6 +152,28 @@ def test_train_command_writes_a_model_that_segment_loads(vidseg, dataset, tmp_pa
     segment = vidseg("segment", clip[0], "--mask", clip[1], "--model", model_file, "--out", out, "--size", "64")
     assert segment.code == 0, segment.stderr
     assert len(list(out.glob("*.png"))) == 12
+
+
+def test_train_init_goes_on_from_a_model_file_with_its_architecture(vidseg, dataset, tmp_path):
+    first = tmp_path / "first"
+    (first).mkdir()
+    trainer = _trainer(dataset, first, finetune_blocks=1)
+    trainer.train_step()
+    start = trainer.save_model()
+    common = ("train", "vos", "--data", dataset, "--steps", "1", "--crop", "48x64", "--clip-length", "3",
+              "--slots", "1", "--device", "cpu", "--finetune-blocks", "1", "--init", start)
+    run = tmp_path / "second"
+    result = vidseg(*common, "--out", run, "--still-share", "0.2,0.2")
+    assert result.code == 0, result.stderr
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["init"] == file_sha256(start) and recorded["still_share"] == [0.2, 0.2]
+    assert recorded["model"] == json.loads(trainer.model.config.to_json())
+    went_on = create_vos_model(str(run / "model.safetensors"))
+    assert went_on.tuned_blocks == {10}
+    changed = [not torch.equal(v, trainer.model.heads.state_dict()[k]) for k, v in went_on.heads.state_dict().items()]
+    assert any(changed)  # one step moved the heads it started from
+    assert vidseg(*common, "--out", tmp_path / "third", "--fusion-candidate", "aligned").code == 2  # not the file's
+    assert vidseg(*common[:-1], tmp_path / "missing.safetensors", "--out", tmp_path / "fourth").code == 2
 
 
 def test_segment_refuses_a_file_that_is_not_a_model(vidseg, tmp_path, clip):

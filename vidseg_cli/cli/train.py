@@ -43,6 +43,7 @@ from vidseg_cli.train.vos import (
     run_training,
     save_model,
 )
+from vidseg_cli.weights.registry import file_sha256
 
 train_app = typer.Typer(help="Train the learned parts of vidseg.", no_args_is_help=True)
 
@@ -90,7 +91,9 @@ def train_vos_command(
     finetune_blocks: Annotated[int, typer.Option(help="Also train the last N of the backbone's 11 blocks (0: frozen).")] = 0,
     max_gap: Annotated[str, typer.Option(help="Curriculum: widest frame gap at the start and the end, START,END.")] = _pair_text(TrainConfig.max_gap),
     top_p: Annotated[str, typer.Option(help="Bootstrapped CE: share of hardest pixels kept at the start and the end, START,END.")] = _pair_text(TrainConfig.top_p),
-    fusion_candidate: Annotated[FusionCandidate, typer.Option(help="Fusion cell's eq 8: tanh as published, or aligned source + learned correction.")] = FusionCandidate.tanh,
+    still_share: Annotated[str, typer.Option(help="Curriculum: share of clips made from one still image at the start and the end, START,END.")] = _pair_text(TrainConfig.still_share),
+    fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), or aligned source + learned correction.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture) instead of fresh heads.")] = None,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
     val_size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
@@ -105,18 +108,20 @@ def train_vos_command(
         raise VidsegError("--finetune-blocks must be between 0 and 11")
     gaps = _pair("--max-gap", max_gap, int)
     shares = _pair("--top-p", top_p, float)
-    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares):
-        raise VidsegError("--max-gap values must be at least 1 and --top-p values in (0, 1]")
+    stills = _pair("--still-share", still_share, float)
+    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares) or not all(0 <= p <= 1 for p in stills):
+        raise VidsegError("--max-gap values must be at least 1, --top-p values in (0, 1] and --still-share values in [0, 1]")
+    rng = make_generator(seed)  # seeds torch before any head is built
+    model = _starting_model(init, fusion_candidate)
     config = TrainConfig(
         steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed,
-        finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares,
-        model=MemNetConfig(fusion_candidate=fusion_candidate.value),
+        finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares, still_share=stills,
+        init=file_sha256(init) if init is not None else "", model=model.config,
     )
     _prepare(out, resume, force)
     use_all_cores()
     target = pick_device(device.value)
-    rng = make_generator(seed)
-    model = MemoryNetwork(backbone(), config.model).to(target)
+    model = model.to(target)
     trainer = Trainer(model, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
     if resume:
         trainer.load_checkpoint()
@@ -134,6 +139,18 @@ def train_vos_command(
             log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
             raise typer.Exit(130) from None
     print(path)
+
+
+def _starting_model(init: Path | None, candidate: FusionCandidate | None) -> MemoryNetwork:
+    """Fresh heads, or a trained model to go on from (its architecture comes with it)."""
+    if init is None:
+        return MemoryNetwork(backbone(), MemNetConfig(fusion_candidate=(candidate or FusionCandidate.tanh).value))
+    if not init.is_file():
+        raise VidsegError(f"--init: no model file at {init}")
+    model = load_memnet(init)
+    if candidate is not None and candidate.value != model.config.fusion_candidate:
+        raise VidsegError(f"--fusion-candidate {candidate.value} differs from {init}'s {model.config.fusion_candidate}")
+    return model
 
 
 def _prepare(out: Path, resume: bool, force: bool) -> None:

@@ -190,7 +190,8 @@ class MemoryNetwork(nn.Module):
         for block in self.backbone._blocks[first:]:
             block.requires_grad_(True)
             opened.extend(block.parameters())
-        self.tuned_blocks = set(range(first, len(self.backbone._blocks)))
+        # blocks a loaded model had tuned stay its own, opened or not
+        self.tuned_blocks |= set(range(first, len(self.backbone._blocks)))
         return opened
 
     def load_tuned_blocks(self, state: dict[str, torch.Tensor]) -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     top_p: tuple[float, float] = (1.0, 0.25)  # bootstrapped CE: share of hardest pixels kept
     finetune_blocks: int = 0  # last backbone blocks trained too (at a tenth of the learning rate)
     seed: int = 0
+    init: str = ""  # sha256 of the model file training started from ("": fresh heads)
     model: MemNetConfig = field(default_factory=MemNetConfig)
 
 
