@@ -17,7 +17,7 @@ from vidseg_cli.models.registry import backbone, create_vos_model
 from vidseg_cli.synthetic import frames, write_davis
 from vidseg_cli.train.data import ClipSampler
 from vidseg_cli.train.losses import bootstrapped_nll
-from vidseg_cli.train.vos import TrainConfig, Trainer, make_generator
+from vidseg_cli.train.vos import TrainConfig, Trainer, clip_loss, make_generator
 from vidseg_cli.weights.registry import file_sha256
 
 TINY = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
@@ -101,11 +101,12 @@ def test_clip_sampler_draws_the_same_clips_under_a_seed(dataset):
         assert clip_a.masks[0].sum() > 0 and set(clip_a.masks.unique().tolist()) <= {0, 1}
 
 
-def _trainer(dataset, run_dir, steps=4, **options):
-    config = TrainConfig(steps=steps, clip_length=4, slots=2, crop=(48, 64), warmup=1, seed=5, model=TINY, **options)
+def _trainer(dataset, run_dir, steps=4, clip_length=4, slots=2, **options):
+    config = TrainConfig(steps=steps, clip_length=clip_length, slots=slots, crop=(48, 64), warmup=1, seed=5, model=TINY,
+                         **options)
     rng = make_generator(config.seed)
     model = MemoryNetwork(backbone(), TINY)
-    return Trainer(model, ClipSampler(dataset, 4, (48, 64), rng), config, run_dir, torch.device("cpu"))
+    return Trainer(model, ClipSampler(dataset, clip_length, (48, 64), rng), config, run_dir, torch.device("cpu"))
 
 
 def test_resumed_training_equals_uninterrupted_training(dataset, tmp_path):
@@ -174,6 +175,30 @@ def test_train_init_goes_on_from_a_model_file_with_its_architecture(vidseg, data
     assert any(changed)  # one step moved the heads it started from
     assert vidseg(*common, "--out", tmp_path / "third", "--fusion-candidate", "aligned").code == 2  # not the file's
     assert vidseg(*common[:-1], tmp_path / "missing.safetensors", "--out", tmp_path / "fourth").code == 2
+
+
+def test_fusion_stage_trains_the_fusion_cell_alone_with_the_distillation_loss(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path, clip_length=6, slots=3, train="fusion", fusion_distill=1.0)
+    before = {k: v.clone() for k, v in trainer.model.heads.state_dict().items()}
+    trainer.train_step(), trainer.train_step()
+    after = trainer.model.heads.state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"fusion"}
+
+
+def test_fusion_loss_reaches_the_fusion_cell_only_when_the_bank_fuses(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path)
+    clip = ClipSampler(dataset, 6, (48, 64), np.random.default_rng(0)).sample(1, still=False)
+    cell = trainer.model.heads.fusion
+
+    def fusion_grad(slots: int, distill: float) -> float:
+        trainer.model.zero_grad(set_to_none=False)
+        clip_loss(trainer.model, clip, slots, "A", 1.0, distill).backward()
+        return sum(p.grad.abs().sum().item() for p in cell.parameters() if p.grad is not None)
+
+    assert fusion_grad(6, 1.0) == 0  # 6 slots hold all 6 frames: nothing fused, no fusion loss
+    with_loss, without = fusion_grad(3, 1.0), fusion_grad(3, 0.0)  # frame 4 reads a fused slot
+    assert with_loss > 0 and with_loss != without
 
 
 def test_segment_refuses_a_file_that_is_not_a_model(vidseg, tmp_path, clip):

@@ -37,6 +37,7 @@ from vidseg_cli.train.reuse import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
 from vidseg_cli.train.sparse import SparseTrainConfig, SparseTrainer
 from vidseg_cli.train.vos import (
     CHECKPOINT,
+    TRAINED_PARTS,
     TrainConfig,
     Trainer,
     make_generator,
@@ -73,6 +74,7 @@ def _pair(option: str, text: str, kind: type) -> tuple:
 GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
 SparseCost = Enum("SparseCost", {"flops": "flops", "time": "time"}, type=str)
 SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=str)
+TrainedParts = Enum("TrainedParts", {name: name for name in TRAINED_PARTS}, type=str)
 FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDATES}, type=str)
 
 
@@ -94,6 +96,8 @@ def train_vos_command(
     still_share: Annotated[str, typer.Option(help="Curriculum: share of clips made from one still image at the start and the end, START,END.")] = _pair_text(TrainConfig.still_share),
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), or aligned source + learned correction.")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture) instead of fresh heads.")] = None,
+    train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
+    fusion_distill: Annotated[float, typer.Option(help="Weight of the fusion loss: a bank with fused slots should read like one that dropped nothing.")] = 0.0,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
     val_size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
@@ -111,12 +115,17 @@ def train_vos_command(
     stills = _pair("--still-share", still_share, float)
     if min(gaps) < 1 or not all(0 < p <= 1 for p in shares) or not all(0 <= p <= 1 for p in stills):
         raise VidsegError("--max-gap values must be at least 1, --top-p values in (0, 1] and --still-share values in [0, 1]")
+    if train == TrainedParts.fusion and finetune_blocks:
+        raise VidsegError("--train fusion trains the fusion cell alone: leave --finetune-blocks at 0")
+    if fusion_distill < 0:
+        raise VidsegError("--fusion-distill must not be negative")
     rng = make_generator(seed)  # seeds torch before any head is built
     model = _starting_model(init, fusion_candidate)
     config = TrainConfig(
         steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed,
         finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares, still_share=stills,
-        init=file_sha256(init) if init is not None else "", model=model.config,
+        init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
+        model=model.config,
     )
     _prepare(out, resume, force)
     use_all_cores()

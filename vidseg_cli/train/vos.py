@@ -35,6 +35,7 @@ from vidseg_cli.train.losses import bootstrapped_nll
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
 BEST_MODEL = "model-best.safetensors"  # the validated model with the highest J&F
+TRAINED_PARTS = ("all", "fusion")  # what learns: every head, or only the fusion cell
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class TrainConfig:
     finetune_blocks: int = 0  # last backbone blocks trained too (at a tenth of the learning rate)
     seed: int = 0
     init: str = ""  # sha256 of the model file training started from ("": fresh heads)
+    train: str = "all"  # "fusion": only the fusion cell learns (a stage after the rest)
+    fusion_distill: float = 0.0  # weight of the fused-read-equals-full-read loss
     model: MemNetConfig = field(default_factory=MemNetConfig)
 
 
@@ -61,23 +64,42 @@ def progress_at(step: int, config: TrainConfig, pair: tuple[float, float]) -> fl
     return pair[0] + (pair[1] - pair[0]) * share
 
 
-def clip_loss(model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: float) -> torch.Tensor:
-    """Mean bootstrapped CE over the clip's frames after the first."""
+def clip_loss(
+    model: MemoryNetwork, clip: Clip, slots: int, rule: str, top_p: float, distill: float = 0.0
+) -> torch.Tensor:
+    """Mean bootstrapped CE over the clip's frames after the first, plus ``distill`` times
+    the fusion loss: wherever the bank holds a fused slot, its read should equal the read
+    of a bank that dropped nothing. The segmentation loss alone barely reaches the fusion
+    cell (a fused slot changes a few reads a little); this says directly what fusion is for."""
     features = model.features(clip.images)
     keys = model.keys(features)
     size = clip.masks.shape[-2:]
     first = aggregate(on_grid(clip.masks[:1], features.s4.shape[-2:])[0])[1:]  # as the session writes a given mask
     bank = MemoryBank(make_policy("stremn", slots, rule), model.fusion())
     bank.write(Slot(keys[0], model.values(frame_at(features, 0), first[None])[0], frame=0, permanent=True))
-    losses = []
+    everything = list(bank.slots)  # the teacher's memory: every frame written, none dropped
+    losses, fusion_losses = [], []
     for t in range(1, len(clip.masks)):
         frame = frame_at(features, t)
         readout = model.read(keys[t], bank.slots, 1)
+        if distill > 0 and any(slot.fused for slot in bank.slots):
+            with torch.no_grad():
+                target = model.read(keys[t], everything, 1)
+            fusion_losses.append(read_distance(readout, target))
         probs = aggregate(torch.sigmoid(model.decode(readout[None], frame)[0]))  # (2, H4, W4)
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         losses.append(bootstrapped_nll(full, clip.masks[t], top_p))
         bank.write(Slot(keys[t], model.values(frame, probs[None, 1:])[0], frame=t))
-    return torch.stack(losses).mean()
+        everything.append(bank.slots[-1])
+    loss = torch.stack(losses).mean()
+    if fusion_losses:
+        loss = loss + distill * torch.stack(fusion_losses).mean()
+    return loss
+
+
+def read_distance(readout: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error relative to the target's energy: independent of the values' scale."""
+    return (readout - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-8)
 
 
 def frame_at(features: Features, t: int) -> Features:
@@ -101,7 +123,11 @@ class Trainer:
     ) -> None:
         self.model, self.sampler, self.config, self.run_dir, self.device = model, sampler, config, run_dir, device
         opened = model.unfreeze_top(config.finetune_blocks)
-        groups = [{"params": list(model.heads.parameters()), "scale": 1.0}]
+        learning = model.heads
+        if config.train == "fusion":
+            model.heads.requires_grad_(False)
+            learning = model.heads.fusion.requires_grad_(True)
+        groups = [{"params": list(learning.parameters()), "scale": 1.0}]
         if opened:
             groups.append({"params": opened, "scale": 0.1})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -126,7 +152,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate() * group["scale"]
         self.model.heads.train()
-        loss = clip_loss(self.model, clip, c.slots, rule, progress_at(self.step, c, c.top_p))
+        loss = clip_loss(self.model, clip, c.slots, rule, progress_at(self.step, c, c.top_p), c.fusion_distill)
+        if not loss.requires_grad:  # only the fusion cell learns, and this clip fused nothing
+            self.step += 1
+            return loss.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
