@@ -70,6 +70,15 @@ def test_aligned_fusion_candidate_starts_as_a_gated_blend_with_the_aligned_sourc
     with pytest.raises(ValueError, match="unknown fusion candidate"):
         FusionCell(key_dim=4, value_dim=3, candidate="gru")
 
+    torch.nn.init.normal_(cell.candidate.weight)  # a trained correction
+    blend = (1 - z) * target + z * aligned
+    assert not torch.allclose(cell(source, target)[:, :4], blend[:, :4], atol=1e-3)  # reaches the keys
+    values_only = FusionCell(key_dim=4, value_dim=3, hidden=5, candidate="aligned-values")
+    values_only.load_state_dict(cell.state_dict())  # the same tensors, used differently
+    fused = values_only(source, target)
+    assert torch.allclose(fused[:, :4], blend[:, :4], atol=1e-5)
+    assert not torch.allclose(fused[:, 4:], blend[:, 4:], atol=1e-3)
+
 
 def test_memnet_runs_in_a_session_and_fuses_when_memory_is_full():
     torch.manual_seed(0)
@@ -173,7 +182,9 @@ def test_train_init_goes_on_from_a_model_file_with_its_architecture(vidseg, data
     assert went_on.tuned_blocks == {10}
     changed = [not torch.equal(v, trainer.model.heads.state_dict()[k]) for k, v in went_on.heads.state_dict().items()]
     assert any(changed)  # one step moved the heads it started from
-    assert vidseg(*common, "--out", tmp_path / "third", "--fusion-candidate", "aligned").code == 2  # not the file's
+    switched = vidseg(*common, "--out", tmp_path / "third", "--fusion-candidate", "aligned-values")
+    assert switched.code == 0, switched.stderr  # the same tensors, used differently
+    assert json.loads((tmp_path / "third" / "config.json").read_text())["model"]["fusion_candidate"] == "aligned-values"
     assert vidseg(*common[:-1], tmp_path / "missing.safetensors", "--out", tmp_path / "fourth").code == 2
 
 

@@ -95,7 +95,7 @@ def train_vos_command(
     top_p: Annotated[str, typer.Option(help="Bootstrapped CE: share of hardest pixels kept at the start and the end, START,END.")] = _pair_text(TrainConfig.top_p),
     still_share: Annotated[str, typer.Option(help="Curriculum: share of clips made from one still image at the start and the end, START,END.")] = _pair_text(TrainConfig.still_share),
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), or aligned source + learned correction.")] = None,
-    init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture) instead of fresh heads.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture; --fusion-candidate may change how its cell uses its tensors) instead of fresh heads.")] = None,
     train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
     fusion_distill: Annotated[float, typer.Option(help="Weight of the fusion loss: a bank with fused slots should read like one that dropped nothing.")] = 0.0,
     val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
@@ -156,10 +156,7 @@ def _starting_model(init: Path | None, candidate: FusionCandidate | None) -> Mem
         return MemoryNetwork(backbone(), MemNetConfig(fusion_candidate=(candidate or FusionCandidate.tanh).value))
     if not init.is_file():
         raise VidsegError(f"--init: no model file at {init}")
-    model = load_memnet(init)
-    if candidate is not None and candidate.value != model.config.fusion_candidate:
-        raise VidsegError(f"--fusion-candidate {candidate.value} differs from {init}'s {model.config.fusion_candidate}")
-    return model
+    return load_memnet(init, candidate.value if candidate is not None else None)  # same tensors, any candidate
 
 
 def _prepare(out: Path, resume: bool, force: bool) -> None:

@@ -14,6 +14,8 @@ our values are unbounded conv features, so every fusion also shrinks the values 
 touches. ``candidate="aligned"`` makes n the aligned source plus a bounded learned
 correction, n = X_i^A + tanh(g(.)), and starts z small: the cell begins as a gentle
 version of the training-free blend and learns where to depart from it.
+``"aligned-values"`` applies that correction to the values only: on unit keys it is out of
+scale (see forward).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def fam(anchor: torch.Tensor, other: torch.Tensor, key_dim: int, scale: torch.Te
     return (other.flatten(2) @ attention.transpose(1, 2)).view(b, c, h, w)
 
 
-FUSION_CANDIDATES = ("tanh", "aligned")
+FUSION_CANDIDATES = ("tanh", "aligned", "aligned-values")
 
 
 class FusionCell(nn.Module):
@@ -51,7 +53,8 @@ class FusionCell(nn.Module):
             raise ValueError(f"unknown fusion candidate {candidate!r}; choose from {', '.join(FUSION_CANDIDATES)}")
         channels = key_dim + value_dim
         self.key_dim = key_dim
-        self.aligned = candidate == "aligned"
+        self.aligned = candidate.startswith("aligned")
+        self.values_only = candidate == "aligned-values"
         self.filter = nn.Sequential(  # f of eq 5
             nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
         )
@@ -74,6 +77,11 @@ class FusionCell(nn.Module):
         hidden = self.trunk(torch.cat([source_on_target, target], 1))
         z = torch.sigmoid(self.gate(hidden))  # eq 7
         n = torch.tanh(self.candidate(hidden))  # eq 8
+        if self.values_only:
+            # keys are unit vectors (entries ~0.1) and tanh's correction is up to 1 per
+            # channel: on keys it swamps them (vos-effl0's fused keys: cosine 0.12 to the
+            # target's, so fused slots are hardly ever read). Keys blend as aligned.
+            n = torch.cat([torch.zeros_like(n[:, : self.key_dim]), n[:, self.key_dim :]], 1)
         if self.aligned:
             n = source_on_target + n
         return (1 - z) * target + z * n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,12 +76,16 @@ def _check_listed_config(name: str, listed: dict | None, actual: MemNetConfig) -
         raise VidsegError(f"{name}: the file's architecture {actual} differs from weights.toml's {listed}")
 
 
-def load_memnet(path: Path) -> MemoryNetwork:
-    """A learned model from a safetensors file written by ``vidseg train vos``."""
+def load_memnet(path: Path, fusion_candidate: str | None = None) -> MemoryNetwork:
+    """A learned model from a safetensors file written by ``vidseg train vos``; every fusion
+    candidate has the same tensors, so ``fusion_candidate`` may change how the cell uses them."""
     state, metadata = _read_safetensors(path)
     if metadata.get("arch") != ARCH or "config" not in metadata:
         raise VidsegError(f"{path} is not a vidseg {ARCH} checkpoint (arch {metadata.get('arch')!r})")
-    model = MemoryNetwork(backbone(metadata.get("backbone", "efficientnet-lite0")), MemNetConfig.from_json(metadata["config"]))
+    config = MemNetConfig.from_json(metadata["config"])
+    if fusion_candidate is not None:
+        config = replace(config, fusion_candidate=fusion_candidate)
+    model = MemoryNetwork(backbone(metadata.get("backbone", "efficientnet-lite0")), config)
     tuned = {name[len("backbone.") :]: t for name, t in state.items() if name.startswith("backbone.")}
     heads = {name[len("heads.") :]: t for name, t in state.items() if name.startswith("heads.")}
     try:
