@@ -94,7 +94,7 @@ def train_vos_command(
     max_gap: Annotated[str, typer.Option(help="Curriculum: widest frame gap at the start and the end, START,END.")] = _pair_text(TrainConfig.max_gap),
     top_p: Annotated[str, typer.Option(help="Bootstrapped CE: share of hardest pixels kept at the start and the end, START,END.")] = _pair_text(TrainConfig.top_p),
     still_share: Annotated[str, typer.Option(help="Curriculum: share of clips made from one still image at the start and the end, START,END.")] = _pair_text(TrainConfig.still_share),
-    fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), or aligned source + learned correction.")] = None,
+    fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), aligned source + learned correction, or aligned-values (the correction on values only).")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture; --fusion-candidate may change how its cell uses its tensors) instead of fresh heads.")] = None,
     train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
     fusion_distill: Annotated[float, typer.Option(help="Weight of the fusion loss: a bank with fused slots should read like one that dropped nothing.")] = 0.0,
