@@ -166,7 +166,7 @@ def test_train_command_writes_a_model_that_segment_loads(vidseg, dataset, tmp_pa
 
 def test_train_init_goes_on_from_a_model_file_with_its_architecture(vidseg, dataset, tmp_path):
     first = tmp_path / "first"
-    (first).mkdir()
+    first.mkdir()
     trainer = _trainer(dataset, first, finetune_blocks=1)
     trainer.train_step()
     start = trainer.save_model()

@@ -34,7 +34,7 @@ from vidseg_cli.sparse.gates import POLICIES
 from vidseg_cli.sparse.network import SparseConfig
 from vidseg_cli.train.data import ClipSampler
 from vidseg_cli.train.reuse import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
-from vidseg_cli.train.sparse import SparseTrainConfig, SparseTrainer
+from vidseg_cli.train.sparse import LAYER_COSTS, SparseTrainConfig, SparseTrainer
 from vidseg_cli.train.vos import (
     CHECKPOINT,
     TRAINED_PARTS,
@@ -72,7 +72,7 @@ def _pair(option: str, text: str, kind: type) -> tuple:
 
 
 GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
-SparseCost = Enum("SparseCost", {"flops": "flops", "time": "time"}, type=str)
+SparseCost = Enum("SparseCost", {name: name for name in LAYER_COSTS}, type=str)
 SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=str)
 TrainedParts = Enum("TrainedParts", {name: name for name in TRAINED_PARTS}, type=str)
 FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDATES}, type=str)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -84,7 +83,7 @@ def load_memnet(path: Path, fusion_candidate: str | None = None) -> MemoryNetwor
         raise VidsegError(f"{path} is not a vidseg {ARCH} checkpoint (arch {metadata.get('arch')!r})")
     config = MemNetConfig.from_json(metadata["config"])
     if fusion_candidate is not None:
-        config = replace(config, fusion_candidate=fusion_candidate)
+        config = dataclasses.replace(config, fusion_candidate=fusion_candidate)
     model = MemoryNetwork(backbone(metadata.get("backbone", "efficientnet-lite0")), config)
     tuned = {name[len("backbone.") :]: t for name, t in state.items() if name.startswith("backbone.")}
     heads = {name[len("heads.") :]: t for name, t in state.items() if name.startswith("heads.")}

@@ -47,6 +47,7 @@ from vidseg_cli.train.vos import on_grid
 
 CHECKPOINT = "checkpoint.pt"
 GATES = "gates.safetensors"
+LAYER_COSTS = ("flops", "time")  # what eq 12 weighs layers by
 
 
 @dataclass(frozen=True)
