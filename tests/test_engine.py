@@ -122,3 +122,31 @@ def test_plain_run_prints_the_output_folder(vidseg, tmp_path, clip):
     run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64", "--memory", "fifo", "--slots", "3")
     assert run.code == 0 and run.stdout.strip() == str(out)
     assert "12 frames" in run.stderr
+
+
+def test_flip_tta_treats_a_video_and_its_mirror_alike(model):
+    """Both views run and remember, so the mirrored video gives exactly the mirrored masks
+    (a network alone is not flip-equivariant), and each view keeps its own memory."""
+    from vidseg_cli.engine.reuse import ReuseOptions
+    from vidseg_cli.engine.segment import make_session
+
+    clip = list(frames(8, 64, 96, objects=2, seed=3))
+
+    def run(mirror: bool, tta: str) -> tuple[list[np.ndarray], VOSSession]:
+        s = make_session(model, MemoryOptions(slots=3), 64, torch.device("cpu"), ReuseOptions(), tta=tta)
+        out = []
+        for index, (image, truth) in enumerate(clip):
+            if mirror:
+                image, truth = image[:, ::-1].copy(), truth[:, ::-1].copy()
+            out.append(s.step(image, truth if index == 0 else None).labels)
+        return out, s
+
+    plain, plain_session = run(False, "none")
+    flipped, session = run(False, "flip")
+    mirrored, _ = run(True, "flip")
+    assert all(np.array_equal(a[:, ::-1], b) for a, b in zip(flipped, mirrored))
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, flipped))  # the second view counts
+    agreement = [iou(a == o, b == o) for a, b in zip(plain[1:], flipped[1:]) for o in (1, 2)]
+    assert min(agreement) > 0.7, agreement  # the mirrored view is flipped back before averaging
+    assert len(session.mirror) == len(session.bank) == len(plain_session.bank)
+    assert session.bank.nbytes + session.mirror.nbytes == 2 * plain_session.bank.nbytes

@@ -202,6 +202,21 @@ def test_bench_sparse_needs_gates_and_a_known_mode(vidseg):
     assert run.code == 2 and "unknown --sparse 'dense'" in run.stderr
 
 
+def test_bench_flip_tta_runs_both_views_and_refuses_skipping_work(vidseg, tmp_path):
+    write_davis(tmp_path, sequences=1, length=5, height=48, width=64)
+    run = vidseg("bench", "--data", tmp_path, "--model", "propagate", "--size", "48", "--tta", "none,flip", "--json", "-")
+    assert run.code == 0, run.stderr
+    plain, flipped = json.loads(run.stdout)["results"]
+    assert (plain["tta"], flipped["tta"]) == ("none", "flip") and flipped["config"].endswith("tta=flip")
+    assert flipped["gflops"] == pytest.approx(2 * plain["gflops"], rel=0.05)  # two views, two memories
+    memory = [r["sequences"]["synthetic-0"]["memory_bytes"] for r in (plain, flipped)]
+    assert memory[1] == [2 * b for b in memory[0]]
+    run = vidseg("bench", "--data", tmp_path, "--tta", "flip", "--reuse", "0.7")
+    assert run.code == 2 and "cannot be combined" in run.stderr
+    run = vidseg("bench", "--data", tmp_path, "--tta", "mirror")
+    assert run.code == 2 and "unknown --tta 'mirror'" in run.stderr
+
+
 def test_bench_reuse_needs_reuse_heads(vidseg):
     run = vidseg("bench", "--model", "propagate", "--reuse", "0.7")
     assert run.code == 2 and "learned memory network" in run.stderr

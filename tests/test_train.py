@@ -182,9 +182,11 @@ def test_train_init_goes_on_from_a_model_file_with_its_architecture(vidseg, data
     assert went_on.tuned_blocks == {10}
     changed = [not torch.equal(v, trainer.model.heads.state_dict()[k]) for k, v in went_on.heads.state_dict().items()]
     assert any(changed)  # one step moved the heads it started from
-    switched = vidseg(*common, "--out", tmp_path / "third", "--fusion-candidate", "aligned-values")
+    switched = vidseg(*common, "--out", tmp_path / "third", "--fusion-candidate", "aligned-values", "--update", "C")
     assert switched.code == 0, switched.stderr  # the same tensors, used differently
-    assert json.loads((tmp_path / "third" / "config.json").read_text())["model"]["fusion_candidate"] == "aligned-values"
+    recorded = json.loads((tmp_path / "third" / "config.json").read_text())
+    assert recorded["model"]["fusion_candidate"] == "aligned-values" and recorded["rules"] == "C"
+    assert vidseg(*common, "--out", tmp_path / "bad-rule", "--update", "CE").code == 2
     assert vidseg(*common[:-1], tmp_path / "missing.safetensors", "--out", tmp_path / "fourth").code == 2
 
 

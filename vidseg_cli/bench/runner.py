@@ -22,6 +22,7 @@ from vidseg_cli.engine.reuse import ReuseOptions
 from vidseg_cli.engine.segment import (
     MemoryOptions,
     build_model,
+    check_tta,
     make_session,
     peak_rss_bytes,
     sparse_gates_name,
@@ -43,6 +44,7 @@ class Config:
     reuse_heads: str | None = None
     sparse: SparseOptions = SparseOptions()
     sparse_gates: str | None = None
+    tta: str = "none"
 
     @property
     def label(self) -> str:
@@ -54,7 +56,8 @@ class Config:
             reuse = f" reuse={self.reuse.tau:g}" + (f" {self.reuse.mode}" if self.reuse.mode != "refine" else "")
         writes = f" write/{m.write_every}" if m.write_every != 1 else ""
         sparse = f" sparse={self.sparse.mode}" if self.sparse.enabled else ""
-        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}"
+        tta = f" tta={self.tta}" if self.tta != "none" else ""
+        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{tta}"
 
     @property
     def network(self) -> tuple[str, str | None, str | None]:
@@ -109,6 +112,7 @@ class Result:
             "reuse_mode": self.config.reuse.mode,
             "reuse_rate": round(self.reused_frames / max(1, self.all_frames), 4),
             "sparse": self.config.sparse.mode,
+            "tta": self.config.tta,
             "computed_share": round(float(np.mean(self.computed)), 4) if self.computed else 1.0,
             **{name: round(value, 4) for name, value in overall.items()},
             "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
@@ -144,6 +148,7 @@ def configs(
     sparses: tuple[str, ...] = ("none",),
     sparse_gates: str | None = None,
     write_every: int | None = None,
+    ttas: tuple[str, ...] = ("none",),
 ) -> list[Config]:
     """The cross product, without duplicates that an option does not affect. Memory is
     written every ``write_every`` frames; by default every frame, or SpVOS's every fifth
@@ -151,8 +156,8 @@ def configs(
     if write_every is None:
         write_every = SPARSE_WRITE_EVERY if any(s != "none" for s in sparses) else 1
     seen, out = set(), []
-    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses)
-    for model, size, memory, k, rule, n, fusion, tau, mode, sparse in grid:
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses, ttas)
+    for model, size, memory, k, rule, n, fusion, tau, mode, sparse, tta in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
@@ -165,7 +170,7 @@ def configs(
         sparsing = SparseOptions(sparse)
         config = Config(
             model, size, options, reuse, reuse_heads if reuse.enabled else None,
-            sparsing, sparse_gates if sparsing.enabled else None,
+            sparsing, sparse_gates if sparsing.enabled else None, tta,
         )
         if config not in seen:
             seen.add(config)
@@ -182,6 +187,7 @@ def run(
     """Returns the results and the peak RSS in bytes."""
     for config in configs:
         validate_memory(config.memory, permanent=max(len(s.prompts) for s in sequences))
+        check_tta(config.tta, config.reuse, config.sparse)
     models = {}
     for config in configs:
         if config.network not in models:
@@ -211,7 +217,7 @@ def _run_one(
     result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
 ) -> None:
     config = result.config
-    session = make_session(model, config.memory, config.size, device, config.reuse, config.sparse)
+    session = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

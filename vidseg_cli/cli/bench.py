@@ -60,6 +60,7 @@ def bench_command(
     reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of Reuse-VOS gate thresholds (1: never reuse).")] = "1",
     reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
     reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
+    tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
     outputs = _Outputs(json_path, csv_path, plot, force)
@@ -76,7 +77,7 @@ def bench_command(
     sweep = configs(
         _split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int), fusions,
         tuple(_split(reuse, float)), tuple(_split(reuse_mode)), reuse_heads,
-        tuple(_split(sparse)), sparse_gates, write_every,
+        tuple(_split(sparse)), sparse_gates, write_every, tuple(_split(tta)),
     )
     if long is not None:
         _long(sweep, long, target, outputs)

@@ -20,6 +20,7 @@ from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
 from vidseg_cli.engine.reuse import ReuseOptions
 from vidseg_cli.engine.segment import (
     DEFAULT_SIZE,
+    TTAS,
     MemoryOptions,
     SegmentOptions,
     segment,
@@ -50,6 +51,9 @@ class ReuseMode(str, enum.Enum):
 
 
 SparseMode = enum.Enum("SparseMode", {mode: mode for mode in SPARSE_MODES}, type=str)
+
+
+Tta = enum.Enum("Tta", {name: name for name in TTAS}, type=str)
 
 
 class Format(str, enum.Enum):
@@ -86,6 +90,7 @@ def segment_command(
     sparse: Annotated[SparseMode, typer.Option(help="SpVOS: frames not written to memory run the gated backbone (static: skip or compute; residual: reuse or compute; triple: all three).")] = SparseMode.none,
     sparse_gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Sparse gates from weights.toml or vidseg train sparse (default: MODEL-MODE).")] = None,
     write_every: Annotated[Optional[int], typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1; 5 with --sparse).")] = None,
+    tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip also segments the mirrored video (with its own memory) and averages the two; about half the speed.")] = Tta.none,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
@@ -110,6 +115,7 @@ def segment_command(
         reuse_heads=reuse_heads,
         sparse=SparseOptions(sparse.value),
         sparse_gates=sparse_gates,
+        tta=tta.value,
     )
     with _progress() as advance:
         summary = segment(options, advance)

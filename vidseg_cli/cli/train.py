@@ -19,6 +19,7 @@ from vidseg_cli.cli.common import Device, stderr, user_errors
 from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing
+from vidseg_cli.memory.policies import UPDATE_RULES
 from vidseg_cli.models.fusion_cell import FUSION_CANDIDATES
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import (
@@ -88,6 +89,7 @@ def train_vos_command(
     seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
     clip_length: Annotated[int, typer.Option(help="Frames per clip.")] = TrainConfig.clip_length,
     slots: Annotated[int, typer.Option(help="stremn slots during training (< clip length - 1 to fuse).")] = TrainConfig.slots,
+    update: Annotated[str, typer.Option(help="stremn update rules drawn from per training clip, e.g. ABCD or C.")] = TrainConfig.rules,
     crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = TrainConfig.lr,
     finetune_blocks: Annotated[int, typer.Option(help="Also train the last N of the backbone's 11 blocks (0: frozen).")] = 0,
@@ -119,10 +121,12 @@ def train_vos_command(
         raise VidsegError("--train fusion trains the fusion cell alone: leave --finetune-blocks at 0")
     if fusion_distill < 0:
         raise VidsegError("--fusion-distill must not be negative")
+    if not update or set(update) - set(UPDATE_RULES):
+        raise VidsegError(f"--update takes update rules from {''.join(UPDATE_RULES)}, e.g. ABCD or C; got {update!r}")
     rng = make_generator(seed)  # seeds torch before any head is built
     model = _starting_model(init, fusion_candidate)
     config = TrainConfig(
-        steps=steps, clip_length=clip_length, slots=slots, crop=_crop(crop), lr=lr, seed=seed,
+        steps=steps, clip_length=clip_length, slots=slots, rules=update, crop=_crop(crop), lr=lr, seed=seed,
         finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares, still_share=stills,
         init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
         model=model.config,

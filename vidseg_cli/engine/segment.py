@@ -47,6 +47,7 @@ class MemoryOptions:
 
 
 FUSIONS = ("model", "training-free", "none")
+TTAS = ("none", "flip")
 
 
 def fusion_for(model: VOSModel, options: MemoryOptions) -> FusionCell | None:
@@ -76,6 +77,7 @@ class SegmentOptions:
     reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
     sparse: SparseOptions = SparseOptions()
     sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
+    tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
 
 
 @dataclass
@@ -162,12 +164,25 @@ def make_session(
     device: torch.device,
     reuse: ReuseOptions,
     sparse: SparseOptions = SparseOptions(),
+    tta: str = "none",
 ) -> VOSSession:
-    """A fresh per-video session: its own bank and, when reusing or running sparse, that state."""
+    """A fresh per-video session: its own bank and, when reusing, running sparse or
+    flipping, that state."""
+    check_tta(tta, reuse, sparse)
     reusing = ReuseTracker(model, reuse) if reuse.enabled else None
     sparsing = SparseTracker(model) if sparse.enabled else None
     bank = make_bank(memory, fusion_for(model, memory))
-    return VOSSession(model, bank, size, device, reuse=reusing, sparse=sparsing, write_every=memory.write_every)
+    mirror = make_bank(memory, fusion_for(model, memory)) if tta == "flip" else None
+    return VOSSession(
+        model, bank, size, device, reuse=reusing, sparse=sparsing, write_every=memory.write_every, mirror=mirror
+    )
+
+
+def check_tta(tta: str, reuse: ReuseOptions, sparse: SparseOptions) -> None:
+    if tta not in TTAS:
+        raise VidsegError(f"unknown --tta {tta!r}; choose from {', '.join(TTAS)}")
+    if tta != "none" and (reuse.enabled or sparse.enabled):
+        raise VidsegError("--tta flip cannot be combined with --reuse or --sparse: they skip work, it doubles it")
 
 
 def validate_memory(options: MemoryOptions, permanent: int) -> None:
@@ -186,6 +201,7 @@ def segment(options: SegmentOptions, progress: Progress | None = None) -> Segmen
     """Run video object segmentation end to end; raises VidsegError on bad input."""
     masks = parse_mask_args(options.masks)
     validate_memory(options.memory, permanent=len(masks))
+    check_tta(options.tta, options.reuse, options.sparse)
     device = pick_device(options.device)
     if options.size < 32:
         raise VidsegError("--size must be at least 32 pixels")
@@ -226,7 +242,7 @@ def _run(
 ) -> SegmentSummary:
     use_all_cores()
     model = build_model(options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates)
-    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse)
+    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse, options.tta)
     computed = []
     sinks = make_sinks(options.format, folder, source.time_base)
     by_frame = {mask.frame: mask.path for mask in masks}

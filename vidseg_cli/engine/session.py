@@ -40,9 +40,13 @@ class VOSSession:
         reuse: ReuseTracker | None = None,
         sparse: SparseTracker | None = None,
         write_every: int = 1,
+        mirror: MemoryBank | None = None,
     ) -> None:
         self.model = model
         self.bank = bank
+        # Flip test-time augmentation: the mirrored video keeps its own memory, and each
+        # frame's prediction averages the two views (both memories learn the averaged mask).
+        self.mirror = mirror
         self.size = size
         self.device = device
         self.reuse = reuse
@@ -65,6 +69,9 @@ class VOSSession:
         elif self.reuse is None:
             encoded = self.model.encode(image)
             probs = self._predict(encoded)
+            if self.mirror is not None:
+                mirrored = self.model.encode(image.flip(-1))
+                probs = (probs + self._predict(mirrored, bank=self.mirror).flip(-1)) / 2
         else:
             partial = self.model.encode_stride8(image)
             reused = None if mask is not None else self.reuse.try_reuse(partial, len(self.object_ids))
@@ -76,7 +83,9 @@ class VOSSession:
             probs = self._apply_mask(probs, mask, encoded.grid)
         probs = aggregate(probs)  # (1 + objects, h, w), background first
         if writes:
-            self._remember(encoded, probs[1:], permanent=mask is not None)
+            self._remember(encoded, probs[1:], self.bank, permanent=mask is not None)
+            if self.mirror is not None:
+                self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
         if self.reuse is not None and self.object_ids:
             self.reuse.computed(partial, probs, refined8)
         return self._result(probs, image, (height, width), mask, reused=False, computed=computed)
@@ -95,9 +104,8 @@ class VOSSession:
     ) -> StepResult:
         labels = self._labels(self.model.upsample(probs, image), size, mask)
         self.frame_index += 1
-        return StepResult(
-            labels=labels, slots=len(self.bank), memory_bytes=self.bank.nbytes, reused=reused, computed=computed
-        )
+        memory_bytes = self.bank.nbytes + (self.mirror.nbytes if self.mirror is not None else 0)
+        return StepResult(labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed)
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
@@ -108,10 +116,11 @@ class VOSSession:
             image = F.interpolate(image[None], size=target, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
         return image
 
-    def _predict(self, encoded: EncodedFrame, segment=None) -> torch.Tensor:
-        if not self.bank.slots or not self.object_ids:
+    def _predict(self, encoded: EncodedFrame, segment=None, bank: MemoryBank | None = None) -> torch.Tensor:
+        bank = self.bank if bank is None else bank  # an empty bank is falsy
+        if not bank.slots or not self.object_ids:
             return encoded.key.new_zeros(len(self.object_ids), *encoded.grid)
-        return (segment or self.model.segment)(encoded, self.bank.slots, len(self.object_ids))
+        return (segment or self.model.segment)(encoded, bank.slots, len(self.object_ids))
 
     def _predict_refined(self, encoded: EncodedFrame) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As ``_predict``, with the refined stride-8 maps a later reused frame translates."""
@@ -134,11 +143,11 @@ class VOSSession:
             probs[self.object_ids.index(object_id)] = given[row]
         return probs
 
-    def _remember(self, encoded: EncodedFrame, probs: torch.Tensor, permanent: bool) -> None:
+    def _remember(self, encoded: EncodedFrame, probs: torch.Tensor, bank: MemoryBank, permanent: bool) -> None:
         if not self.object_ids:
             return  # nothing to propagate yet: frames before the first mask are not stored
         k, v = self.model.memorize(encoded, probs)
-        self.bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
+        bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
         self._last_write = self.frame_index
 
     def _labels(self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:

@@ -43,6 +43,7 @@ class TrainConfig:
     steps: int = 12000
     clip_length: int = 6  # > slots + 1, so the memory fills and fuses
     slots: int = 3
+    rules: str = "ABCD"  # stremn update rules drawn from per clip (all four: every pairing fuses)
     crop: tuple[int, int] = (256, 384)
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -146,7 +147,7 @@ class Trainer:
         c, rng = self.config, self.sampler.rng
         max_gap = round(progress_at(self.step, c, c.max_gap))
         still = rng.random() < progress_at(self.step, c, c.still_share)
-        rule = "ABCD"[rng.integers(4)]  # every rule, so the fusion cell sees all pairings
+        rule = c.rules[rng.integers(len(c.rules))]
         clip = self.sampler.sample(max_gap, still)
         clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
         for group in self.optimizer.param_groups:
