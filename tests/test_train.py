@@ -247,19 +247,24 @@ def test_training_free_fusion_also_fuses_learned_feature_values():
     assert fused.value.shape == target.value.shape and torch.equal(fused.value[1], target.value[1])
 
 
-def test_calibrate_picks_a_bias_by_j_and_f_and_keeps_the_tuned_blocks(vidseg, dataset, tmp_path):
+def test_calibrate_picks_a_bias_and_top_k_by_j_and_f_and_keeps_the_tuned_blocks(vidseg, dataset, tmp_path):
     (tmp_path / "run").mkdir()
     trainer = _trainer(dataset, tmp_path / "run", finetune_blocks=1)
     trainer.train_step()
     path = trainer.save_model()
     out = tmp_path / "calibrated.safetensors"
-    run = vidseg("train", "calibrate", "--model", path, "--data", dataset, "--out", out, "--bias", "0,-30", "--size", "48")
+    run = vidseg("train", "calibrate", "--model", path, "--data", dataset, "--out", out, "--bias", "0,-30",
+                 "--topk", "4,20", "--fusion-candidate", "aligned-values", "--size", "48")
     assert run.code == 0, run.stderr
-    assert "bias -30" in run.stderr and run.stdout.strip() == str(out)
+    assert "topk 4, bias -30" in run.stderr and run.stdout.strip() == str(out)
     with safe_open(str(out), framework="pt") as handle:
         config = json.loads(handle.metadata()["config"])
+        scores = json.loads(handle.metadata()["calibration"])
         names = set(handle.keys())
     assert config["logit_bias"] == 0.0  # -30 erases every object: J&F can only be worse
+    chosen = scores[f"topk {config['topk']}, bias 0"]["J&F"]
+    assert len(scores) == 4 and chosen == max(score["J&F"] for score in scores.values())
+    assert config["fusion_candidate"] == "aligned-values"
     with safe_open(str(path), framework="pt") as handle:
         assert names == set(handle.keys())  # the fine-tuned blocks travel with the heads
     assert vidseg("train", "calibrate", "--model", path, "--data", dataset, "--out", out).code == 2  # exists

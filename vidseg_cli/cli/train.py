@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -28,7 +29,7 @@ from vidseg_cli.models.registry import (
     create_vos_model,
     load_memnet,
     model_identity,
-    with_logit_bias,
+    with_settings,
 )
 from vidseg_cli.reuse.heads import ReuseConfig
 from vidseg_cli.sparse.gates import POLICIES
@@ -325,34 +326,50 @@ def _logger(log_file):
 @user_errors
 def train_calibrate_command(
     model: Annotated[Path, typer.Option(help="A model file from vidseg train vos.")],
-    data: Annotated[Path, typer.Option(help="Validation data in DAVIS layout (the bias is chosen on it).")],
+    data: Annotated[Path, typer.Option(help="Validation data in DAVIS layout (the settings are chosen on it).")],
     out: Annotated[Path, typer.Option(help="Where to write the calibrated model (.safetensors).")],
     bias: Annotated[str, typer.Option(help="Comma list of logit biases to try.")] = "0,0.5,1,1.5,2",
+    topk: Annotated[str | None, typer.Option(help="Comma list of top-k values to try (default: the model's).")] = None,
+    fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="How the fusion cell uses its tensors (default: the model's).")] = None,
     size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
-    """Choose the logit bias added to every object logit by J&F on validation data, and
-    write the model with it. Soft-aggregated masks that memory reads back can drift smaller
+    """Choose the logit bias and the memory read's top-k by J&F on validation data, and write
+    the model with them. Soft-aggregated masks that memory reads back can drift smaller
     frame after frame when the decoder leans to background; the bias is the one number that
-    corrects that lean."""
+    corrects that lean. Top-k trades a sharper read against robustness to one bad match."""
     refuse_existing(out, force)
     if out.suffix != ".safetensors":
         raise VidsegError(f"--out must be a .safetensors file, not {out}")
-    try:
-        biases = [float(part) for part in bias.split(",") if part.strip()]
-    except ValueError:
-        raise VidsegError(f"--bias takes a comma list of numbers, not {bias!r}") from None
+    base = load_memnet(model)
+    biases = _numbers("--bias", bias, float)
+    topks = _numbers("--topk", topk, int) if topk is not None else [base.config.topk]
+    if any(k < 0 for k in topks):
+        raise VidsegError("--topk values must be at least 0 (0 reads every memory pixel)")
+    if fusion_candidate is not None:
+        base = with_settings(base, fusion_candidate=fusion_candidate.value)
     use_all_cores()
     target = pick_device(device.value)
-    base = load_memnet(model)
     sequences = load_davis(data)
     scores = {}
-    for value in biases:
-        candidate = with_logit_bias(base, value).to(target).eval()
-        scores[value] = evaluate(candidate, sequences, Config(str(model), size, MemoryOptions()), target)
-        stderr.print(f"bias {value:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores[value].items()), highlight=False)
-    best = max(biases, key=lambda value: scores[value]["J&F"])
-    save_model(with_logit_bias(base, best), out, {"calibrated_on": data.name, "calibration": json.dumps(scores)})
-    stderr.print(f"chose bias {best:g} (J&F {scores[best]['J&F']:.4f})", highlight=False)
+    for k, value in itertools.product(topks, biases):
+        candidate = with_settings(base, logit_bias=value, topk=k).to(target).eval()
+        scores[f"topk {k}, bias {value:g}"] = score = evaluate(candidate, sequences, Config(str(model), size, MemoryOptions()), target)
+        stderr.print(f"topk {k}, bias {value:g}: " + ", ".join(f"{n} {v:.4f}" for n, v in score.items()), highlight=False)
+    best_k, best_bias = max(itertools.product(topks, biases), key=lambda pair: scores[f"topk {pair[0]}, bias {pair[1]:g}"]["J&F"])
+    chosen = with_settings(base, logit_bias=best_bias, topk=best_k)
+    save_model(chosen, out, {"calibrated_on": data.name, "calibration": json.dumps(scores), "from": file_sha256(model)})
+    best = scores[f"topk {best_k}, bias {best_bias:g}"]
+    stderr.print(f"chose topk {best_k}, bias {best_bias:g} (J&F {best['J&F']:.4f})", highlight=False)
     print(out)
+
+
+def _numbers(name: str, text: str, kind: type) -> list:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise VidsegError(f"{name} takes a comma list of numbers, not {text!r}") from None
+    if not values:
+        raise VidsegError(f"{name} takes a comma list of numbers, not {text!r}")
+    return values

@@ -58,9 +58,10 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
 
 
-def with_logit_bias(model: MemoryNetwork, bias: float) -> MemoryNetwork:
-    """The same network (shared tensors) with another calibration bias."""
-    config = dataclasses.replace(model.config, logit_bias=bias)
+def with_settings(model: MemoryNetwork, **settings) -> MemoryNetwork:
+    """The same network (shared tensors) with other inference settings: the calibration
+    bias, top-k, or how the fusion cell uses its tensors (MemNetConfig fields)."""
+    config = dataclasses.replace(model.config, **settings)
     calibrated = MemoryNetwork(model.backbone, config)
     calibrated.heads.load_state_dict(model.heads.state_dict())
     calibrated.tuned_blocks = set(model.tuned_blocks)
