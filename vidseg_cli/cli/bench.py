@@ -21,20 +21,13 @@ from vidseg_cli.bench.long import LONG_HEIGHT, LONG_WIDTH, long_run
 from vidseg_cli.bench.plots import plot_long, plot_results
 from vidseg_cli.bench.report import LONG_COLUMNS
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
-from vidseg_cli.cli.common import Device, json_text, stderr, user_errors
+from vidseg_cli.cli.common import Device, comma_list, json_text, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, FUSIONS, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing, write_file_atomically
 from vidseg_cli.memory.policies import POLICIES
 from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
 from vidseg_cli.synthetic import write_davis
-
-
-def _split(text: str, cast=str) -> list:
-    try:
-        return [cast(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise VidsegError(f"cannot read {text!r} as a comma list") from None
 
 
 @user_errors
@@ -70,14 +63,14 @@ def bench_command(
         size = str(LONG_HEIGHT if long is not None else DEFAULT_SIZE)
     if memory is None:
         memory = ",".join(POLICIES) if long is not None else "stremn"
-    fusions = tuple(_split(fusion))
+    fusions = tuple(comma_list(fusion))
     unknown = set(fusions) - set(FUSIONS)
     if unknown:
         raise VidsegError(f"unknown fusion {sorted(unknown)[0]!r}; choose from {', '.join(FUSIONS)}")
     sweep = configs(
-        _split(model), _split(size, int), _split(memory), _split(slots, int), _split(update), _split(every, int), fusions,
-        tuple(_split(reuse, float)), tuple(_split(reuse_mode)), reuse_heads,
-        tuple(_split(sparse)), sparse_gates, write_every, tuple(_split(tta)),
+        comma_list(model), comma_list(size, int), comma_list(memory), comma_list(slots, int), comma_list(update), comma_list(every, int), fusions,
+        tuple(comma_list(reuse, float)), tuple(comma_list(reuse_mode)), reuse_heads,
+        tuple(comma_list(sparse)), sparse_gates, write_every, tuple(comma_list(tta)),
     )
     if long is not None:
         _long(sweep, long, target, outputs)
@@ -135,7 +128,7 @@ class _Outputs:
 def _select(loaded: list, names: str | None) -> list:
     if not names:
         return loaded
-    wanted = set(_split(names))
+    wanted = set(comma_list(names))
     unknown = wanted - {s.name for s in loaded}
     if unknown:
         raise VidsegError(f"unknown sequence(s): {', '.join(sorted(unknown))}")

@@ -50,6 +50,14 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def comma_list(text: str, cast: Callable = str, option: str | None = None) -> list:
+    """``"1,0.5"`` -> ``[1.0, 0.5]`` with ``cast=float``; a clear error for a bad entry."""
+    try:
+        return [cast(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise VidsegError(f"{option + ': ' if option else ''}cannot read {text!r} as a comma list") from None
+
+
 def json_text(data: Any) -> str:
     if is_dataclass(data):
         data = asdict(data)

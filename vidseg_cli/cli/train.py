@@ -16,7 +16,7 @@ import typer
 
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
-from vidseg_cli.cli.common import Device, stderr, user_errors
+from vidseg_cli.cli.common import Device, comma_list, stderr, user_errors
 from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.sinks import refuse_existing
@@ -343,33 +343,27 @@ def train_calibrate_command(
     if out.suffix != ".safetensors":
         raise VidsegError(f"--out must be a .safetensors file, not {out}")
     base = load_memnet(model)
-    biases = _numbers("--bias", bias, float)
-    topks = _numbers("--topk", topk, int) if topk is not None else [base.config.topk]
-    if any(k < 0 for k in topks):
-        raise VidsegError("--topk values must be at least 0 (0 reads every memory pixel)")
+    biases = comma_list(bias, float, "--bias")
+    topks = comma_list(topk, int, "--topk") if topk is not None else [base.config.topk]
+    if not biases or not topks or any(k < 0 for k in topks):
+        raise VidsegError("--bias and --topk need at least one value each; top-k values must be at least 0 (0 reads every memory pixel)")
     if fusion_candidate is not None:
         base = with_settings(base, fusion_candidate=fusion_candidate.value)
     use_all_cores()
     target = pick_device(device.value)
     sequences = load_davis(data)
-    scores = {}
+    scores = {}  # (top-k, bias) -> J&F, J, F
     for k, value in itertools.product(topks, biases):
         candidate = with_settings(base, logit_bias=value, topk=k).to(target).eval()
-        scores[f"topk {k}, bias {value:g}"] = score = evaluate(candidate, sequences, Config(str(model), size, MemoryOptions()), target)
-        stderr.print(f"topk {k}, bias {value:g}: " + ", ".join(f"{n} {v:.4f}" for n, v in score.items()), highlight=False)
-    best_k, best_bias = max(itertools.product(topks, biases), key=lambda pair: scores[f"topk {pair[0]}, bias {pair[1]:g}"]["J&F"])
-    chosen = with_settings(base, logit_bias=best_bias, topk=best_k)
-    save_model(chosen, out, {"calibrated_on": data.name, "calibration": json.dumps(scores), "from": file_sha256(model)})
-    best = scores[f"topk {best_k}, bias {best_bias:g}"]
-    stderr.print(f"chose topk {best_k}, bias {best_bias:g} (J&F {best['J&F']:.4f})", highlight=False)
+        scores[k, value] = evaluate(candidate, sequences, Config(str(model), size, MemoryOptions()), target)
+        stderr.print(f"{_setting(k, value)}: " + ", ".join(f"{n} {v:.4f}" for n, v in scores[k, value].items()), highlight=False)
+    best_k, best_bias = max(scores, key=lambda pair: scores[pair]["J&F"])
+    recorded = json.dumps({_setting(*pair): score for pair, score in scores.items()})
+    save_model(with_settings(base, logit_bias=best_bias, topk=best_k), out,
+               {"calibrated_on": data.name, "calibration": recorded, "from": file_sha256(model)})
+    stderr.print(f"chose {_setting(best_k, best_bias)} (J&F {scores[best_k, best_bias]['J&F']:.4f})", highlight=False)
     print(out)
 
 
-def _numbers(name: str, text: str, kind: type) -> list:
-    try:
-        values = [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise VidsegError(f"{name} takes a comma list of numbers, not {text!r}") from None
-    if not values:
-        raise VidsegError(f"{name} takes a comma list of numbers, not {text!r}")
-    return values
+def _setting(topk: int, bias: float) -> str:
+    return f"topk {topk}, bias {bias:g}"
