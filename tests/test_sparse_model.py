@@ -17,6 +17,7 @@ from vidseg_cli.sparse.network import (
     SparseConfig,
     SparseGates,
     dense_runner,
+    object_cue,
     relaxed_runner,
     run_backbone,
     sparse_runner,
@@ -38,12 +39,21 @@ def _force(gates: SparseGates, policy: int) -> None:
             gate.conv.bias.copy_(torch.tensor([10.0 if p == policy else 0.0 for p in gate.policies]))
 
 
-def _pattern(gates: SparseGates) -> None:
-    """Gates pick SKIP, REUSE and COMPUTE in a checkerboard-like pattern of tiles."""
+def _pattern(gates: SparseGates, layout: str = "checkerboard") -> None:
+    """Gates pick SKIP, REUSE and COMPUTE per tile: in a checkerboard-like pattern (the layer
+    runs dense), computing two opposite corner tiles (it runs those tiles alone) or a compact block of
+    tiles among the others (it runs their bounding rectangle as one crop)."""
     for gate in gates.gates.values():
-        def forward(current, previous, gate=gate):
+        def forward(current, previous, cue=None, gate=gate):
             rows, cols = current.shape[-2:]
             index = (torch.arange(rows)[:, None] + 2 * torch.arange(cols)[None, :]) % len(gate.policies)
+            index = torch.where(index == len(gate.policies) - 1, 0, index)  # no COMPUTE yet
+            if layout == "checkerboard":
+                index = (torch.arange(rows)[:, None] + 2 * torch.arange(cols)[None, :]) % len(gate.policies)
+            elif layout == "corners":
+                index[0, 0] = index[-1, -1] = len(gate.policies) - 1
+            else:
+                index[rows // 4 : rows // 4 + 2, cols // 3 : cols // 3 + 2] = len(gate.policies) - 1
             scores = torch.nn.functional.one_hot(index, len(gate.policies)).permute(2, 0, 1).float()
             return scores.expand(current.shape[0], -1, -1, -1)
         gate.forward = forward
@@ -65,9 +75,10 @@ def test_dense_runner_is_the_plain_backbone_and_records_every_gated_block():
     assert sorted(state.outputs) == list(range(11)) and state.outputs[10].shape == theirs.s16.shape
 
 
-def test_sparse_blocks_compute_reuse_and_skip_exactly_where_their_gates_say():
+@pytest.mark.parametrize("layout", ["checkerboard", "corners", "block"])
+def test_sparse_blocks_compute_reuse_and_skip_exactly_where_their_gates_say(layout):
     gates, images = _gates(), _images()
-    _pattern(gates)
+    _pattern(gates, layout)
     state = LayerState()
     with torch.no_grad():
         run_backbone(backbone(), images[:1], dense_runner(gates, state))
@@ -92,7 +103,7 @@ def test_sparse_blocks_compute_reuse_and_skip_exactly_where_their_gates_say():
         assert torch.equal(out[..., pixels == SKIP], skipped[..., pixels == SKIP])
         expected = {SKIP, REUSE, COMPUTE} if block.residual else {REUSE, COMPUTE}  # only residual layers skip
         assert set(gates.gate(index).policies) == expected
-        assert expected <= set(policy.unique().tolist()) or policy.numel() < 3
+        assert expected <= set(policy.unique().tolist()) or policy.numel() < 6
 
 
 @pytest.mark.parametrize(("policy", "expected"), [(COMPUTE, 1.0), (SKIP, 0.0)])
@@ -182,6 +193,59 @@ def test_the_decoder_convolutions_are_gated_per_object_too():
     assert shares.policies["refine4"].shape[0] == 2 and 0 < float(shares.computed["refine4"]) < 1
 
 
+def test_the_object_cue_is_the_last_mask_and_its_dilations_by_8_and_24_cells():
+    probs = torch.zeros(2, 60, 70)
+    probs[0, 30, 35] = 0.8
+    cue = object_cue(probs)
+    assert cue.shape == (2, 3, 60, 70) and not cue[1].any()
+    assert torch.equal(cue[0, 0], probs[0])
+    for channel, radius in ((1, 8), (2, 24)):
+        rows, cols = cue[0, channel].nonzero().unbind(1)
+        assert (rows.min(), rows.max(), cols.min(), cols.max()) == (30 - radius, 30 + radius, 35 - radius, 35 + radius)
+        assert float(cue[0, channel].max()) == pytest.approx(0.8)
+
+
+def test_object_aware_gates_read_the_cue_of_their_own_object():
+    model = MemoryNetwork(backbone(), TINY)
+    gates = SparseGates(SparseConfig(tile=4, object_aware=True), backbone(), model.heads.decoder)
+    assert gates.gate(1).conv.in_channels == 2 * 16 + 3 and gates.gate("refine4").conv.in_channels == 2 * 8 + 3
+    with torch.no_grad():
+        for gate in gates.gates.values():
+            gate.conv.weight.zero_()
+            gate.conv.weight[:, -3:] = 1.0  # the scores follow the cue alone
+    x = torch.rand(2, 8, 32, 48)  # the decoder's stride-4 map for two objects
+    cue = torch.zeros(2, 3, 32, 48)
+    cue[1, :, :8, :8] = 1.0  # only object 1 was in the top-left corner
+    scores = gates.scores("refine4", x, x, cue)
+    moved = scores[:, :, 0, 0] - scores[:, :, 5, 5]  # the corner tile against one far from it
+    assert moved[0].abs().max() == 0 and moved[1].abs().max() > 0
+    backbone_scores = gates.scores(2, torch.rand(1, 24, 32, 48), torch.rand(1, 24, 32, 48), cue)
+    assert backbone_scores.shape[0] == 1  # one backbone pass serves every object: the cue's max
+    assert torch.equal(gates.scores("refine4", x, x, None), gates.scores("refine4", x, x, torch.zeros_like(cue)))
+
+
+def test_a_sparse_session_gives_the_gates_the_last_frames_objects():
+    from vidseg_cli.engine.segment import MemoryOptions, make_bank
+    from vidseg_cli.engine.session import VOSSession
+    from vidseg_cli.engine.sparse import SparseTracker
+    from vidseg_cli.synthetic import frames
+
+    torch.manual_seed(0)
+    base = MemoryNetwork(backbone(), TINY)
+    gates = SparseGates(SparseConfig(tile=4, object_aware=True), base.backbone, base.heads.decoder).eval()
+    model = SparseModel(base, gates).eval()
+    tracker = SparseTracker(model)
+    session = VOSSession(model, make_bank(MemoryOptions(slots=3), model.fusion()), 64, torch.device("cpu"),
+                         sparse=tracker, write_every=3)
+    seen = []
+    original = tracker.observe
+    tracker.observe = lambda probs: (seen.append(probs.clone()), original(probs))
+    for index, (image, truth) in enumerate(frames(4, 64, 96, objects=2, seed=0)):
+        session.step(image, truth if index == 0 else None)
+        assert torch.equal(tracker.state.cue, object_cue(seen[-1])) and tracker.state.cue.shape[:2] == (2, 3)
+    assert len(seen) == 4  # every frame, dense or sparse
+
+
 def _tiny_model_files(tmp_path):
     from vidseg_cli.train.vos import save_model
 
@@ -206,7 +270,8 @@ def test_train_sparse_writes_gates_that_segment_and_bench_run(vidseg, tmp_path, 
     log = (tmp_path / "run" / "train.log").read_text()
     assert gates.endswith("gates.safetensors") and "step 3/3" in log and "computed" in log
     assert "layer costs (ms): 0 " in log and "refine4" in log  # measured per gated layer
-    assert isinstance(create_sparse_model(str(base), gates, "triple"), SparseModel)
+    loaded = create_sparse_model(str(base), gates, "triple")
+    assert isinstance(loaded, SparseModel) and loaded.gates.config.object_aware  # the default
     with pytest.raises(Exception, match="trained for another model"):
         create_sparse_model(str(other), gates, "triple")
     with pytest.raises(Exception, match="for --sparse triple, not static"):

@@ -270,6 +270,7 @@ def train_sparse_command(
     max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
     gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
     cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
+    object_aware: Annotated[bool, typer.Option(help="Gates also read where the objects were on the last frame (their probabilities, dilated by 32 and 96 pixels).")] = True,
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
@@ -289,7 +290,7 @@ def train_sparse_command(
         raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
     config = SparseTrainConfig(
         steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
-        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile), cost=cost.value,
+        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware), cost=cost.value,
     )
     _prepare(out, resume, force)
     rng = make_generator(seed)

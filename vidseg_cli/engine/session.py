@@ -82,6 +82,8 @@ class VOSSession:
         if mask is not None:
             probs = self._apply_mask(probs, mask, encoded.grid)
         probs = aggregate(probs)  # (1 + objects, h, w), background first
+        if self.sparse is not None:
+            self.sparse.observe(probs[1:])
         if writes:
             self._remember(encoded, probs[1:], self.bank, permanent=mask is not None)
             if self.mirror is not None:

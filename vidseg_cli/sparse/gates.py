@@ -25,24 +25,26 @@ _START_BIAS = {COMPUTE: 3.0, REUSE: 1.5, SKIP: 0.0}
 class TripleGate(nn.Module):
     """One policy per output position of a layer with the given input channels and stride."""
 
-    def __init__(self, channels: int, stride: int, mode: str = "triple", skip: bool = True) -> None:
+    def __init__(self, channels: int, stride: int, mode: str = "triple", skip: bool = True, cues: int = 0) -> None:
         super().__init__()
         if mode not in POLICIES:
             raise ValueError(f"unknown sparse mode {mode!r}")
         self.mode, self.policies = mode, layer_policies(mode, skip)
-        inputs = channels if mode == "static" else 2 * channels
+        inputs = (channels if mode == "static" else 2 * channels) + cues
         # k=3, padding 1, stride s gives ceil(H / s) outputs: TensorFlow 'SAME', as the blocks
         self.conv = nn.Conv2d(inputs, len(self.policies), 3, stride=stride, padding=1)
         nn.init.normal_(self.conv.weight, std=1e-3)
         with torch.no_grad():
             self.conv.bias.copy_(torch.tensor([_START_BIAS[p] for p in self.policies]))
 
-    def forward(self, current: torch.Tensor, change: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, current: torch.Tensor, change: torch.Tensor | None, cue: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised policy scores P (B, policies, H_out, W_out) (eq 7's input) from the
-        layer's input and its change since the last frame (None: no last frame)."""
-        if self.mode == "static":
-            return self.conv(current)
-        return self.conv(torch.cat([change if change is not None else torch.zeros_like(current), current], dim=1))
+        layer's input, its change since the last frame (None: no last frame) and, for gates
+        built with ``cues``, the object cue on the same grid."""
+        parts = [current] if self.mode == "static" else [change if change is not None else torch.zeros_like(current), current]
+        if cue is not None:
+            parts.append(cue)
+        return self.conv(torch.cat(parts, dim=1))
 
     def decide(self, scores: torch.Tensor) -> torch.Tensor:
         """Inference: the most likely policy per position, as SKIP/REUSE/COMPUTE codes (B, H, W)."""

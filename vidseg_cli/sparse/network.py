@@ -9,8 +9,16 @@ instead of per pixel is what makes the saving real on a CPU (tiles.py); the gate
 and their absolute difference average-pooled to the tile grid, so it costs next to nothing.
 (Eq 7 feeds the gate [F_{t-1}, F_t]; a convolution over those is linear in the change and
 cannot tell a large change from a small one of the opposite sign, which is what a reuse
-decision needs: the gate reads |F_t - F_{t-1}| instead of F_{t-1}.) A gated layer runs
-three ways:
+decision needs: the gate reads |F_t - F_{t-1}| instead of F_{t-1}.)
+
+Object-aware gates (``object_aware``, our addition) also read where the objects were on the
+last frame: its object probabilities and their dilations by 32 and 96 pixels, max-pooled to
+the tile grid. SpVOS finds the decoder's work concentrated near the objects and the query
+encoder's sparsity costly everywhere; a gate that knows the distance to the objects can keep
+computing around them and reuse the background far away, where a stale feature still reads
+as background. Computed tiles then lie together, and a rectangle of them runs as one dense
+crop (tiles.py), which is what turns the saving into wall-clock time on a CPU. A gated layer
+runs three ways:
 
 * ``dense``: the plain layer; frames written to memory and the first frame (mixed sparse
   processing), and it records what the next frame's gates compare against;
@@ -42,7 +50,13 @@ from vidseg_cli.models.backbone import (
 )
 from vidseg_cli.models.memnet import Decoder
 from vidseg_cli.sparse.gates import COMPUTE, REUSE, TripleGate, compose, layer_policies
-from vidseg_cli.sparse.tiles import conv_tiles, mbconv_tiles, scatter_tiles
+from vidseg_cli.sparse.tiles import (
+    conv_region,
+    conv_tiles,
+    mbconv_region,
+    mbconv_tiles,
+    scatter_tiles,
+)
 
 SPARSE_ARCH = "sparse-gates"
 
@@ -53,6 +67,7 @@ class SparseConfig:
     tile: int = 8  # output pixels per tile side: one decision per tile
     blocks: tuple[int, ...] = tuple(range(11))  # gated backbone blocks
     decoder: tuple[str, ...] = Decoder.GATED_CONVS  # gated decoder convolutions
+    object_aware: bool = False  # gates also read the last frame's object cue (object_cue)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +80,21 @@ class SparseConfig:
 Key = int | str  # a backbone block's index or a decoder convolution's name
 Layer = MBConv | nn.Conv2d
 
+# The object cue's dilation radii, in stride-4 pixels (32 and 96 pixels of the network's input)
+CUE_RADII = (8, 24)
+CUES = 1 + len(CUE_RADII)
+
+
+def object_cue(probs: torch.Tensor) -> torch.Tensor:
+    """(O, h4, w4) object probabilities -> (O, CUES, h4, w4): the probabilities and their
+    dilations (separable max-pooling: a 49x49 window in one pass costs 25x more)."""
+    maps = [probs[:, None]]
+    for radius in CUE_RADII:
+        width = 2 * radius + 1
+        wide = F.max_pool2d(maps[0], (1, width), stride=1, padding=(0, radius))
+        maps.append(F.max_pool2d(wide, (width, 1), stride=1, padding=(radius, 0)))
+    return torch.cat(maps, dim=1)
+
 
 @dataclass
 class LayerState:
@@ -72,6 +102,7 @@ class LayerState:
 
     inputs: dict[Key, torch.Tensor] = field(default_factory=dict)
     outputs: dict[Key, torch.Tensor] = field(default_factory=dict)
+    cue: torch.Tensor | None = None  # object_cue of the last frame's probabilities (O, CUES, h4, w4)
 
     def ready(self) -> bool:
         return bool(self.outputs)
@@ -129,8 +160,9 @@ class SparseGates(nn.Module):
         super().__init__()
         self.config = config
         layers = _layers(config, backbone, decoder)
+        cues = CUES if config.object_aware else 0
         self.gates = nn.ModuleDict(
-            {str(k): TripleGate(in_channels(layer), 1, config.mode, skip=residual(layer)) for k, layer in layers.items()}
+            {str(k): TripleGate(in_channels(layer), 1, config.mode, residual(layer), cues) for k, layer in layers.items()}
         )
         self.pool = {k: config.tile * stride_of(layer) for k, layer in layers.items()}
         self.pixel_costs = {k: pixel_cost(layer) for k, layer in layers.items()}
@@ -147,18 +179,32 @@ class SparseGates(nn.Module):
     def gate(self, key: Key) -> TripleGate:
         return self.gates[str(key)]
 
-    def scores(self, key: Key, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Policy scores per tile from this frame's input and the last frame's."""
+    def scores(self, key: Key, x: torch.Tensor, previous: torch.Tensor, cue: torch.Tensor | None = None) -> torch.Tensor:
+        """Policy scores per tile from this frame's input, the last frame's and the last
+        frame's object cue (used by object-aware gates; None: no object seen yet)."""
         change = None if self.config.mode == "static" else self.pooled(key, (x - previous).abs())
-        return self.gate(key)(self.pooled(key, x), change)
+        current = self.pooled(key, x)
+        return self.gate(key)(current, change, self._cue_on_grid(cue, current) if self.config.object_aware else None)
+
+    @staticmethod
+    def _cue_on_grid(cue: torch.Tensor | None, pooled: torch.Tensor) -> torch.Tensor:
+        """The cue max-pooled to a layer's tile grid, per batch item: per object in the
+        decoder (one item per object), over all objects in the backbone (one item)."""
+        batch, grid = pooled.shape[0], pooled.shape[-2:]
+        if cue is None:
+            return pooled.new_zeros(batch, CUES, *grid)
+        if cue.shape[0] != batch:
+            cue = cue.amax(0, keepdim=True).expand(batch, -1, -1, -1)
+        return F.adaptive_max_pool2d(cue, grid)
 
 
 LayerRunner = Callable[[Key, Layer, torch.Tensor], torch.Tensor]
 
-# Above this computed share a gated layer runs dense and keeps its computed tiles: batched
-# tile convolutions of the halo'd crops cost more than the dense layer there (measured: block
-# 0 at 99% of its tiles took 28 ms tiled against 8 ms dense).
-DENSE_ABOVE = 0.5
+# What a computed tile costs run as a batch of halo'd tiles, against the same pixels in one
+# dense crop (measured: block 0 at 99% of its tiles took 28 ms tiled against 8 ms dense).
+# A gated layer runs whichever is cheapest: dense, the bounding rectangle of its computed
+# tiles as one crop, or the tiles alone.
+TILE_OVERHEAD = 3.0
 
 
 def run_backbone(backbone: EfficientNetLite0, image: torch.Tensor, run: LayerRunner) -> Features:
@@ -190,6 +236,36 @@ def _tiles(layer: Layer, x: torch.Tensor, selected: torch.Tensor, tile: int) -> 
     return conv_tiles(layer, x, selected, tile)
 
 
+def _region(layer: Layer, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    if isinstance(layer, MBConv):
+        return mbconv_region(layer, x, rows, cols)
+    return conv_region(layer, x, rows, cols)
+
+
+def bounding_tiles(selected: torch.Tensor) -> tuple[slice, slice]:
+    """The rectangle of tiles (rows, cols) bounding every selected tile of every batch item."""
+    hit = selected.flatten(0, -3).any(0)
+    rows, cols = hit.any(1).nonzero()[:, 0], hit.any(0).nonzero()[:, 0]
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _run_computed(layer: Layer, x: torch.Tensor, y: torch.Tensor, compute: torch.Tensor, tile: int) -> torch.Tensor:
+    """``y`` (the reused and skipped values) with the computed tiles computed, the cheapest way."""
+    share = float(compute.float().mean())
+    rows, cols = bounding_tiles(compute)
+    region = (rows.stop - rows.start) * (cols.stop - cols.start) / compute.shape[-1] / compute.shape[-2]
+    pixels = _to_pixels(compute, tile, y.shape[-2:])[:, None]
+    if min(region, TILE_OVERHEAD * share) >= 1.0:
+        return torch.where(pixels, layer(x), y)
+    if region <= TILE_OVERHEAD * share:
+        out_rows = slice(rows.start * tile, min(rows.stop * tile, y.shape[-2]))
+        out_cols = slice(cols.start * tile, min(cols.stop * tile, y.shape[-1]))
+        window = y[..., out_rows, out_cols]
+        window.copy_(torch.where(pixels[..., out_rows, out_cols], _region(layer, x, out_rows, out_cols), window))
+        return y
+    return scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile, inplace=True)
+
+
 def dense_runner(gates: SparseGates, state: LayerState) -> LayerRunner:
     """The plain layers, recording each gated layer's input and output."""
 
@@ -210,7 +286,7 @@ def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> Laye
     def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if key not in gates.pool or not state.knows(key, _output_shape(layer, x)):
             return dense(key, layer, x)
-        policy = gates.gate(key).decide(gates.scores(key, x, state.inputs[key]))  # (B, rows, cols) codes
+        policy = gates.gate(key).decide(gates.scores(key, x, state.inputs[key], state.cue))  # (B, rows, cols) codes
         compute = policy == COMPUTE
         share = compute.float().mean()
         if bool(compute.all()):
@@ -219,10 +295,8 @@ def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> Laye
             previous = state.outputs[key]
             reuse = _to_pixels(policy == REUSE, tile, previous.shape[-2:])[:, None]
             y = torch.where(reuse, previous, _skip_value(layer, x, previous))
-            if share > DENSE_ABOVE:  # many small tile convolutions cost more than one dense pass
-                y = torch.where(_to_pixels(compute, tile, previous.shape[-2:])[:, None], layer(x), y)
-            elif bool(compute.any()):
-                y = scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile, inplace=True)
+            if bool(compute.any()):
+                y = _run_computed(layer, x, y, compute, tile)
         state.inputs[key], state.outputs[key] = x, y
         shares.computed[key] = share
         shares.policies[key] = policy
@@ -243,7 +317,7 @@ def relaxed_runner(gates: SparseGates, state: LayerState, shares: Shares, temper
     def run(key: Key, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if key not in gates.pool or not state.knows(key, _output_shape(layer, x)):
             return dense(key, layer, x)
-        policy = gates.gate(key).one_hot(gates.scores(key, x, state.inputs[key]), temperature)  # (B, 3, rows, cols)
+        policy = gates.gate(key).one_hot(gates.scores(key, x, state.inputs[key], state.cue), temperature)  # (B, 3, rows, cols)
         computed = layer(x)
         pixels = _to_pixels(policy, tile, computed.shape[-2:])
         skipped = x if residual(layer) else None

@@ -1,4 +1,5 @@
-"""MBConv blocks evaluated on selected output tiles only: the fast path for sparse inference.
+"""MBConv blocks and convolutions evaluated on selected output tiles, or on one rectangle of
+them: the fast paths for sparse inference.
 
 Per-position gathering (gather.py, blocks.py) counts exactly the work of SpVOS's
 per-pixel policies, but on a CPU it is slower than the dense block at any useful share:
@@ -12,6 +13,12 @@ tile 1.56x.
 
 The expanded map must be zero where the dense block pads it (the depthwise kernel reads
 zeros there), not relu6(bn(0)): a validity mask of the padded input takes care of that.
+
+A region (``mbconv_region``, ``conv_region``) is the other fast path: when the computed
+tiles lie together (gates that compute around the objects make them so), the rectangle that
+bounds them runs as one dense crop, with a single halo. It computes the tiles between them
+too, but mkldnn's dense kernels on one large crop beat batches of small tiles by ~3x per
+pixel (measured: block 0 at 99% of its tiles took 28 ms tiled against 8 ms dense).
 """
 
 from __future__ import annotations
@@ -101,3 +108,38 @@ def scatter_tiles(
     tiles = canvas.view(batch, channels, grid_rows, tile, grid_cols, tile).permute(0, 2, 4, 1, 3, 5)
     tiles[selected] = rows
     return canvas[..., :height, :width]
+
+
+def _span(out_start: int, out_stop: int, stride: int, kernel: int, before: int, size: int) -> tuple[int, int, int, int]:
+    """The input rows [start, stop) that outputs [out_start, out_stop) read, clipped to the map,
+    and the zero rows (before, after) that stand for the padding outside it."""
+    start = out_start * stride - before
+    stop = (out_stop - 1) * stride - before + kernel
+    return max(start, 0), min(stop, size), max(-start, 0), max(stop - size, 0)
+
+
+def mbconv_region(block: MBConv, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """``block(x)[..., rows, cols]``, computed on that output rectangle only (eval-mode BatchNorm).
+
+    The expansion runs on the input pixels the rectangle reads and the zero padding is added
+    after it, as the dense block pads its expanded map."""
+    conv = block._depthwise_conv
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    _, (top, _, left, _) = block_geometry(block, tuple(x.shape[-2:]))
+    r0, r1, pad_top, pad_bottom = _span(rows.start, rows.stop, stride, kernel, top, x.shape[-2])
+    c0, c1, pad_left, pad_right = _span(cols.start, cols.stop, stride, kernel, left, x.shape[-1])
+    crop = x[..., r0:r1, c0:c1]
+    mid = F.relu6(block._bn0(block._expand_conv(crop))) if block.expand else crop
+    mid = F.pad(mid, (pad_left, pad_right, pad_top, pad_bottom))
+    y = F.relu6(block._bn1(F.conv2d(mid, conv.weight, None, stride, groups=conv.groups)))
+    y = block._bn2(block._project_conv(y))
+    return y + x[..., rows, cols] if block.residual else y
+
+
+def conv_region(conv: nn.Conv2d, x: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """``conv(x)[..., rows, cols]`` for a stride-1 convolution with symmetric padding k // 2."""
+    kernel = conv.kernel_size[0]
+    r0, r1, pad_top, pad_bottom = _span(rows.start, rows.stop, 1, kernel, kernel // 2, x.shape[-2])
+    c0, c1, pad_left, pad_right = _span(cols.start, cols.stop, 1, kernel, kernel // 2, x.shape[-1])
+    crop = F.pad(x[..., r0:r1, c0:c1], (pad_left, pad_right, pad_top, pad_bottom))
+    return F.conv2d(crop, conv.weight, conv.bias)

@@ -38,6 +38,7 @@ from vidseg_cli.sparse.network import (
     SparseConfig,
     SparseGates,
     dense_runner,
+    object_cue,
     relaxed_runner,
     run_backbone,
 )
@@ -92,7 +93,8 @@ def measure_layer_seconds(model: MemoryNetwork, gates: SparseGates, size: tuple[
 
 @torch.no_grad()
 def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: LayerState) -> list[Slot]:
-    """Frames 0 and 1, dense: frame 0 with its mask, frame 1 with its prediction."""
+    """Frames 0 and 1, dense: frame 0 with its mask, frame 1 with its prediction (whose
+    object cue the first sparse frame's gates read)."""
     slots = []
     for t in (0, 1):
         features = run_backbone(model.backbone, clip.images[t : t + 1], dense_runner(gates, state))
@@ -103,7 +105,13 @@ def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: 
             readout = model.read(key, slots, 1)[None]
             probs = aggregate(torch.sigmoid(model.decode(readout, features, dense_runner(gates, state))[0]))[1:]
         slots.append(Slot(key, model.values(features, probs[None])[0], frame=t, permanent=t == 0))
+    _observe(gates, state, probs)
     return slots
+
+
+def _observe(gates: SparseGates, state: LayerState, probs: torch.Tensor) -> None:
+    if gates.config.object_aware:
+        state.cue = object_cue(probs.detach())
 
 
 def sparse_loss(
@@ -126,6 +134,7 @@ def sparse_loss(
         features = run_backbone(model.backbone, clip.images[t : t + 1], run)
         readout = model.read(model.keys(features)[0], slots, 1)
         probs = aggregate(torch.sigmoid(model.decode(readout[None], features, run)[0]))
+        _observe(gates, state, probs[1:])
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         seg.append(bootstrapped_nll(full, clip.masks[t], config.top_p))
         costs = gates.costs(state.outputs) if layer_seconds is None else layer_seconds
