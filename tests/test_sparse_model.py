@@ -246,6 +246,29 @@ def test_a_sparse_session_gives_the_gates_the_last_frames_objects():
     assert len(seen) == 4  # every frame, dense or sparse
 
 
+def test_train_sparse_can_tune_the_heads_that_read_sparse_features(vidseg, tmp_path):
+    from vidseg_cli.models.registry import create_sparse_model, create_vos_model
+    from vidseg_cli.synthetic import write_davis
+
+    base, _ = _tiny_model_files(tmp_path)
+    data = write_davis(tmp_path / "davis", sequences=1, length=8, height=64, width=96)
+    common = ["train", "sparse", "--model", base, "--data", data, "--steps", "2", "--clip-length", "4",
+              "--crop", "64x96", "--max-gap", "1", "--tile", "4", "--lr", "0.01"]
+    bad = vidseg(*common, "--out", tmp_path / "bad", "--tune", "key,backbone")
+    assert bad.code == 2 and "--tune 'backbone'" in bad.stderr
+    run = vidseg(*common, "--out", tmp_path / "run", "--tune", "key,decoder")
+    assert run.code == 0, run.stderr
+    tuned = create_sparse_model(str(base), run.stdout.strip(), "triple")
+    plain = create_vos_model(str(base))
+    assert tuned.gates.config.tuned == ("key", "decoder")
+    assert not torch.equal(tuned.base.heads.decoder.refine4.weight, plain.heads.decoder.refine4.weight)
+    assert not torch.equal(tuned.base.heads.key.weight, plain.heads.key.weight)
+    assert torch.equal(tuned.base.heads.value.fuse[0].weight, plain.heads.value.fuse[0].weight)  # not tuned
+    assert tuned.base.backbone is plain.backbone  # shared, frozen
+    resumed = vidseg(*common, "--out", tmp_path / "run", "--tune", "key,decoder", "--resume")  # loads the tuned heads
+    assert resumed.code == 0, resumed.stderr
+
+
 def _tiny_model_files(tmp_path):
     from vidseg_cli.train.vos import save_model
 

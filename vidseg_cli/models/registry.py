@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -18,7 +19,12 @@ from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
 from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
 from vidseg_cli.reuse.model import ReuseModel
 from vidseg_cli.sparse.model import SparseModel
-from vidseg_cli.sparse.network import SPARSE_ARCH, SparseConfig, SparseGates
+from vidseg_cli.sparse.network import (
+    SPARSE_ARCH,
+    TUNED_PREFIX,
+    SparseConfig,
+    SparseGates,
+)
 from vidseg_cli.weights.registry import (
     entry,
     file_sha256,
@@ -120,8 +126,24 @@ def create_sparse_model(model: str, gates: str, mode: str, device: torch.device 
     config = SparseConfig.from_dict(json.loads(metadata["config"]))
     if config.mode != mode:
         raise VidsegError(f"sparse gates {gates} are for --sparse {config.mode}, not {mode}")
+    tuned = {k[len(TUNED_PREFIX):]: v for k, v in state.items() if k.startswith(TUNED_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(TUNED_PREFIX)}
+    if config.tuned:
+        base = _with_tuned_heads(base, tuned, config.tuned, path)
     module = _loaded(SparseGates(config, base.backbone, base.heads.decoder), state, path)
     return SparseModel(base, module).to(device).eval()
+
+
+def _with_tuned_heads(model: MemoryNetwork, state: dict[str, torch.Tensor], names: tuple[str, ...], path: Path) -> MemoryNetwork:
+    """A copy of ``model`` whose named heads hold the tensors trained with the gates (the
+    registry's model is shared; its own heads stay as they are)."""
+    tuned = copy.copy(model)  # shares the backbone...
+    tuned._modules = dict(model._modules)  # ...but not the module table
+    tuned.heads = copy.deepcopy(model.heads)
+    for name in names:
+        own = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        _loaded(getattr(tuned.heads, name), own, path)
+    return tuned
 
 
 def _addon(

@@ -68,14 +68,22 @@ class SparseConfig:
     blocks: tuple[int, ...] = tuple(range(11))  # gated backbone blocks
     decoder: tuple[str, ...] = Decoder.GATED_CONVS  # gated decoder convolutions
     object_aware: bool = False  # gates also read the last frame's object cue (object_cue)
+    # Heads of the memory network trained with the gates (TUNABLE_HEADS); the gates file
+    # carries them, and they replace the model's own in a sparse session, dense frames included.
+    tuned: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, fields: dict) -> SparseConfig:
-        return cls(**{**fields, "blocks": tuple(fields["blocks"]), "decoder": tuple(fields.get("decoder", ()))})
+        return cls(**{
+            **fields, "blocks": tuple(fields["blocks"]), "decoder": tuple(fields.get("decoder", ())), "tuned": tuple(fields.get("tuned", ())),
+        })
 
+
+TUNABLE_HEADS = ("key", "decoder")  # what `vidseg train sparse --tune` may adapt to sparse features
+TUNED_PREFIX = "tuned."  # their tensors in a gates file: tuned.decoder.enter.0.weight, ...
 
 Key = int | str  # a backbone block's index or a decoder convolution's name
 Layer = MBConv | nn.Conv2d

@@ -10,10 +10,16 @@ policies sampled with Gumbel-softmax (straight-through), frame after frame as at
 L_seg is the bootstrapped cross-entropy of the sparse frames; L_layer holds each block's
 computed share between bounds that relax from the target t_s to (0, 1) over training
 (eq 11), and L_global holds the cost-weighted share of all gated work at t_s (eq 12).
+
+SpVOS trains the network with its gates. ``--tune key,decoder`` does so for the heads that
+read the sparse features (at a third of the gates' learning rate), on a copy of the model;
+L_seg then also counts frame 1, which runs dense, so the tuned heads keep serving memory
+frames. The backbone stays frozen.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -29,10 +35,12 @@ from safetensors.torch import save_file
 from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.io.sinks import write_file_atomically
 from vidseg_cli.memory.bank import Slot
+from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import MemoryNetwork
 from vidseg_cli.sparse.gates import global_loss, layer_loss, relaxed_bounds
 from vidseg_cli.sparse.network import (
     SPARSE_ARCH,
+    TUNED_PREFIX,
     LayerState,
     Shares,
     SparseConfig,
@@ -47,6 +55,7 @@ from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.train.vos import on_grid
 
 CHECKPOINT = "checkpoint.pt"
+TUNED_LR_SCALE = 1 / 3  # tuned heads learn slower than the gates: they start trained
 GATES = "gates.safetensors"
 LAYER_COSTS = ("flops", "time")  # what eq 12 weighs layers by
 
@@ -92,9 +101,9 @@ def measure_layer_seconds(model: MemoryNetwork, gates: SparseGates, size: tuple[
 
 
 @torch.no_grad()
-def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: LayerState) -> list[Slot]:
+def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: LayerState) -> tuple[list[Slot], Features]:
     """Frames 0 and 1, dense: frame 0 with its mask, frame 1 with its prediction (whose
-    object cue the first sparse frame's gates read)."""
+    object cue the first sparse frame's gates read). Returns the slots and frame 1's features."""
     slots = []
     for t in (0, 1):
         features = run_backbone(model.backbone, clip.images[t : t + 1], dense_runner(gates, state))
@@ -106,7 +115,15 @@ def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: 
             probs = aggregate(torch.sigmoid(model.decode(readout, features, dense_runner(gates, state))[0]))[1:]
         slots.append(Slot(key, model.values(features, probs[None])[0], frame=t, permanent=t == 0))
     _observe(gates, state, probs)
-    return slots
+    return slots, features
+
+
+def _dense_loss(model: MemoryNetwork, features: Features, slots: list[Slot], truth: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Frame 1 from frame 0's memory, with gradients to the tuned heads."""
+    readout = model.read(model.keys(features)[0], slots[:1], 1)
+    probs = aggregate(torch.sigmoid(model.decode(readout[None], features)[0]))
+    full = F.interpolate(probs[None], size=truth.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return bootstrapped_nll(full, truth, top_p)
 
 
 def _observe(gates: SparseGates, state: LayerState, probs: torch.Tensor) -> None:
@@ -124,9 +141,11 @@ def sparse_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq 10 over the clip's sparse frames, and its parts (and the computed share) for the log."""
     state = LayerState()
-    slots = _memory_frames(model, gates, clip, state)
+    slots, features1 = _memory_frames(model, gates, clip, state)
     lower, upper = relaxed_bounds(progress, config.target)
     seg, sparsity, computed = [], [], []
+    if gates.config.tuned:
+        seg.append(_dense_loss(model, features1, slots, clip.masks[1], config.top_p))
     size = clip.masks.shape[-2:]
     for t in range(2, len(clip.masks)):
         shares = Shares()
@@ -151,16 +170,26 @@ def sparse_loss(
 
 
 class SparseTrainer:
-    """AdamW on the gates only; the memory network stays frozen and in eval mode."""
+    """AdamW on the gates and the tuned heads; the rest of the memory network stays frozen
+    (and in eval mode: BatchNorm statistics stay)."""
 
     def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: SparseTrainConfig, run_dir: Path, device: torch.device) -> None:
+        if config.gates.tuned:
+            model = copy.deepcopy(model)  # the registry's model is shared
         self.model = model.eval().requires_grad_(False)
         self.gates = SparseGates(config.gates, model.backbone, model.heads.decoder).to(device)
         self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
-        self.optimizer = torch.optim.AdamW(self.gates.parameters(), lr=config.lr, weight_decay=0.0)
+        groups = [{"params": list(self.gates.parameters()), "scale": 1.0}]
+        for head in self.tuned_heads().values():
+            head.requires_grad_(True)
+            groups.append({"params": list(head.parameters()), "scale": TUNED_LR_SCALE})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
         self.step = 0
         self.history: list[dict] = []
         self.layer_seconds = measure_layer_seconds(model, self.gates, config.crop) if config.cost == "time" else None
+
+    def tuned_heads(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self.model.heads, name) for name in self.config.gates.tuned}
 
     def learning_rate(self) -> float:
         share = self.step / max(1, self.config.steps)
@@ -170,13 +199,13 @@ class SparseTrainer:
         clip = self.sampler.sample(self.config.max_gap, still=False)
         clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
+            group["lr"] = self.learning_rate() * group["scale"]
         self.gates.train()
         progress = self.step / max(1, self.config.steps)
         loss, parts = sparse_loss(self.model, self.gates, clip, self.config, progress, self.layer_seconds)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.gates.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], 1.0)
         self.optimizer.step()
         self.step += 1
         return {"loss": loss.item(), **parts}
@@ -184,6 +213,7 @@ class SparseTrainer:
     def save_checkpoint(self) -> None:
         state = {
             "gates": self.gates.state_dict(),
+            "tuned": {name: head.state_dict() for name, head in self.tuned_heads().items()},
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "numpy_rng": self.sampler.rng.bit_generator.state,
@@ -196,6 +226,8 @@ class SparseTrainer:
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
         self.gates.load_state_dict(state["gates"])
+        for name, head in self.tuned_heads().items():
+            head.load_state_dict(state["tuned"][name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.sampler.rng.bit_generator.state = state["numpy_rng"]
@@ -205,7 +237,7 @@ class SparseTrainer:
 
     def save_gates(self, base: str) -> Path:
         path = self.run_dir / GATES
-        save_gates(self.gates, path, base, {"steps": str(self.step), "seed": str(self.config.seed)})
+        save_gates(self.gates, path, base, {"steps": str(self.step), "seed": str(self.config.seed)}, self.tuned_heads())
         return path
 
     def run(self, log: Callable[[str], None], every: int = 25, checkpoint_every: int = 250) -> None:
@@ -223,8 +255,14 @@ class SparseTrainer:
                 self.save_checkpoint()
 
 
-def save_gates(gates: SparseGates, path: Path, base: str, extra: dict[str, str] | None = None) -> None:
-    """The gates as safetensors, naming the memory network they were trained on."""
+def save_gates(
+    gates: SparseGates, path: Path, base: str, extra: dict[str, str] | None = None, tuned: dict[str, torch.nn.Module] | None = None
+) -> None:
+    """The gates (and any heads tuned with them) as safetensors, naming the memory network
+    they were trained on."""
     metadata = {"arch": SPARSE_ARCH, "config": json.dumps(gates.config.to_dict(), sort_keys=True), "base": base, **(extra or {})}
-    tensors = {name: t.detach().cpu().contiguous() for name, t in gates.state_dict().items()}
+    tensors = dict(gates.state_dict())
+    for name, head in (tuned or {}).items():
+        tensors.update({f"{TUNED_PREFIX}{name}.{k}": t for k, t in head.state_dict().items()})
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
