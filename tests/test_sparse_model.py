@@ -224,6 +224,23 @@ def test_object_aware_gates_read_the_cue_of_their_own_object():
     assert torch.equal(gates.scores("refine4", x, x, None), gates.scores("refine4", x, x, torch.zeros_like(cue)))
 
 
+def test_reuse_far_gates_never_reuse_within_32_pixels_of_an_object():
+    model = MemoryNetwork(backbone(), TINY)
+    gates = SparseGates(SparseConfig(tile=4, object_aware=True, reuse_far=True), backbone(), model.heads.decoder)
+    with torch.no_grad():
+        for gate in gates.gates.values():  # every gate prefers REUSE wherever it may
+            gate.conv.weight.zero_()
+            gate.conv.bias.copy_(torch.tensor([5.0 if p == REUSE else 0.0 for p in gate.policies]))
+    probs = torch.zeros(1, 32, 48)
+    probs[0, :4, :4] = 1.0  # an object in the top-left corner of the stride-4 map
+    near = object_cue(probs)[0, 1, ::4, ::4] > 0.5  # the 32 px dilation (8 cells) on the 8x12 tile grid
+    assert near.any() and not near.all()
+    for key, channels in ((2, 24), ("refine4", 8)):  # a backbone block and a decoder convolution
+        x = torch.rand(1, channels, 32, 48)
+        codes = gates.gate(key).decide(gates.scores(key, x, x, object_cue(probs)))[0]
+        assert not (codes[near] == REUSE).any() and (codes[~near] == REUSE).all()
+
+
 def test_a_sparse_session_gives_the_gates_the_last_frames_objects():
     from vidseg_cli.engine.segment import MemoryOptions, make_bank
     from vidseg_cli.engine.session import VOSSession

@@ -271,6 +271,7 @@ def train_sparse_command(
     gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
     cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
     object_aware: Annotated[bool, typer.Option(help="Gates also read where the objects were on the last frame (their probabilities, dilated by 32 and 96 pixels).")] = True,
+    reuse_far: Annotated[bool, typer.Option(help="Gates may reuse only farther than 32 pixels from the last frame's objects (needs --object-aware).")] = False,
     tune: Annotated[str, typer.Option(help="Heads of the memory network to train with the gates, comma-separated: key, decoder (none by default). The gates file carries them.")] = "",
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
@@ -284,6 +285,8 @@ def train_sparse_command(
         raise VidsegError("--target is a share of the work in (0, 1]")
     if tile < 1:
         raise VidsegError("--tile must be at least 1")
+    if reuse_far and not object_aware:
+        raise VidsegError("--reuse-far needs --object-aware: it reads where the objects were")
     tuned = tuple(comma_list(tune, option="--tune"))
     unknown = sorted(set(tuned) - set(TUNABLE_HEADS))
     if unknown:
@@ -295,7 +298,7 @@ def train_sparse_command(
         raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
     config = SparseTrainConfig(
         steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
-        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, tuned=tuned), cost=cost.value,
+        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, reuse_far=reuse_far, tuned=tuned), cost=cost.value,
     )
     _prepare(out, resume, force)
     rng = make_generator(seed)

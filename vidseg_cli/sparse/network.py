@@ -69,6 +69,9 @@ class SparseConfig:
     blocks: tuple[int, ...] = tuple(range(11))  # gated backbone blocks
     decoder: tuple[str, ...] = Decoder.GATED_CONVS  # gated decoder convolutions
     object_aware: bool = False  # gates also read the last frame's object cue (object_cue)
+    # REUSE only farther than 32 px from the last frame's objects (needs object_aware): reused
+    # features of a moving object are what cost accuracy (README, "which policy costs").
+    reuse_far: bool = False
     # Heads of the memory network trained with the gates (TUNABLE_HEADS); the gates file
     # carries them, and they replace the model's own in a sparse session, dense frames included.
     tuned: tuple[str, ...] = ()
@@ -193,7 +196,17 @@ class SparseGates(nn.Module):
         frame's object cue (used by object-aware gates; None: no object seen yet)."""
         change = None if self.config.mode == "static" else self.pooled(key, (x - previous).abs())
         current = self.pooled(key, x)
-        return self.gate(key)(current, change, self._cue_on_grid(cue, current) if self.config.object_aware else None)
+        if not self.config.object_aware:
+            return self.gate(key)(current, change)
+        grid = self._cue_on_grid(cue, current)
+        scores = self.gate(key)(current, change, grid)
+        policies = self.gate(key).policies
+        if self.config.reuse_far and REUSE in policies:  # no REUSE within 32 px of an object
+            near = grid[:, 1:2] > 0.5
+            mask = torch.zeros_like(scores, dtype=torch.bool)
+            mask[:, policies.index(REUSE) : policies.index(REUSE) + 1] = near
+            scores = scores.masked_fill(mask, -1e4)
+        return scores
 
     @staticmethod
     def _cue_on_grid(cue: torch.Tensor | None, pooled: torch.Tensor) -> torch.Tensor:
