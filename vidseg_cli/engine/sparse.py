@@ -17,7 +17,7 @@ from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.memnet import MemNetFrame
 from vidseg_cli.sparse.gates import SPARSE_MODES
 from vidseg_cli.sparse.model import SparseModel
-from vidseg_cli.sparse.network import LayerState, Shares, object_cue
+from vidseg_cli.sparse.network import LayerState, Shares, observe_objects
 
 SPARSE_WRITE_EVERY = 5  # SpVOS's DAVIS schedule: a memory frame every five frames
 
@@ -58,8 +58,7 @@ class SparseTracker:
 
     def observe(self, probs: torch.Tensor) -> None:
         """This frame's final object probabilities (O, h4, w4): the next frame's object cue."""
-        if self.model.gates.config.object_aware:
-            self.state.cue = object_cue(probs)
+        observe_objects(self.model.gates.config, self.state, probs)
 
     def computed(self) -> float:
         """The FLOP-weighted share of the gated layers' work this frame computed (1 when dense)."""

@@ -169,6 +169,11 @@ class MemoryNetwork(nn.Module):
         self.heads = MemNetHeads(config, EfficientNetLite0.channels)
         self.tuned_blocks: set[int] = set()  # backbone blocks this model has its own weights for
 
+    def with_own_heads(self) -> MemoryNetwork:
+        """A copy with its own heads and this model's backbone (for heads trained or loaded
+        apart from a model that others share)."""
+        return copy.deepcopy(self, memo={id(self.backbone): self.backbone})
+
     # -- differentiable pieces, batched (training uses these directly) --
 
     def features(self, images: torch.Tensor) -> Features:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -137,9 +136,7 @@ def create_sparse_model(model: str, gates: str, mode: str, device: torch.device 
 def _with_tuned_heads(model: MemoryNetwork, state: dict[str, torch.Tensor], names: tuple[str, ...], path: Path) -> MemoryNetwork:
     """A copy of ``model`` whose named heads hold the tensors trained with the gates (the
     registry's model is shared; its own heads stay as they are)."""
-    tuned = copy.copy(model)  # shares the backbone...
-    tuned._modules = dict(model._modules)  # ...but not the module table
-    tuned.heads = copy.deepcopy(model.heads)
+    tuned = model.with_own_heads()
     for name in names:
         own = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
         _loaded(getattr(tuned.heads, name), own, path)

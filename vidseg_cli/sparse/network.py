@@ -97,6 +97,13 @@ CUE_RADII = (8, 24)
 CUES = 1 + len(CUE_RADII)
 
 
+def observe_objects(config: SparseConfig, state: LayerState, probs: torch.Tensor) -> None:
+    """A frame's final object probabilities (O, h4, w4) become the next frame's object cue
+    (object-aware gates only)."""
+    if config.object_aware:
+        state.cue = object_cue(probs.detach())
+
+
 def object_cue(probs: torch.Tensor) -> torch.Tensor:
     """(O, h4, w4) object probabilities -> (O, CUES, h4, w4): the probabilities and their
     dilations (separable max-pooling: a 49x49 window in one pass costs 25x more)."""
@@ -271,19 +278,19 @@ def bounding_tiles(selected: torch.Tensor) -> tuple[slice, slice]:
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
-def _run_computed(layer: Layer, x: torch.Tensor, y: torch.Tensor, compute: torch.Tensor, tile: int) -> torch.Tensor:
-    """``y`` (the reused and skipped values) with the computed tiles computed, the cheapest way."""
-    share = float(compute.float().mean())
+def _run_computed(layer: Layer, x: torch.Tensor, y: torch.Tensor, compute: torch.Tensor, share: float, tile: int) -> torch.Tensor:
+    """``y`` (the reused and skipped values) with the computed tiles (``share`` of them)
+    computed, the cheapest way."""
     rows, cols = bounding_tiles(compute)
     region = (rows.stop - rows.start) * (cols.stop - cols.start) / compute.shape[-1] / compute.shape[-2]
-    pixels = _to_pixels(compute, tile, y.shape[-2:])[:, None]
     if min(region, TILE_OVERHEAD * share) >= 1.0:
-        return torch.where(pixels, layer(x), y)
+        return torch.where(_to_pixels(compute, tile, y.shape[-2:])[:, None], layer(x), y)
     if region <= TILE_OVERHEAD * share:
         out_rows = slice(rows.start * tile, min(rows.stop * tile, y.shape[-2]))
         out_cols = slice(cols.start * tile, min(cols.stop * tile, y.shape[-1]))
         window = y[..., out_rows, out_cols]
-        window.copy_(torch.where(pixels[..., out_rows, out_cols], _region(layer, x, out_rows, out_cols), window))
+        inside = _to_pixels(compute[..., rows, cols], tile, window.shape[-2:])[:, None]
+        window.copy_(torch.where(inside, _region(layer, x, out_rows, out_cols), window))
         return y
     return scatter_tiles(y, _tiles(layer, x, compute, tile), compute, tile, inplace=True)
 
@@ -318,7 +325,7 @@ def sparse_runner(gates: SparseGates, state: LayerState, shares: Shares) -> Laye
             reuse = _to_pixels(policy == REUSE, tile, previous.shape[-2:])[:, None]
             y = torch.where(reuse, previous, _skip_value(layer, x, previous))
             if bool(compute.any()):
-                y = _run_computed(layer, x, y, compute, tile)
+                y = _run_computed(layer, x, y, compute, float(share), tile)
         state.inputs[key], state.outputs[key] = x, y
         shares.computed[key] = share
         shares.policies[key] = policy

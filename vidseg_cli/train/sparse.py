@@ -19,7 +19,6 @@ frames. The backbone stays frozen.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -46,7 +45,7 @@ from vidseg_cli.sparse.network import (
     SparseConfig,
     SparseGates,
     dense_runner,
-    object_cue,
+    observe_objects,
     relaxed_runner,
     run_backbone,
 )
@@ -114,7 +113,7 @@ def _memory_frames(model: MemoryNetwork, gates: SparseGates, clip: Clip, state: 
             readout = model.read(key, slots, 1)[None]
             probs = aggregate(torch.sigmoid(model.decode(readout, features, dense_runner(gates, state))[0]))[1:]
         slots.append(Slot(key, model.values(features, probs[None])[0], frame=t, permanent=t == 0))
-    _observe(gates, state, probs)
+    observe_objects(gates.config, state, probs)
     return slots, features
 
 
@@ -124,11 +123,6 @@ def _dense_loss(model: MemoryNetwork, features: Features, slots: list[Slot], tru
     probs = aggregate(torch.sigmoid(model.decode(readout[None], features)[0]))
     full = F.interpolate(probs[None], size=truth.shape[-2:], mode="bilinear", align_corners=False)[0]
     return bootstrapped_nll(full, truth, top_p)
-
-
-def _observe(gates: SparseGates, state: LayerState, probs: torch.Tensor) -> None:
-    if gates.config.object_aware:
-        state.cue = object_cue(probs.detach())
 
 
 def sparse_loss(
@@ -153,7 +147,7 @@ def sparse_loss(
         features = run_backbone(model.backbone, clip.images[t : t + 1], run)
         readout = model.read(model.keys(features)[0], slots, 1)
         probs = aggregate(torch.sigmoid(model.decode(readout[None], features, run)[0]))
-        _observe(gates, state, probs[1:])
+        observe_objects(gates.config, state, probs[1:])
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         seg.append(bootstrapped_nll(full, clip.masks[t], config.top_p))
         costs = gates.costs(state.outputs) if layer_seconds is None else layer_seconds
@@ -175,7 +169,7 @@ class SparseTrainer:
 
     def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: SparseTrainConfig, run_dir: Path, device: torch.device) -> None:
         if config.gates.tuned:
-            model = copy.deepcopy(model)  # the registry's model is shared
+            model = model.with_own_heads()  # the registry's model is shared
         self.model = model.eval().requires_grad_(False)
         self.gates = SparseGates(config.gates, model.backbone, model.heads.decoder).to(device)
         self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
