@@ -282,3 +282,24 @@ def test_every_validated_model_is_kept_and_the_best_is_named(dataset, tmp_path):
     assert kept == ["model-best.safetensors"] + [f"model-step{n}.safetensors" for n in range(1, 5)]
     with open_safetensors(str(tmp_path / "model-best.safetensors"), framework="pt") as handle:
         assert handle.metadata()["steps"] == "2"  # the 0.7 one
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_goes_on_from(vidseg, dataset, tmp_path, monkeypatch):
+    import vidseg_cli.cli.train as train_cli
+
+    def one_step_then_ctrl_c(trainer, log, *args, **kwargs):
+        trainer.train_step()
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    args = ("train", "vos", "--data", dataset, "--out", run, "--steps", "2", "--crop", "48x64", "--clip-length", "3",
+            "--slots", "1", "--device", "cpu")
+    with monkeypatch.context() as patch:
+        patch.setattr(train_cli, "run_training", one_step_then_ctrl_c)
+        interrupted = vidseg(*args)
+    assert interrupted.code == 130
+    assert "interrupted at step 1; checkpoint saved" in interrupted.stderr
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
+    resumed = vidseg(*args, "--resume")
+    assert resumed.code == 0, resumed.stderr
+    assert "from step 1" in resumed.stderr and (run / "model.safetensors").is_file()

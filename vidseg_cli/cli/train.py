@@ -6,6 +6,8 @@ import itertools
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -137,21 +139,11 @@ def train_vos_command(
     target = pick_device(device.value)
     model = model.to(target)
     trainer = Trainer(model, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
-    if resume:
-        trainer.load_checkpoint()
-        _check_same(out, config)
-    else:
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    _start_or_resume(trainer, out, config, resume)
     validate = _validator(model, val, val_size, target) if val is not None else None
-    with open(out / "train.log", "a") as log_file:
-        log = _logger(log_file)
+    with _training_log(out, trainer) as log:
         log(f"training {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
-        try:
-            path = run_training(trainer, log, validate, checkpoint_every=checkpoint_every, validate_every=val_every)
-        except KeyboardInterrupt:
-            trainer.save_checkpoint()
-            log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
-            raise typer.Exit(130) from None
+        path = run_training(trainer, log, validate, checkpoint_every=checkpoint_every, validate_every=val_every)
     print(path)
 
 
@@ -236,20 +228,10 @@ def train_reuse_command(
     _prepare(out, resume, force)
     rng = make_generator(seed)
     trainer = ReuseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
-    if resume:
-        trainer.load_checkpoint()
-        _check_same(out, config)
-    else:
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    with open(out / "train.log", "a") as log_file:
-        log = _logger(log_file)
+    _start_or_resume(trainer, out, config, resume)
+    with _training_log(out, trainer) as log:
         log(f"training reuse heads for {model}: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
-        try:
-            trainer.run(log, checkpoint_every=checkpoint_every)
-        except KeyboardInterrupt:
-            trainer.save_checkpoint()
-            log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
-            raise typer.Exit(130) from None
+        trainer.run(log, checkpoint_every=checkpoint_every)
     print(trainer.save_heads(model_identity(model)))
 
 
@@ -303,23 +285,35 @@ def train_sparse_command(
     _prepare(out, resume, force)
     rng = make_generator(seed)
     trainer = SparseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, device_)
+    _start_or_resume(trainer, out, config, resume)
+    with _training_log(out, trainer) as log:
+        log(f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {trainer.step} on {device_} (seed {seed})")
+        if trainer.layer_seconds is not None:
+            log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
+        trainer.run(log, checkpoint_every=checkpoint_every)
+    print(trainer.save_gates(model_identity(model)))
+
+
+def _start_or_resume(trainer, out: Path, config, resume: bool) -> None:
+    """Resume from OUT's checkpoint (with the settings it was started with), or record them."""
     if resume:
         trainer.load_checkpoint()
         _check_same(out, config)
     else:
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+
+@contextmanager
+def _training_log(out: Path, trainer) -> Iterator[Callable[[str], None]]:
+    """A log to stderr and OUT/train.log; Ctrl-C inside saves a checkpoint and exits 130."""
     with open(out / "train.log", "a") as log_file:
         log = _logger(log_file)
-        log(f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {trainer.step} on {device_} (seed {seed})")
-        if trainer.layer_seconds is not None:
-            log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
         try:
-            trainer.run(log, checkpoint_every=checkpoint_every)
+            yield log
         except KeyboardInterrupt:
             trainer.save_checkpoint()
             log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
             raise typer.Exit(130) from None
-    print(trainer.save_gates(model_identity(model)))
 
 
 def _logger(log_file):

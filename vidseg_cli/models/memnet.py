@@ -252,3 +252,28 @@ class MemoryNetwork(nn.Module):
 
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.heads.fusion)
+
+
+class ExtendedMemoryNetwork(nn.Module):
+    """A memory network with parts added by a speed-up (reuse heads, sparse gates). Frames that
+    run the full network go through ``base`` unchanged; subclasses add the calls for the rest.
+    Like every model, it keeps no per-video state."""
+
+    def __init__(self, base: MemoryNetwork) -> None:
+        super().__init__()
+        self.base = base
+
+    def encode(self, image: torch.Tensor) -> MemNetFrame:
+        return self.base.encode(image)
+
+    def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        return self.base.segment(frame, slots, objects)
+
+    def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.memorize(frame, probs)
+
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.base.upsample(probs, image)
+
+    def fusion(self):
+        return self.base.fusion()

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.models.memnet import MemNetFrame, MemoryNetwork
+from vidseg_cli.models.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
 from vidseg_cli.reuse.heads import ReuseHeads
 
 
@@ -23,29 +22,20 @@ class Stride8Frame:
     s8: torch.Tensor  # (1, C8, h8, w8)
 
 
-class ReuseModel(nn.Module):
-    """``base`` with its reuse heads. Like every model, it keeps no per-video state."""
+class ReuseModel(ExtendedMemoryNetwork):
+    """``base`` with its reuse heads. A full frame runs ``base`` in two halves around stride 8
+    (the gate reads the first) and keeps the decoder's refined stride-8 maps (the translator
+    starts from them)."""
 
     def __init__(self, base: MemoryNetwork, heads: ReuseHeads) -> None:
-        super().__init__()
-        self.base, self.heads = base, heads
-
-    # -- the ordinary VOSModel interface, for frames that run the full network --
+        super().__init__(base)
+        self.heads = heads
 
     def encode(self, image: torch.Tensor) -> MemNetFrame:
         return self.complete(self.encode_stride8(image))
 
     def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
         return self.segment_refined(frame, slots, objects)[0]
-
-    def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.base.memorize(frame, probs)
-
-    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.base.upsample(probs, image)
-
-    def fusion(self):
-        return self.base.fusion()
 
     # -- the two halves and the reuse path --
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from vidseg_cli.memory.bank import Slot
-from vidseg_cli.models.memnet import MemNetFrame, MemoryNetwork
+from vidseg_cli.models.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
 from vidseg_cli.sparse.network import (
     LayerState,
     Shares,
@@ -19,29 +18,12 @@ from vidseg_cli.sparse.network import (
 )
 
 
-class SparseModel(nn.Module):
-    """``base`` with its sparse gates. Like every model, it keeps no per-video state."""
+class SparseModel(ExtendedMemoryNetwork):
+    """``base`` with its sparse gates; dense frames run ``base`` as it is."""
 
     def __init__(self, base: MemoryNetwork, gates: SparseGates) -> None:
-        super().__init__()
-        self.base, self.gates = base, gates
-
-    # -- the ordinary VOSModel interface: dense frames --
-
-    def encode(self, image: torch.Tensor) -> MemNetFrame:
-        return self.base.encode(image)
-
-    def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
-        return self.base.segment(frame, slots, objects)
-
-    def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.base.memorize(frame, probs)
-
-    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.base.upsample(probs, image)
-
-    def fusion(self):
-        return self.base.fusion()
+        super().__init__(base)
+        self.gates = gates
 
     # -- with the per-video layer state --
 

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -53,6 +51,7 @@ from vidseg_cli.reuse.heads import (
     mask_iou,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
+from vidseg_cli.train.loop import run_steps
 from vidseg_cli.train.vos import frame_at, on_grid
 
 CHECKPOINT = "checkpoint.pt"
@@ -203,18 +202,7 @@ class ReuseTrainer:
         return path
 
     def run(self, log: Callable[[str], None], every: int = 50, checkpoint_every: int = 250) -> None:
-        start, first, window = time.perf_counter(), self.step, []
-        while self.step < self.config.steps:
-            window.append(self.train_step())
-            if self.step % every == 0 or self.step == self.config.steps:
-                rate = (self.step - first) / (time.perf_counter() - start)
-                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                log(f"step {self.step}/{self.config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                    + f" margin {self.margin():.2f} {rate:.2f} clips/s")
-                self.history.append({"step": self.step, **{k: round(v, 5) for k, v in means.items()}})
-                window = []
-            if self.step % checkpoint_every == 0 or self.step == self.config.steps:
-                self.save_checkpoint()
+        run_steps(self, self.config.steps, log, every, checkpoint_every, status=lambda: f" margin {self.margin():.2f}")
 
 
 def save_heads(heads: ReuseHeads, path: Path, base: str, extra: dict[str, str] | None = None) -> None:

@@ -50,6 +50,7 @@ from vidseg_cli.sparse.network import (
     run_backbone,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
+from vidseg_cli.train.loop import run_steps
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.train.vos import on_grid
 
@@ -235,18 +236,7 @@ class SparseTrainer:
         return path
 
     def run(self, log: Callable[[str], None], every: int = 25, checkpoint_every: int = 250) -> None:
-        start, first, window = time.perf_counter(), self.step, []
-        while self.step < self.config.steps:
-            window.append(self.train_step())
-            if self.step % every == 0 or self.step == self.config.steps:
-                rate = (self.step - first) / (time.perf_counter() - start)
-                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                log(f"step {self.step}/{self.config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                    + f" {rate:.2f} clips/s")
-                self.history.append({"step": self.step, **{k: round(v, 5) for k, v in means.items()}})
-                window = []
-            if self.step % checkpoint_every == 0 or self.step == self.config.steps:
-                self.save_checkpoint()
+        run_steps(self, self.config.steps, log, every, checkpoint_every)
 
 
 def save_gates(

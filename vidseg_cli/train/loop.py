@@ -1,0 +1,43 @@
+"""The step loop the head trainers share: train, log running means, checkpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+
+class StepTrainer(Protocol):
+    step: int
+    history: list[dict]
+
+    def train_step(self) -> dict[str, float]: ...
+
+    def save_checkpoint(self) -> None: ...
+
+
+def run_steps(
+    trainer: StepTrainer,
+    steps: int,
+    log: Callable[[str], None],
+    every: int,
+    checkpoint_every: int,
+    status: Callable[[], str] = lambda: "",
+) -> None:
+    """Step until `steps`, logging each loss's mean over the last `every` steps (and `status()`)
+    and checkpointing every `checkpoint_every` steps and at the end."""
+    start, first, window = time.perf_counter(), trainer.step, []
+    while trainer.step < steps:
+        window.append(trainer.train_step())
+        last = trainer.step == steps
+        if trainer.step % every == 0 or last:
+            rate = (trainer.step - first) / (time.perf_counter() - start)
+            means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            log(f"step {trainer.step}/{steps} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                + status() + f" {rate:.2f} clips/s")
+            trainer.history.append({"step": trainer.step, **{k: round(v, 5) for k, v in means.items()}})
+            window = []
+        if trainer.step % checkpoint_every == 0 or last:
+            trainer.save_checkpoint()
