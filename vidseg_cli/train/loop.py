@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -41,3 +42,9 @@ def run_steps(
             window = []
         if trainer.step % checkpoint_every == 0 or last:
             trainer.save_checkpoint()
+
+
+def cosine_to_a_tenth(peak: float, step: int, steps: int) -> float:
+    """The learning rate `step` of `steps` into a cosine decay from `peak` to a tenth of it."""
+    share = step / max(1, steps)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))

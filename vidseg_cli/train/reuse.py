@@ -26,7 +26,6 @@ Either is lifted to at least the margin m (eq 4).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from vidseg_cli.reuse.heads import (
     mask_iou,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import run_steps
+from vidseg_cli.train.loop import cosine_to_a_tenth, run_steps
 from vidseg_cli.train.vos import frame_at, on_grid
 
 CHECKPOINT = "checkpoint.pt"
@@ -158,8 +157,7 @@ class ReuseTrainer:
         return self.config.margin * min(1.0, 2.0 * self.step / max(1, self.config.steps))
 
     def learning_rate(self) -> float:
-        share = self.step / max(1, self.config.steps)
-        return self.config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+        return cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
 
     def train_step(self) -> dict[str, float]:
         clip = self.sampler.sample(self.config.max_gap, still=False)

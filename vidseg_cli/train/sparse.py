@@ -20,7 +20,6 @@ frames. The backbone stays frozen.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from vidseg_cli.sparse.network import (
     run_backbone,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import run_steps
+from vidseg_cli.train.loop import cosine_to_a_tenth, run_steps
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.train.vos import on_grid
 
@@ -187,8 +186,7 @@ class SparseTrainer:
         return {name: getattr(self.model.heads, name) for name in self.config.gates.tuned}
 
     def learning_rate(self) -> float:
-        share = self.step / max(1, self.config.steps)
-        return self.config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+        return cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
 
     def train_step(self) -> dict[str, float]:
         clip = self.sampler.sample(self.config.max_gap, still=False)

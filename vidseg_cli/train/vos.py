@@ -12,7 +12,6 @@ initialised from torch's seeded generator, and a checkpoint stores both states.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.train.data import Clip, ClipSampler
+from vidseg_cli.train.loop import cosine_to_a_tenth
 from vidseg_cli.train.losses import bootstrapped_nll
 
 CHECKPOINT = "checkpoint.pt"
@@ -140,8 +140,7 @@ class Trainer:
         c = self.config
         if self.step < c.warmup:
             return c.lr * (self.step + 1) / c.warmup
-        share = (self.step - c.warmup) / max(1, c.steps - c.warmup)
-        return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+        return cosine_to_a_tenth(c.lr, self.step - c.warmup, c.steps - c.warmup)
 
     def train_step(self) -> float:
         c, rng = self.config, self.sampler.rng
