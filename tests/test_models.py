@@ -4,10 +4,11 @@ import hashlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.bank import Slot
-from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.backbone import EfficientNetLite0, MBConv, SameConv2d, conv_bn
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.refine import box_filter, refine_upsample
 from vidseg_cli.models.registry import VOS_MODELS, backbone, create_vos_model
@@ -47,6 +48,34 @@ def test_backbone_feature_strides_for_any_size(size):
     assert feats.s4.shape[1:] == (24, -(-h // 4), -(-w // 4))
     assert feats.s8.shape[1:] == (40, -(-h // 8), -(-w // 8))
     assert feats.s16.shape[1:] == (112, -(-h // 16), -(-w // 16))
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, (9, 12)), (5, 1, (8, 8)), (3, 2, (10, 12)), (5, 2, (9, 11)), (3, 2, (7, 8))])
+def test_same_conv_pads_as_tensorflow_whether_or_not_the_padding_is_symmetric(kernel, stride, size):
+    conv = SameConv2d(4, 6, kernel, stride=stride, bias=True)
+    x = torch.randn(2, 4, *size)
+    pad_h = max((-(-size[0] // stride) - 1) * stride + kernel - size[0], 0)
+    pad_w = max((-(-size[1] // stride) - 1) * stride + kernel - size[1], 0)
+    padded = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])  # extra pixel right/bottom
+    torch.testing.assert_close(conv(x), F.conv2d(padded, conv.weight, conv.bias, stride), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_batch_norm_equals_the_two_layers_in_eval_mode_and_trains_the_same():
+    torch.manual_seed(0)
+    block = MBConv(5, 2, 6, 8, 16).eval()
+    for bn in (block._bn0, block._bn1, block._bn2):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(1, 8, 17, 23)
+    unfolded = block._bn2(block._project_conv(F.relu6(block._bn1(block._depthwise_conv(F.relu6(block._bn0(block._expand_conv(x))))))))
+    torch.testing.assert_close(block(x), unfolded, rtol=1e-4, atol=1e-5)
+    block._project_conv.weight.grad = None
+    conv_bn(block._project_conv, block._bn2, x.new_ones(1, 48, 4, 4)).sum().backward()
+    folded_grad = block._project_conv.weight.grad.clone()
+    block._project_conv.weight.grad = None
+    block._bn2(block._project_conv(x.new_ones(1, 48, 4, 4))).sum().backward()
+    torch.testing.assert_close(folded_grad, block._project_conv.weight.grad)
+    block.train()  # batch statistics: the layers run apart
+    torch.testing.assert_close(block(x).mean(dim=(0, 2, 3)), block._bn2.bias.detach(), rtol=1e-4, atol=1e-4)
 
 
 def test_backbone_loads_every_tensor_strictly():

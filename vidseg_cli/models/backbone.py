@@ -37,14 +37,34 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding computed for the actual input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_to(x, self.weight, self.bias)
+
+    def apply_to(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This convolution's geometry with other weights (a BatchNorm folded in)."""
         ih, iw = x.shape[-2:]
         kh, kw = self.kernel_size
         sh, sw = self.stride
         pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        if pad_h % 2 == 0 and pad_w % 2 == 0:  # symmetric: the convolution pads, no padded copy
+            return F.conv2d(x, weight, bias, self.stride, (pad_h // 2, pad_w // 2), self.dilation, self.groups)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as (scale, shift) per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))`` for an eval-mode BatchNorm, folded into the convolution's weights: one
+    pass over the activations instead of two (the folding itself touches only the weights)."""
+    if bn.training:  # batch statistics: BatchNorm must see the convolution's output
+        return bn(conv(x))
+    scale, shift = bn_affine(bn)
+    return conv.apply_to(x, conv.weight * scale.view(-1, 1, 1, 1), shift)
 
 
 class MBConv(nn.Module):
@@ -64,9 +84,9 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
+        y = F.relu6(conv_bn(self._expand_conv, self._bn0, x)) if self.expand else x
+        y = F.relu6(conv_bn(self._depthwise_conv, self._bn1, y))
+        y = conv_bn(self._project_conv, self._bn2, y)
         return x + y if self.residual else y
 
 
@@ -112,14 +132,17 @@ class EfficientNetLite0(nn.Module):
     def to_stride8(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first half (stem and blocks 0-4): the stride-4 and stride-8 maps. A frame that
         Reuse-VOS's gate reuses stops here."""
-        x = (image - PIXEL_MEAN) / PIXEL_STD
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = self.stem(image)
         for block in self._blocks[: self._s4_end]:
             x = block(x)
         s4 = x
         for block in self._blocks[self._s4_end : self._s8_end]:
             x = block(x)
         return s4, x
+
+    def stem(self, image: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 255] -> the stride-2 stem features."""
+        return F.relu6(conv_bn(self._conv_stem, self._bn0, (image - PIXEL_MEAN) / PIXEL_STD))
 
     def stride8_to_16(self, s8: torch.Tensor) -> torch.Tensor:
         """The second half (blocks 5-10)."""

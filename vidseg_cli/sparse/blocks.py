@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidseg_cli.models.backbone import MBConv
+from vidseg_cli.models.backbone import MBConv, bn_affine
 from vidseg_cli.sparse.gather import (
-    bn_affine,
     conv_at,
     depthwise_at,
     needed_inputs,

@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -88,12 +87,6 @@ def depthwise_at(
     channels, _, kernel, _ = weight.shape
     patches = _padded_patches(x, positions, out_width, kernel, stride, padding)  # (C, N, kk)
     return torch.bmm(patches, weight.view(channels, kernel * kernel, 1))[..., 0].T
-
-
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """An eval-mode BatchNorm as (scale, shift) per channel."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
 
 
 def needed_inputs(selected: torch.Tensor, in_size: tuple[int, int], kernel: int, stride: int, top_left: tuple[int, int]) -> torch.Tensor:

@@ -43,8 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.models.backbone import (
-    PIXEL_MEAN,
-    PIXEL_STD,
     EfficientNetLite0,
     Features,
     MBConv,
@@ -238,8 +236,7 @@ TILE_OVERHEAD = 3.0
 
 def run_backbone(backbone: EfficientNetLite0, image: torch.Tensor, run: LayerRunner) -> Features:
     """The backbone's forward pass with every block call handed to ``run``."""
-    x = (image - PIXEL_MEAN) / PIXEL_STD
-    x = F.relu6(backbone._bn0(backbone._conv_stem(x)))
+    x = backbone.stem(image)
     taps = {}
     for index, block in enumerate(backbone._blocks):
         x = run(index, block, x)

@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidseg_cli.models.backbone import MBConv
+from vidseg_cli.models.backbone import MBConv, bn_affine
 from vidseg_cli.sparse.blocks import block_geometry
-from vidseg_cli.sparse.gather import bn_affine
 
 
 def tile_grid(out_size: tuple[int, int], tile: int) -> tuple[int, int]:
