@@ -241,7 +241,7 @@ def run_backbone(backbone: EfficientNetLite0, image: torch.Tensor, run: LayerRun
     for index, block in enumerate(backbone._blocks):
         x = run(index, block, x)
         taps[index + 1] = x
-    return Features(taps[backbone._s4_end], taps[backbone._s8_end], taps[backbone._s16_end])
+    return Features(*(taps[end].contiguous() for end in (backbone._s4_end, backbone._s8_end, backbone._s16_end)))
 
 
 def _output_shape(layer: Layer, x: torch.Tensor) -> torch.Size:
