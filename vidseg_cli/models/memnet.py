@@ -23,7 +23,7 @@ from torch import nn
 
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import read_values
-from vidseg_cli.models.backbone import EfficientNetLite0, Features, _channels_last
+from vidseg_cli.models.backbone import EfficientNetLite0, Features
 from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
 
 ARCH = "memnet"
@@ -126,14 +126,13 @@ class Decoder(nn.Module):
 
     def refined8(self, readout: torch.Tensor, features: Features, run: ConvRunner = run_conv) -> torch.Tensor:
         """The refined stride-8 map R8 (Reuse-VOS's name): what a reused frame translates."""
-        # channels-last, as in the backbone: these convolutions run ~1.2x faster so on a CPU
-        x = F.relu(run("enter0", self.enter[0], _channels_last(torch.cat([readout, features.s16], dim=1))))
+        x = F.relu(run("enter0", self.enter[0], torch.cat([readout, features.s16], dim=1)))
         x = F.relu(run("enter2", self.enter[2], x))
-        return self._merge(x, _channels_last(features.s8), self.up8, self.skip8, "refine8", self.refine8, run)
+        return self._merge(x, features.s8, self.up8, self.skip8, "refine8", self.refine8, run)
 
     def finish(self, refined8: torch.Tensor, s4: torch.Tensor, run: ConvRunner = run_conv) -> torch.Tensor:
         """R8 and the stride-4 features -> logits (B*O, H4, W4)."""
-        x = self._merge(_channels_last(refined8), _channels_last(s4), self.up4, self.skip4, "refine4", self.refine4, run)
+        x = self._merge(refined8, s4, self.up4, self.skip4, "refine4", self.refine4, run)
         return self.out(x)[:, 0] + self.bias
 
     @staticmethod
@@ -229,7 +228,7 @@ class MemoryNetwork(nn.Module):
         """readout (B, O, Cv, h, w) -> logits (B, O, H4, W4)."""
         b, o = readout.shape[:2]
         repeated = Features(*(t.repeat_interleave(o, dim=0) for t in (features.s4, features.s8, features.s16)))
-        return self.heads.decoder(readout.flatten(0, 1), repeated, run).reshape(b, o, *features.s4.shape[-2:])
+        return self.heads.decoder(readout.flatten(0, 1), repeated, run).view(b, o, *features.s4.shape[-2:])
 
     # -- the session's interface (models/base.py), one frame at a time --
 
