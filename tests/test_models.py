@@ -74,6 +74,8 @@ def test_folded_batch_norm_equals_the_two_layers_in_eval_mode_and_trains_the_sam
     block._project_conv.weight.grad = None
     block._bn2(block._project_conv(x.new_ones(1, 48, 4, 4))).sum().backward()
     torch.testing.assert_close(folded_grad, block._project_conv.weight.grad)
+    biased = SameConv2d(8, 16, 3, bias=True)
+    torch.testing.assert_close(conv_bn(biased, block._bn2, x), block._bn2(biased(x)), rtol=1e-4, atol=1e-5)
     block.train()  # batch statistics: the layers run apart
     torch.testing.assert_close(block(x).mean(dim=(0, 2, 3)), block._bn2.bias.detach(), rtol=1e-4, atol=1e-4)
 

@@ -64,6 +64,8 @@ def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tens
     if bn.training:  # batch statistics: BatchNorm must see the convolution's output
         return bn(conv(x))
     scale, shift = bn_affine(bn)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
     return conv.apply_to(x, conv.weight * scale.view(-1, 1, 1, 1), shift)
 
 
