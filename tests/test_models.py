@@ -80,6 +80,17 @@ def test_folded_batch_norm_equals_the_two_layers_in_eval_mode_and_trains_the_sam
     torch.testing.assert_close(block(x).mean(dim=(0, 2, 3)), block._bn2.bias.detach(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_frame_straight_from_hwc_runs_channels_last_like_any_other():
+    frame = (torch.rand(64, 80, 3) * 255).permute(2, 0, 1)[None]  # a decoded frame no resize touched
+    net = backbone()
+    with torch.inference_mode():
+        s4, s8 = net.to_stride8(frame)
+        whole = net(frame)
+        expected = net.to_stride8(frame.contiguous())[1]
+    assert torch.equal(s8, expected)  # the same kernels as for an ordinary tensor
+    torch.testing.assert_close(whole.s16, net.stride8_to_16(s8), rtol=0, atol=0)
+
+
 def test_backbone_loads_every_tensor_strictly():
     net = EfficientNetLite0()
     with pytest.raises(ValueError, match="lacks"):
