@@ -58,15 +58,20 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
+def folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm folded into the convolution before it: (weight, bias)."""
+    scale, shift = bn_affine(bn)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), shift
+
+
 def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))`` for an eval-mode BatchNorm, folded into the convolution's weights: one
     pass over the activations instead of two (the folding itself touches only the weights)."""
     if bn.training:  # batch statistics: BatchNorm must see the convolution's output
         return bn(conv(x))
-    scale, shift = bn_affine(bn)
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    return conv.apply_to(x, conv.weight * scale.view(-1, 1, 1, 1), shift)
+    return conv.apply_to(x, *folded(conv, bn))
 
 
 class MBConv(nn.Module):
@@ -142,19 +147,14 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, image: torch.Tensor) -> Features:
         """image: (B, 3, H, W) float RGB in [0, 255]."""
-        s4, s8 = self.to_stride8(image)
-        return Features(s4, s8, self.stride8_to_16(s8))
+        s4, s8 = self._first_half(image)
+        return Features(s4.contiguous(), s8.contiguous(), self._second_half(s8).contiguous())
 
     def to_stride8(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first half (stem and blocks 0-4): the stride-4 and stride-8 maps. A frame that
         Reuse-VOS's gate reuses stops here."""
-        x = self.stem(image)
-        for block in self._blocks[: self._s4_end]:
-            x = block(x)
-        s4 = x
-        for block in self._blocks[self._s4_end : self._s8_end]:
-            x = block(x)
-        return s4.contiguous(), x.contiguous()
+        s4, s8 = self._first_half(image)
+        return s4.contiguous(), s8.contiguous()
 
     def stem(self, image: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 255] -> the stride-2 stem features, channels-last (as every block's)."""
@@ -163,10 +163,22 @@ class EfficientNetLite0(nn.Module):
 
     def stride8_to_16(self, s8: torch.Tensor) -> torch.Tensor:
         """The second half (blocks 5-10)."""
-        x = _channels_last(s8)
+        return self._second_half(_channels_last(s8)).contiguous()
+
+    def _first_half(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(image)
+        for block in self._blocks[: self._s4_end]:
+            x = block(x)
+        s4 = x
+        for block in self._blocks[self._s4_end : self._s8_end]:
+            x = block(x)
+        return s4, x  # channels-last
+
+    def _second_half(self, s8: torch.Tensor) -> torch.Tensor:
+        x = s8
         for block in self._blocks[self._s8_end :]:
             x = block(x)
-        return x.contiguous()
+        return x  # channels-last
 
     def load_imagenet(self, state: dict[str, torch.Tensor]) -> None:
         """Load the full-classifier checkpoint, keeping only the trunk we build."""

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidseg_cli.models.backbone import MBConv, bn_affine
+from vidseg_cli.models.backbone import MBConv, conv_bn, folded
 from vidseg_cli.sparse.blocks import block_geometry
 
 
@@ -66,17 +66,13 @@ def mbconv_tiles(block: MBConv, x: torch.Tensor, selected: torch.Tensor, tile: i
     span = (tile - 1) * stride + kernel
     crops = _crops(x, selected, tile, stride, span, (top, left))
     if block.expand:
-        scale, shift = bn_affine(block._bn0)
-        weight = block._expand_conv.weight * scale.view(-1, 1, 1, 1)
-        mid = F.conv2d(crops, weight, shift).clamp_(0.0, 6.0)
+        mid = F.conv2d(crops, *folded(block._expand_conv, block._bn0)).clamp_(0.0, 6.0)
         inside = _crops(torch.ones_like(x[:, :1]), selected, tile, stride, span, (top, left))
         mid = mid * inside  # the dense block's padding is zero after the expansion too
     else:
         mid = crops
-    scale, shift = bn_affine(block._bn1)
-    y = F.conv2d(mid, conv.weight * scale.view(-1, 1, 1, 1), shift, stride, groups=conv.groups).clamp_(0.0, 6.0)
-    scale, shift = bn_affine(block._bn2)
-    y = F.conv2d(y, block._project_conv.weight * scale.view(-1, 1, 1, 1), shift)
+    y = F.conv2d(mid, *folded(conv, block._bn1), stride, groups=conv.groups).clamp_(0.0, 6.0)
+    y = F.conv2d(y, *folded(block._project_conv, block._bn2))
     if block.residual:  # stride 1, same channels: the input under each output pixel
         y = y + crops[:, :, top : top + tile, left : left + tile]
     return y
@@ -128,10 +124,10 @@ def mbconv_region(block: MBConv, x: torch.Tensor, rows: slice, cols: slice) -> t
     r0, r1, pad_top, pad_bottom = _span(rows.start, rows.stop, stride, kernel, top, x.shape[-2])
     c0, c1, pad_left, pad_right = _span(cols.start, cols.stop, stride, kernel, left, x.shape[-1])
     crop = x[..., r0:r1, c0:c1]
-    mid = F.relu6(block._bn0(block._expand_conv(crop))) if block.expand else crop
+    mid = F.relu6(conv_bn(block._expand_conv, block._bn0, crop)) if block.expand else crop
     mid = F.pad(mid, (pad_left, pad_right, pad_top, pad_bottom))
-    y = F.relu6(block._bn1(F.conv2d(mid, conv.weight, None, stride, groups=conv.groups)))
-    y = block._bn2(block._project_conv(y))
+    y = F.relu6(F.conv2d(mid, *folded(conv, block._bn1), stride, groups=conv.groups))
+    y = conv_bn(block._project_conv, block._bn2, y)
     return y + x[..., rows, cols] if block.residual else y
 
 
