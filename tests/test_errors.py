@@ -113,13 +113,25 @@ def test_corrupt_video_reports_frames_done(vidseg, tmp_path, clip):
 
 def test_existing_output_needs_force(vidseg, tmp_path, clip):
     out = tmp_path / "out"
+    run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64")
+    assert run.code == 0
+    (out / "00011.png").write_bytes(b"stale")
+    run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64")
+    assert run.code == 2 and "already exists; pass --force" in run.stderr
+    assert (out / "00011.png").read_bytes() == b"stale"
+    run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64", "--force")
+    assert run.code == 0 and (out / "00011.png").read_bytes() != b"stale"
+    assert leftovers(tmp_path) == []
+
+
+def test_force_never_replaces_what_vidseg_did_not_write(vidseg, tmp_path, clip):
+    out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64")
-    assert run.code == 2 and "already exists" in run.stderr
-    assert (out / "keep.txt").read_text() == "precious"
-    run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64", "--force")
-    assert run.code == 0 and not (out / "keep.txt").exists() and (out / "00011.png").exists()
+    for extra in ((), ("--force",)):
+        run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--size", "64", *extra)
+        assert run.code == 2 and "is not a vidseg output" in run.stderr and "--force" not in run.stderr
+        assert (out / "keep.txt").read_text() == "precious"
     assert leftovers(tmp_path) == []
 
 

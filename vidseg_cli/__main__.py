@@ -1,3 +1,3 @@
-from vidseg_cli.cli.app import main
+from vidseg_cli.cli.main import main
 
 main()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from vidseg_cli import __version__
 from vidseg_cli.cli.bench import bench_command
+from vidseg_cli.cli.common import say_error
 from vidseg_cli.cli.segment import segment_command
 from vidseg_cli.cli.train import train_app
 from vidseg_cli.cli.weights import weights_app
@@ -36,5 +39,54 @@ def main_options(
     """Video segmentation with a streaming memory engine."""
 
 
+def run(argv: list[str]) -> int:
+    """Run the command line; returns the exit code. Usage errors become one line on stderr
+    (exit 2); a command group given no arguments prints its help on stderr (exit 2)."""
+    try:
+        code = command().main(args=argv, prog_name="vidseg", standalone_mode=False)
+    except Exception as error:  # click's exceptions; Typer >= 0.20 vendors its own click
+        kind = type(error).__name__
+        if kind == "NoArgsIsHelpError":
+            sys.stderr.write(error.format_message() + "\n")
+            return 2
+        if kind == "Abort":  # click's word for Ctrl-C during a prompt or parsing
+            raise KeyboardInterrupt from error
+        if not hasattr(error, "format_message") or not hasattr(error, "exit_code"):
+            raise
+        return _one_line(error)
+    return code if isinstance(code, int) else 0
+
+
+def command():
+    """The click command tree of ``app``, with help that shows flags as flags (Typer 0.2x
+    writes ``--force <bool>``) and arguments by their upper-case name (not ``{input}``)."""
+    root = typer.main.get_command(app)
+    _tidy_help(root)
+    return root
+
+
+def _tidy_help(node) -> None:
+    for param in node.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = name = param.name.upper()
+            if hasattr(param, "_usage_display_name"):  # Typer's usage line wraps it in {}
+                param._usage_display_name = lambda name=name: name
+    for child in getattr(node, "commands", {}).values():
+        _tidy_help(child)
+
+
+def _one_line(error: Exception) -> int:
+    """``error: <message> (see: vidseg segment --help)``, as VidsegError prints."""
+    message = " ".join(error.format_message().replace("Value error, ", "").split())
+    context = getattr(error, "ctx", None)
+    hint = f" (see: {context.command_path} --help)" if context is not None else ""
+    say_error(f"{message}{hint}")
+    return error.exit_code
+
+
 def main() -> None:
-    app(prog_name="vidseg")
+    from vidseg_cli.cli.main import main as entry
+
+    entry()

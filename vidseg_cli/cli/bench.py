@@ -24,7 +24,7 @@ from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.cli.common import Device, comma_list, json_text, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, FUSIONS, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.sinks import refuse_existing, write_file_atomically
+from vidseg_cli.io.outputs import refuse_existing, write_file_atomically
 from vidseg_cli.memory.policies import POLICIES
 from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
 from vidseg_cli.synthetic import write_davis

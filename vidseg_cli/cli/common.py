@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from vidseg_cli.errors import VidsegError
+from vidseg_cli.cli.main import say_interrupted
+from vidseg_cli.errors import VidsegError, os_error_text
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
 stderr = Console(stderr=True)
@@ -34,20 +36,29 @@ class Device(str, enum.Enum):
 
 
 def user_errors(command: F) -> F:
-    """Turn VidsegError into one line on stderr and exit code 2, never a traceback."""
+    """Turn VidsegError into one line on stderr and its exit code (2: bad input, 1: an
+    output that could not be written), Ctrl-C and SIGTERM into one line and 130 or 143;
+    never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except VidsegError as error:
-            stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            say_error(str(error))
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            stderr.print("interrupted; nothing was written")
-            raise typer.Exit(130) from None
+        except OSError as error:  # a safety net: outputs turn their own errors into VidsegError
+            say_error(os_error_text(error))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as error:
+            raise typer.Exit(say_interrupted(error)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def say_error(message: str) -> None:
+    text = escape(" ".join(message.split()))  # one line; a path's [brackets] are not markup
+    stderr.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
 
 
 def comma_list(text: str, cast: Callable = str, option: str | None = None) -> list:

@@ -69,7 +69,7 @@ def segment_command(
     mask: Annotated[
         list[str],
         typer.Option(
-            "--mask", "-m",
+            "--mask", "-m", metavar="PNG|N:PNG|DIR",
             help="PNG (frame 0), N:PNG (frame N) or DIR (files named by frame index). Repeatable.",
         ),
     ],

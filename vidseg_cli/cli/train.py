@@ -21,7 +21,7 @@ from vidseg_cli.bench.runner import Config, evaluate
 from vidseg_cli.cli.common import Device, comma_list, stderr, user_errors
 from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.sinks import refuse_existing
+from vidseg_cli.io.outputs import refuse_existing
 from vidseg_cli.memory.policies import UPDATE_RULES
 from vidseg_cli.models.fusion_cell import FUSION_CANDIDATES
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork

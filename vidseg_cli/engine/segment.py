@@ -20,7 +20,8 @@ from vidseg_cli.engine.sparse import SparseOptions, SparseTracker
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource, open_frames
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
-from vidseg_cli.io.sinks import Sink, StagedOutput, make_sinks
+from vidseg_cli.io.outputs import StagedOutput
+from vidseg_cli.io.sinks import Sink, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.policies import make_policy
@@ -99,9 +100,11 @@ class SegmentSummary:
 
 
 def default_output(input_path: Path) -> Path:
-    """``clip.mp4`` -> ``clip_masks/`` beside it; ``frames/`` -> ``frames_masks/``."""
-    name = input_path.name if input_path.is_dir() else input_path.stem
-    return input_path.resolve().parent / f"{name}_masks"
+    """``clip.mp4`` -> ``clip_masks/`` beside it; ``frames/`` -> ``frames_masks/``, also
+    when the folder is given as ``.`` (its resolved name)."""
+    resolved = input_path.resolve()
+    name = resolved.name if resolved.is_dir() else resolved.stem
+    return resolved.parent / f"{name}_masks"
 
 
 def pick_device(name: str) -> torch.device:
@@ -234,14 +237,15 @@ def segment(options: SegmentOptions, progress: Progress | None = None) -> Segmen
         reader = MaskReader(source.size, resize=options.resize_mask)
         _check_masks(masks, reader, source)
         target = options.out or default_output(options.input)
-        staged = StagedOutput(target, force=options.force)
+        inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
+        staged = StagedOutput(target, force=options.force, inputs=inputs)
         try:
             summary = _run(options, source, masks, reader, staged.staging, device, progress)
             staged.commit()
         except BaseException:
             staged.abort()
             raise
-    summary.output = str(target)
+    summary.output = str(staged.target)
     return summary
 
 
@@ -268,16 +272,14 @@ def _run(
     model = build_model(options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates)
     session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse, options.tta)
     computed = []
-    sinks = make_sinks(options.format, folder, source.time_base)
     by_frame = {mask.frame: mask.path for mask in masks}
     summary = SegmentSummary(input=str(options.input), output="")
     start = time.perf_counter()
-    try:
+    with open_sinks(options.format, folder, source.time_base) as sinks:
         for frame in source:
             mask = reader.read(by_frame[frame.index]) if frame.index in by_frame else None
             result = session.step(frame.image, mask)
-            for sink in sinks:
-                sink.write(frame, result.labels)
+            write_all(sinks, frame, result.labels)
             summary.frames += 1
             summary.memory_slots_max = max(summary.memory_slots_max, result.slots)
             summary.memory_bytes_max = max(summary.memory_bytes_max, result.memory_bytes)
@@ -285,10 +287,6 @@ def _run(
             computed.append(result.computed)
             if progress:
                 progress(summary.frames, source.count)
-    finally:
-        for sink in sinks:
-            with contextlib.suppress(Exception):
-                sink.close()
     late = [m for m in masks if m.frame >= summary.frames]
     if late:
         raise VidsegError(

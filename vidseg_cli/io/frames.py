@@ -15,11 +15,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from vidseg_cli.errors import VidsegError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+from vidseg_cli.io.images import is_listed_image, load_image, to_rgb
 FOLDER_TIME_BASE = Fraction(1, 25)  # image folders have no timing: 25 fps
 
 
@@ -63,9 +61,10 @@ def natural_key(path: Path) -> list:
 class FolderSource(FrameSource):
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.files = sorted(
-            (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key
-        )
+        try:
+            self.files = sorted((p for p in path.iterdir() if is_listed_image(p)), key=natural_key)
+        except OSError as error:
+            raise VidsegError(f"cannot list frames in folder {path}: {error.strerror}") from None
         if not self.files:
             raise VidsegError(f"no .jpg or .png frames in folder {path}")
         self.size = _read_image(self.files[0]).shape[:2]
@@ -84,11 +83,8 @@ class FolderSource(FrameSource):
 
 
 def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))  # writable, as torch.from_numpy wants
-    except (OSError, UnidentifiedImageError) as error:
-        raise VidsegError(f"cannot read image {path}: {error}") from None
+    image, _ = load_image(path, "frame")
+    return to_rgb(image, path)
 
 
 class VideoSource(FrameSource):

@@ -1,16 +1,14 @@
 """Output sinks: palette PNG sequence, lossless label video, colour overlay video.
 
-All sinks write into a staging folder; ``StagedOutput`` moves it into place only when the
-whole run succeeded, so a failed run leaves nothing behind and an existing output is
-replaced only with --force.
+All sinks write into a staging folder; ``io.outputs.StagedOutput`` moves it into place only
+when the whole run succeeded (and every file was closed without error), so a failed run
+leaves nothing behind and an existing output is replaced only with --force.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
+import contextlib
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from vidseg_cli.errors import VidsegError
+from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame
 from vidseg_cli.io.palette import davis_palette
 
@@ -146,64 +144,36 @@ def make_sinks(fmt: str, folder: Path, time_base: Fraction) -> list[Sink]:
     kinds["all"] = [PngSink, LabelVideoSink, OverlaySink]
     if fmt not in kinds:
         raise VidsegError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    return [kind(folder) if kind is PngSink else kind(folder, time_base) for kind in kinds[fmt]]
+    try:
+        return [kind(folder) if kind is PngSink else kind(folder, time_base) for kind in kinds[fmt]]
+    except OSError as error:
+        raise OutputError(f"cannot write the output: {os_error_text(error)}") from None
 
 
-class StagedOutput:
-    """An output folder written atomically.
-
-    Work goes into a hidden sibling folder; ``commit`` renames it into place (replacing an
-    existing folder only when ``force``), ``abort`` deletes it. Same filesystem, so the
-    final rename is atomic.
-    """
-
-    def __init__(self, target: Path, force: bool) -> None:
-        self.target = target
-        self.force = force
-        if target.exists() and not force:
-            raise VidsegError(f"output {target} already exists; pass --force to overwrite it")
-        parent = target.parent
+@contextlib.contextmanager
+def open_sinks(fmt: str, folder: Path, time_base: Fraction) -> Iterator[list[Sink]]:
+    """The sinks of a format, closed at the end. A failure to flush or close a file fails
+    the run like a failed write: a video cut short by a full disk is never published.
+    When the run already failed, closing is best effort and the first error stands."""
+    sinks = make_sinks(fmt, folder, time_base)
+    try:
+        yield sinks
+    except BaseException:
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+        raise
+    for sink in sinks:
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+            sink.close()
         except OSError as error:
-            raise VidsegError(f"cannot create output in {parent}: {error.strerror}") from None
-
-    def commit(self) -> None:
-        old = None
-        if self.target.exists():
-            if not self.force:
-                raise VidsegError(f"output {self.target} appeared while running; not overwriting it")
-            old = self.target.with_name(f".{self.target.name}.{os.getpid()}.old")
-            os.replace(self.target, old)
-        os.replace(self.staging, self.target)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-    def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+            raise OutputError(f"cannot write the output: {os_error_text(error)}") from None
 
 
-def refuse_existing(target: Path, force: bool) -> None:
-    """Check before long work starts, so a run is not lost to an existing file at the end."""
-    if target.exists() and not force:
-        raise VidsegError(f"output {target} already exists; pass --force to overwrite it")
-
-
-def write_file_atomically(target: Path, write: Callable[[Path], None], force: bool) -> None:
-    """``write(tmp)`` fills a hidden sibling file that then replaces ``target`` in one rename."""
-    refuse_existing(target, force)
+def write_all(sinks: list[Sink], frame: Frame, labels: np.ndarray) -> None:
+    """One frame to every sink; a write error (disk full, file too large) is one line."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{target.suffix}", dir=target.parent)
-        os.close(handle)
+        for sink in sinks:
+            sink.write(frame, labels)
     except OSError as error:
-        raise VidsegError(f"cannot write {target}: {error.strerror}") from None
-    staging = Path(name)
-    try:
-        write(staging)
-        os.replace(staging, target)
-    except OSError as error:
-        raise VidsegError(f"cannot write {target}: {error.strerror}") from None
-    finally:
-        staging.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the output: {os_error_text(error)}") from None

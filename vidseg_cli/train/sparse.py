@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from vidseg_cli.engine.aggregate import aggregate
-from vidseg_cli.io.sinks import write_file_atomically
+from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import MemoryNetwork

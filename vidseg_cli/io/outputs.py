@@ -1,0 +1,171 @@
+"""Where results are written, without ever losing a user's data.
+
+* An output may not be, contain or lie inside any input (the video, a frame folder, a
+  mask, a mask folder, a dataset): ``--out`` set to the input's folder would otherwise
+  be replaced by a folder of PNGs.
+* Work goes into a hidden staging sibling that is renamed into place only when the whole
+  run succeeded (same filesystem, so the rename is atomic); a failed or interrupted run
+  removes it, and the parent folders it created.
+* ``--force`` replaces only what vidseg wrote before: a folder carrying the ``.vidseg``
+  marker (or, from before the marker, holding nothing but vidseg's output names), or a
+  regular file, never a folder, in place of a report or a model file.
+* Permissions follow the umask (``mkdtemp`` and ``mkstemp`` create 0700 and 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from vidseg_cli import __version__
+from vidseg_cli.errors import OutputError, VidsegError, os_error_text
+
+MARKER = ".vidseg"
+# what an output folder written before the marker existed may hold
+_LEGACY_OUTPUT = re.compile(r"^(\d{5}\.png|labels\.mkv|overlay\.mp4)$")
+
+
+def resolve_output(target: Path, inputs: Iterable[Path] = ()) -> Path:
+    """The absolute output path; refuses one that is, contains or lies inside an input."""
+    resolved = Path(os.path.abspath(target)).resolve()
+    if resolved.parent == resolved:
+        raise VidsegError(f"cannot write the output to the filesystem root {target}")
+    for given in inputs:
+        source = Path(os.path.abspath(given)).resolve()
+        if resolved == source or resolved in source.parents or source in resolved.parents:
+            relation = "is" if resolved == source else ("contains" if resolved in source.parents else "lies inside")
+            raise VidsegError(f"output {target} {relation} the input {given}: choose another --out")
+    return resolved
+
+
+def is_vidseg_output(folder: Path) -> bool:
+    """A folder vidseg published (marked), or one that holds only its output names."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if (folder / MARKER).is_file():
+        return True
+    return all(_LEGACY_OUTPUT.match(entry.name) for entry in folder.iterdir())
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """0o666 less the umask, as ``open()`` creates a file."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """0o777 less the umask, as ``mkdir`` creates a folder."""
+    return 0o777 & ~_umask()
+
+
+def _refuse_folder(target: Path, force: bool) -> None:
+    if not os.path.lexists(target):
+        return
+    if not is_vidseg_output(target):
+        raise VidsegError(f"output {target} already exists and is not a vidseg output; choose another --out")
+    if not force:
+        raise VidsegError(f"output {target} already exists; pass --force to replace it")
+
+
+def refuse_existing(target: Path, force: bool) -> None:
+    """For a file output, checked before long work starts: an existing file is replaced
+    only with --force, a folder (or anything that is not a regular file) never."""
+    if not os.path.lexists(target):
+        return
+    if not target.is_file() or target.is_symlink():
+        raise VidsegError(f"output {target} exists and is not a file; choose another path")
+    if not force:
+        raise VidsegError(f"output {target} already exists; pass --force to overwrite it")
+
+
+class _CreatedParents:
+    """Parent folders made for an output, removed again (if still empty) when it fails."""
+
+    def __init__(self, parent: Path) -> None:
+        missing = []
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        self.made: list[Path] = []
+        for folder in reversed(missing):
+            folder.mkdir()
+            self.made.append(folder)
+
+    def remove(self) -> None:
+        for folder in reversed(self.made):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty any more: someone else uses it
+
+
+class StagedOutput:
+    """An output folder written atomically; ``staging`` is where the work goes."""
+
+    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+        self.target = resolve_output(target, inputs)
+        self.force = force
+        _refuse_folder(self.target, force)
+        try:
+            self._parents = _CreatedParents(self.target.parent)
+            staging = tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
+        except OSError as error:
+            raise OutputError(f"cannot create the output {target}: {os_error_text(error)}") from None
+        self.staging = Path(staging)
+        os.chmod(self.staging, folder_mode())
+
+    def commit(self) -> None:
+        """Mark the folder as vidseg's and rename it into place."""
+        try:
+            (self.staging / MARKER).write_text(
+                f"written by vidseg {__version__}; `--force` may replace this folder\n"
+            )
+            old = None
+            if os.path.lexists(self.target):
+                _refuse_folder(self.target, self.force)  # it may have appeared while running
+                old = self.target.with_name(f".{self.target.name}.{os.getpid()}.old")
+                os.replace(self.target, old)
+            os.replace(self.staging, self.target)
+        except OSError as error:
+            self.abort()
+            raise OutputError(f"cannot publish the output {self.target}: {os_error_text(error)}") from None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self._parents.remove()
+
+
+def write_file_atomically(
+    target: Path, write: Callable[[Path], None], force: bool, inputs: Iterable[Path] = ()
+) -> None:
+    """``write(tmp)`` fills a hidden sibling file that then replaces ``target`` in one rename."""
+    resolved = resolve_output(target, inputs)
+    refuse_existing(resolved, force)
+    try:
+        parents = _CreatedParents(resolved.parent)
+        handle, name = tempfile.mkstemp(prefix=f".{resolved.name}.", suffix=f".partial{resolved.suffix}", dir=resolved.parent)
+        os.close(handle)
+    except OSError as error:
+        raise OutputError(f"cannot write {target}: {os_error_text(error)}") from None
+    staging = Path(name)
+    try:
+        write(staging)
+        os.chmod(staging, file_mode())
+        os.replace(staging, resolved)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        parents.remove()
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {target}: {os_error_text(error)}") from None
+        raise
