@@ -27,6 +27,7 @@ from vidseg_cli.engine.segment import (
     peak_rss_bytes,
     sparse_gates_name,
     validate_memory,
+    validate_size,
 )
 from vidseg_cli.engine.sparse import SPARSE_WRITE_EVERY, SparseOptions
 from vidseg_cli.io.frames import FolderSource
@@ -186,6 +187,7 @@ def run(
 ) -> tuple[list[Result], int]:
     """Returns the results and the peak RSS in bytes."""
     for config in configs:
+        validate_size(config.size)
         validate_memory(config.memory, permanent=max(len(s.prompts) for s in sequences))
         check_tta(config.tta, config.reuse, config.sparse)
     models = {}
@@ -248,7 +250,8 @@ def _run_one(
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
         result.peak_cuda_bytes = max(result.peak_cuda_bytes or 0, peak)
-    per_object = evaluate_sequence(predictions, sequence.truths, sequence.objects)
+    paired = [predictions[index] for index in sequence.annotated]  # by frame index, never by position
+    per_object = evaluate_sequence(paired, sequence.truths, sequence.objects)
     result.scores[sequence.name] = list(per_object.values())
     result.memory[sequence.name] = memory
 

@@ -24,7 +24,7 @@ from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.cli.common import Device, comma_list, json_text, stderr, user_errors
 from vidseg_cli.engine.segment import DEFAULT_SIZE, FUSIONS, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.outputs import refuse_existing, write_file_atomically
+from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_atomically
 from vidseg_cli.memory.policies import POLICIES
 from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
 from vidseg_cli.synthetic import write_davis
@@ -56,7 +56,7 @@ def bench_command(
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
-    outputs = _Outputs(json_path, csv_path, plot, force)
+    outputs = _Outputs(json_path, csv_path, plot, force, inputs=[data] if data is not None else [])
     use_all_cores()
     target = pick_device(device.value)
     if size is None:
@@ -85,28 +85,43 @@ def bench_command(
     report = {
         "dataset": str(data) if data else "synthetic",
         "sequences": [s.name for s in loaded],
-        "frames": sum(len(s.truths) for s in loaded),
+        "frames": sum(s.frame_count for s in loaded),
+        "scored_frames": sum(len(s.scored) for s in loaded),
         "device": str(target),
         "machine": _machine(),
         "peak_rss_mb": round(peak / 2**20, 1),
         "results": [r.summary() for r in results],
     }
     _table(report)
+    _say_sparse_annotations(loaded)
     outputs.write(report, plot_results)
+
+
+def _say_sparse_annotations(loaded: list) -> None:
+    """Where not every frame is annotated, say what J&F was computed on."""
+    sparse = [s for s in loaded if s.annotated != list(range(s.frame_count))]
+    if sparse:
+        names = ", ".join(f"{s.name} ({len(s.annotated)} of {s.frame_count})" for s in sparse[:5])
+        more = f" and {len(sparse) - 5} more" if len(sparse) > 5 else ""
+        stderr.print(
+            f"annotated frames only: {names}{more}; J and F score the annotated frames (paired by file name), "
+            "less the first and the last, as DAVIS does",
+            highlight=False,
+        )
 
 
 class _Outputs:
     """Where the report goes; file targets are checked before the (long) run starts."""
 
-    def __init__(self, json_path: str | None, csv_path: str | None, plot: Path | None, force: bool) -> None:
-        self.json, self.csv, self.plot, self.force = json_path, csv_path, plot, force
+    def __init__(
+        self, json_path: str | None, csv_path: str | None, plot: Path | None, force: bool, inputs: list[Path]
+    ) -> None:
+        self.json, self.csv, self.plot, self.force, self.inputs = json_path, csv_path, plot, force, inputs
         if plot is not None and plot.suffix.lower() != ".png":
             raise VidsegError(f"--plot writes PNG: give a .png path, not {plot}")
-        for path in (json_path, csv_path):
-            if path not in (None, "-"):
-                refuse_existing(Path(path), force)
-        if plot is not None:
-            refuse_existing(plot, force)
+        files = [Path(p) for p in (json_path, csv_path) if p not in (None, "-")] + ([plot] if plot is not None else [])
+        for path in files:
+            refuse_existing(resolve_output(path, inputs), force)
 
     def write(self, report: dict, plotter: Callable[[dict, Path], None], rows: list[dict] | None = None) -> None:
         if self.json is not None:
@@ -114,7 +129,7 @@ class _Outputs:
         if self.csv is not None:
             self._text(self.csv, _csv_text(rows if rows is not None else report["results"]))
         if self.plot is not None:
-            write_file_atomically(self.plot, lambda staging: plotter(report, staging), self.force)
+            write_file_atomically(self.plot, lambda staging: plotter(report, staging), self.force, self.inputs)
             stderr.print(f"plot written to {self.plot}")
 
     def _text(self, path: str, text: str) -> None:
@@ -122,7 +137,7 @@ class _Outputs:
             sys.stdout.write(text)
             sys.stdout.flush()
             return
-        write_file_atomically(Path(path), lambda staging: staging.write_text(text), self.force)
+        write_file_atomically(Path(path), lambda staging: staging.write_text(text), self.force, self.inputs)
 
 
 def _select(loaded: list, names: str | None) -> list:
@@ -179,7 +194,7 @@ def _new_table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def _table(report: dict) -> None:
-    title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames"
+    title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames ({report['scored_frames']} scored)"
     cuda = report["device"].startswith("cuda")
     reusing = any(r["reuse"] < 1 for r in report["results"])
     sparse = any(r.get("sparse", "none") != "none" for r in report["results"])

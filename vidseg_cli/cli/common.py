@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -70,9 +71,21 @@ def comma_list(text: str, cast: Callable = str, option: str | None = None) -> li
 
 
 def json_text(data: Any) -> str:
+    """Strict JSON: NaN and infinities (which ``json`` would write as the non-JSON
+    ``NaN``) become null."""
     if is_dataclass(data):
         data = asdict(data)
-    return json.dumps(data, indent=2) + "\n"
+    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def print_json(data: Any) -> None:

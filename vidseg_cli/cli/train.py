@@ -19,9 +19,9 @@ import typer
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
 from vidseg_cli.cli.common import Device, comma_list, stderr, user_errors
-from vidseg_cli.engine.segment import MemoryOptions, pick_device, use_all_cores
+from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.outputs import refuse_existing
+from vidseg_cli.io.outputs import MARKER, refuse_existing, resolve_output
 from vidseg_cli.memory.policies import UPDATE_RULES
 from vidseg_cli.models.fusion_cell import FUSION_CANDIDATES
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
@@ -88,10 +88,10 @@ def train_vos_command(
     data: Annotated[Path, typer.Option(help="Training data in DAVIS layout.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
     val: Annotated[Path | None, typer.Option(help="Validation data in DAVIS layout (J&F at intervals).")] = None,
-    steps: Annotated[int, typer.Option(help="Training clips (one optimiser step each).")] = TrainConfig.steps,
+    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = TrainConfig.steps,
     seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
-    clip_length: Annotated[int, typer.Option(help="Frames per clip.")] = TrainConfig.clip_length,
-    slots: Annotated[int, typer.Option(help="stremn slots during training (< clip length - 1 to fuse).")] = TrainConfig.slots,
+    clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip.")] = TrainConfig.clip_length,
+    slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="stremn slots during training (< clip length - 1 to fuse).")] = TrainConfig.slots,
     update: Annotated[str, typer.Option(help="stremn update rules drawn from per training clip, e.g. ABCD or C.")] = TrainConfig.rules,
     crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = TrainConfig.lr,
@@ -103,9 +103,9 @@ def train_vos_command(
     init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture; --fusion-candidate may change how its cell uses its tensors) instead of fresh heads.")] = None,
     train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
     fusion_distill: Annotated[float, typer.Option(help="Weight of the fusion loss: a bank with fused slots should read like one that dropped nothing.")] = 0.0,
-    val_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 2000,
-    val_size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
-    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 2000,
+    val_size: Annotated[int, typer.Option(min=MIN_SIZE, max=MAX_SIZE, help="Internal size for validation.")] = 360,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
@@ -134,7 +134,7 @@ def train_vos_command(
         init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
         model=model.config,
     )
-    _prepare(out, resume, force)
+    _prepare(out, resume, force, [data, val, init])
     use_all_cores()
     target = pick_device(device.value)
     model = model.to(target)
@@ -156,16 +156,28 @@ def _starting_model(init: Path | None, candidate: FusionCandidate | None) -> Mem
     return load_memnet(init, candidate.value if candidate is not None else None)  # same tensors, any candidate
 
 
-def _prepare(out: Path, resume: bool, force: bool) -> None:
+def _prepare(out: Path, resume: bool, force: bool, inputs: list[Path | str | None]) -> None:
+    """A run folder that is no input and holds no input; --force empties only a folder
+    that a vidseg training run made (marked, or holding its config.json and train.log)."""
+    resolve_output(out, [Path(p) for p in inputs if p is not None and Path(p).exists()])
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise VidsegError(f"nothing to resume: {out / CHECKPOINT} does not exist")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not _is_run_folder(out):
+            raise VidsegError(f"{out} exists and is not a vidseg run folder; choose another --out")
         if not force:
             raise VidsegError(f"run folder {out} is not empty; pass --resume to continue or --force to start over")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("a vidseg training run folder; `--force` may replace it\n")
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and (
+        (folder / MARKER).is_file() or ((folder / "config.json").is_file() and (folder / "train.log").is_file())
+    )
 
 
 def _check_same(out: Path, config: TrainConfig) -> None:
@@ -193,17 +205,17 @@ def train_reuse_command(
     data: Annotated[Path, typer.Option(help="Training data in DAVIS layout.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, reuse.safetensors, config.json, train.log.")],
     model: Annotated[str, typer.Option(help="The learned VOS model the heads serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
-    steps: Annotated[int, typer.Option(help="Training clips (one optimiser step each).")] = ReuseTrainConfig.steps,
+    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = ReuseTrainConfig.steps,
     seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
-    clip_length: Annotated[int, typer.Option(help="Frames per clip: memory, one full frame, then reused frames.")] = ReuseTrainConfig.clip_length,
+    clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: memory, one full frame, then reused frames.")] = ReuseTrainConfig.clip_length,
     crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = ReuseTrainConfig.lr,
-    max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = ReuseTrainConfig.max_gap,
+    max_gap: Annotated[int, typer.Option(min=1, help="Widest gap between clip frames.")] = ReuseTrainConfig.max_gap,
     margin: Annotated[float, typer.Option(help="m1: the gate target's floor, reached halfway (eq 4).")] = ReuseTrainConfig.margin,
     tolerance: Annotated[float, typer.Option(help="m2: gate errors below it cost the same (eq 5).")] = ReuseTrainConfig.tolerance,
     gate_target: Annotated[GateTarget, typer.Option(help="What P_gate learns: IoU of the reused mask with the full network's (full) or of consecutive true masks (ground-truth, eq 4).")] = GateTarget.full,
     strictness: Annotated[float, typer.Option(help="The full target's exponent: > 1 asks for closer agreement at a given tau.")] = ReuseTrainConfig.strictness,
-    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
@@ -225,7 +237,7 @@ def train_reuse_command(
     config = ReuseTrainConfig(steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap,
                               margin=margin, tolerance=tolerance, gate_target=gate_target.value,
                               strictness=strictness, seed=seed, heads=heads)
-    _prepare(out, resume, force)
+    _prepare(out, resume, force, [data, model])
     rng = make_generator(seed)
     trainer = ReuseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
     _start_or_resume(trainer, out, config, resume)
@@ -244,18 +256,18 @@ def train_sparse_command(
     model: Annotated[str, typer.Option(help="The learned VOS model the gates serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
     target: Annotated[float, typer.Option(help="t_s: the share of the gated work to compute (eqs 11-12).")] = SparseTrainConfig.target,
     tile: Annotated[int, typer.Option(help="Output pixels per tile side: one gate decision per tile.")] = SparseConfig.tile,
-    steps: Annotated[int, typer.Option(help="Training clips (one optimiser step each).")] = SparseTrainConfig.steps,
+    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = SparseTrainConfig.steps,
     seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
-    clip_length: Annotated[int, typer.Option(help="Frames per clip: two dense memory frames, then sparse ones.")] = SparseTrainConfig.clip_length,
+    clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: two dense memory frames, then sparse ones.")] = SparseTrainConfig.clip_length,
     crop: Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")] = "256x384",
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = SparseTrainConfig.lr,
-    max_gap: Annotated[int, typer.Option(help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
+    max_gap: Annotated[int, typer.Option(min=1, help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
     gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
     cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
     object_aware: Annotated[bool, typer.Option(help="Gates also read where the objects were on the last frame (their probabilities, dilated by 32 and 96 pixels).")] = True,
     reuse_far: Annotated[bool, typer.Option(help="Gates may reuse only farther than 32 pixels from the last frame's objects (needs --object-aware).")] = False,
     tune: Annotated[str, typer.Option(help="Heads of the memory network to train with the gates, comma-separated: key, decoder (none by default). The gates file carries them.")] = "",
-    checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 250,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 250,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
@@ -282,7 +294,7 @@ def train_sparse_command(
         steps=steps, clip_length=clip_length, crop=_crop(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
         seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, reuse_far=reuse_far, tuned=tuned), cost=cost.value,
     )
-    _prepare(out, resume, force)
+    _prepare(out, resume, force, [data, model])
     rng = make_generator(seed)
     trainer = SparseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, device_)
     _start_or_resume(trainer, out, config, resume)
@@ -334,7 +346,7 @@ def train_calibrate_command(
     bias: Annotated[str, typer.Option(help="Comma list of logit biases to try.")] = "0,0.5,1,1.5,2",
     topk: Annotated[str | None, typer.Option(help="Comma list of top-k values to try (default: the model's).")] = None,
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="How the fusion cell uses its tensors (default: the model's).")] = None,
-    size: Annotated[int, typer.Option(help="Internal size for validation.")] = 360,
+    size: Annotated[int, typer.Option(min=MIN_SIZE, max=MAX_SIZE, help="Internal size for validation.")] = 360,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
@@ -342,6 +354,7 @@ def train_calibrate_command(
     the model with them. Soft-aggregated masks that memory reads back can drift smaller
     frame after frame when the decoder leans to background; the bias is the one number that
     corrects that lean. Top-k trades a sharper read against robustness to one bad match."""
+    resolve_output(out, [model, data])
     refuse_existing(out, force)
     if out.suffix != ".safetensors":
         raise VidsegError(f"--out must be a .safetensors file, not {out}")

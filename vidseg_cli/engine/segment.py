@@ -34,6 +34,10 @@ from vidseg_cli.models.registry import (
 )
 
 DEFAULT_SIZE = 360
+# Sane bounds, checked before anything is allocated: --size 100000 would ask for a
+# 100000-pixel short side. 2160 is the short side of 4K video.
+MIN_SIZE, MAX_SIZE = 32, 2160
+MAX_SLOTS = 256
 
 Progress = Callable[[int, int | None], None]
 
@@ -217,11 +221,18 @@ def validate_memory(options: MemoryOptions, permanent: int) -> None:
         raise VidsegError(f"unknown --update {options.update!r}; choose A, B, C or D")
     if options.slots < 1 or options.every < 1 or options.write_every < 1:
         raise VidsegError("--slots, --every and --write-every must be at least 1")
+    if options.slots > MAX_SLOTS:
+        raise VidsegError(f"--slots {options.slots}: at most {MAX_SLOTS} memory slots")
     if options.memory == "stremn" and options.slots < permanent + 1:
         raise VidsegError(
             f"--slots {options.slots} leaves no room: {permanent} mask frame(s) are kept permanently, "
             f"so stremn needs at least {permanent + 1} slots"
         )
+
+
+def validate_size(size: int) -> None:
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise VidsegError(f"--size {size}: the processing size must be between {MIN_SIZE} and {MAX_SIZE} pixels")
 
 
 def segment(options: SegmentOptions, progress: Progress | None = None) -> SegmentSummary:
@@ -230,8 +241,7 @@ def segment(options: SegmentOptions, progress: Progress | None = None) -> Segmen
     validate_memory(options.memory, permanent=len(masks))
     check_tta(options.tta, options.reuse, options.sparse)
     device = pick_device(options.device)
-    if options.size < 32:
-        raise VidsegError("--size must be at least 32 pixels")
+    validate_size(options.size)
     source = open_frames(options.input)
     with contextlib.closing(source):
         reader = MaskReader(source.size, resize=options.resize_mask)

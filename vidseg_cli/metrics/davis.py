@@ -121,8 +121,11 @@ class ObjectScore:
 def evaluate_sequence(
     predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], objects: Sequence[int]
 ) -> dict[int, ObjectScore]:
-    """J and F statistics per object over frames 1 .. n-2 of one sequence."""
+    """J and F statistics per object over frames 1 .. n-2 of one sequence (``predictions``
+    and ``truths`` paired: the annotated frames only, when not every frame is)."""
     frames = range(1, len(truths) - 1)
+    if not frames:
+        raise ValueError("nothing to score: J and F need a frame besides the first and the last")
     scores = {}
     for obj in objects:
         pairs = [(predictions[t] == obj, truths[t] == obj) for t in frames]

@@ -199,13 +199,27 @@ class MemoryNetwork(nn.Module):
         self.tuned_blocks |= set(range(first, len(self.backbone._blocks)))
         return opened
 
-    def load_tuned_blocks(self, state: dict[str, torch.Tensor]) -> None:
-        """Fine-tuned backbone blocks from a model file, on a private copy of the backbone."""
+    def load_tuned_blocks(self, state: dict[str, torch.Tensor], blocks: set[int] | None = None) -> None:
+        """Fine-tuned backbone blocks from a model file, on a private copy of the backbone.
+        Every tensor of every tuned block must be there (``blocks``: the ones the file's
+        metadata names; files from before that record: the blocks it holds tensors of, which
+        training always takes from the top, 8, 9, 10): a block with tensors missing would
+        silently keep its ImageNet weights and give other masks."""
+        present = {int(name.split(".")[1]) for name in state if name.startswith("_blocks.")}
+        blocks = present if blocks is None else blocks
+        if blocks != present:
+            raise RuntimeError(f"tuned blocks {sorted(blocks)} recorded, tensors for {sorted(present)} present")
+        if blocks and blocks != set(range(min(blocks), len(self.backbone._blocks))):
+            raise RuntimeError(f"tuned blocks {sorted(blocks)} are not the top blocks that training opens")
+        needed = {n for n in self.backbone.state_dict() if n.startswith("_blocks.") and int(n.split(".")[1]) in blocks}
+        missing, unexpected = sorted(needed - set(state)), sorted(set(state) - needed)
+        if missing or unexpected:
+            raise RuntimeError(
+                f"missing tensors, e.g. backbone.{missing[0]}" if missing else f"unexpected tensors, e.g. backbone.{unexpected[0]}"
+            )
         self.backbone = copy.deepcopy(self.backbone)
-        unexpected = self.backbone.load_state_dict(state, strict=False).unexpected_keys
-        if unexpected:
-            raise RuntimeError(f"unexpected tensors, e.g. backbone.{unexpected[0]}")
-        self.tuned_blocks = {int(name.split(".")[1]) for name in state}
+        self.backbone.load_state_dict(state, strict=False)
+        self.tuned_blocks = set(blocks)
 
     def finetuned_state(self) -> dict[str, torch.Tensor]:
         """The backbone tensors that training changed, named as in the backbone."""

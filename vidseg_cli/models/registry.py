@@ -95,11 +95,13 @@ def load_memnet(path: Path, fusion_candidate: str | None = None) -> MemoryNetwor
     heads = {name[len("heads.") :]: t for name, t in state.items() if name.startswith("heads.")}
     try:
         model.heads.load_state_dict(heads, strict=True)
-        if tuned:  # fine-tuned blocks: a private copy, the shared backbone stays as it is
-            model.load_tuned_blocks(tuned)
+        recorded = metadata.get("tuned_blocks")
+        blocks = {int(b) for b in recorded.split(",") if b} if recorded is not None else None
+        if tuned or blocks:  # fine-tuned blocks: a private copy, the shared backbone stays as it is
+            model.load_tuned_blocks(tuned, blocks)
         if len(tuned) + len(heads) != len(state):
             raise RuntimeError(f"unexpected tensors, e.g. {sorted(state)[0]}")
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
     return model
 

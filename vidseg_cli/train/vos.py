@@ -194,7 +194,10 @@ class Trainer:
 
 def save_model(model: MemoryNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
     """The heads as safetensors; the metadata carries what is needed to rebuild them."""
-    metadata = {"arch": ARCH, "config": model.config.to_json(), "backbone": "efficientnet-lite0", **(extra or {})}
+    metadata = {
+        "arch": ARCH, "config": model.config.to_json(), "backbone": "efficientnet-lite0",
+        "tuned_blocks": ",".join(str(b) for b in sorted(model.tuned_blocks)), **(extra or {}),
+    }
     state = {f"heads.{name}": t for name, t in model.heads.state_dict().items()} | model.finetuned_state()
     tensors = {name: t.detach().cpu().contiguous() for name, t in state.items()}
     write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
