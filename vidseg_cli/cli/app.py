@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import typer
@@ -42,13 +43,15 @@ def main_options(
 def run(argv: list[str]) -> int:
     """Run the command line; returns the exit code. Usage errors become one line on stderr
     (exit 2); a command group given no arguments prints its help on stderr (exit 2)."""
+    root = command()
+    if _names_a_group(root, argv):  # `vidseg`, `vidseg train`: the help, but on stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            root.main(args=[*argv, "--help"], prog_name="vidseg", standalone_mode=False)
+        return 2
     try:
-        code = command().main(args=argv, prog_name="vidseg", standalone_mode=False)
+        code = root.main(args=argv, prog_name="vidseg", standalone_mode=False)
     except Exception as error:  # click's exceptions; Typer >= 0.20 vendors its own click
         kind = type(error).__name__
-        if kind == "NoArgsIsHelpError":
-            sys.stderr.write(error.format_message() + "\n")
-            return 2
         if kind == "Abort":  # click's word for Ctrl-C during a prompt or parsing
             raise KeyboardInterrupt from error
         if not hasattr(error, "format_message") or not hasattr(error, "exit_code"):
@@ -65,6 +68,16 @@ def command():
     return root
 
 
+def _names_a_group(root, argv: list[str]) -> bool:
+    """Whether ``argv`` is only a path of command groups, with nothing for them to run."""
+    node = root
+    for word in argv:
+        node = getattr(node, "commands", {}).get(word)
+        if node is None:
+            return False
+    return hasattr(node, "commands")
+
+
 def _tidy_help(node) -> None:
     for param in node.params:
         if getattr(param, "is_flag", False):
@@ -73,6 +86,15 @@ def _tidy_help(node) -> None:
             param.metavar = name = param.name.upper()
             if hasattr(param, "_usage_display_name"):  # Typer's usage line wraps it in {}
                 param._usage_display_name = lambda name=name: name
+    made = node.get_help_option  # --help is made afresh for each context
+
+    def help_option(ctx, made=made):
+        option = made(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    node.get_help_option = help_option
     for child in getattr(node, "commands", {}).values():
         _tidy_help(child)
 

@@ -19,6 +19,7 @@ from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.engine.sparse import SparseOptions, SparseTracker
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource, open_frames
+from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
 from vidseg_cli.io.outputs import StagedOutput
 from vidseg_cli.io.sinks import Sink, open_sinks, write_all
@@ -101,6 +102,7 @@ class SegmentSummary:
     reused_frames: int = 0
     computed_share: float | None = None  # SpVOS: mean share of the gated backbone work computed
     outputs: list[str] = field(default_factory=list)
+    renumbered_ids: dict[str, int] = field(default_factory=dict)  # 16-bit mask id -> object id
 
 
 def default_output(input_path: Path) -> Path:
@@ -246,6 +248,7 @@ def segment(options: SegmentOptions, progress: Progress | None = None) -> Segmen
     with contextlib.closing(source):
         reader = MaskReader(source.size, resize=options.resize_mask)
         _check_masks(masks, reader, source)
+        _say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
         staged = StagedOutput(target, force=options.force, inputs=inputs)
@@ -256,7 +259,14 @@ def segment(options: SegmentOptions, progress: Progress | None = None) -> Segmen
             staged.abort()
             raise
     summary.output = str(staged.target)
+    summary.renumbered_ids = {str(wide): id_ for wide, id_ in reader.renumbered.items()}
     return summary
+
+
+def _say_renumbered(renumbered: dict[int, int]) -> None:
+    if renumbered:
+        pairs = ", ".join(f"{wide} -> {id_}" for wide, id_ in renumbered.items())
+        warn(f"16-bit mask ids above 255 renumbered (the outputs use the new ids): {pairs}")
 
 
 def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> None:

@@ -93,10 +93,10 @@ class VideoSource(FrameSource):
         try:
             self.container = av.open(str(path))
         except (av.FFmpegError, UnicodeDecodeError) as error:
-            raise VidsegError(f"cannot read video {path}: {_reason(error)}") from None
+            raise VidsegError(f"cannot read video {path} (0 frames read): {_reason(error)}") from None
         if not self.container.streams.video:
             self.container.close()
-            raise VidsegError(f"no video stream in {path}")
+            raise VidsegError(f"no video stream in {path} (0 frames read)")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame + slice threads: ~2x faster decode
         self.time_base = self.stream.time_base or Fraction(1, 25)
@@ -110,7 +110,7 @@ class VideoSource(FrameSource):
             return next(self._frames)
         except StopIteration:
             self.close()
-            raise VidsegError(f"no frames could be decoded from {self.path}") from None
+            raise VidsegError(f"no frames could be decoded from {self.path} (0 frames read)") from None
 
     def __iter__(self) -> Iterator[Frame]:
         yield self._first
