@@ -6,12 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 from typer.testing import CliRunner
 
 from vidseg_cli.cli.app import app
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.synthetic import frames, write_clip
+
+# Property tests: a few dozen examples each in the suite; the long fuzz run is
+# `python -m pytest tests/test_fuzz.py --hypothesis-profile=fuzz` (the option loads it later).
+_FIXTURES_OK = [HealthCheck.function_scoped_fixture]  # tmp_path is only a scratch folder
+settings.register_profile("quick", max_examples=40, deadline=None, suppress_health_check=_FIXTURES_OK)
+settings.register_profile("fuzz", max_examples=5000, deadline=None, suppress_health_check=_FIXTURES_OK)
+settings.load_profile("quick")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

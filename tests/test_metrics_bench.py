@@ -185,9 +185,9 @@ def test_bench_rejects_unknown_sequences(vidseg, tmp_path):
 
 
 def test_bench_csv_rows(vidseg, tmp_path):
-    write_davis(tmp_path, sequences=1, length=4, height=32, width=48)
+    data = write_davis(tmp_path / "data", sequences=1, length=4, height=32, width=48)
     table = tmp_path / "results.csv"
-    run = vidseg("bench", "--data", tmp_path, "--size", "32,48", "--csv", table)
+    run = vidseg("bench", "--data", data, "--size", "32,48", "--csv", table)
     assert run.code == 0, run.stderr
     assert run.stdout == ""
     lines = table.read_text().splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from vidseg_cli import __version__
 from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.common import say_error
+from vidseg_cli.cli.completions import COMPLETE_VAR
 from vidseg_cli.cli.segment import segment_command
 from vidseg_cli.cli.train import train_app
 from vidseg_cli.cli.weights import weights_app
@@ -44,7 +46,8 @@ def run(argv: list[str]) -> int:
     """Run the command line; returns the exit code. Usage errors become one line on stderr
     (exit 2); a command group given no arguments prints its help on stderr (exit 2)."""
     root = command()
-    if _names_a_group(root, argv):  # `vidseg`, `vidseg train`: the help, but on stderr
+    completing = COMPLETE_VAR in os.environ  # the shell asks for candidates: they go to stdout
+    if not completing and _names_a_group(root, argv):  # `vidseg`, `vidseg train`: the help, but on stderr
         with contextlib.redirect_stdout(sys.stderr):
             root.main(args=[*argv, "--help"], prog_name="vidseg", standalone_mode=False)
         return 2
