@@ -18,6 +18,7 @@ import typer
 
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
+from vidseg_cli.cli.main import Terminated, interrupted_code
 from vidseg_cli.cli.common import Device, comma_list, stderr, user_errors
 from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -317,15 +318,17 @@ def _start_or_resume(trainer, out: Path, config, resume: bool) -> None:
 
 @contextmanager
 def _training_log(out: Path, trainer) -> Iterator[Callable[[str], None]]:
-    """A log to stderr and OUT/train.log; Ctrl-C inside saves a checkpoint and exits 130."""
+    """A log to stderr and OUT/train.log; Ctrl-C or SIGTERM inside saves a checkpoint and
+    exits 130 or 143 (a scheduler's SIGTERM loses nothing either)."""
     with open(out / "train.log", "a") as log_file:
         log = _logger(log_file)
         try:
             yield log
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             trainer.save_checkpoint()
-            log(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume")
-            raise typer.Exit(130) from None
+            word = "terminated" if isinstance(error, Terminated) else "interrupted"
+            log(f"{word} at step {trainer.step}; checkpoint saved, continue with --resume")
+            raise typer.Exit(interrupted_code(error)) from None
 
 
 def _logger(log_file):

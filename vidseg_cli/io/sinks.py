@@ -147,7 +147,15 @@ def make_sinks(fmt: str, folder: Path, time_base: Fraction) -> list[Sink]:
     try:
         return [kind(folder) if kind is PngSink else kind(folder, time_base) for kind in kinds[fmt]]
     except OSError as error:
-        raise OutputError(f"cannot write the output: {os_error_text(error)}") from None
+        raise write_error(error) from None
+
+
+def write_error(error: OSError) -> OutputError:
+    """``cannot write overlay.mp4: No space left on device``: the file by its published
+    name (the staging folder is an implementation detail)."""
+    name = Path(error.filename).name if error.filename else "the output"
+    reason = error.strerror or os_error_text(error)
+    return OutputError(f"cannot write {name}: {reason}; nothing was published")
 
 
 @contextlib.contextmanager
@@ -167,7 +175,7 @@ def open_sinks(fmt: str, folder: Path, time_base: Fraction) -> Iterator[list[Sin
         try:
             sink.close()
         except OSError as error:
-            raise OutputError(f"cannot write the output: {os_error_text(error)}") from None
+            raise write_error(error) from None
 
 
 def write_all(sinks: list[Sink], frame: Frame, labels: np.ndarray) -> None:
@@ -176,4 +184,4 @@ def write_all(sinks: list[Sink], frame: Frame, labels: np.ndarray) -> None:
         for sink in sinks:
             sink.write(frame, labels)
     except OSError as error:
-        raise OutputError(f"cannot write the output: {os_error_text(error)}") from None
+        raise write_error(error) from None
