@@ -284,12 +284,14 @@ def test_every_validated_model_is_kept_and_the_best_is_named(dataset, tmp_path):
         assert handle.metadata()["steps"] == "2"  # the 0.7 one
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_goes_on_from(vidseg, dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("signal_", "code", "word"), [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "terminated")])
+def test_ctrl_c_saves_a_checkpoint_that_resume_goes_on_from(vidseg, dataset, tmp_path, monkeypatch, signal_, code, word):
     import vidseg_cli.cli.train as train_cli
+    from vidseg_cli.cli.main import Terminated
 
     def one_step_then_ctrl_c(trainer, log, *args, **kwargs):
         trainer.train_step()
-        raise KeyboardInterrupt
+        raise Terminated if signal_ == "sigterm" else KeyboardInterrupt
 
     run = tmp_path / "run"
     args = ("train", "vos", "--data", dataset, "--out", run, "--steps", "2", "--crop", "48x64", "--clip-length", "3",
@@ -297,8 +299,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_goes_on_from(vidseg, dataset, tmp
     with monkeypatch.context() as patch:
         patch.setattr(train_cli, "run_training", one_step_then_ctrl_c)
         interrupted = vidseg(*args)
-    assert interrupted.code == 130
-    assert "interrupted at step 1; checkpoint saved" in interrupted.stderr
+    assert interrupted.code == code
+    assert f"{word} at step 1; checkpoint saved" in interrupted.stderr
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
     resumed = vidseg(*args, "--resume")
     assert resumed.code == 0, resumed.stderr
