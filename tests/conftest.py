@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from PIL import Image
 from typer.testing import CliRunner
 
-from vidseg_cli.cli.app import app
+from vidseg_cli.cli.app import eager_app
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.synthetic import frames, write_clip
 
@@ -63,6 +63,7 @@ class Run:
 @pytest.fixture
 def vidseg():
     runner = CliRunner()
+    app = eager_app()
 
     def invoke(*args: str) -> Run:
         return Run(runner.invoke(app, [str(a) for a in args]))

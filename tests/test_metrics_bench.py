@@ -127,7 +127,7 @@ def test_load_davis_layout(tmp_path):
 
 def test_bench_runs_a_sweep_on_a_dataset(vidseg, tmp_path):
     write_davis(tmp_path, sequences=2, length=6, height=48, width=64)
-    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--memory", "stremn,stm", "--device", "cpu", "--json", "-")
+    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--memory", "stremn,stm", "--device", "cpu", "--json")
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert [r["memory"] for r in report["results"]] == ["stremn", "stm"]
@@ -160,7 +160,7 @@ def test_flops_count_what_is_computed():
 def test_bench_writes_json_and_plot_files_and_keeps_existing_ones(vidseg, tmp_path):
     write_davis(tmp_path / "data", sequences=1, length=4, height=32, width=48)
     report, figure = tmp_path / "out" / "report.json", tmp_path / "out" / "bench.png"
-    args = ("bench", "--data", tmp_path / "data", "--size", "32,48", "--json", report, "--plot", figure)
+    args = ("bench", "--data", tmp_path / "data", "--size", "32,48", "--report", report, "--plot", figure)
     run = vidseg(*args)
     assert run.code == 0, run.stderr
     assert run.stdout == "" and len(json.loads(report.read_text())["results"]) == 2
@@ -204,7 +204,7 @@ def test_bench_sparse_needs_gates_and_a_known_mode(vidseg):
 
 def test_bench_flip_tta_runs_both_views_and_refuses_skipping_work(vidseg, tmp_path):
     write_davis(tmp_path, sequences=1, length=5, height=48, width=64)
-    run = vidseg("bench", "--data", tmp_path, "--model", "propagate", "--size", "48", "--tta", "none,flip", "--json", "-")
+    run = vidseg("bench", "--data", tmp_path, "--model", "propagate", "--size", "48", "--tta", "none,flip", "--json")
     assert run.code == 0, run.stderr
     plain, flipped = json.loads(run.stdout)["results"]
     assert (plain["tta"], flipped["tta"]) == ("none", "flip") and flipped["config"].endswith("tta=flip")
@@ -224,7 +224,7 @@ def test_bench_reuse_needs_reuse_heads(vidseg):
 
 def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg, tmp_path):
     figure = tmp_path / "memory.png"
-    run = vidseg("bench", "--long", "40", "--size", "32", "--memory", "stremn,stm", "--json", "-", "--plot", figure)
+    run = vidseg("bench", "--long", "40", "--size", "32", "--memory", "stremn,stm", "--json", "--plot", figure)
     assert run.code == 0, run.stderr
     assert Image.open(figure).format == "PNG"
     stremn, stm = json.loads(run.stdout)["results"]
@@ -251,7 +251,7 @@ def test_markdown_tables_from_a_report():
 def test_bench_compares_fusion_cells(vidseg, tmp_path):
     write_davis(tmp_path, sequences=1, length=10, height=48, width=64)
     run = vidseg("bench", "--data", tmp_path, "--size", "48", "--slots", "3", "--update", "A",
-                 "--fusion", "model,training-free,none", "--memory", "stremn,fifo", "--json", "-")
+                 "--fusion", "model,training-free,none", "--memory", "stremn,fifo", "--json")
     assert run.code == 0, run.stderr
     labels = [r["config"] for r in json.loads(run.stdout)["results"]]
     assert labels == ["vos-effl0 48p stremn K=3 A", "vos-effl0 48p stremn K=3 A fusion=training-free",

@@ -207,7 +207,7 @@ def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
         heads.gate.second.bias.fill_(20.0)  # always similar: every frame after the first full one reuses
     save_heads(heads, heads_file, file_sha256(base))
     run = vidseg("bench", "--model", str(base), "--size", "48", "--reuse", "1,0.5", "--reuse-mode", "refine,copy",
-                 "--reuse-heads", str(heads_file), "--json", "-")
+                 "--reuse-heads", str(heads_file), "--json")
     assert run.code == 0, run.stderr
     results = json.loads(run.stdout)["results"]
     assert [(r["reuse"], r["reuse_mode"]) for r in results] == [(1.0, "refine"), (0.5, "refine"), (0.5, "copy")]

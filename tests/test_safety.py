@@ -356,7 +356,7 @@ def test_bench_pairs_annotations_by_frame_name(vidseg, tmp_path):
     root = _sparse_dataset(tmp_path / "data", {0, 10, 19})
     [sequence] = load_davis(root)
     assert sequence.annotated == [0, 10, 19] and sequence.scored == [10] and sequence.frame_count == 20
-    run = vidseg("bench", "--data", root, "--model", "propagate", "--size", "128", "--json", "-")
+    run = vidseg("bench", "--data", root, "--model", "propagate", "--size", "128", "--json")
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["frames"] == 20 and report["scored_frames"] == 1
@@ -374,7 +374,7 @@ def test_bench_pairs_annotations_by_frame_name(vidseg, tmp_path):
 
 def test_bench_leaves_out_sequences_it_cannot_score_and_writes_strict_json(vidseg, tmp_path):
     root = _sparse_dataset(tmp_path / "data", {0})
-    run = vidseg("bench", "--data", root, "--model", "propagate", "--size", "64", "--json", "-")
+    run = vidseg("bench", "--data", root, "--model", "propagate", "--size", "64", "--json")
     assert "can be scored" in one_line_error(run)
     assert "NaN" not in run.stdout
     assert json.loads(json_text({"J&F": float("nan"), "x": [float("inf")]})) == {"J&F": None, "x": [None]}

@@ -330,7 +330,7 @@ def test_train_sparse_writes_gates_that_segment_and_bench_run(vidseg, tmp_path, 
 
     report = tmp_path / "bench.json"
     bench = vidseg("bench", "--model", base, "--sparse", "none,triple", "--sparse-gates", gates, "--size", "64",
-                   "--json", report)
+                   "--report", report)
     assert bench.code == 0, bench.stderr
     rows = json.loads(report.read_text())["results"]
     assert [r["sparse"] for r in rows] == ["none", "triple"]

@@ -17,14 +17,12 @@ from vidseg_cli.bench.runner import Config
 from vidseg_cli.engine.segment import fusion_for, make_bank
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.models.registry import create_vos_model
+from vidseg_cli.options import LONG_HEIGHT, LONG_WIDTH
 from vidseg_cli.synthetic import frames
 
 POINTS = 100  # samples kept per series
 # Small frames: stm's cost grows with every slot (10,000 frames -> 2,000 slots), and at
 # this size its memory is read as one batched global match, so the run takes minutes.
-LONG_HEIGHT, LONG_WIDTH = 64, 96
-
-
 @dataclass
 class Series:
     config: Config

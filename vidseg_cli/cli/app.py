@@ -1,10 +1,19 @@
-"""The `vidseg` command: one Typer app, one module per subcommand."""
+"""The `vidseg` command: one Typer app, one module per subcommand.
+
+Start-up is kept short (help and shell completion run on every Tab): the segment and
+bench modules import only Typer, Rich and the option names, and their jobs import torch
+when they run; `train` and `weights` are groups whose modules load when one of their
+commands is named.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
 import os
 import sys
+from collections.abc import MutableMapping
 
 import typer
 
@@ -13,8 +22,12 @@ from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.common import say_error
 from vidseg_cli.cli.completions import COMPLETE_VAR
 from vidseg_cli.cli.segment import segment_command
-from vidseg_cli.cli.train import train_app
-from vidseg_cli.cli.weights import weights_app
+
+# group name -> (module:attribute of its Typer app, its one-line help)
+LAZY_GROUPS = {
+    "train": ("vidseg_cli.cli.train:train_app", "Train the learned parts of vidseg."),
+    "weights": ("vidseg_cli.cli.weights:weights_app", "Named checkpoints: list, path, pull, verify."),
+}
 
 app = typer.Typer(
     name="vidseg",
@@ -25,8 +38,6 @@ app = typer.Typer(
 )
 app.command("segment")(segment_command)
 app.command("bench")(bench_command)
-app.add_typer(train_app, name="train")
-app.add_typer(weights_app, name="weights")
 
 
 def _version(value: bool) -> None:
@@ -68,7 +79,54 @@ def command():
     writes ``--force <bool>``) and arguments by their upper-case name (not ``{input}``)."""
     root = typer.main.get_command(app)
     _tidy_help(root)
+    for name, (target, help_text) in LAZY_GROUPS.items():
+        group = type(root)(name=name, help=help_text, no_args_is_help=True)
+        group.commands = _LazyCommands(target)
+        _tidy_help(group)
+        root.commands[name] = group
     return root
+
+
+def eager_app() -> typer.Typer:
+    """The app with every group imported up front, for typer's CliRunner in the tests
+    (it takes a Typer app, not a click command)."""
+    full = copy.copy(app)
+    full.registered_groups = list(app.registered_groups)
+    for name, (target, _) in LAZY_GROUPS.items():
+        module, attribute = target.split(":")
+        full.add_typer(getattr(importlib.import_module(module), attribute), name=name)
+    return full
+
+
+class _LazyCommands(MutableMapping):
+    """A group's commands, imported on first use (``vidseg train vos``), not at start-up."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._commands: dict | None = None
+
+    def _loaded(self) -> dict:
+        if self._commands is None:
+            module, attribute = self.target.split(":")
+            group = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+            _tidy_help(group)
+            self._commands = dict(group.commands)
+        return self._commands
+
+    def __getitem__(self, name: str):
+        return self._loaded()[name]
+
+    def __setitem__(self, name: str, command) -> None:
+        self._loaded()[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded()[name]
+
+    def __iter__(self):
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
 
 
 def _names_a_group(root, argv: list[str]) -> bool:
@@ -98,8 +156,10 @@ def _tidy_help(node) -> None:
         return option
 
     node.get_help_option = help_option
-    for child in getattr(node, "commands", {}).values():
-        _tidy_help(child)
+    children = getattr(node, "commands", {})
+    if not isinstance(children, _LazyCommands):  # those are tidied when they load
+        for child in children.values():
+            _tidy_help(child)
 
 
 def _one_line(error: Exception) -> int:

@@ -17,17 +17,17 @@ from rich.progress import (
 )
 
 from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
-from vidseg_cli.engine.reuse import ReuseOptions
-from vidseg_cli.engine.segment import (
+from vidseg_cli.options import (
     DEFAULT_SIZE,
+    DEFAULT_VOS_MODEL,
+    SPARSE_MODES,
+    SPARSE_WRITE_EVERY,
     TTAS,
     MemoryOptions,
+    ReuseOptions,
     SegmentOptions,
-    segment,
+    SparseOptions,
 )
-from vidseg_cli.engine.sparse import SPARSE_WRITE_EVERY, SparseOptions
-from vidseg_cli.models.registry import DEFAULT_VOS_MODEL
-from vidseg_cli.sparse.gates import SPARSE_MODES
 
 
 class Memory(str, enum.Enum):
@@ -117,6 +117,8 @@ def segment_command(
         sparse_gates=sparse_gates,
         tta=tta.value,
     )
+    from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
+
     with _progress() as advance:
         summary = segment(options, advance)
     if json:

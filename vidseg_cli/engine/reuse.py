@@ -7,37 +7,11 @@ the same full frame, so errors cannot compound through translations of translati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from vidseg_cli.engine.aggregate import aggregate
-from vidseg_cli.errors import VidsegError
+from vidseg_cli.options import REUSE_MODES, ReuseOptions  # noqa: F401 - re-exported
 from vidseg_cli.reuse.model import ReuseModel, Stride8Frame
-
-REUSE_MODES = ("copy", "fusion", "refine")
-
-
-@dataclass(frozen=True)
-class ReuseOptions:
-    tau: float = 1.0  # reuse when P_gate >= tau for every object; 1 never reuses
-    mode: str = "refine"  # copy the last mask, fusion (copy when very similar), or refine-translate
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.tau <= 1.0:
-            raise VidsegError(f"--reuse takes a threshold tau in [0, 1], not {self.tau}")
-        if self.mode not in REUSE_MODES:
-            raise VidsegError(f"unknown --reuse-mode {self.mode!r}; choose from {', '.join(REUSE_MODES)}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.tau < 1.0
-
-    @property
-    def copy_above(self) -> float:
-        """fusion mode's second threshold tau_2 > tau: above it the last mask is copied."""
-        return (1.0 + self.tau) / 2.0
-
 
 class ReuseTracker:
     def __init__(self, model: ReuseModel, options: ReuseOptions) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from vidseg_cli.engine.reuse import ReuseOptions, ReuseTracker
+from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.session import VOSSession
-from vidseg_cli.engine.sparse import SparseOptions, SparseTracker
+from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource, open_frames
 from vidseg_cli.io.images import warn
@@ -27,34 +27,25 @@ from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.base import VOSModel
+from vidseg_cli.options import (  # noqa: F401 - re-exported
+    DEFAULT_SIZE,
+    FUSIONS,
+    MAX_SIZE,
+    MAX_SLOTS,
+    MIN_SIZE,
+    TTAS,
+    MemoryOptions,
+    ReuseOptions,
+    SegmentOptions,
+    SparseOptions,
+)
 from vidseg_cli.models.registry import (
-    DEFAULT_VOS_MODEL,
     create_reuse_model,
     create_sparse_model,
     create_vos_model,
 )
 
-DEFAULT_SIZE = 360
-# Sane bounds, checked before anything is allocated: --size 100000 would ask for a
-# 100000-pixel short side. 2160 is the short side of 4K video.
-MIN_SIZE, MAX_SIZE = 32, 2160
-MAX_SLOTS = 256
-
 Progress = Callable[[int, int | None], None]
-
-
-@dataclass(frozen=True)
-class MemoryOptions:
-    memory: str = "stremn"
-    slots: int = 5
-    update: str = "C"
-    every: int = 5
-    fusion: str = "model"  # stremn's fusion cell: the model's own, training-free, or none
-    write_every: int = 1  # write a frame to memory every N frames (and every masked frame)
-
-
-FUSIONS = ("model", "training-free", "none")
-TTAS = ("none", "flip")
 
 
 def fusion_for(model: VOSModel, options: MemoryOptions) -> FusionCell | None:
@@ -66,25 +57,6 @@ def fusion_for(model: VOSModel, options: MemoryOptions) -> FusionCell | None:
     if options.fusion == "none":
         return None
     raise VidsegError(f"unknown fusion {options.fusion!r}; choose from {', '.join(FUSIONS)}")
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    input: Path
-    masks: list[str]
-    out: Path | None = None
-    format: str = "png"
-    force: bool = False
-    resize_mask: bool = False
-    model: str = DEFAULT_VOS_MODEL
-    size: int = DEFAULT_SIZE
-    device: str = "auto"
-    memory: MemoryOptions = MemoryOptions()
-    reuse: ReuseOptions = ReuseOptions()
-    reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
-    sparse: SparseOptions = SparseOptions()
-    sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
-    tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
 
 
 @dataclass

@@ -12,28 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vidseg_cli.errors import VidsegError
+from vidseg_cli.options import SPARSE_WRITE_EVERY, SparseOptions  # noqa: F401 - re-exported
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.memnet import MemNetFrame
-from vidseg_cli.sparse.gates import SPARSE_MODES
 from vidseg_cli.sparse.model import SparseModel
 from vidseg_cli.sparse.network import LayerState, Shares, observe_objects
-
-SPARSE_WRITE_EVERY = 5  # SpVOS's DAVIS schedule: a memory frame every five frames
-
-
-@dataclass(frozen=True)
-class SparseOptions:
-    mode: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.mode not in SPARSE_MODES:
-            raise VidsegError(f"unknown --sparse {self.mode!r}; choose from {', '.join(SPARSE_MODES)}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode != "none"
-
 
 class SparseTracker:
     """Per video: the layer state the gates compare against, and what the current frame spent."""

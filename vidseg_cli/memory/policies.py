@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from vidseg_cli.options import POLICIES, UPDATE_RULES  # noqa: F401 - re-exported
+
 if TYPE_CHECKING:
     from vidseg_cli.memory.bank import Slot
 
 Similarity = Callable[[int, int], float]
 
-POLICIES = ("stremn", "stm", "first-last", "fifo")
-UPDATE_RULES = ("A", "B", "C", "D")
 
 
 @dataclass(frozen=True)

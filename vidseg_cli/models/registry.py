@@ -15,6 +15,7 @@ from vidseg_cli.models.backbone import EfficientNetLite0
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
+from vidseg_cli.options import DEFAULT_VOS_MODEL  # noqa: F401 - re-exported
 from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
 from vidseg_cli.reuse.model import ReuseModel
 from vidseg_cli.sparse.model import SparseModel
@@ -33,7 +34,6 @@ from vidseg_cli.weights.registry import (
 )
 
 VOS_MODELS = ("vos-effl0", "propagate")
-DEFAULT_VOS_MODEL = "vos-effl0"
 
 
 @functools.cache

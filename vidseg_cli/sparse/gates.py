@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidseg_cli.options import SPARSE_MODES
+
 SKIP, REUSE, COMPUTE = 0, 1, 2
 POLICIES = {"static": (SKIP, COMPUTE), "residual": (REUSE, COMPUTE), "triple": (SKIP, REUSE, COMPUTE)}
-SPARSE_MODES = ("none", *POLICIES)
+# vidseg_cli/options.py names the modes for the CLI, which must not import torch
+assert SPARSE_MODES == ("none", *POLICIES)
 # Policy logits at initialisation: a gated network starts dense, and when a gate learns to
 # stop computing, reusing comes before skipping: skipped tiles are zeros, which the frozen
 # network after them has never seen.

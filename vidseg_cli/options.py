@@ -1,0 +1,106 @@
+"""What a run is asked to do: option dataclasses, names and bounds, free of heavy imports.
+
+The CLI builds its help and checks its flags from this module alone, so that `vidseg
+--help`, `vidseg segment --help` and shell completion start without importing torch; the
+engine reads the same dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidseg_cli.errors import VidsegError
+
+DEFAULT_VOS_MODEL = "vos-effl0"
+DEFAULT_SIZE = 360
+# Sane bounds, checked before anything is allocated: --size 100000 would ask for a
+# 100000-pixel short side. 2160 is the short side of 4K video.
+MIN_SIZE, MAX_SIZE = 32, 2160
+MAX_SLOTS = 256
+
+POLICIES = ("stremn", "stm", "first-last", "fifo")  # memory update policies
+UPDATE_RULES = ("A", "B", "C", "D")  # stremn: which slot a full bank drops
+FUSIONS = ("model", "training-free", "none")  # stremn's fusion cell
+TTAS = ("none", "flip")
+REUSE_MODES = ("copy", "fusion", "refine")
+SPARSE_GATE_MODES = ("static", "residual", "triple")
+SPARSE_MODES = ("none", *SPARSE_GATE_MODES)
+SPARSE_WRITE_EVERY = 5  # SpVOS's DAVIS schedule: a memory frame every five frames
+DIRECTIONS = ("forward", "backward", "both")
+
+LONG_HEIGHT, LONG_WIDTH = 64, 96  # bench --long's synthetic clip
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    memory: str = "stremn"
+    slots: int = 5
+    update: str = "C"
+    every: int = 5
+    fusion: str = "model"  # stremn's fusion cell: the model's own, training-free, or none
+    write_every: int = 1  # write a frame to memory every N frames (and every masked frame)
+
+
+@dataclass(frozen=True)
+class ReuseOptions:
+    tau: float = 1.0  # reuse when P_gate >= tau for every object; 1 never reuses
+    mode: str = "refine"  # copy the last mask, fusion (copy when very similar), or refine-translate
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tau <= 1.0:
+            raise VidsegError(f"--reuse takes a threshold tau in [0, 1], not {self.tau}")
+        if self.mode not in REUSE_MODES:
+            raise VidsegError(f"unknown --reuse-mode {self.mode!r}; choose from {', '.join(REUSE_MODES)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.tau < 1.0
+
+    @property
+    def copy_above(self) -> float:
+        """fusion mode's second threshold tau_2 > tau: above it the last mask is copied."""
+        return (1.0 + self.tau) / 2.0
+
+
+@dataclass(frozen=True)
+class SparseOptions:
+    mode: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.mode not in SPARSE_MODES:
+            raise VidsegError(f"unknown --sparse {self.mode!r}; choose from {', '.join(SPARSE_MODES)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class EventOptions:
+    """When an object counts as lost: below ``min_share`` of the frame for ``after`` frames."""
+
+    after: int = 3
+    min_share: float = 0.0001
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    input: Path
+    masks: list[str]
+    out: Path | None = None
+    format: str = "png"
+    force: bool = False
+    resize_mask: bool = False
+    model: str = DEFAULT_VOS_MODEL
+    size: int = DEFAULT_SIZE
+    device: str = "auto"
+    memory: MemoryOptions = MemoryOptions()
+    reuse: ReuseOptions = ReuseOptions()
+    reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
+    sparse: SparseOptions = SparseOptions()
+    sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
+    tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
+    direction: str = "both"  # forward, backward, or both (each frame from the nearer mask)
+    events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
+    event_options: EventOptions = EventOptions()
