@@ -114,7 +114,7 @@ def test_segment_json_summary_on_stdout(vidseg, tmp_path, clip):
     assert summary["frames"] == 12 and summary["objects"] == [1, 2]
     assert summary["memory_slots_max"] <= 5 and summary["fps"] > 0 and summary["peak_rss_mb"] > 0
     assert {"00011.png", "labels.mkv", "overlay.mp4"} <= set(summary["outputs"])
-    assert sorted(p.name for p in out.iterdir() if p.name != ".vidseg") == sorted(summary["outputs"])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != ".vidseg") == sorted(summary["outputs"])
 
 
 def test_plain_run_prints_the_output_folder(vidseg, tmp_path, clip):

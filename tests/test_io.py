@@ -11,7 +11,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, natural_key, open_frames
 from vidseg_cli.io.masks import MaskReader, parse_mask_args
 from vidseg_cli.io.palette import davis_palette
-from vidseg_cli.io.sinks import LabelVideoSink, OverlaySink, save_palette_png
+from vidseg_cli.io.sinks import LabelVideoSink, OverlaySink, Prediction, save_palette_png
 
 
 def labels_image(h: int = 31, w: int = 45) -> np.ndarray:
@@ -95,7 +95,7 @@ def test_label_video_decodes_to_exact_ids_with_variable_frame_rate(tmp_path):
     for frame in _frames(len(pts), pts, tb):
         labels = np.roll(labels_image(), frame.index * 3, axis=1)
         written.append(labels)
-        sink.write(frame, labels)
+        sink.write(frame, Prediction(labels))
     sink.close()
     with av.open(str(tmp_path / "labels.mkv")) as container:
         decoded = [(f.pts, f.to_ndarray(format="gray")) for f in container.decode(video=0)]
@@ -109,7 +109,7 @@ def test_overlay_of_odd_sized_video_keeps_timestamps(tmp_path):
     pts = [0, 3000, 9000, 9900, 30000]
     sink = OverlaySink(tmp_path, tb)
     for frame in _frames(len(pts), pts, tb):
-        sink.write(frame, labels_image())
+        sink.write(frame, Prediction(labels_image()))
     sink.close()
     with av.open(str(tmp_path / "overlay.mp4")) as container:
         stream = container.streams.video[0]

@@ -11,11 +11,11 @@ JUDO = SHARED_DATA / "examples"
 pytestmark = pytest.mark.skipif(not JUDO.is_dir(), reason="../shared/data is not available")
 
 
-def test_judo_tracks_four_objects_from_their_first_mask_frames(vidseg, tmp_path):
+def test_judo_forward_tracks_four_objects_from_their_first_mask_frames(vidseg, tmp_path):
     out = tmp_path / "judo"
     run = vidseg(
         "segment", JUDO / "images" / "judo", "--mask", JUDO / "masks" / "judo",
-        "--resize-mask", "--out", out, "--json",
+        "--resize-mask", "--out", out, "--json", "--direction", "forward",
     )
     assert run.code == 0, run.stderr
     assert json.loads(run.stdout)["objects"] == [1, 2, 3, 4]
@@ -23,6 +23,20 @@ def test_judo_tracks_four_objects_from_their_first_mask_frames(vidseg, tmp_path)
     for index in range(16):
         present = set(np.unique(np.asarray(Image.open(out / f"{index:05d}.png"))).tolist()) - {0}
         assert present == {obj for obj, start in first_frame.items() if index >= start}, index
+
+
+def test_judo_seated_person_is_found_backwards_from_frame_13(vidseg, tmp_path):
+    """Object 4, the seated person, is visible from frame 0 but first masked on frame 13."""
+    out = tmp_path / "judo"
+    run = vidseg("segment", JUDO / "images" / "judo", "--mask", f"13:{JUDO / 'masks' / 'judo' / '00013.png'}",
+                 "--out", out, "--json")
+    assert run.code == 0, run.stderr
+    mask_13 = np.asarray(Image.open(out / "00013.png")) == 4
+    for index in range(13):
+        person = np.asarray(Image.open(out / f"{index:05d}.png")) == 4
+        assert person.sum() > 0.5 * mask_13.sum(), index
+        overlap = (person & mask_13).sum() / (person | mask_13).sum()
+        assert overlap > 0.5, (index, overlap)  # seated: the mask barely moves
 
 
 def test_judo_mask_of_wrong_width_is_refused_without_resize(vidseg, tmp_path):

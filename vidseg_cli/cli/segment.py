@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json as json_module
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,12 +18,15 @@ from rich.progress import (
 )
 
 from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import (
     DEFAULT_SIZE,
     DEFAULT_VOS_MODEL,
+    DIRECTIONS,
     SPARSE_MODES,
     SPARSE_WRITE_EVERY,
     TTAS,
+    EventOptions,
     MemoryOptions,
     ReuseOptions,
     SegmentOptions,
@@ -60,7 +64,12 @@ class Format(str, enum.Enum):
     png = "png"
     video = "video"
     overlay = "overlay"
+    alpha = "alpha"
+    rle = "rle"
     all = "all"
+
+
+Direction = enum.Enum("Direction", {name: name for name in DIRECTIONS}, type=str)
 
 
 @user_errors
@@ -74,7 +83,7 @@ def segment_command(
         ),
     ],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_masks beside the input).")] = None,
-    format: Annotated[Format, typer.Option("--format", "-f", help="png: palette PNG per frame; video: lossless FFV1 label video; overlay: colour mp4.")] = Format.png,
+    format: Annotated[Format, typer.Option("--format", "-f", help="png: palette PNG per frame; video: lossless FFV1 label video; overlay: colour mp4; alpha: soft matte per object (<id>/%05d.png); rle: COCO run-length JSON; all: every one.")] = Format.png,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize masks whose size differs from the frames (nearest).")] = False,
     memory: Annotated[Memory, typer.Option(help="Memory update policy.")] = Memory.stremn,
@@ -91,12 +100,18 @@ def segment_command(
     sparse_gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Sparse gates from weights.toml or vidseg train sparse (default: MODEL-MODE).")] = None,
     write_every: Annotated[Optional[int], typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1; 5 with --sparse).")] = None,
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip also segments the mirrored video (with its own memory) and averages the two; about half the speed.")] = Tta.none,
+    direction: Annotated[Direction, typer.Option(help="forward: from each mask on; backward: from each mask back; both: each frame from the nearer mask.")] = Direction.both,
+    events: Annotated[Optional[str], typer.Option(metavar="FILE|-", help="Per-frame objects (area, box, centroid, confidence) and events (appeared, lost, reappeared) as JSON lines, to FILE or stdout.")] = None,
+    lost_after: Annotated[int, typer.Option(metavar="N", min=1, help="Events: an object absent for N frames is lost.")] = EventOptions.after,
+    lost_below: Annotated[float, typer.Option(metavar="SHARE", min=0.0, max=0.99, help="Events: an object below this share of the frame counts as absent.")] = EventOptions.min_share,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
 
     Prints the output folder on stdout (or a JSON summary with --json).
     """
+    if events == "-" and json:
+        raise VidsegError("--events - and --json both write to stdout: give --events a FILE")
     options = SegmentOptions(
         input=input,
         masks=mask,
@@ -116,11 +131,14 @@ def segment_command(
         sparse=SparseOptions(sparse.value),
         sparse_gates=sparse_gates,
         tta=tta.value,
+        direction=direction.value,
+        events=events,
+        event_options=EventOptions(after=lost_after, min_share=lost_below),
     )
     from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
 
     with _progress() as advance:
-        summary = segment(options, advance)
+        summary = segment(options, advance, events=_print_line if events == "-" else None)
     if json:
         print_json(summary)
     else:
@@ -131,7 +149,14 @@ def segment_command(
             f"peak memory {summary.peak_rss_mb:.0f} MB",
             highlight=False,
         )
-        print(summary.output)
+        if events == "-":  # stdout carries the event lines
+            stderr.print(f"output: {summary.output}", highlight=False)
+        else:
+            print(summary.output)
+
+
+def _print_line(record: dict) -> None:
+    print(json_module.dumps(record), flush=True)
 
 
 @contextlib.contextmanager

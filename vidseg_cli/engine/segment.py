@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import resource
 import sys
@@ -12,23 +13,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vidseg_cli.engine.reuse import ReuseTracker
-from vidseg_cli.engine.session import VOSSession
+from vidseg_cli.engine.directions import BACKWARD, FORWARD, BackwardPass, DirectionPlan, prediction_of
+from vidseg_cli.engine.events import EventTracker
+from vidseg_cli.engine.session import StepResult, VOSSession
 from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.frames import FrameSource, open_frames
+from vidseg_cli.io.frames import Frame, FrameSource, open_frames
 from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
-from vidseg_cli.io.outputs import StagedOutput
-from vidseg_cli.io.sinks import Sink, open_sinks, write_all
+from vidseg_cli.io.outputs import StagedFile, StagedOutput, resolve_output
+from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.options import (  # noqa: F401 - re-exported
     DEFAULT_SIZE,
+    DIRECTIONS,
     FUSIONS,
     MAX_SIZE,
     MAX_SLOTS,
@@ -75,6 +80,8 @@ class SegmentSummary:
     computed_share: float | None = None  # SpVOS: mean share of the gated backbone work computed
     outputs: list[str] = field(default_factory=list)
     renumbered_ids: dict[str, int] = field(default_factory=dict)  # 16-bit mask id -> object id
+    steps: int = 0  # frames the model ran on, over both directions
+    events: dict[str, dict] | None = None  # per object: frames present, frames lost, where
 
 
 def default_output(input_path: Path) -> Path:
@@ -209,30 +216,70 @@ def validate_size(size: int) -> None:
         raise VidsegError(f"--size {size}: the processing size must be between {MIN_SIZE} and {MAX_SIZE} pixels")
 
 
-def segment(options: SegmentOptions, progress: Progress | None = None) -> SegmentSummary:
-    """Run video object segmentation end to end; raises VidsegError on bad input."""
+def segment(
+    options: SegmentOptions, progress: Progress | None = None, events: Callable[[dict], None] | None = None
+) -> SegmentSummary:
+    """Run video object segmentation end to end; raises VidsegError on bad input.
+    ``events``: where per-frame event records go when ``options.events`` is ``-``."""
     masks = parse_mask_args(options.masks)
     validate_memory(options.memory, permanent=len(masks))
     check_tta(options.tta, options.reuse, options.sparse)
+    validate_direction(options)
     device = pick_device(options.device)
     validate_size(options.size)
     source = open_frames(options.input)
     with contextlib.closing(source):
         reader = MaskReader(source.size, resize=options.resize_mask)
-        _check_masks(masks, reader, source)
+        objects = _check_masks(masks, reader, source)
         _say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
         staged = StagedOutput(target, force=options.force, inputs=inputs)
+        events_file = _events_file(options, staged, inputs)
         try:
-            summary = _run(options, source, masks, reader, staged.staging, device, progress)
+            writer = _events_writer(events_file, events)
+            summary = _run(options, source, masks, reader, staged.staging, device, progress, objects, writer)
             staged.commit()
+            if events_file is not None:
+                events_file.commit()
         except BaseException:
             staged.abort()
+            if events_file is not None:
+                events_file.abort()
             raise
     summary.output = str(staged.target)
     summary.renumbered_ids = {str(wide): id_ for wide, id_ in reader.renumbered.items()}
     return summary
+
+
+def validate_direction(options: SegmentOptions) -> None:
+    if options.direction not in DIRECTIONS:
+        raise VidsegError(f"unknown --direction {options.direction!r}; choose from {', '.join(DIRECTIONS)}")
+    event = options.event_options
+    if event.after < 1 or not 0.0 <= event.min_share < 1.0:
+        raise VidsegError("--lost-after must be at least 1 frame and --lost-below a share of the frame in [0, 1)")
+
+
+def _events_file(options: SegmentOptions, staged: StagedOutput, inputs: list[Path]) -> StagedFile | None:
+    if options.events in (None, "-"):
+        return None
+    path = Path(options.events)
+    resolved = resolve_output(path, inputs)
+    if resolved == staged.target or staged.target in resolved.parents:
+        raise VidsegError(f"--events {path} lies inside the output folder {staged.target}: write it elsewhere")
+    return StagedFile(path, force=options.force, inputs=inputs)
+
+
+def _events_writer(events_file: StagedFile | None, events: Callable[[dict], None] | None):
+    if events_file is None:
+        return events
+    handle = open(events_file.staging, "w")  # noqa: SIM115 - closed by StagedFile
+
+    def write(record: dict) -> None:
+        handle.write(json.dumps(record) + "\n")
+
+    events_file.on_close(handle.close)
+    return write
 
 
 def _say_renumbered(renumbered: dict[int, int]) -> None:
@@ -241,14 +288,36 @@ def _say_renumbered(renumbered: dict[int, int]) -> None:
         warn(f"16-bit mask ids above 255 renumbered (the outputs use the new ids): {pairs}")
 
 
-def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> None:
-    """Fail before any work: unreadable, empty, wrongly sized or out-of-range masks."""
+def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> tuple[int, ...]:
+    """Fail before any work: unreadable, empty, wrongly sized or out-of-range masks.
+    Returns every object id the masks name."""
+    objects: set[int] = set()
     for mask in masks:
         if source.count is not None and mask.frame >= source.count:
             raise VidsegError(
                 f"mask {mask.path} is for frame {mask.frame}, but the video has {source.count} frames"
             )
-        reader.read(mask.path)
+        objects.update(int(i) for i in np.unique(reader.read(mask.path)) if i)
+    return tuple(sorted(objects))
+
+
+class _Stats:
+    """What the summary reports of every step, in either pass."""
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self.progress, self.total = progress, total
+        self.steps = 0
+        self.slots = self.memory_bytes = self.reused = 0
+        self.computed: list[float] = []
+
+    def __call__(self, result: StepResult) -> None:
+        self.steps += 1
+        self.slots = max(self.slots, result.slots)
+        self.memory_bytes = max(self.memory_bytes, result.memory_bytes)
+        self.reused += result.reused
+        self.computed.append(result.computed)
+        if self.progress:
+            self.progress(self.steps, self.total)
 
 
 def _run(
@@ -259,39 +328,77 @@ def _run(
     folder: Path,
     device: torch.device,
     progress: Progress | None,
+    objects: tuple[int, ...],
+    events: Callable[[dict], None] | None,
 ) -> SegmentSummary:
     use_all_cores()
     model = build_model(options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates)
-    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse, options.tta)
-    computed = []
     by_frame = {mask.frame: mask.path for mask in masks}
+    plan = DirectionPlan(options.direction, list(by_frame))
+    soft = needs_probabilities(options.format) or options.events is not None
     summary = SegmentSummary(input=str(options.input), output="")
     start = time.perf_counter()
-    with open_sinks(options.format, folder, source.time_base) as sinks:
+    backward = None
+    stats = _Stats(progress, None if source.count is None else source.count + (plan.masked[-1] + 1) * plan.needs_backward)
+    if plan.needs_backward:  # frames 0 .. last mask, cached, then walked from the end
+        backward = BackwardPass(folder / ".cache")
+        session = _session(model, options, device, soft)
+        backward.run(session, source, by_frame, reader, plan, stats)
+        source = open_frames(options.input)  # a video decodes forwards only: start again
+    tracker = EventTracker(objects, options.event_options) if options.events is not None else None
+    session = _session(model, options, device, soft)
+    with contextlib.closing(source), open_sinks(options.format, folder, source.time_base, objects) as sinks:
         for frame in source:
-            mask = reader.read(by_frame[frame.index]) if frame.index in by_frame else None
-            result = session.step(frame.image, mask)
-            write_all(sinks, frame, result.labels)
+            result = None
+            if plan.forward_runs(frame.index):
+                mask = reader.read(by_frame[frame.index]) if frame.index in by_frame else None
+                result = session.step(frame.image, mask)
+                stats(result)
+            prediction = _prediction_for(frame, plan.serves(frame.index), result, backward)
+            write_all(sinks, frame, prediction)
+            if tracker is not None:
+                for record in tracker.observe(frame.index, round(float(frame.pts * frame.time_base), 6), prediction):
+                    events(record)
             summary.frames += 1
-            summary.memory_slots_max = max(summary.memory_slots_max, result.slots)
-            summary.memory_bytes_max = max(summary.memory_bytes_max, result.memory_bytes)
-            summary.reused_frames += result.reused
-            computed.append(result.computed)
-            if progress:
-                progress(summary.frames, source.count)
     late = [m for m in masks if m.frame >= summary.frames]
     if late:
         raise VidsegError(
             f"mask {late[0].path} is for frame {late[0].frame}, but the video has {summary.frames} frames"
         )
-    _finish(summary, session, sinks, time.perf_counter() - start, device)
-    if options.sparse.enabled and computed:
-        summary.computed_share = round(sum(computed) / len(computed), 4)
+    if tracker is not None:
+        for record in tracker.finish():
+            events(record)
+        summary.events = tracker.summary()
+    if backward is not None:
+        backward.remove()
+    _finish(summary, objects, stats, sinks, time.perf_counter() - start, device, options)
     return summary
 
 
-def _finish(summary: SegmentSummary, session: VOSSession, sinks: list[Sink], seconds: float, device: torch.device) -> None:
-    summary.objects = list(session.object_ids)
+def _session(model: VOSModel, options: SegmentOptions, device: torch.device, soft: bool) -> VOSSession:
+    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse, options.tta)
+    session.keep_probabilities = soft
+    return session
+
+
+def _prediction_for(frame: Frame, serving: str | None, result: StepResult | None, backward: BackwardPass | None) -> Prediction:
+    if serving == BACKWARD:
+        return backward.take(frame.index)
+    if serving == FORWARD and result is not None:
+        return prediction_of(result)
+    return Prediction(np.zeros(frame.image.shape[:2], np.uint8))  # no pass reaches this frame
+
+
+def _finish(
+    summary: SegmentSummary, objects: tuple[int, ...], stats: _Stats, sinks: list[Sink], seconds: float,
+    device: torch.device, options: SegmentOptions,
+) -> None:
+    summary.objects = list(objects)
+    summary.steps = stats.steps
+    summary.memory_slots_max, summary.memory_bytes_max = stats.slots, stats.memory_bytes
+    summary.reused_frames = stats.reused
+    if options.sparse.enabled and stats.computed:
+        summary.computed_share = round(sum(stats.computed) / len(stats.computed), 4)
     summary.seconds = round(seconds, 3)
     summary.fps = round(summary.frames / seconds, 3) if seconds > 0 else 0.0
     summary.peak_rss_mb = round(peak_rss_bytes() / 2**20, 1)

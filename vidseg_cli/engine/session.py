@@ -26,6 +26,10 @@ class StepResult:
     memory_bytes: int
     reused: bool = False  # Reuse-VOS skipped the heavy path on this frame
     computed: float = 1.0  # SpVOS: share of the gated backbone work this frame computed
+    # with ``keep_probabilities``: (objects, H, W) uint8, each object's probability x 255
+    # at the input resolution, channels in the order of ``object_ids``
+    probabilities: np.ndarray | None = None
+    object_ids: tuple[int, ...] = ()
 
 
 class VOSSession:
@@ -55,10 +59,15 @@ class VOSSession:
         self.object_ids: list[int] = []
         self.frame_index = 0
         self._last_write: int | None = None
+        self.keep_probabilities = False  # also return soft masks (mattes, confidences)
 
-    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> StepResult:
-        """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None."""
-        height, width = frame.shape[:2]
+    def step(
+        self, frame: np.ndarray, mask: np.ndarray | None = None, output_size: tuple[int, int] | None = None
+    ) -> StepResult:
+        """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None.
+        ``output_size``: the input resolution when ``frame`` was already brought to the
+        processing size (``processing_image``), as the backward pass caches it."""
+        height, width = output_size or frame.shape[:2]
         image = self._preprocess(frame)
         writes = mask is not None or self._memory_frame()
         computed = 1.0
@@ -104,10 +113,19 @@ class VOSSession:
         reused: bool,
         computed: float = 1.0,
     ) -> StepResult:
-        labels = self._labels(self.model.upsample(probs, image), size, mask)
+        labels, full = self._labels(self.model.upsample(probs, image), size, mask)
         self.frame_index += 1
         memory_bytes = self.bank.nbytes + (self.mirror.nbytes if self.mirror is not None else 0)
-        return StepResult(labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed)
+        soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
+        return StepResult(
+            labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed,
+            probabilities=soft, object_ids=tuple(self.object_ids),
+        )
+
+    def processing_image(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the processing size, (h, w, 3) uint8: what a cache keeps."""
+        image = self._preprocess(frame).round().clamp(0, 255).to(torch.uint8)
+        return image.permute(1, 2, 0).cpu().numpy()
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
@@ -152,7 +170,10 @@ class VOSSession:
         bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
         self._last_write = self.frame_index
 
-    def _labels(self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
+    def _labels(
+        self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Object ids at the input resolution, and the probabilities they were taken from."""
         full = probs
         if tuple(probs.shape[-2:]) != size:
             full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -163,7 +184,18 @@ class VOSSession:
             # a user mask is exact at full resolution: keep its pixels as given
             labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
             labels = labels.astype(np.uint8)
-        return labels
+        return labels, full
+
+
+def _soft(full: torch.Tensor, labels: np.ndarray, object_ids: list[int], mask: np.ndarray | None) -> np.ndarray:
+    """(objects, H, W) uint8 probabilities; on a frame with a user mask, the mask's own
+    pixels are certain (255 for its object, 0 for the others)."""
+    soft = (full[1:].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    if mask is not None:
+        given = mask > 0
+        for row, object_id in enumerate(object_ids):
+            soft[row][given] = np.where(labels[given] == object_id, 255, 0)
+    return soft
 
 
 def _argmax_channels(probs: torch.Tensor) -> torch.Tensor:

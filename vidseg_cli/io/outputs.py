@@ -146,26 +146,64 @@ class StagedOutput:
         self._parents.remove()
 
 
+class StagedFile:
+    """A file output written atomically: fill ``staging``, then ``commit`` renames it
+    over ``target`` (checked up front: never an input, an existing file only with force)."""
+
+    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+        self.given = target
+        self.target = resolve_output(target, inputs)
+        self.force = force
+        refuse_existing(self.target, force)
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self._parents = _CreatedParents(self.target.parent)
+            handle, name = tempfile.mkstemp(
+                prefix=f".{self.target.name}.", suffix=f".partial{self.target.suffix}", dir=self.target.parent
+            )
+            os.close(handle)
+        except OSError as error:
+            raise OutputError(f"cannot write {target}: {os_error_text(error)}") from None
+        self.staging = Path(name)
+
+    def on_close(self, close: Callable[[], None]) -> None:
+        """Run ``close`` (flush a handle) before the file is published or removed."""
+        self._closers.append(close)
+
+    def _close(self) -> None:
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
+
+    def commit(self) -> None:
+        try:
+            self._close()
+            os.chmod(self.staging, file_mode())
+            os.replace(self.staging, self.target)
+        except OSError as error:
+            self.abort()
+            raise OutputError(f"cannot write {self.given}: {os_error_text(error)}") from None
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        except OSError:
+            pass  # the write already failed; the file goes anyway
+        self.staging.unlink(missing_ok=True)
+        self._parents.remove()
+
+
 def write_file_atomically(
     target: Path, write: Callable[[Path], None], force: bool, inputs: Iterable[Path] = ()
 ) -> None:
     """``write(tmp)`` fills a hidden sibling file that then replaces ``target`` in one rename."""
-    resolved = resolve_output(target, inputs)
-    refuse_existing(resolved, force)
+    staged = StagedFile(target, force, inputs)
     try:
-        parents = _CreatedParents(resolved.parent)
-        handle, name = tempfile.mkstemp(prefix=f".{resolved.name}.", suffix=f".partial{resolved.suffix}", dir=resolved.parent)
-        os.close(handle)
+        write(staged.staging)
     except OSError as error:
+        staged.abort()
         raise OutputError(f"cannot write {target}: {os_error_text(error)}") from None
-    staging = Path(name)
-    try:
-        write(staging)
-        os.chmod(staging, file_mode())
-        os.replace(staging, resolved)
-    except BaseException as error:
-        staging.unlink(missing_ok=True)
-        parents.remove()
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {target}: {os_error_text(error)}") from None
+    except BaseException:
+        staged.abort()
         raise
+    staged.commit()

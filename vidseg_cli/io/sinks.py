@@ -1,4 +1,5 @@
-"""Output sinks: palette PNG sequence, lossless label video, colour overlay video.
+"""Output sinks: palette PNG sequence, lossless label video, colour overlay video,
+per-object soft mattes, and COCO run-length encoding.
 
 All sinks write into a staging folder; ``io.outputs.StagedOutput`` moves it into place only
 when the whole run succeeded (and every file was closed without error), so a failed run
@@ -8,7 +9,9 @@ leaves nothing behind and an existing output is replaced only with --force.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -21,13 +24,32 @@ from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame
 from vidseg_cli.io.palette import davis_palette
 
-FORMATS = ("png", "video", "overlay", "all")
+FORMATS = ("png", "video", "overlay", "alpha", "rle", "all")
 LABEL_VIDEO = "labels.mkv"
 OVERLAY_VIDEO = "overlay.mp4"
+RLE_FILE = "rle.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a frame's sinks write: object ids, and (for mattes and confidences) each
+    object's probability x 255, channels in the order of ``object_ids``."""
+
+    labels: np.ndarray  # (H, W) uint8
+    probabilities: np.ndarray | None = None  # (len(object_ids), H, W) uint8
+    object_ids: tuple[int, ...] = ()
+
+    def probability(self, object_id: int) -> np.ndarray:
+        """(H, W) uint8; zeros for an object this frame's pass did not know yet."""
+        if self.probabilities is None:
+            raise ValueError("this prediction was made without probabilities")
+        if object_id not in self.object_ids:
+            return np.zeros(self.labels.shape, np.uint8)
+        return self.probabilities[self.object_ids.index(object_id)]
 
 
 class Sink:
-    def write(self, frame: Frame, labels: np.ndarray) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -46,8 +68,8 @@ class PngSink(Sink):
         self.folder = folder
         self.count = 0
 
-    def write(self, frame: Frame, labels: np.ndarray) -> None:
-        save_palette_png(labels, self.folder / f"{frame.index:05d}.png")
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        save_palette_png(prediction.labels, self.folder / f"{frame.index:05d}.png")
         self.count += 1
 
     @property
@@ -83,8 +105,8 @@ class _VideoSink(Sink):
         self.started = False
         self.last_pts: int | None = None
 
-    def write(self, frame: Frame, labels: np.ndarray) -> None:
-        image = self._image(frame, labels)
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        image = self._image(frame, prediction.labels)
         if not self.started:
             self.stream.height, self.stream.width = image.shape[:2]
             self.started = True
@@ -139,15 +161,114 @@ def _pad_even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def make_sinks(fmt: str, folder: Path, time_base: Fraction) -> list[Sink]:
-    kinds = {"png": [PngSink], "video": [LabelVideoSink], "overlay": [OverlaySink]}
-    kinds["all"] = [PngSink, LabelVideoSink, OverlaySink]
+class AlphaSink(Sink):
+    """Per-object soft mattes for compositing: ``<id>/%05d.png``, 8-bit grey, 255 opaque.
+
+    A matte is the object's probability against its strongest rival (the background or
+    another object), p / (p + max rival): above one half exactly where the label map
+    says the object is, so a matte thresholded at 0.5 equals the label PNGs, and soft
+    where the model was unsure (edges, motion blur, hair)."""
+
+    def __init__(self, folder: Path, objects: tuple[int, ...]) -> None:
+        self.folder, self.objects = folder, objects
+        self.count = 0
+        for object_id in objects:
+            (folder / str(object_id)).mkdir()
+
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        for object_id, matte in zip(self.objects, mattes(prediction, self.objects), strict=True):
+            Image.fromarray(matte, mode="L").save(self.folder / str(object_id) / f"{frame.index:05d}.png", compress_level=1)
+        self.count += 1
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{object_id}/{i:05d}.png" for object_id in self.objects for i in range(self.count)]
+
+
+def mattes(prediction: Prediction, objects: tuple[int, ...]) -> list[np.ndarray]:
+    """(H, W) uint8 matte per object: p / (p + strongest rival), quantised so that
+    ``matte >= 128`` holds exactly where ``labels == object``."""
+    known = prediction.probabilities.astype(np.float32) if prediction.probabilities is not None else None
+    if known is None or not len(known):
+        return [np.where(prediction.labels == object_id, 255, 0).astype(np.uint8) for object_id in objects]
+    background = np.clip(255.0 - known.sum(axis=0), 0.0, None)
+    out = []
+    for object_id in objects:
+        own = prediction.probability(object_id).astype(np.float32)
+        rivals = [background] + [known[i] for i, other in enumerate(prediction.object_ids) if other != object_id]
+        rival = np.maximum.reduce(rivals)
+        soft = np.round(255.0 * own / np.maximum(own + rival, 1e-6))
+        inside = prediction.labels == object_id
+        out.append(np.where(inside, np.maximum(soft, 128), np.minimum(soft, 127)).astype(np.uint8))
+    return out
+
+
+class RleSink(Sink):
+    """Every object on every frame as COCO run-length encoding (pycocotools' compressed
+    ``counts``), in one JSON file written as the frames come:
+
+    ``{"format": "coco-rle", "height", "width", "objects", "frames": [{"frame", "time",
+    "objects": {"<id>": {"size": [H, W], "counts": "..."}}}]}``; an object absent from a
+    frame is left out of that frame."""
+
+    def __init__(self, folder: Path, objects: tuple[int, ...]) -> None:
+        self.objects = objects
+        self.file = open(folder / RLE_FILE, "w")  # noqa: SIM115 - closed by close()
+        self.first = True
+
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        from pycocotools import mask as coco_mask  # compiled; loaded only for this format
+
+        if self.first:
+            height, width = prediction.labels.shape
+            header = {"format": "coco-rle", "height": height, "width": width, "objects": list(self.objects)}
+            self.file.write(json.dumps(header)[:-1] + ', "frames": [\n')
+        encoded = {}
+        for object_id in self.objects:
+            binary = np.asfortranarray(prediction.labels == object_id, dtype=np.uint8)
+            if binary.any():
+                rle = coco_mask.encode(binary)
+                encoded[str(object_id)] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        record = {"frame": frame.index, "time": round(float(frame.pts * frame.time_base), 6), "objects": encoded}
+        self.file.write(("" if self.first else ",\n") + json.dumps(record))
+        self.first = False
+
+    def close(self) -> None:
+        if self.first:  # no frame: still a valid file
+            self.file.write(json.dumps({"format": "coco-rle", "objects": list(self.objects), "frames": []}))
+        else:
+            self.file.write("\n]}\n")
+        self.file.close()
+
+    @property
+    def outputs(self) -> list[str]:
+        return [RLE_FILE]
+
+
+def make_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = ()) -> list[Sink]:
+    kinds = {"png": [PngSink], "video": [LabelVideoSink], "overlay": [OverlaySink], "alpha": [AlphaSink], "rle": [RleSink]}
+    kinds["all"] = [PngSink, LabelVideoSink, OverlaySink, AlphaSink, RleSink]
     if fmt not in kinds:
         raise VidsegError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    made = []
     try:
-        return [kind(folder) if kind is PngSink else kind(folder, time_base) for kind in kinds[fmt]]
+        for kind in kinds[fmt]:
+            if kind is PngSink:
+                made.append(kind(folder))
+            elif kind in (AlphaSink, RleSink):
+                made.append(kind(folder, objects))
+            else:
+                made.append(kind(folder, time_base))
     except OSError as error:
+        for sink in made:
+            with contextlib.suppress(Exception):
+                sink.close()
         raise write_error(error) from None
+    return made
+
+
+def needs_probabilities(fmt: str) -> bool:
+    return fmt in ("alpha", "all")
 
 
 def write_error(error: OSError) -> OutputError:
@@ -159,11 +280,11 @@ def write_error(error: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def open_sinks(fmt: str, folder: Path, time_base: Fraction) -> Iterator[list[Sink]]:
+def open_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = ()) -> Iterator[list[Sink]]:
     """The sinks of a format, closed at the end. A failure to flush or close a file fails
     the run like a failed write: a video cut short by a full disk is never published.
     When the run already failed, closing is best effort and the first error stands."""
-    sinks = make_sinks(fmt, folder, time_base)
+    sinks = make_sinks(fmt, folder, time_base, objects)
     try:
         yield sinks
     except BaseException:
@@ -178,10 +299,10 @@ def open_sinks(fmt: str, folder: Path, time_base: Fraction) -> Iterator[list[Sin
             raise write_error(error) from None
 
 
-def write_all(sinks: list[Sink], frame: Frame, labels: np.ndarray) -> None:
+def write_all(sinks: list[Sink], frame: Frame, prediction: Prediction) -> None:
     """One frame to every sink; a write error (disk full, file too large) is one line."""
     try:
         for sink in sinks:
-            sink.write(frame, labels)
+            sink.write(frame, prediction)
     except OSError as error:
         raise write_error(error) from None
