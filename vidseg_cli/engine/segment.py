@@ -25,7 +25,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, FrameSource, open_frames
 from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
-from vidseg_cli.io.outputs import StagedFile, StagedOutput, resolve_output
+from vidseg_cli.io.outputs import StagedFile, StagedOutput, refuse_existing, resolve_output
 from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
@@ -234,9 +234,12 @@ def segment(
         _say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
+        _check_events_file(options, resolve_output(target, inputs), inputs)
         staged = StagedOutput(target, force=options.force, inputs=inputs)
-        events_file = _events_file(options, staged, inputs)
+        events_file = None
         try:
+            if options.events not in (None, "-"):
+                events_file = StagedFile(Path(options.events), force=options.force, inputs=inputs)
             writer = _events_writer(events_file, events)
             summary = _run(options, source, masks, reader, staged.staging, device, progress, objects, writer)
             staged.commit()
@@ -260,14 +263,16 @@ def validate_direction(options: SegmentOptions) -> None:
         raise VidsegError("--lost-after must be at least 1 frame and --lost-below a share of the frame in [0, 1)")
 
 
-def _events_file(options: SegmentOptions, staged: StagedOutput, inputs: list[Path]) -> StagedFile | None:
+def _check_events_file(options: SegmentOptions, output: Path, inputs: list[Path]) -> None:
+    """Before anything is created: the events file is no input, not inside the output
+    folder (which the run replaces), and replaces an existing file only with --force."""
     if options.events in (None, "-"):
-        return None
+        return
     path = Path(options.events)
     resolved = resolve_output(path, inputs)
-    if resolved == staged.target or staged.target in resolved.parents:
-        raise VidsegError(f"--events {path} lies inside the output folder {staged.target}: write it elsewhere")
-    return StagedFile(path, force=options.force, inputs=inputs)
+    if resolved == output or output in resolved.parents:
+        raise VidsegError(f"--events {path} lies inside the output folder {output}: write it elsewhere")
+    refuse_existing(resolved, options.force)
 
 
 def _events_writer(events_file: StagedFile | None, events: Callable[[dict], None] | None):
