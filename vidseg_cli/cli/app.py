@@ -18,6 +18,7 @@ from collections.abc import MutableMapping
 import typer
 
 from vidseg_cli import __version__
+from vidseg_cli.cli.batch import batch_command
 from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.common import say_error
 from vidseg_cli.cli.completions import COMPLETE_VAR
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 app.command("segment")(segment_command)
 app.command("bench")(bench_command)
+app.command("batch")(batch_command)
 
 
 def _version(value: bool) -> None:

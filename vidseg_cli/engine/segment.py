@@ -108,10 +108,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+THREADS_VARIABLE = "VIDSEG_NUM_THREADS"  # a share of the cores, set for each batch worker
+
+
+def available_cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def use_all_cores() -> None:
-    """PyTorch defaults to physical cores; use every core this process may run on, and keep
-    large freed buffers for reuse (``keep_freed_buffers``)."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """PyTorch defaults to physical cores; use every core this process may run on (or the
+    share ``VIDSEG_NUM_THREADS`` gives it), and keep large freed buffers for reuse
+    (``keep_freed_buffers``)."""
+    share = os.environ.get(THREADS_VARIABLE, "")
+    torch.set_num_threads(int(share) if share.isdigit() and int(share) > 0 else available_cores())
     keep_freed_buffers()
 
 

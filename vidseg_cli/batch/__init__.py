@@ -1,0 +1,1 @@
+"""vidseg batch: many videos, on this machine or a Ray cluster."""
