@@ -104,3 +104,6 @@ class SegmentOptions:
     direction: str = "both"  # forward, backward, or both (each frame from the nearer mask)
     events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
     event_options: EventOptions = EventOptions()
+    resume: bool = False  # go on from the checkpoint in the output's staging folder
+    checkpoint_every: int = 0  # frames between checkpoints (0: by time only)
+    checkpoint_seconds: float = 60.0  # seconds between checkpoints (0: by frames only)

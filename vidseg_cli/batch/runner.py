@@ -9,6 +9,7 @@ leave nothing).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
@@ -41,7 +42,8 @@ class Job:
 
 
 def jobs_for(rows: list[Row], defaults: SegmentOptions, resume: bool) -> list[Job]:
-    return [Job(row, row_options(row, defaults), resume) for row in rows]
+    """With ``resume`` a complete row is skipped and a row cut short goes on from its checkpoint."""
+    return [Job(row, dataclasses.replace(row_options(row, defaults), resume=resume), resume) for row in rows]
 
 
 def run_job(job: Job) -> dict:

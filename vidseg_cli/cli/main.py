@@ -51,9 +51,10 @@ def interrupted_code(error: BaseException) -> int:
 
 
 def say_interrupted(error: BaseException, what: str = "nothing was written") -> int:
-    """One line on stderr for Ctrl-C or SIGTERM; returns the exit code."""
+    """One line on stderr for Ctrl-C or SIGTERM (``error.note`` says what was kept, if
+    anything); returns the exit code."""
     name = "terminated" if isinstance(error, Terminated) else "interrupted"
-    sys.stderr.write(f"{name}; {what}\n")
+    sys.stderr.write(f"{name}; {getattr(error, 'note', what)}\n")
     return interrupted_code(error)
 
 

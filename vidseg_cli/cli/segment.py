@@ -104,6 +104,9 @@ def segment_command(
     events: Annotated[Optional[str], typer.Option(metavar="FILE|-", help="Per-frame objects (area, box, centroid, confidence) and events (appeared, lost, reappeared) as JSON lines, to FILE or stdout.")] = None,
     lost_after: Annotated[int, typer.Option(metavar="N", min=1, help="Events: an object absent for N frames is lost.")] = EventOptions.after,
     lost_below: Annotated[float, typer.Option(metavar="SHARE", min=0.0, max=0.99, help="Events: an object below this share of the frame counts as absent.")] = EventOptions.min_share,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on from the checkpoint an interrupted run of the same command left (in the output's hidden .NAME.partial folder).")] = False,
+    checkpoint_every: Annotated[int, typer.Option(metavar="N", min=0, help="Checkpoint every N frames (0: by time only).")] = 0,
+    checkpoint_seconds: Annotated[float, typer.Option(metavar="S", min=0.0, help="Checkpoint every S seconds (0: by frames only).")] = 60.0,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
@@ -134,6 +137,9 @@ def segment_command(
         direction=direction.value,
         events=events,
         event_options=EventOptions(after=lost_after, min_share=lost_below),
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
     )
     from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
 

@@ -10,8 +10,8 @@ Video files decode forwards only, so the backward pass first streams frames 0 ..
 masked frame into a cache folder at the processing size (uint8, about 0.7 MB a frame at
 360p), then walks it from the end, keeping the predictions the forward pass will need
 (full-resolution labels and, for mattes and events, probabilities). Cache files are
-deleted as they are consumed: disk use is bounded by the span before the last mask, and
-memory by one frame.
+deleted as the backward walk consumes them, predictions when the run ends: disk use is
+bounded by the span before the last mask, and memory by one frame.
 """
 
 from __future__ import annotations
@@ -112,13 +112,11 @@ class BackwardPass:
         np.savez(self.cache / f"prediction-{index}.npz", **arrays)
 
     def take(self, index: int) -> Prediction:
-        """The kept prediction of a frame, removed from the cache."""
-        path = self.cache / f"prediction-{index}.npz"
-        with np.load(path) as stored:
+        """The kept prediction of a frame (the cache stays until the run ends: a resumed
+        run may need the frames after its checkpoint again)."""
+        with np.load(self.cache / f"prediction-{index}.npz") as stored:
             probabilities = stored["probabilities"] if "probabilities" in stored.files else None
-            prediction = Prediction(stored["labels"], probabilities, tuple(int(i) for i in stored["object_ids"]))
-        path.unlink()
-        return prediction
+            return Prediction(stored["labels"], probabilities, tuple(int(i) for i in stored["object_ids"]))
 
     def remove(self) -> None:
         shutil.rmtree(self.cache, ignore_errors=True)

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from vidseg_cli.engine.reuse import ReuseTracker
+from vidseg_cli.engine import checkpoint
 from vidseg_cli.engine.directions import BACKWARD, FORWARD, BackwardPass, DirectionPlan, prediction_of
 from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.engine.session import StepResult, VOSSession
 from vidseg_cli.engine.sparse import SparseTracker
-from vidseg_cli.errors import VidsegError
+from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame, FrameSource, open_frames
 from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
@@ -244,24 +245,79 @@ def segment(
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
         _check_events_file(options, resolve_output(target, inputs), inputs)
-        staged = StagedOutput(target, force=options.force, inputs=inputs)
-        events_file = None
+        staged = StagedOutput(target, force=options.force, inputs=inputs, resume=options.resume)
+        events_out = None
         try:
-            if options.events not in (None, "-"):
-                events_file = StagedFile(Path(options.events), force=options.force, inputs=inputs)
-            writer = _events_writer(events_file, events)
-            summary = _run(options, source, masks, reader, staged.staging, device, progress, objects, writer)
+            events_out = _EventsOut(options, inputs, events)
+            summary = _run(options, source, masks, reader, staged.staging, device, progress, objects, events_out)
             staged.commit()
-            if events_file is not None:
-                events_file.commit()
-        except BaseException:
-            staged.abort()
-            if events_file is not None:
-                events_file.abort()
-            raise
+            events_out.commit()
+        except BaseException as error:
+            _fail(error, staged, events_out)
     summary.output = str(staged.target)
     summary.renumbered_ids = {str(wide): id_ for wide, id_ in reader.renumbered.items()}
     return summary
+
+
+def _fail(error: BaseException, staged: StagedOutput, events_out: _EventsOut | None) -> None:
+    """Remove what a failed run staged, or keep it for ``--resume`` when a checkpoint is
+    there and the failure is one a later run can get past (Ctrl-C, SIGTERM, a full disk)."""
+    resumable = checkpoint.exists(staged.staging) and isinstance(error, (KeyboardInterrupt, OutputError))
+    if not resumable:
+        staged.abort()
+        if events_out is not None:
+            events_out.abort()
+        raise error
+    staged.keep()
+    if events_out is not None:
+        events_out.keep()
+    frame = checkpoint.frame_of(staged.staging)
+    note = f"the checkpoint at frame {frame} is kept: run the same command with --resume to go on"
+    if isinstance(error, OutputError):
+        raise OutputError(f"{error}; {note}") from None
+    error.note = note
+    raise error
+
+
+class _EventsOut:
+    """Event records to a file (staged, resumable) or to the caller (``-``: stdout)."""
+
+    def __init__(self, options: SegmentOptions, inputs: list[Path], callback: Callable[[dict], None] | None) -> None:
+        self.callback, self.file, self.handle = callback, None, None
+        if options.events not in (None, "-"):
+            self.file = StagedFile(Path(options.events), force=options.force, inputs=inputs, resumable=True)
+            self.handle = open(self.file.staging, "r+" if options.resume else "w")  # noqa: SIM115
+            self.file.on_close(self.handle.close)
+
+    def __call__(self, record: dict) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record) + "\n")
+        elif self.callback is not None:
+            self.callback(record)
+
+    def checkpoint(self) -> int | None:
+        if self.handle is None:
+            return None
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        return self.handle.tell()
+
+    def resume(self, offset: int | None) -> None:
+        if self.handle is not None and offset is not None:
+            self.handle.truncate(offset)
+            self.handle.seek(offset)
+
+    def commit(self) -> None:
+        if self.file is not None:
+            self.file.commit()
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.abort()
+
+    def keep(self) -> None:
+        if self.file is not None:
+            self.file.keep()
 
 
 def validate_direction(options: SegmentOptions) -> None:
@@ -282,18 +338,6 @@ def _check_events_file(options: SegmentOptions, output: Path, inputs: list[Path]
     if resolved == output or output in resolved.parents:
         raise VidsegError(f"--events {path} lies inside the output folder {output}: write it elsewhere")
     refuse_existing(resolved, options.force)
-
-
-def _events_writer(events_file: StagedFile | None, events: Callable[[dict], None] | None):
-    if events_file is None:
-        return events
-    handle = open(events_file.staging, "w")  # noqa: SIM115 - closed by StagedFile
-
-    def write(record: dict) -> None:
-        handle.write(json.dumps(record) + "\n")
-
-    events_file.on_close(handle.close)
-    return write
 
 
 def _say_renumbered(renumbered: dict[int, int]) -> None:
@@ -324,6 +368,12 @@ class _Stats:
         self.slots = self.memory_bytes = self.reused = 0
         self.computed: list[float] = []
 
+    def state(self) -> dict:
+        return {name: value for name, value in vars(self).items() if name != "progress"}
+
+    def restore(self, state: dict) -> None:
+        vars(self).update(state)
+
     def __call__(self, result: StepResult) -> None:
         self.steps += 1
         self.slots = max(self.slots, result.slots)
@@ -343,7 +393,7 @@ def _run(
     device: torch.device,
     progress: Progress | None,
     objects: tuple[int, ...],
-    events: Callable[[dict], None] | None,
+    events: _EventsOut,
 ) -> SegmentSummary:
     use_all_cores()
     model = build_model(options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates)
@@ -352,17 +402,24 @@ def _run(
     soft = needs_probabilities(options.format) or options.events is not None
     summary = SegmentSummary(input=str(options.input), output="")
     start = time.perf_counter()
-    backward = None
+    saved = checkpoint.load(folder, options) if options.resume else None
+    if options.resume and saved is None:
+        warn(f"no checkpoint to resume in {folder.name}: starting from the first frame")
     stats = _Stats(progress, None if source.count is None else source.count + (plan.masked[-1] + 1) * plan.needs_backward)
-    if plan.needs_backward:  # frames 0 .. last mask, cached, then walked from the end
-        backward = BackwardPass(folder / ".cache")
-        session = _session(model, options, device, soft)
-        backward.run(session, source, by_frame, reader, plan, stats)
+    backward = BackwardPass(folder / ".cache") if plan.needs_backward else None
+    if backward is not None and saved is None:  # frames 0 .. last mask, cached, then walked from the end
+        backward.run(_session(model, options, device, soft), source, by_frame, reader, plan, stats)
+        source.close()
         source = open_frames(options.input)  # a video decodes forwards only: start again
     tracker = EventTracker(objects, options.event_options) if options.events is not None else None
     session = _session(model, options, device, soft)
+    schedule = checkpoint.Schedule(options.checkpoint_every, options.checkpoint_seconds, time.monotonic)
     with contextlib.closing(source), open_sinks(options.format, folder, source.time_base, objects) as sinks:
+        if saved is not None:
+            _resume(saved, session, tracker, stats, sinks, events, summary)
         for frame in source:
+            if frame.index < summary.frames:
+                continue  # done before the checkpoint: decoded only
             result = None
             if plan.forward_runs(frame.index):
                 mask = reader.read(by_frame[frame.index]) if frame.index in by_frame else None
@@ -374,6 +431,9 @@ def _run(
                 for record in tracker.observe(frame.index, round(float(frame.pts * frame.time_base), 6), prediction):
                     events(record)
             summary.frames += 1
+            if schedule.due(summary.frames):
+                _checkpoint(folder, options, session, tracker, stats, sinks, events, summary)
+                schedule.saved()
     late = [m for m in masks if m.frame >= summary.frames]
     if late:
         raise VidsegError(
@@ -385,8 +445,43 @@ def _run(
         summary.events = tracker.summary()
     if backward is not None:
         backward.remove()
+    checkpoint.remove(folder)
     _finish(summary, objects, stats, sinks, time.perf_counter() - start, device, options)
     return summary
+
+
+def _checkpoint(
+    folder: Path, options: SegmentOptions, session: VOSSession, tracker: EventTracker | None, stats: _Stats,
+    sinks: list[Sink], events: _EventsOut, summary: SegmentSummary,
+) -> None:
+    """Everything needed to go on after frame ``summary.frames - 1``, saved atomically."""
+    try:
+        state = {
+            "fingerprint": checkpoint.fingerprint(options),
+            "frames": summary.frames,
+            "session": session.state(),
+            "tracker": tracker,
+            "stats": stats.state(),
+            "sinks": [sink.checkpoint() for sink in sinks],
+            "events_offset": events.checkpoint(),
+        }
+        checkpoint.save(folder, state)
+    except OSError as error:
+        raise OutputError(f"cannot save a checkpoint: {os_error_text(error)}") from None
+
+
+def _resume(
+    saved: dict, session: VOSSession, tracker: EventTracker | None, stats: _Stats, sinks: list[Sink],
+    events: _EventsOut, summary: SegmentSummary,
+) -> None:
+    session.restore(saved["session"])
+    if tracker is not None and saved["tracker"] is not None:
+        vars(tracker).update(vars(saved["tracker"]))
+    stats.restore(saved["stats"])
+    for sink, state in zip(sinks, saved["sinks"], strict=True):
+        sink.resume(state)
+    events.resume(saved["events_offset"])
+    summary.frames = saved["frames"]
 
 
 def _session(model: VOSModel, options: SegmentOptions, device: torch.device, soft: bool) -> VOSSession:

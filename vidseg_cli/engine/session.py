@@ -6,6 +6,7 @@ Models are stateless, so one model serves many sessions. Object ids are the user
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,32 @@ class VOSSession:
             probabilities=soft, object_ids=tuple(self.object_ids),
         )
 
+    def state(self) -> dict:
+        """Everything a resumed run needs to go on exactly where this one stopped: objects,
+        frame counters, the memory (and the mirror's) and the reuse or sparse trackers'
+        per-video state. Not the model: a resumed run builds it again from the same name."""
+        return {
+            "object_ids": list(self.object_ids),
+            "frame_index": self.frame_index,
+            "last_write": self._last_write,
+            "bank": list(self.bank.slots),
+            "mirror": list(self.mirror.slots) if self.mirror is not None else None,
+            "reuse": _tracker_state(self.reuse),
+            "sparse": _tracker_state(self.sparse),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.object_ids = list(state["object_ids"])
+        self.frame_index, self._last_write = state["frame_index"], state["last_write"]
+        # replace() gives each slot a new uid: the bank caches similarities by uid, and the
+        # counter that numbered the saved slots belonged to another process
+        self.bank.slots = [dataclasses.replace(slot) for slot in state["bank"]]
+        if self.mirror is not None:
+            self.mirror.slots = [dataclasses.replace(slot) for slot in state["mirror"]]
+        for tracker, saved in ((self.reuse, state["reuse"]), (self.sparse, state["sparse"])):
+            if tracker is not None:
+                vars(tracker).update(saved)
+
     def processing_image(self, frame: np.ndarray) -> np.ndarray:
         """The frame at the processing size, (h, w, 3) uint8: what a cache keeps."""
         image = self._preprocess(frame).round().clamp(0, 255).to(torch.uint8)
@@ -185,6 +212,13 @@ class VOSSession:
             labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
             labels = labels.astype(np.uint8)
         return labels, full
+
+
+def _tracker_state(tracker: object | None) -> dict | None:
+    """A reuse or sparse tracker's per-video fields (its model and options come anew)."""
+    if tracker is None:
+        return None
+    return {name: value for name, value in vars(tracker).items() if name not in ("model", "options")}
 
 
 def _soft(full: torch.Tensor, labels: np.ndarray, object_ids: list[int], mask: np.ndarray | None) -> np.ndarray:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,7 +25,13 @@ from pathlib import Path
 from vidseg_cli import __version__
 from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one run per output is then the user's care
+    fcntl = None
+
 MARKER = ".vidseg"
+LOCK = ".lock"
 # what an output folder written before the marker existed may hold
 _LEGACY_OUTPUT = re.compile(r"^(\d{5}\.png|labels\.mkv|overlay\.mp4)$")
 
@@ -109,23 +116,54 @@ class _CreatedParents:
 
 
 class StagedOutput:
-    """An output folder written atomically; ``staging`` is where the work goes."""
+    """An output folder written atomically; ``staging`` is where the work goes.
 
-    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+    The staging folder is ``.NAME.partial`` beside the output, locked while a run writes
+    it. A run that fails removes it, unless ``keep`` was called (a resumable checkpoint
+    is in it); the next run for the same output resumes it (``resume``) or empties it.
+    """
+
+    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = (), resume: bool = False) -> None:
         self.target = resolve_output(target, inputs)
         self.force = force
         _refuse_folder(self.target, force)
+        self.staging = self.target.parent / f".{self.target.name}.partial"
+        self._lock_file = None
         try:
             self._parents = _CreatedParents(self.target.parent)
-            staging = tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
+            fresh = not self.staging.is_dir()
+            if fresh:
+                self.staging.mkdir()
+                os.chmod(self.staging, folder_mode())
+            self._lock()
+            if not fresh and not resume:
+                _empty(self.staging, keep=LOCK)
         except OSError as error:
+            self.abort()
             raise OutputError(f"cannot create the output {target}: {os_error_text(error)}") from None
-        self.staging = Path(staging)
-        os.chmod(self.staging, folder_mode())
+
+    def _lock(self) -> None:
+        """One run per output: a second one is refused while the first holds the lock."""
+        self._lock_file = open(self.staging / LOCK, "a")  # noqa: SIM115 - held until commit/abort/keep
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise VidsegError(f"another vidseg run is writing {self.target} (its folder {self.staging} is locked)") from None
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            (self.staging / LOCK).unlink(missing_ok=True)
+            self._lock_file.close()
+            self._lock_file = None
 
     def commit(self) -> None:
         """Mark the folder as vidseg's and rename it into place."""
         try:
+            self._unlock()
             (self.staging / MARKER).write_text(
                 f"written by vidseg {__version__}; `--force` may replace this folder\n"
             )
@@ -141,16 +179,31 @@ class StagedOutput:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
+    def keep(self) -> None:
+        """Leave the staging folder for a resumed run."""
+        self._unlock()
+
     def abort(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
         shutil.rmtree(self.staging, ignore_errors=True)
         self._parents.remove()
+
+
+def _empty(folder: Path, keep: str) -> None:
+    """A crashed run's staging folder, emptied for a fresh start."""
+    for entry in folder.iterdir():
+        if entry.name == keep:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 class StagedFile:
     """A file output written atomically: fill ``staging``, then ``commit`` renames it
     over ``target`` (checked up front: never an input, an existing file only with force)."""
 
-    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = (), resumable: bool = False) -> None:
         self.given = target
         self.target = resolve_output(target, inputs)
         self.force = force
@@ -158,10 +211,15 @@ class StagedFile:
         self._closers: list[Callable[[], None]] = []
         try:
             self._parents = _CreatedParents(self.target.parent)
-            handle, name = tempfile.mkstemp(
-                prefix=f".{self.target.name}.", suffix=f".partial{self.target.suffix}", dir=self.target.parent
-            )
-            os.close(handle)
+            if resumable:  # a name the resumed run finds again
+                name = str(self.target.parent / f".{self.target.name}.partial{self.target.suffix}")
+                if not os.path.exists(name):
+                    Path(name).touch()
+            else:
+                handle, name = tempfile.mkstemp(
+                    prefix=f".{self.target.name}.", suffix=f".partial{self.target.suffix}", dir=self.target.parent
+                )
+                os.close(handle)
         except OSError as error:
             raise OutputError(f"cannot write {target}: {os_error_text(error)}") from None
         self.staging = Path(name)
@@ -191,6 +249,11 @@ class StagedFile:
             pass  # the write already failed; the file goes anyway
         self.staging.unlink(missing_ok=True)
         self._parents.remove()
+
+    def keep(self) -> None:
+        """Leave the staged file for a resumed run."""
+        with contextlib.suppress(OSError):
+            self._close()
 
 
 def write_file_atomically(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,6 +56,17 @@ class Sink:
     def close(self) -> None:
         """Flush and finish the file."""
 
+    def checkpoint(self) -> dict:
+        """Make what is written so far durable; what a resumed run needs to go on."""
+        return {}
+
+    def resume(self, state: dict) -> None:
+        """Go on from ``checkpoint``'s state (files written since then are rewritten)."""
+
+    def abandon(self) -> None:
+        """The run failed: release files without finishing them (a checkpoint may be kept)."""
+        self.close()
+
     @property
     def outputs(self) -> list[str]:
         """Names of what this sink wrote, relative to the output folder."""
@@ -72,6 +84,12 @@ class PngSink(Sink):
         save_palette_png(prediction.labels, self.folder / f"{frame.index:05d}.png")
         self.count += 1
 
+    def checkpoint(self) -> dict:
+        return {"count": self.count}
+
+    def resume(self, state: dict) -> None:
+        self.count = state["count"]
+
     @property
     def outputs(self) -> list[str]:
         return [f"{i:05d}.png" for i in range(self.count)]
@@ -84,7 +102,12 @@ def save_palette_png(labels: np.ndarray, path: Path | BinaryIO) -> None:
 
 
 class _VideoSink(Sink):
-    """Encodes frames with the input's timestamps (copied pts, same time base)."""
+    """Encodes frames with the input's timestamps (copied pts, same time base).
+
+    The video is written in chunks, one per stretch between checkpoints, each a complete
+    file; closing joins them by remuxing their packets (no re-encoding). A run that is
+    killed and resumed therefore writes the same label video as one that never stopped:
+    FFV1 is lossless and every chunk starts with a keyframe."""
 
     codec = ""
     pix_fmt = ""
@@ -93,20 +116,31 @@ class _VideoSink(Sink):
     _input_format = "gray"  # the ndarray layout _image returns
 
     def __init__(self, folder: Path, time_base: Fraction) -> None:
-        self.container = av.open(str(folder / self.name), "w")
+        self.folder, self.time_base = folder, time_base
+        self.chunks: list[str] = []  # finished chunk files, in order
+        self.container: av.container.OutputContainer | None = None
+        self.last_pts: int | None = None
+
+    def _chunk_path(self, number: int) -> Path:
+        stem, suffix = self.name.rsplit(".", 1)
+        return self.folder / f".{stem}.{number:05d}.{suffix}"
+
+    def _open_chunk(self) -> None:
+        self.current = self._chunk_path(len(self.chunks))
+        self.container = av.open(str(self.current), "w")
         self.stream = self.container.add_stream(self.codec)
         self.stream.pix_fmt = self.pix_fmt
         self.stream.options = dict(self.options)
         # Both must be set: the encoder otherwise rescales pts to its default rate,
         # which silently changes variable-frame-rate timing.
-        self.stream.time_base = time_base
-        self.stream.codec_context.time_base = time_base
-        self.time_base = time_base
+        self.stream.time_base = self.time_base
+        self.stream.codec_context.time_base = self.time_base
         self.started = False
-        self.last_pts: int | None = None
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         image = self._image(frame, prediction.labels)
+        if self.container is None:
+            self._open_chunk()
         if not self.started:
             self.stream.height, self.stream.width = image.shape[:2]
             self.started = True
@@ -118,11 +152,40 @@ class _VideoSink(Sink):
         for packet in self.stream.encode(video_frame):
             self.container.mux(packet)
 
-    def close(self) -> None:
+    def _finish_chunk(self) -> None:
+        if self.container is None:
+            return
+        container, self.container = self.container, None
         if self.started:
             for packet in self.stream.encode():
-                self.container.mux(packet)
-        self.container.close()
+                container.mux(packet)
+        container.close()
+        if self.started:
+            self.chunks.append(self.current.name)
+
+    def checkpoint(self) -> dict:
+        self._finish_chunk()
+        return {"chunks": list(self.chunks), "last_pts": self.last_pts}
+
+    def resume(self, state: dict) -> None:
+        self.chunks, self.last_pts = list(state["chunks"]), state["last_pts"]
+
+    def abandon(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+    def close(self) -> None:
+        self._finish_chunk()
+        self._chunk_path(len(self.chunks)).unlink(missing_ok=True)  # opened, never written
+        target = self.folder / self.name
+        paths = [self.folder / chunk for chunk in self.chunks]
+        if len(paths) == 1:
+            paths[0].replace(target)
+        elif paths:
+            _join(paths, target)
+            for path in paths:
+                path.unlink()
 
     @property
     def outputs(self) -> list[str]:
@@ -130,6 +193,20 @@ class _VideoSink(Sink):
 
     def _image(self, frame: Frame, labels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+def _join(chunks: list[Path], target: Path) -> None:
+    """One file from several, by copying their packets (timestamps are the input's)."""
+    with av.open(str(target), "w") as out:
+        with av.open(str(chunks[0])) as first:
+            stream = out.add_stream_from_template(first.streams.video[0])
+        for chunk in chunks:
+            with av.open(str(chunk)) as source:
+                for packet in source.demux(video=0):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.stream = stream
+                    out.mux(packet)
 
 
 class LabelVideoSink(_VideoSink):
@@ -173,12 +250,18 @@ class AlphaSink(Sink):
         self.folder, self.objects = folder, objects
         self.count = 0
         for object_id in objects:
-            (folder / str(object_id)).mkdir()
+            (folder / str(object_id)).mkdir(exist_ok=True)  # exists when a run resumes
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         for object_id, matte in zip(self.objects, mattes(prediction, self.objects), strict=True):
             Image.fromarray(matte, mode="L").save(self.folder / str(object_id) / f"{frame.index:05d}.png", compress_level=1)
         self.count += 1
+
+    def checkpoint(self) -> dict:
+        return {"count": self.count}
+
+    def resume(self, state: dict) -> None:
+        self.count = state["count"]
 
     @property
     def outputs(self) -> list[str]:
@@ -212,17 +295,36 @@ class RleSink(Sink):
     frame is left out of that frame."""
 
     def __init__(self, folder: Path, objects: tuple[int, ...]) -> None:
-        self.objects = objects
-        self.file = open(folder / RLE_FILE, "w")  # noqa: SIM115 - closed by close()
+        self.objects, self.path = objects, folder / RLE_FILE
+        self.file = None  # opened by the first write, or by resume (which must not truncate it)
         self.first = True
+
+    def _handle(self):
+        if self.file is None:
+            self.file = open(self.path, "w")  # noqa: SIM115 - closed by close()
+        return self.file
+
+    def checkpoint(self) -> dict:
+        if self.file is None:
+            return {"offset": 0, "first": True}
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return {"offset": self.file.tell(), "first": self.first}
+
+    def resume(self, state: dict) -> None:
+        self.file = open(self.path, "r+" if self.path.exists() else "w")  # noqa: SIM115 - closed by close()
+        self.file.truncate(state["offset"])
+        self.file.seek(state["offset"])
+        self.first = state["first"]
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         from pycocotools import mask as coco_mask  # compiled; loaded only for this format
 
+        file = self._handle()
         if self.first:
             height, width = prediction.labels.shape
             header = {"format": "coco-rle", "height": height, "width": width, "objects": list(self.objects)}
-            self.file.write(json.dumps(header)[:-1] + ', "frames": [\n')
+            file.write(json.dumps(header)[:-1] + ', "frames": [\n')
         encoded = {}
         for object_id in self.objects:
             binary = np.asfortranarray(prediction.labels == object_id, dtype=np.uint8)
@@ -230,15 +332,21 @@ class RleSink(Sink):
                 rle = coco_mask.encode(binary)
                 encoded[str(object_id)] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
         record = {"frame": frame.index, "time": round(float(frame.pts * frame.time_base), 6), "objects": encoded}
-        self.file.write(("" if self.first else ",\n") + json.dumps(record))
+        file.write(("" if self.first else ",\n") + json.dumps(record))
         self.first = False
 
+    def abandon(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
     def close(self) -> None:
+        file = self._handle()
         if self.first:  # no frame: still a valid file
-            self.file.write(json.dumps({"format": "coco-rle", "objects": list(self.objects), "frames": []}))
+            file.truncate(0)
+            file.write(json.dumps({"format": "coco-rle", "objects": list(self.objects), "frames": []}))
         else:
-            self.file.write("\n]}\n")
-        self.file.close()
+            file.write("\n]}\n")
+        file.close()
 
     @property
     def outputs(self) -> list[str]:
@@ -262,7 +370,7 @@ def make_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, 
     except OSError as error:
         for sink in made:
             with contextlib.suppress(Exception):
-                sink.close()
+                sink.abandon()
         raise write_error(error) from None
     return made
 
@@ -290,7 +398,7 @@ def open_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, 
     except BaseException:
         for sink in sinks:
             with contextlib.suppress(Exception):
-                sink.close()
+                sink.abandon()
         raise
     for sink in sinks:
         try:
