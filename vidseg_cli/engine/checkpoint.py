@@ -23,6 +23,10 @@ from vidseg_cli.options import SegmentOptions
 CHECKPOINT = ".checkpoint.pt"
 
 
+class Mismatch(VidsegError):
+    """--resume found another run's checkpoint: refused, and the checkpoint is kept."""
+
+
 def fingerprint(options: SegmentOptions) -> str:
     """What must not change between a run and its resumption: the options that shape the
     result, and the input's size and modification time."""
@@ -51,7 +55,7 @@ def load(folder: Path, options: SegmentOptions) -> dict | None:
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint: say so, start over
         raise VidsegError(f"the checkpoint {path} cannot be read ({type(error).__name__}); run without --resume") from None
     if state.get("fingerprint") != fingerprint(options):
-        raise VidsegError(
+        raise Mismatch(
             "the checkpoint was made with other options or another input; "
             "run the same command as before with --resume, or run without --resume to start over"
         )

@@ -262,6 +262,9 @@ def segment(
 def _fail(error: BaseException, staged: StagedOutput, events_out: _EventsOut | None) -> None:
     """Remove what a failed run staged, or keep it for ``--resume`` when a checkpoint is
     there and the failure is one a later run can get past (Ctrl-C, SIGTERM, a full disk)."""
+    if isinstance(error, checkpoint.Mismatch):  # another run's checkpoint: not ours to remove
+        staged.keep()
+        raise error
     resumable = checkpoint.exists(staged.staging) and isinstance(error, (KeyboardInterrupt, OutputError))
     if not resumable:
         staged.abort()
