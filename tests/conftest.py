@@ -71,6 +71,26 @@ def vidseg():
     return invoke
 
 
+def encoded_clip(path: Path, frames: int = 30, **options: str) -> bytes:
+    """A 128x96 clip of random frames (mpeg4, 25 fps) written with container ``options``;
+    ``frames=0`` writes the header alone (a stream with no frame). Returns its bytes."""
+    import av
+
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if frames == 0:
+            container.start_encoding()
+    return path.read_bytes()
+
+
 def leftovers(folder: Path) -> list[str]:
     """Staging folders a failed run must not leave behind."""
     return [p.name for p in folder.iterdir() if ".partial" in p.name or p.name.endswith(".old")]

@@ -38,6 +38,19 @@ def _pngs(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
 
+def _assert_rows_equal_separate_runs(vidseg, manifest: Path, tmp_path: Path, *options: str) -> None:
+    """Each good row's label PNGs equal those of `vidseg segment` run alone on its video."""
+    for i in range(4):
+        clip = manifest.parent / f"c{i}"
+        alone = tmp_path / f"alone{i}"
+        run = vidseg("segment", clip / "clip.mp4", "--mask", clip / "mask.png", "--out", alone, "--size", "64", *options)
+        assert run.code == 0, run.stderr
+        batch = manifest.parent / "out" / str(i)
+        assert _pngs(batch).keys() == _pngs(alone).keys()
+        for name, labels in _pngs(alone).items():
+            np.testing.assert_array_equal(_pngs(batch)[name], labels)
+
+
 def test_a_failing_row_is_reported_and_the_others_go_on_then_resume_skips(vidseg, manifest):
     start = time.perf_counter()
     run = vidseg("batch", manifest)
@@ -88,12 +101,7 @@ def test_shard_runs_only_its_rows(vidseg, manifest):
 def test_jobs_2_gives_the_same_outputs(vidseg, manifest, tmp_path):
     run = vidseg("batch", manifest, "--jobs", "2")
     assert run.code == 1 and sorted(r["status"] for r in _lines(run)) == ["failed", "ok", "ok", "ok", "ok"]
-    for i in range(4):
-        clip = manifest.parent / f"c{i}"
-        alone = tmp_path / f"alone{i}"
-        assert vidseg("segment", clip / "clip.mp4", "--mask", clip / "mask.png", "--out", alone, "--size", "64").code == 0
-        for name, labels in _pngs(alone).items():
-            np.testing.assert_array_equal(_pngs(manifest.parent / "out" / str(i))[name], labels)
+    _assert_rows_equal_separate_runs(vidseg, manifest, tmp_path)
 
 
 def test_json_lines_manifest_with_per_row_options(vidseg, tmp_path):
@@ -149,11 +157,5 @@ def test_bad_json_line_and_bad_shard(vidseg, tmp_path):
 def test_local_ray_cluster_gives_the_same_outputs(vidseg, manifest, tmp_path):
     run = vidseg("batch", manifest, "--ray", "local", "--jobs", "2")  # a local Ray instance, two actors
     assert run.code == 1, run.stderr
-    results = _lines(run)
-    assert sorted(r["status"] for r in results) == ["failed", "ok", "ok", "ok", "ok"]
-    for i in range(4):
-        clip = manifest.parent / f"c{i}"
-        alone = tmp_path / f"alone{i}"
-        assert vidseg("segment", clip / "clip.mp4", "--mask", clip / "mask.png", "--out", alone, "--size", "64").code == 0
-        for name, labels in _pngs(alone).items():
-            np.testing.assert_array_equal(_pngs(manifest.parent / "out" / str(i))[name], labels)
+    assert sorted(r["status"] for r in _lines(run)) == ["failed", "ok", "ok", "ok", "ok"]
+    _assert_rows_equal_separate_runs(vidseg, manifest, tmp_path)

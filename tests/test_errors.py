@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
-from conftest import leftovers
+from conftest import encoded_clip, leftovers
 from PIL import Image
 
 
@@ -75,24 +74,10 @@ def test_mask_frame_beyond_folder_of_frames(vidseg, tmp_path, frame_folder, writ
     assert_refused(run, "is for frame 8, but the video has 8 frames", out)
 
 
-def _encoded_clip(path: Path, frames: int = 30, **options: str) -> bytes:
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        rng = np.random.default_rng(0)
-        for _ in range(frames):
-            image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path.read_bytes()
-
-
 @pytest.mark.parametrize("name", ["cut.mkv", "cut.mp4"])
 def test_truncated_video(vidseg, tmp_path, clip, name):
     # mp4 with its index first (faststart), so the cut file still opens
-    data = _encoded_clip(tmp_path / f"good{Path(name).suffix}", movflags="faststart")
+    data = encoded_clip(tmp_path / f"good{Path(name).suffix}", movflags="faststart")
     cut = tmp_path / name
     cut.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
@@ -101,7 +86,7 @@ def test_truncated_video(vidseg, tmp_path, clip, name):
 
 
 def test_corrupt_video_reports_frames_done(vidseg, tmp_path, clip):
-    data = _encoded_clip(tmp_path / "good.mp4", movflags="faststart")
+    data = encoded_clip(tmp_path / "good.mp4", movflags="faststart")
     half = len(data) // 2
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(data[:half] + b"\x00" * (len(data) - half))  # media zeroed, index intact

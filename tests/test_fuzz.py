@@ -11,10 +11,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
-from conftest import leftovers
+from conftest import encoded_clip, leftovers
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -134,29 +133,13 @@ def test_exif_rotations_are_applied(tmp_path, orientation):
 # --- damaged videos through `segment` ---------------------------------------------------
 
 
-def _video(path: Path, frames: int = 12, codec: str = "mpeg4", **options: str) -> bytes:
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        rng = np.random.default_rng(0)
-        for _ in range(frames):
-            image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        if frames == 0:
-            container.start_encoding()  # the header alone: a stream that holds no frame
-    return path.read_bytes()
-
-
 def _corpus(folder: Path) -> dict[str, bytes]:
     """Damaged videos: cut at several offsets, bytes flipped in the middle, a wrong
     extension, an empty file, a container whose stream holds no frame."""
     rng = np.random.default_rng(7)
     corpus: dict[str, bytes] = {}
     for suffix, options in ((".mp4", {"movflags": "faststart"}), (".mkv", {})):
-        whole = _video(folder / f"good{suffix}", **options)
+        whole = encoded_clip(folder / f"good{suffix}", frames=12, **options)
         corpus[f"whole{suffix}"] = whole
         for offset in sorted(rng.integers(1, len(whole), 4)):
             corpus[f"cut-{offset}{suffix}"] = whole[:offset]
@@ -167,7 +150,7 @@ def _corpus(folder: Path) -> dict[str, bytes]:
         corpus[f"flipped{suffix}"] = bytes(flipped)
     corpus["mkv-named.mp4"] = corpus["whole.mkv"]
     corpus["empty.mp4"] = b""
-    corpus["no-frames.mkv"] = _video(folder / "none.mkv", frames=0)
+    corpus["no-frames.mkv"] = encoded_clip(folder / "none.mkv", frames=0)
     return corpus
 
 

@@ -36,6 +36,12 @@ def _decoded(video: Path) -> list[tuple[int, np.ndarray]]:
         return [(frame.pts, frame.to_ndarray(format="gray")) for frame in container.decode(video=0)]
 
 
+def _wait_for(path: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
@@ -49,9 +55,7 @@ def test_a_killed_run_resumes_to_the_same_outputs(long_clip, tmp_path):
     process = subprocess.Popen(_command(long_clip, cut, tmp_path / "cut.jsonl"), cwd=PROJECT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staging = tmp_path / ".cut.partial"
-    deadline = time.monotonic() + 120
-    while not (staging / ".checkpoint.pt").is_file() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for(staging / ".checkpoint.pt")
     time.sleep(0.5)  # past the checkpoint: frames that the resumed run must write again
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -81,9 +85,7 @@ def test_sigterm_with_a_checkpoint_keeps_it_and_says_how_to_go_on(long_clip, tmp
     process = subprocess.Popen(_command(long_clip, out, tmp_path / "e.jsonl"), cwd=PROJECT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staging = tmp_path / ".out.partial"
-    deadline = time.monotonic() + 120
-    while not (staging / ".checkpoint.pt").is_file() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for(staging / ".checkpoint.pt")
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143
@@ -119,10 +121,7 @@ def test_one_run_per_output(long_clip, tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen(_command(long_clip, out, tmp_path / "a.jsonl"), cwd=PROJECT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staging = tmp_path / ".out.partial"
-    deadline = time.monotonic() + 120
-    while not (staging / ".lock").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for(tmp_path / ".out.partial" / ".lock")
     second = subprocess.run(_command(long_clip, out, tmp_path / "b.jsonl"), capture_output=True, text=True,
                             cwd=PROJECT, timeout=120)
     first.wait(timeout=300)

@@ -44,7 +44,8 @@ def batch_command(
     Exit 0 when every row succeeded or was skipped, 1 when any failed, 2 for a manifest that
     cannot be read.
     """
-    from vidseg_cli.batch.manifest import read_manifest, shard as take_shard
+    from vidseg_cli.batch.manifest import read_manifest
+    from vidseg_cli.batch.manifest import shard as take_shard
     from vidseg_cli.batch.runner import jobs_for
 
     rows = take_shard(read_manifest(manifest), shard)

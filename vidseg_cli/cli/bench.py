@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import platform
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from vidseg_cli import __version__
 from vidseg_cli.cli.common import Device, user_errors
 from vidseg_cli.options import DEFAULT_SIZE, DEFAULT_VOS_MODEL, LONG_HEIGHT
 

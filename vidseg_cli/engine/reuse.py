@@ -13,6 +13,7 @@ from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.options import REUSE_MODES, ReuseOptions  # noqa: F401 - re-exported
 from vidseg_cli.reuse.model import ReuseModel, Stride8Frame
 
+
 class ReuseTracker:
     def __init__(self, model: ReuseModel, options: ReuseOptions) -> None:
         self.model, self.options = model, options

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine import checkpoint
 from vidseg_cli.engine.directions import BACKWARD, FORWARD, BackwardPass, DirectionPlan, prediction_of
 from vidseg_cli.engine.events import EventTracker
+from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.session import StepResult, VOSSession
 from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.errors import OutputError, VidsegError, os_error_text
@@ -32,6 +32,11 @@ from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.base import VOSModel
+from vidseg_cli.models.registry import (
+    create_reuse_model,
+    create_sparse_model,
+    create_vos_model,
+)
 from vidseg_cli.options import (  # noqa: F401 - re-exported
     DEFAULT_SIZE,
     DIRECTIONS,
@@ -44,11 +49,6 @@ from vidseg_cli.options import (  # noqa: F401 - re-exported
     ReuseOptions,
     SegmentOptions,
     SparseOptions,
-)
-from vidseg_cli.models.registry import (
-    create_reuse_model,
-    create_sparse_model,
-    create_vos_model,
 )
 
 Progress = Callable[[int, int | None], None]

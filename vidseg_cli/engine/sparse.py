@@ -8,15 +8,15 @@ the previous frame's, sparse or dense, and reuses the previous frame's output.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from vidseg_cli.options import SPARSE_WRITE_EVERY, SparseOptions  # noqa: F401 - re-exported
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.models.memnet import MemNetFrame
+from vidseg_cli.options import SPARSE_WRITE_EVERY, SparseOptions  # noqa: F401 - re-exported
 from vidseg_cli.sparse.model import SparseModel
 from vidseg_cli.sparse.network import LayerState, Shares, observe_objects
+
 
 class SparseTracker:
     """Per video: the layer state the gates compare against, and what the current frame spent."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.images import is_listed_image, load_image, to_rgb
+
 FOLDER_TIME_BASE = Fraction(1, 25)  # image folders have no timing: 25 fps
 
 

@@ -73,7 +73,19 @@ class Sink:
         raise NotImplementedError
 
 
-class PngSink(Sink):
+class _ImageSequenceSink(Sink):
+    """Files per frame: what a resumed run needs is how many frames were written."""
+
+    count = 0
+
+    def checkpoint(self) -> dict:
+        return {"count": self.count}
+
+    def resume(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+class PngSink(_ImageSequenceSink):
     """One palette PNG per frame, ``%05d.png``: index = object id (DAVIS layout)."""
 
     def __init__(self, folder: Path) -> None:
@@ -83,12 +95,6 @@ class PngSink(Sink):
     def write(self, frame: Frame, prediction: Prediction) -> None:
         save_palette_png(prediction.labels, self.folder / f"{frame.index:05d}.png")
         self.count += 1
-
-    def checkpoint(self) -> dict:
-        return {"count": self.count}
-
-    def resume(self, state: dict) -> None:
-        self.count = state["count"]
 
     @property
     def outputs(self) -> list[str]:
@@ -238,7 +244,7 @@ def _pad_even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-class AlphaSink(Sink):
+class AlphaSink(_ImageSequenceSink):
     """Per-object soft mattes for compositing: ``<id>/%05d.png``, 8-bit grey, 255 opaque.
 
     A matte is the object's probability against its strongest rival (the background or
@@ -256,12 +262,6 @@ class AlphaSink(Sink):
         for object_id, matte in zip(self.objects, mattes(prediction, self.objects), strict=True):
             Image.fromarray(matte, mode="L").save(self.folder / str(object_id) / f"{frame.index:05d}.png", compress_level=1)
         self.count += 1
-
-    def checkpoint(self) -> dict:
-        return {"count": self.count}
-
-    def resume(self, state: dict) -> None:
-        self.count = state["count"]
 
     @property
     def outputs(self) -> list[str]:
