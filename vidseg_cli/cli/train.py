@@ -340,6 +340,54 @@ def _logger(log_file):
     return log
 
 
+@train_app.command("predict")
+@user_errors
+def train_predict_command(
+    digits: Annotated[Path, typer.Option(help="MNIST digits (mnist_5k.csv.gz: 784 pixels, then the label, 500 a class); Moving MNIST is generated from them.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, predictor.safetensors, config.json, train.log.")],
+    steps: Annotated[int, typer.Option(min=1, help="Training sequences (one optimiser step each).")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
+    lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = 1e-3,
+    memory: Annotated[str, typer.Option(help="Memory policy while training: stremn, fifo, first-last, stm.")] = "stremn",
+    slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="Memory slots.")] = 5,
+    update: Annotated[str, typer.Option(help="stremn update rule.")] = "C",
+    gradient_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss.")] = 0.1,
+    width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
+    blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
+    val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 250,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
+) -> None:
+    """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
+    from vidseg_cli.memory.policies import make_policy
+    from vidseg_cli.predict.model import PredictorConfig
+    from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer
+
+    if not lr > 0:
+        raise VidsegError("--lr must be positive")
+    try:
+        make_policy(memory, slots, update, 5)
+    except ValueError as error:
+        raise VidsegError(str(error)) from None
+    config = PredictTrainConfig(
+        steps=steps, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
+        gradient_weight=gradient_weight, val_sequences=val_sequences,
+        model=PredictorConfig(width=width, blocks=blocks),
+    )
+    _prepare(out, resume, force, [digits])
+    use_all_cores()
+    target = pick_device(device.value)
+    trainer = PredictTrainer(digits, config, out, target)
+    _start_or_resume(trainer, out, config, resume)
+    with _training_log(out, trainer) as log:
+        log(f"training the predictor: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
+        path = trainer.run(log, val_every=val_every, checkpoint_every=checkpoint_every)
+    print(path)
+
+
 @train_app.command("calibrate")
 @user_errors
 def train_calibrate_command(

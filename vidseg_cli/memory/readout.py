@@ -126,10 +126,13 @@ def attend(
         scale = query.shape[1] ** -0.5
     affinity = (2 * query.transpose(1, 2) @ keys - keys.pow(2).sum(1, keepdim=True)) * scale  # (B, N, M)
     b, n, m = affinity.shape
-    if 0 < topk < m:
-        top, index = affinity.topk(topk, dim=2)
-    else:
-        top, index = affinity, torch.arange(m, device=affinity.device).expand(b, n, m)
+    if not 0 < topk < m:  # every memory pixel: one matmul, no gather of D x N x M values
+        weights = torch.exp(affinity - affinity.amax(dim=2, keepdim=True)).unsqueeze(1)  # (B, 1, N, M)
+        if known is not None:
+            weights = weights * known.unsqueeze(2).to(weights.dtype)  # (B, O, N, M)
+        weights = weights / weights.sum(dim=3, keepdim=True).clamp_min(1e-8)
+        return values @ weights.expand(-1, values.shape[1], -1, -1).transpose(2, 3)  # (B, O, D, N)
+    top, index = affinity.topk(topk, dim=2)
     weights = torch.exp(top - top.amax(dim=2, keepdim=True)).unsqueeze(1)  # (B, 1, N, k)
     flat = index.flatten(1)  # (B, N*k)
     if known is not None:

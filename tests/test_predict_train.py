@@ -1,0 +1,99 @@
+"""The STReMN predictor on the shared memory engine, its losses and `vidseg train predict`."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.memory.bank import MemoryBank
+from vidseg_cli.options import MemoryOptions
+from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
+from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer, scale_invariant_gradient, shrinkage
+
+TINY = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8)
+
+
+@pytest.fixture
+def digits_file(tmp_path) -> Path:
+    """1,000 random "digits" in the mnist_5k layout (two classes of 500)."""
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.integers(0, 256, (1000, 784)), (np.arange(1000) // 500)[:, None]], axis=1)
+    path = tmp_path / "digits.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        np.savetxt(handle, rows, fmt="%d", delimiter=",")
+    return path
+
+
+def test_losses():
+    truth = torch.zeros(4, 1, 32, 32)
+    truth[:, :, 8:16, 8:16] = 1
+    assert shrinkage(torch.zeros(10)) == 0
+    assert shrinkage(torch.full((10,), 0.5)) > 10 * shrinkage(torch.full((10,), 0.05))  # hard pixels weigh more
+    assert scale_invariant_gradient(truth, truth) == 0
+    assert scale_invariant_gradient(torch.roll(truth, 3, dims=-1), truth) > 0.1
+
+
+def test_an_untrained_predictor_copies_the_last_frame_and_fills_the_shared_bank():
+    torch.manual_seed(0)
+    model = Predictor(TINY).eval()
+    frames = torch.rand(10, 1, 64, 64)
+    bank = make_bank(MemoryOptions("stremn", 5, "C"), model.fusion())
+    with torch.no_grad():
+        predicted = model.rollout(frames, 10, bank)
+    assert predicted.shape == (17, 1, 64, 64)
+    last = frames[-1].clamp(1e-3, 1 - 1e-3)
+    assert torch.allclose(predicted[7:], last.expand(10, -1, -1, -1), atol=1e-5)  # fed back: still the last frame
+    assert isinstance(bank, MemoryBank) and len(bank.slots) == 5
+    assert any(slot.fused for slot in bank.slots)  # stremn distilled dropped slots with the learned cell
+
+
+def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
+    config = PredictTrainConfig(steps=4, model=TINY, val_sequences=2)
+    whole = PredictTrainer(digits_file, config, tmp_path / "a", torch.device("cpu"))
+    (tmp_path / "a").mkdir()
+    losses = [whole.train_step()["loss"] for _ in range(4)]
+    assert all(np.isfinite(losses))
+    (tmp_path / "b").mkdir()
+    first = PredictTrainer(digits_file, config, tmp_path / "b", torch.device("cpu"))
+    first.train_step(), first.train_step()
+    first.save_checkpoint()
+    second = PredictTrainer(digits_file, config, tmp_path / "b", torch.device("cpu"))
+    second.load_checkpoint()
+    second.train_step(), second.train_step()
+    for mine, theirs in zip(second.average.state_dict().values(), whole.average.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    scores = second.validate()
+    assert set(scores) == {"mse", "mae", "ssim", "copy_last_mse"} and scores["mse"] >= 0
+
+
+def test_train_predict_command_writes_the_averaged_model(vidseg, digits_file, tmp_path):
+    out = tmp_path / "run"
+    run = vidseg("train", "predict", "--digits", digits_file, "--out", out, "--steps", "2", "--width", "8",
+                 "--blocks", "1", "--val-every", "2", "--val-sequences", "1", "--device", "cpu")
+    assert run.code == 0, run.stderr
+    assert Path(run.stdout.strip()) == out / "predictor.safetensors"
+    assert "validation at step 2: mse" in run.stderr and "copy_last_mse" in run.stderr
+    with safe_open(str(out / "predictor.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["arch"] == ARCH and PredictorConfig.from_json(handle.metadata()["config"]).width == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("--digits", "missing.csv.gz"), "cannot read MNIST digits"),
+        (("--memory", "lru"), "lru"),
+        (("--lr", "0"), "--lr must be positive"),
+    ],
+)
+def test_bad_train_predict_input_is_one_line(vidseg, digits_file, tmp_path, args, text):
+    base = {"--digits": str(digits_file), "--out": str(tmp_path / "run"), "--steps": "1"}
+    for name, value in zip(args[::2], args[1::2], strict=True):
+        base[name] = value if name != "--digits" else str(tmp_path / value)
+    run = vidseg("train", "predict", *[x for pair in base.items() for x in pair], "--width", "8", "--blocks", "1")
+    assert run.code == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
