@@ -87,3 +87,17 @@ def test_batched_readout_equals_slot_by_slot(monkeypatch):
     monkeypatch.setattr(readout, "_GLOBAL_CHUNK", 1)  # one slot per match
     one_by_one = read_memory(query, slots, objects=2, config=config)
     assert torch.allclose(batched, one_by_one, atol=1e-6)
+
+
+def test_reading_every_memory_pixel_is_the_softmax_read_with_known_objects():
+    """topk 0 reads all M memory pixels with one matmul; it must equal the softmax over all
+    of them, each object weighted only over the pixels whose slot knew it."""
+    from vidseg_cli.memory.readout import attend
+
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(2, 8, 30), torch.randn(2, 8, 50), torch.randn(2, 3, 4, 50)
+    known = torch.rand(2, 3, 50) > 0.3
+    affinity = (2 * query.transpose(1, 2) @ keys - keys.pow(2).sum(1, keepdim=True)) * 8**-0.5
+    weights = torch.softmax(affinity, 2)[:, None] * known[:, :, None]
+    expected = torch.einsum("bodm,bonm->bodn", values, weights / weights.sum(3, keepdim=True))
+    torch.testing.assert_close(attend(query, keys, values, known, 0), expected)
