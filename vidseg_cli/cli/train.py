@@ -38,10 +38,10 @@ from vidseg_cli.reuse.heads import ReuseConfig
 from vidseg_cli.sparse.gates import POLICIES
 from vidseg_cli.sparse.network import TUNABLE_HEADS, SparseConfig
 from vidseg_cli.train.data import ClipSampler
+from vidseg_cli.train.loop import CHECKPOINT
 from vidseg_cli.train.reuse import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
 from vidseg_cli.train.sparse import LAYER_COSTS, SparseTrainConfig, SparseTrainer
 from vidseg_cli.train.vos import (
-    CHECKPOINT,
     TRAINED_PARTS,
     TrainConfig,
     Trainer,
@@ -362,16 +362,13 @@ def train_predict_command(
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
-    from vidseg_cli.memory.policies import make_policy
+    from vidseg_cli.engine.segment import make_bank
     from vidseg_cli.predict.model import PredictorConfig
     from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer
 
     if not lr > 0:
         raise VidsegError("--lr must be positive")
-    try:
-        make_policy(memory, slots, update, 5)
-    except ValueError as error:
-        raise VidsegError(str(error)) from None
+    make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     config = PredictTrainConfig(
         steps=steps, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         gradient_weight=gradient_weight, val_sequences=val_sequences,

@@ -17,6 +17,7 @@ bounded by the span before the last mask, and memory by one frame.
 from __future__ import annotations
 
 import bisect
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +54,7 @@ class DirectionPlan:
             return BACKWARD
         return FORWARD if frame - forward <= backward - frame else BACKWARD
 
-    @property
+    @functools.cached_property
     def needs_backward(self) -> bool:
         return any(self.serves(t) == BACKWARD for t in range(self.masked[-1] + 1))
 

@@ -21,7 +21,7 @@ from vidseg_cli.errors import VidsegError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 LOSSY_FORMATS = {"JPEG", "MPO", "WEBP"}
-_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # 16-bit PNGs open as one of these
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # 16-bit PNGs open as one of these
 
 
 def warn(message: str) -> None:
@@ -70,7 +70,7 @@ def _reason(error: Exception) -> str:
 def to_rgb(image: Image.Image, path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of any mode Pillow opens. 16-bit greyscale is scaled to 8 bits
     (Pillow's own ``convert`` clips it, so every pixel above 255 turned white)."""
-    if image.mode in _WIDE_MODES:
+    if image.mode in WIDE_MODES:
         wide = np.asarray(image).astype(np.int64)
         grey = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))

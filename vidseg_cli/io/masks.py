@@ -22,11 +22,10 @@ import numpy as np
 from PIL import Image
 
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.images import LOSSY_FORMATS, is_listed_image, load_image, warn
+from vidseg_cli.io.images import LOSSY_FORMATS, WIDE_MODES, is_listed_image, load_image, warn
 from vidseg_cli.io.palette import davis_palette
 
 _FRAME_NUMBER = re.compile(r"^\d+$")
-_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # a grey JPEG's pixels differ from grey by a few levels at most; a colour one by far more
 _COLOUR_JPEG_SPREAD = 40
 
@@ -120,7 +119,7 @@ class MaskReader:
             ids = np.asarray(image, dtype=np.uint8)
         elif image.mode in ("L", "LA"):
             ids = _grey_ids(np.asarray(image.getchannel(0), dtype=np.uint8), 255)
-        elif image.mode in _WIDE_MODES:
+        elif image.mode in WIDE_MODES:
             ids = self._wide_ids(np.asarray(image).astype(np.int64), path)
         elif image.mode == "F":
             raise VidsegError(f"mask {path} holds floating-point values; save object ids as a palette or greyscale PNG")

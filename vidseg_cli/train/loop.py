@@ -1,13 +1,20 @@
-"""The step loop the head trainers share: train, log running means, checkpoint."""
+"""The step loop the head trainers share: train, log running means, checkpoint; and the
+run state every trainer checkpoints (optimizer, step, random generators, history)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+import torch
+
+from vidseg_cli.io.outputs import write_file_atomically
+
+CHECKPOINT = "checkpoint.pt"
 
 
 class StepTrainer(Protocol):
@@ -48,3 +55,32 @@ def cosine_to_a_tenth(peak: float, step: int, steps: int) -> float:
     """The learning rate `step` of `steps` into a cosine decay from `peak` to a tenth of it."""
     share = step / max(1, steps)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * share)))
+
+
+def save_run_state(
+    run_dir: Path, optimizer: torch.optim.Optimizer, step: int, rng: np.random.Generator,
+    history: list[dict], own: dict[str, Any],
+) -> None:
+    """``run_dir/checkpoint.pt``, atomically: the trainer's ``own`` tensors and settings,
+    with the state every trainer needs to go on exactly (optimizer, step, both generators)."""
+    state = {
+        **own,
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+    }
+    write_file_atomically(run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+
+
+def load_run_state(
+    run_dir: Path, device: torch.device, optimizer: torch.optim.Optimizer, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Restores the optimizer and both generators; returns the whole state (``step``,
+    ``history`` and the trainer's own entries) for the trainer to take its part."""
+    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state

@@ -27,9 +27,9 @@ from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.data import FRAMES, load_digits, sequence, sequences
 from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
-from vidseg_cli.train.loop import cosine_to_a_tenth, run_steps
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 
-CHECKPOINT, MODEL = "checkpoint.pt", "predictor.safetensors"
+MODEL = "predictor.safetensors"
 OBSERVED = 10
 VAL_SEED = 1  # validation sequences: training digits, their own seed
 
@@ -137,27 +137,18 @@ class PredictTrainer:
         return {name: round(float(np.mean(values)), 4) for name, values in scores.items()}
 
     def save_checkpoint(self) -> None:
-        state = {
+        own = {
             "model": self.model.state_dict(),
             "average": self.average.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "numpy_rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
             "config": json.dumps(asdict(self.config)),
-            "history": self.history,
         }
-        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+        save_run_state(self.run_dir, self.optimizer, self.step, self.rng, self.history, own)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        state = load_run_state(self.run_dir, self.device, self.optimizer, self.rng)
         self.model.load_state_dict(state["model"])
         self.average.load_state_dict(state["average"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.history = state["history"]
+        self.step, self.history = state["step"], state["history"]
 
     def save_model(self) -> Path:
         """The averaged weights as safetensors; the metadata rebuilds the architecture."""

@@ -50,10 +50,9 @@ from vidseg_cli.reuse.heads import (
     mask_iou,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import cosine_to_a_tenth, run_steps
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 from vidseg_cli.train.vos import frame_at, on_grid
 
-CHECKPOINT = "checkpoint.pt"
 HEADS = "reuse.safetensors"
 
 
@@ -175,24 +174,13 @@ class ReuseTrainer:
         return {"loss": loss.item(), **parts}
 
     def save_checkpoint(self) -> None:
-        state = {
-            "heads": self.heads.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "numpy_rng": self.sampler.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-        }
-        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+        own = {"heads": self.heads.state_dict()}
+        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, own)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
         self.heads.load_state_dict(state["heads"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.sampler.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.history = state["history"]
+        self.step, self.history = state["step"], state["history"]
 
     def save_heads(self, base: str) -> Path:
         path = self.run_dir / HEADS

@@ -49,11 +49,10 @@ from vidseg_cli.sparse.network import (
     run_backbone,
 )
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import cosine_to_a_tenth, run_steps
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.train.vos import on_grid
 
-CHECKPOINT = "checkpoint.pt"
 TUNED_LR_SCALE = 1 / 3  # tuned heads learn slower than the gates: they start trained
 GATES = "gates.safetensors"
 LAYER_COSTS = ("flops", "time")  # what eq 12 weighs layers by
@@ -204,28 +203,19 @@ class SparseTrainer:
         return {"loss": loss.item(), **parts}
 
     def save_checkpoint(self) -> None:
-        state = {
+        own = {
             "gates": self.gates.state_dict(),
             "tuned": {name: head.state_dict() for name, head in self.tuned_heads().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "numpy_rng": self.sampler.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
             "layer_seconds": self.layer_seconds,
         }
-        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, own)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
         self.gates.load_state_dict(state["gates"])
         for name, head in self.tuned_heads().items():
             head.load_state_dict(state["tuned"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.sampler.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.history = state["history"]
+        self.step, self.history = state["step"], state["history"]
         self.layer_seconds = state.get("layer_seconds")  # the run's own measurement, not a new one
 
     def save_gates(self, base: str) -> Path:

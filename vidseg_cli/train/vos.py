@@ -29,10 +29,9 @@ from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import cosine_to_a_tenth
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, save_run_state
 from vidseg_cli.train.losses import bootstrapped_nll
 
-CHECKPOINT = "checkpoint.pt"
 MODEL = "model.safetensors"
 BEST_MODEL = "model-best.safetensors"  # the validated model with the highest J&F
 TRAINED_PARTS = ("all", "fusion")  # what learns: every head, or only the fusion cell
@@ -164,27 +163,18 @@ class Trainer:
         return loss.item()
 
     def save_checkpoint(self) -> None:
-        state = {
+        own = {
             "heads": self.model.heads.state_dict(),
             "backbone": self.model.finetuned_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "numpy_rng": self.sampler.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
             "config": json.dumps(asdict(self.config)),
-            "history": self.history,
         }
-        write_file_atomically(self.run_dir / CHECKPOINT, lambda path: torch.save(state, path), force=True)
+        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, own)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
         self.model.heads.load_state_dict(state["heads"])
         self.model.load_state_dict(state["backbone"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.sampler.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.history = state["history"]
+        self.step, self.history = state["step"], state["history"]
 
     def save_model(self, name: str = MODEL) -> Path:
         path = self.run_dir / name
