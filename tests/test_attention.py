@@ -101,3 +101,40 @@ def test_reading_every_memory_pixel_is_the_softmax_read_with_known_objects():
     weights = torch.softmax(affinity, 2)[:, None] * known[:, :, None]
     expected = torch.einsum("bodm,bonm->bodn", values, weights / weights.sum(3, keepdim=True))
     torch.testing.assert_close(attend(query, keys, values, known, 0), expected)
+    all_known = torch.einsum("bodm,bnm->bodn", values, torch.softmax(affinity, 2))
+    torch.testing.assert_close(attend(query, keys, values, None, 0), all_known)  # the (B, M, N) layout
+    scale = torch.tensor(0.7, requires_grad=True)  # a learned scale gets its gradient
+    attend(query, keys, values, None, 0, scale).sum().backward()
+    assert scale.grad is not None and scale.grad.abs() > 0
+
+
+def test_banks_written_together_equal_banks_written_one_by_one():
+    """write_all (a training batch: one fusion call for every bank) keeps each bank's own
+    policy choices and gives the same slots as writing each bank alone."""
+    from vidseg_cli.memory.bank import MemoryBank, write_all
+    from vidseg_cli.memory.policies import STReMN
+    from vidseg_cli.memory.readout import read_values, read_values_many
+    from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
+
+    torch.manual_seed(0)
+    fusion = LearnedFusion(FusionCell(8, 6, hidden=8))
+    together = [MemoryBank(STReMN(3, "C"), fusion) for _ in range(4)]
+    alone = [MemoryBank(STReMN(3, "C"), fusion) for _ in range(4)]
+    picked = set()
+    for frame in range(7):
+        slots = [Slot(F.normalize(torch.randn(8, 5, 5), dim=0), torch.randn(1, 6, 5, 5), frame) for _ in range(4)]
+        write_all(together, slots)
+        for bank, slot in zip(alone, slots, strict=True):
+            bank.write(Slot(slot.key, slot.value, frame))
+        picked |= {(frame, tuple(s.frame for s in bank.slots)) for bank in together}
+    assert len(picked) > 7  # at some frame the banks kept different slots: choices are per bank
+    for a, b in zip(together, alone, strict=True):
+        assert [s.frame for s in a.slots] == [s.frame for s in b.slots]
+        assert [s.fused for s in a.slots] == [s.fused for s in b.slots] and any(s.fused for s in a.slots)
+        for x, y in zip(a.slots, b.slots, strict=True):
+            torch.testing.assert_close(x.key, y.key)
+            torch.testing.assert_close(x.value, y.value)
+    queries = F.normalize(torch.randn(4, 8, 5, 5), dim=1)
+    many = read_values_many(queries, [bank.slots for bank in together], 1, 0)
+    for query, bank, read in zip(queries, together, many, strict=True):
+        torch.testing.assert_close(read, read_values(query, bank.slots, 1, 0))

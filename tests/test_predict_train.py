@@ -45,7 +45,7 @@ def test_an_untrained_predictor_copies_the_last_frame_and_fills_the_shared_bank(
     frames = torch.rand(10, 1, 64, 64)
     bank = make_bank(MemoryOptions("stremn", 5, "C"), model.fusion())
     with torch.no_grad():
-        predicted = model.rollout(frames, 10, bank)
+        predicted = model.rollout(frames[None], 10, [bank])[0]
     assert predicted.shape == (17, 1, 64, 64)
     last = frames[-1].clamp(1e-3, 1 - 1e-3)
     assert torch.allclose(predicted[7:], last.expand(10, -1, -1, -1), atol=1e-5)  # fed back: still the last frame

@@ -13,6 +13,7 @@ from pathlib import Path
 from vidseg_cli.errors import VidsegError
 
 DEFAULT_VOS_MODEL = "vos-effl0"
+DEFAULT_PREDICT_MODEL = "predict-mmnist"
 DEFAULT_SIZE = 360
 # Sane bounds, checked before anything is allocated: --size 100000 would ask for a
 # 100000-pixel short side. 2160 is the short side of 4K video.
@@ -20,6 +21,8 @@ MIN_SIZE, MAX_SIZE = 32, 2160
 MAX_SLOTS = 256
 
 POLICIES = ("stremn", "stm", "first-last", "fifo")  # memory update policies
+NO_MEMORY = "none"  # predict and semseg: the single-frame network, no memory read
+PREDICT_FORMATS = ("png", "video", "all")
 UPDATE_RULES = ("A", "B", "C", "D")  # stremn: which slot a full bank drops
 FUSIONS = ("model", "training-free", "none")  # stremn's fusion cell
 TTAS = ("none", "flip")
@@ -107,3 +110,35 @@ class SegmentOptions:
     resume: bool = False  # go on from the checkpoint in the output's staging folder
     checkpoint_every: int = 0  # frames between checkpoints (0: by time only)
     checkpoint_seconds: float = 60.0  # seconds between checkpoints (0: by frames only)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    input: Path
+    out: Path | None = None
+    context: int = 10  # observed frames, M
+    frames: int = 10  # predicted frames, N
+    start: int | None = None  # first observed frame; None: the last M frames of INPUT
+    model: str = DEFAULT_PREDICT_MODEL
+    memory: MemoryOptions = MemoryOptions()  # memory may be NO_MEMORY
+    format: str = "all"
+    compare: bool = False
+    stream: bool = False
+    force: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.format not in PREDICT_FORMATS:
+            raise VidsegError(f"unknown --format {self.format!r}; choose from {', '.join(PREDICT_FORMATS)}")
+        if self.memory.memory not in (*POLICIES, NO_MEMORY):
+            raise VidsegError(f"unknown --memory {self.memory.memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+        if self.context < 3:
+            raise VidsegError(f"--context {self.context}: the model sees 3 frames a step, so at least 3")
+        if self.frames < 1:
+            raise VidsegError(f"--frames {self.frames}: predict at least 1 frame")
+        if self.start is not None and self.start < 0:
+            raise VidsegError(f"--start {self.start}: frame indices start at 0")
+        if self.compare and self.start is None:
+            raise VidsegError("--compare needs --start T, so that the true frames after the context are in INPUT")
+        if self.stream and (self.compare or self.start is not None or self.out is not None):
+            raise VidsegError("--stream rolls through the whole video and writes JSON lines: drop --start, --compare and --out")

@@ -22,6 +22,7 @@ from vidseg_cli.cli.batch import batch_command
 from vidseg_cli.cli.bench import bench_command
 from vidseg_cli.cli.common import say_error
 from vidseg_cli.cli.completions import COMPLETE_VAR
+from vidseg_cli.cli.predict import predict_command
 from vidseg_cli.cli.segment import segment_command
 
 # group name -> (module:attribute of its Typer app, its one-line help)
@@ -38,6 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("segment")(segment_command)
+app.command("predict")(predict_command)
 app.command("bench")(bench_command)
 app.command("batch")(batch_command)
 

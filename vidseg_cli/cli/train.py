@@ -345,7 +345,9 @@ def _logger(log_file):
 def train_predict_command(
     digits: Annotated[Path, typer.Option(help="MNIST digits (mnist_5k.csv.gz: 784 pixels, then the label, 500 a class); Moving MNIST is generated from them.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, predictor.safetensors, config.json, train.log.")],
-    steps: Annotated[int, typer.Option(min=1, help="Training sequences (one optimiser step each).")] = 20_000,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 20_000,
+    batch: Annotated[int, typer.Option(min=1, max=1024, help="Sequences per step, each with its own memory bank.")] = 16,
+    teacher_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps over which true future frames are phased out as inputs (scheduled sampling; 0: always the model's own).")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
     lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = 1e-3,
     memory: Annotated[str, typer.Option(help="Memory policy while training: stremn, fifo, first-last, stm.")] = "stremn",
@@ -370,7 +372,7 @@ def train_predict_command(
         raise VidsegError("--lr must be positive")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     config = PredictTrainConfig(
-        steps=steps, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
+        steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         gradient_weight=gradient_weight, val_sequences=val_sequences,
         model=PredictorConfig(width=width, blocks=blocks),
     )

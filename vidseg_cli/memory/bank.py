@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -41,6 +42,12 @@ class FusionCell(Protocol):
     def __call__(self, source: Slot, target: Slot) -> Slot: ...
 
 
+class BatchFusionCell(FusionCell, Protocol):
+    """A cell that can also fuse many (source, target) pairs in one call."""
+
+    def many(self, pairs: Sequence[tuple[Slot, Slot]]) -> list[Slot]: ...
+
+
 @dataclass
 class MemoryBank:
     """Slots in write order; the policy decides what to drop and fuse before each write.
@@ -59,12 +66,20 @@ class MemoryBank:
         """Make room as the policy says, then append ``slot`` (the newest is always kept)."""
         plan = self.policy.plan(self.slots, self.similarity)
         for source, target in plan.fuse:
-            old = self.slots[target]
-            if self.fusion is not None and not old.permanent:
-                self._forget(old.uid)
-                fused = self.fusion(self.slots[source], old)
-                self.slots[target] = replace(fused, fused=old.fused + 1)
-        for index in sorted(plan.drop, reverse=True):
+            if self._fusible(target):
+                self._replace(target, self.fusion(self.slots[source], self.slots[target]))
+        self._drop_and_append(plan.drop, slot)
+
+    def _fusible(self, target: int) -> bool:
+        return self.fusion is not None and not self.slots[target].permanent
+
+    def _replace(self, target: int, fused: Slot) -> None:
+        old = self.slots[target]
+        self._forget(old.uid)
+        self.slots[target] = replace(fused, fused=old.fused + 1)
+
+    def _drop_and_append(self, drop: Sequence[int], slot: Slot) -> None:
+        for index in sorted(drop, reverse=True):
             self._forget(self.slots[index].uid)
             del self.slots[index]
         self.slots.append(slot)
@@ -93,3 +108,27 @@ class MemoryBank:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+
+def write_all(banks: Sequence[MemoryBank], slots: Sequence[Slot]) -> None:
+    """``bank.write(slot)`` for every bank (the videos of a training batch), with every
+    bank's fusion done in one call of their shared cell: one fusion per bank per frame
+    through a small CNN is dominated by per-call overhead. Each bank's policy still picks
+    its own slots."""
+    fusion = banks[0].fusion if banks else None
+    plans = [bank.policy.plan(bank.slots, bank.similarity) for bank in banks]
+    batchable = (
+        hasattr(fusion, "many")
+        and all(bank.fusion is fusion for bank in banks)
+        and all(len(plan.fuse) <= 1 for plan in plans)
+    )
+    if not batchable:
+        for bank, slot in zip(banks, slots, strict=True):
+            bank.write(slot)
+        return
+    jobs = [(bank, target) for bank, plan in zip(banks, plans) for _, target in plan.fuse if bank._fusible(target)]
+    pairs = [(bank.slots[source], bank.slots[target]) for bank, plan in zip(banks, plans) for source, target in plan.fuse if bank._fusible(target)]
+    for (bank, target), fused in zip(jobs, fusion.many(pairs) if pairs else [], strict=True):
+        bank._replace(target, fused)
+    for bank, plan, slot in zip(banks, plans, slots, strict=True):
+        bank._drop_and_append(plan.drop, slot)

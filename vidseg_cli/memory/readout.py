@@ -124,8 +124,19 @@ def attend(
     """
     if scale is None:
         scale = query.shape[1] ** -0.5
-    affinity = (2 * query.transpose(1, 2) @ keys - keys.pow(2).sum(1, keepdim=True)) * scale  # (B, N, M)
-    b, n, m = affinity.shape
+    # (2 q.k - |k|^2) * scale as one batched multiply-add: the scale goes on the small
+    # factors (B C N, B 1 M), not on the B N M affinity, whose elementwise passes would
+    # cost as much as the matmul itself.
+    bias = keys.pow(2).sum(1, keepdim=True) * -scale  # (B, 1, M)
+    b, m, n = keys.shape[0], keys.shape[2], query.shape[2]
+    if known is None and not 0 < topk < m:
+        # Every memory pixel, all known: laid out (B, M, N) so that the softmax, the read
+        # (values (B, O D, M) @ weights) and their gradients all run on contiguous memory;
+        # in (B, N, M) the backward pass copies the transposed B N M gradient.
+        affinity_t = torch.baddbmm(bias.transpose(1, 2), keys.transpose(1, 2), (2 * scale) * query)  # (B, M, N)
+        weights = torch.softmax(affinity_t, dim=1)
+        return (values.flatten(1, 2) @ weights).view(b, *values.shape[1:3], n)
+    affinity = torch.baddbmm(bias, (2 * scale) * query.transpose(1, 2), keys)  # (B, N, M)
     if not 0 < topk < m:  # every memory pixel: one matmul, no gather of D x N x M values
         weights = torch.exp(affinity - affinity.amax(dim=2, keepdim=True)).unsqueeze(1)  # (B, 1, N, M)
         if known is not None:
@@ -153,11 +164,32 @@ def read_values(
 
     Returns (objects, D, h, w); each object is read only from the slots that knew it.
     """
-    c, h, w = query.shape
-    keys = torch.cat([slot.key.flatten(1) for slot in slots], dim=1)  # (C, M)
-    values = torch.cat([_pad_objects(slot.value, objects).flatten(2) for slot in slots], dim=2)  # (O, D, M)
+    return read_values_many(query[None], [slots], objects, topk, scale)[0]
+
+
+def read_values_many(
+    queries: torch.Tensor,
+    memories: Sequence[Sequence[Slot]],
+    objects: int,
+    topk: int,
+    scale: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``read_values`` for B videos at once, in one batched attention: queries (B, C, h, w),
+    one list of slots per video, all with the same number of memory pixels (the banks of
+    a training batch). Returns (B, objects, D, h, w)."""
+    b, c, h, w = queries.shape
+    keys, values, known = zip(*(_flattened(slots, objects) for slots in memories), strict=True)
+    everyone_known = all(slot.value.shape[0] >= objects for slots in memories for slot in slots)
+    known_all = None if everyone_known else torch.stack(known)
+    out = attend(queries.flatten(2), torch.stack(keys), torch.stack(values), known_all, topk, scale)
+    return out.view(b, objects, -1, h, w)
+
+
+def _flattened(slots: Sequence[Slot], objects: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A video's memory as keys (C, M), values (O, D, M) and known (O, M)."""
+    keys = torch.cat([slot.key.flatten(1) for slot in slots], dim=1)
+    values = torch.cat([_pad_objects(slot.value, objects).flatten(2) for slot in slots], dim=2)
     known = torch.cat(
         [_known(slot.value.shape[0], objects, keys)[:, None].expand(-1, slot.key[0].numel()) for slot in slots], dim=1
     )
-    out = attend(query.flatten(1)[None], keys[None], values[None], known[None], topk, scale)
-    return out[0].view(objects, -1, h, w)
+    return keys, values, known

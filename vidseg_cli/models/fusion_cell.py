@@ -21,6 +21,7 @@ scale (see forward).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -94,11 +95,20 @@ class LearnedFusion:
         self.cell = cell
 
     def __call__(self, source: Slot, target: Slot) -> Slot:
-        objects = min(source.value.shape[0], target.value.shape[0])
-        fused = self.cell(_templates(source, objects), _templates(target, objects))
-        key = F.normalize(fused[:, : self.cell.key_dim].mean(0), dim=0)  # keys stay unit vectors
-        value = torch.cat([fused[:, self.cell.key_dim :], target.value[objects:]])
-        return replace(target, key=key, value=value)
+        return self.many([(source, target)])[0]
+
+    def many(self, pairs: Sequence[tuple[Slot, Slot]]) -> list[Slot]:
+        """Fuse several (source, target) pairs of equal-sized slots in one pass of the cell."""
+        counts = [min(source.value.shape[0], target.value.shape[0]) for source, target in pairs]
+        sources = torch.cat([_templates(source, n) for (source, _), n in zip(pairs, counts, strict=True)])
+        targets = torch.cat([_templates(target, n) for (_, target), n in zip(pairs, counts, strict=True)])
+        fused_all = self.cell(sources, targets).split(counts)
+        results = []
+        for (_, target), fused, objects in zip(pairs, fused_all, counts, strict=True):
+            key = F.normalize(fused[:, : self.cell.key_dim].mean(0), dim=0)  # keys stay unit vectors
+            value = torch.cat([fused[:, self.cell.key_dim :], target.value[objects:]])
+            results.append(replace(target, key=key, value=value))
+        return results
 
 
 def _templates(slot: Slot, objects: int) -> torch.Tensor:

@@ -68,11 +68,23 @@ def sequence(rng: np.random.Generator, digits: np.ndarray, frames: int = FRAMES,
     """(frames, 64, 64) uint8: ``count`` digits drawn from ``digits``, moving."""
     canvas = np.zeros((frames, CANVAS, CANVAS), np.uint8)
     for _ in range(count):
-        digit = digits[rng.integers(len(digits))]
-        for t, (top, left) in enumerate(trajectory(rng, frames)):
-            window = canvas[t, top : top + DIGIT, left : left + DIGIT]
-            np.maximum(window, digit, out=window)
+        _draw(canvas, digits[rng.integers(len(digits))], trajectory(rng, frames))
     return canvas
+
+
+def _draw(canvas: np.ndarray, digit: np.ndarray, positions: np.ndarray, first: int = 0) -> None:
+    for t in range(first, len(canvas)):
+        top, left = positions[t]
+        window = canvas[t, top : top + DIGIT, left : left + DIGIT]
+        np.maximum(window, digit, out=window)
+
+
+def with_surprise(frames: np.ndarray, rng: np.random.Generator, digits: np.ndarray, appear_at: int) -> np.ndarray:
+    """A copy of ``frames`` where a third digit appears out of nowhere at frame
+    ``appear_at`` and moves on by the same rules: what no past frame announced."""
+    planted = frames.copy()
+    _draw(planted, digits[rng.integers(len(digits))], trajectory(rng, len(frames)), first=appear_at)
+    return planted
 
 
 def sequences(digits: np.ndarray, seed: int, count: int | None = None, frames: int = FRAMES) -> Iterator[np.ndarray]:
@@ -96,3 +108,58 @@ def checksum(stream: Iterator[np.ndarray]) -> str:
     for frames in stream:
         digest.update(np.ascontiguousarray(frames).tobytes())
     return digest.hexdigest()
+
+
+def write_frames(frames: np.ndarray, out: Path, fps: int = 10) -> None:
+    """A folder of PNGs (exact) or, for a name ending in .mp4, an H.264 video."""
+    if out.suffix.lower() == ".mp4":
+        import av
+
+        with av.open(str(out), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = CANVAS, CANVAS, "yuv420p"
+            stream.options = {"crf": "10"}
+            for frame in frames:
+                rgb = np.repeat(frame[..., None], 3, axis=2)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(out / f"{index:05d}.png")
+
+
+def main() -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        description="Write Moving MNIST clips: held-out test sequence INDEX (seed 0, the test digits), "
+        "optionally longer, and optionally with a third digit that appears at frame --surprise."
+    )
+    parser.add_argument("out", type=Path, help="a folder of PNGs, or a .mp4 file")
+    parser.add_argument("--digits", type=Path, required=True, help="mnist_5k.csv.gz")
+    parser.add_argument("--index", type=int, default=0, help="which test sequence (0 .. 9999)")
+    parser.add_argument("--frames", type=int, default=FRAMES)
+    parser.add_argument("--surprise", type=int, default=None, metavar="FRAME")
+    args = parser.parse_args()
+    try:
+        _, test = load_digits(args.digits)
+    except VidsegError as error:
+        sys.exit(f"error: {error}")
+    rng = np.random.default_rng(TEST_SEED)
+    for _ in range(args.index):
+        sequence(rng, test, args.frames)
+    frames = sequence(rng, test, args.frames)
+    if args.surprise is not None:
+        frames = with_surprise(frames, np.random.default_rng(args.index + 1), test, args.surprise)
+    write_frames(frames, args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

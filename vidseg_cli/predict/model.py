@@ -16,15 +16,21 @@ copies the last frame, the baseline to beat, instead of drawing a grey blur.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import safetensors
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
-from vidseg_cli.memory.bank import MemoryBank, Slot
-from vidseg_cli.memory.readout import read_values
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.memory.bank import MemoryBank, Slot, write_all
+from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
+from vidseg_cli.weights.registry import entry, resolve
 
 ARCH = "predict-stremn"
 STACK = 3  # frames per input step
@@ -33,6 +39,8 @@ STACK = 3  # frames per input step
 @dataclass(frozen=True)
 class PredictorConfig:
     channels: int = 1  # 1 grey, 3 colour
+    frame_height: int = 64  # the resolution it was trained at; inputs are resized to it
+    frame_width: int = 64
     patch: int = 4  # space-to-depth factor
     width: int = 64  # feature channels of every block
     key_dim: int = 32
@@ -85,32 +93,96 @@ class Predictor(nn.Module):
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
 
-    def step(self, frames: torch.Tensor, bank: MemoryBank, frame: int) -> torch.Tensor:
-        """frames: (3, C, H, W) in [0, 1], I_{t-3} .. I_{t-1}; returns I_t (C, H, W) and
-        writes this step's key and value into ``bank``."""
-        folded = F.pixel_unshuffle(frames, self.config.patch).flatten(0, 1)[None]  # (1, 3 C p^2, h, w)
-        features = self.encoder(folded)
-        key = F.normalize(self.key(features), dim=1)[0]  # (Ck, h, w)
-        value = self.value(features)  # (1, Cv, h, w): one "object", the scene
-        if bank.slots:
-            readout = read_values(key, bank.slots, 1, self.config.topk, self.log_read_scale.exp())  # (1, Cv, h, w)
-        else:
-            readout = torch.zeros_like(value)
-        change = self.out(self.decoder(torch.cat([features, readout], dim=1)))
-        last = frames[-1].clamp(1e-3, 1 - 1e-3)
-        logit = F.pixel_unshuffle(torch.logit(last)[None], self.config.patch) + change
-        bank.write(Slot(key=key, value=value, frame=frame))
-        return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))[0]
+    def step(self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int) -> torch.Tensor:
+        """frames: (B, 3, C, H, W) in [0, 1], I_{t-3} .. I_{t-1} of B videos; returns I_t
+        (B, C, H, W) and writes each video's key and value into its own bank.
 
-    def rollout(self, observed: torch.Tensor, future: int, bank: MemoryBank) -> torch.Tensor:
-        """observed: (M, C, H, W), M >= 3. Returns the predictions of frames 3 .. M+N-1
-        (M + N - 3, C, H, W): through the observed frames each step sees true frames (and
-        fills the memory); after them the model's own predictions are fed back."""
-        frames = list(observed)
+        The network, the memory read and the fusion cell run batched, while each video's
+        policy makes its own choices (which slot to fuse, which to drop), as at inference,
+        where B is 1. ``banks`` None: no memory (the read gives zeros), the single-frame
+        network of ``--memory none``.
+        """
+        folded = F.pixel_unshuffle(frames.flatten(1, 2), self.config.patch)  # (B, 3 C p^2, h, w)
+        features = self.encoder(folded)
+        keys = F.normalize(self.key(features), dim=1)  # (B, Ck, h, w)
+        values = self.value(features)  # (B, Cv, h, w): one "object" per video, the scene
+        if banks and banks[0].slots:  # a batch's banks hold the same number of slots: policies count alike
+            memories = [bank.slots for bank in banks]
+            readout = read_values_many(keys, memories, 1, self.config.topk, self.log_read_scale.exp())[:, 0]
+        else:
+            readout = torch.zeros_like(values)
+        if banks:
+            write_all(banks, [Slot(key=key, value=value[None], frame=frame) for key, value in zip(keys, values)])
+        change = self.out(self.decoder(torch.cat([features, readout], dim=1)))
+        last = frames[:, -1].clamp(1e-3, 1 - 1e-3)
+        logit = F.pixel_unshuffle(torch.logit(last), self.config.patch) + change
+        return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
+
+    def rollout(
+        self,
+        observed: torch.Tensor,
+        future: int,
+        banks: Sequence[MemoryBank] | None,
+        truth: torch.Tensor | None = None,
+        teacher: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """observed: (B, M, C, H, W), M >= 3. Returns the predictions of frames 3 .. M+N-1
+        (B, M + N - 3, C, H, W): through the observed frames each step sees true frames (and
+        fills the memory); after them the model's own predictions are fed back.
+
+        Training only: where ``teacher`` (B, N) is true, the true future frame ``truth``
+        (B, N, C, H, W) is fed back instead (scheduled sampling, as PredRNN trains).
+        """
+        frames = list(observed.unbind(1))
         predictions = []
-        for t in range(STACK, len(observed) + future):
-            predicted = self.step(torch.stack(frames[t - STACK : t]), bank, t)
-            if t >= len(observed):
-                frames.append(predicted)
+        for t in range(STACK, observed.shape[1] + future):
+            predicted = self.step(torch.stack(frames[t - STACK : t], dim=1), banks, t)
+            if t >= observed.shape[1]:
+                fed = predicted
+                if teacher is not None:
+                    use = teacher[:, t - observed.shape[1]].view(-1, 1, 1, 1)
+                    fed = torch.where(use, truth[:, t - observed.shape[1]], predicted)
+                frames.append(fed)
             predictions.append(predicted)
-        return torch.stack(predictions)
+        return torch.stack(predictions, dim=1)
+
+
+def predictor_file(model: Predictor, **facts: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a predictor's safetensors file (the metadata rebuilds
+    the architecture; ``facts`` record how it was made)."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    return tensors, {"arch": ARCH, "config": model.config.to_json(), **facts}
+
+
+def load_predictor(path: Path) -> Predictor:
+    """A predictor from a safetensors file written by ``vidseg train predict``."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("arch") != ARCH or "config" not in metadata:
+                raise VidsegError(
+                    f"{path} is not a video predictor (arch {metadata.get('arch')!r}; "
+                    f"vidseg predict needs a {ARCH} file from vidseg train predict)"
+                )
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (OSError, safetensors.SafetensorError) as error:
+        raise VidsegError(f"cannot read model file {path}: {error}") from None
+    try:
+        model = Predictor(PredictorConfig.from_json(metadata["config"]))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise VidsegError(f"{path}: the weights do not fit the architecture they name: {str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def create_predictor(name: str, device: torch.device | str = "cpu") -> Predictor:
+    """A predictor by weights.toml name or .safetensors path, in eval mode on ``device``."""
+    if name.endswith(".safetensors"):
+        path = Path(name)
+        if not path.is_file():
+            raise VidsegError(f"model file not found: {path}")
+        return load_predictor(path).to(device)
+    spec = entry(name)
+    if spec.task != "predict":
+        raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a video predictor")
+    return load_predictor(resolve(name)).to(device)

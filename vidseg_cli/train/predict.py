@@ -1,8 +1,11 @@
 """`vidseg train predict`: the STReMN predictor on Moving MNIST generated on the fly.
 
-Each step is one sequence of 20 frames: the model predicts frames 3 .. 19, seeing true
-frames through the 10 observed ones and its own predictions after them (as at test time),
-with a fresh memory bank per sequence. Loss (STReMN 4.2): the shrinkage loss (Lu et al.
+Each step is a batch of sequences of 20 frames: the model predicts frames 3 .. 19, seeing
+true frames through the 10 observed ones and, after them, its own predictions (as at test
+time) or, with a probability that falls from 1 to 0 over the first ``teacher_share`` of
+training, the true frame (PredRNN's scheduled sampling: motion is learnt first from true
+inputs, then the model learns to live with its own). Every sequence has its own memory
+bank. Loss (STReMN 4.2): the shrinkage loss (Lu et al.
 2018) on the L1 and L2 errors, and the scale-invariant gradient loss (Ummenhofer et al.
 2017). Adam at 1e-3 with a cosine decay to a tenth; the model that is saved is the
 Polyak (exponential moving) average of the weights, which is also what validation scores.
@@ -26,7 +29,7 @@ from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.data import FRAMES, load_digits, sequence, sequences
-from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
+from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
 from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 
 MODEL = "predictor.safetensors"
@@ -37,6 +40,8 @@ VAL_SEED = 1  # validation sequences: training digits, their own seed
 @dataclass(frozen=True)
 class PredictTrainConfig:
     steps: int = 20_000
+    batch: int = 16  # sequences per optimiser step
+    teacher_share: float = 0.5  # share of the steps over which true future frames phase out
     lr: float = 1e-3
     seed: int = 0
     memory: str = "stremn"
@@ -86,17 +91,32 @@ class PredictTrainer:
         self.step = 0
         self.history: list[dict] = []
 
-    def _frames(self, sequence_: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(sequence_).to(self.device).float().div(255)[:, None]  # (T, 1, H, W)
+    def _frames(self, sequences_: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(sequences_)).to(self.device)
+        return batch.float().div(255)[:, :, None]  # (B, T, 1, H, W)
+
+    def _banks(self, model: Predictor, count: int) -> list:
+        fusion = model.fusion()  # one cell object for the batch: write_all fuses in one call
+        return [make_bank(self.memory, fusion) for _ in range(count)]
+
+    def teacher_probability(self) -> float:
+        """Chance that a future input is the true frame: 1 at the start, 0 from
+        ``teacher_share`` of the steps on."""
+        horizon = self.config.teacher_share * self.config.steps
+        return max(0.0, 1.0 - self.step / horizon) if horizon > 0 else 0.0
 
     def train_step(self) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
-        frames = self._frames(sequence(self.rng, self.train_digits))
+        frames = self._frames([sequence(self.rng, self.train_digits) for _ in range(self.config.batch)])
+        future = FRAMES - OBSERVED
+        teacher = torch.from_numpy(self.rng.random((self.config.batch, future)) < self.teacher_probability())
         self.model.train()
-        bank = make_bank(self.memory, self.model.fusion())
-        predicted = self.model.rollout(frames[:OBSERVED], FRAMES - OBSERVED, bank)
-        truth = frames[3:]
+        predicted = self.model.rollout(
+            frames[:, :OBSERVED], future, self._banks(self.model, self.config.batch),
+            truth=frames[:, OBSERVED:], teacher=teacher.to(self.device),
+        )
+        truth = frames[:, 3:]
         error = (predicted - truth).abs()
         loss_shrink = shrinkage(error)
         loss_gradient = scale_invariant_gradient(predicted, truth)
@@ -107,8 +127,8 @@ class PredictTrainer:
         self.optimizer.step()
         self._average()
         self.step += 1
-        future = slice(OBSERVED - 3, None)
-        mse = frame_mse(predicted[future, 0].detach(), truth[future, 0]).mean().item()
+        ahead = slice(OBSERVED - 3, None)
+        mse = frame_mse(predicted[:, ahead, 0].detach().flatten(0, 1), truth[:, ahead, 0].flatten(0, 1)).mean().item()
         return {"loss": loss.item(), "shrink": loss_shrink.item(), "gradient": loss_gradient.item(), "mse": mse}
 
     @torch.no_grad()
@@ -125,15 +145,17 @@ class PredictTrainer:
         10 predicted frames of the validation sequences, against copying the last frame."""
         self.average.eval()
         scores = {"mse": [], "mae": [], "ssim": [], "copy_last_mse": []}
-        for frames in sequences(self.train_digits, VAL_SEED, self.config.val_sequences):
-            frames = self._frames(frames)
-            bank = make_bank(self.memory, self.average.fusion())
-            future = self.average.rollout(frames[:OBSERVED], FRAMES - OBSERVED, bank)[OBSERVED - 3 :, 0]
-            truth = frames[OBSERVED:, 0]
-            scores["mse"].append(frame_mse(future, truth).mean().item())
-            scores["mae"].append(frame_mae(future, truth).mean().item())
-            scores["ssim"].append(ssim(future, truth).mean().item())
-            scores["copy_last_mse"].append(frame_mse(frames[OBSERVED - 1, 0].expand_as(truth), truth).mean().item())
+        stream = sequences(self.train_digits, VAL_SEED, self.config.val_sequences)
+        for chunk in _chunks(stream, self.config.batch):
+            frames = self._frames(chunk)
+            banks = self._banks(self.average, len(chunk))
+            future = self.average.rollout(frames[:, :OBSERVED], FRAMES - OBSERVED, banks)[:, OBSERVED - 3 :, 0]
+            truth = frames[:, OBSERVED:, 0]
+            for mine, true, last in zip(future, truth, frames[:, OBSERVED - 1, 0], strict=True):
+                scores["mse"].append(frame_mse(mine, true).mean().item())
+                scores["mae"].append(frame_mae(mine, true).mean().item())
+                scores["ssim"].append(ssim(mine, true).mean().item())
+                scores["copy_last_mse"].append(frame_mse(last.expand_as(true), true).mean().item())
         return {name: round(float(np.mean(values)), 4) for name, values in scores.items()}
 
     def save_checkpoint(self) -> None:
@@ -153,8 +175,7 @@ class PredictTrainer:
     def save_model(self) -> Path:
         """The averaged weights as safetensors; the metadata rebuilds the architecture."""
         path = self.run_dir / MODEL
-        metadata = {"arch": ARCH, "config": self.config.model.to_json(), "steps": str(self.step), "seed": str(self.config.seed)}
-        tensors = {name: t.detach().cpu().contiguous() for name, t in self.average.state_dict().items()}
+        tensors, metadata = predictor_file(self.average, steps=str(self.step), seed=str(self.config.seed))
         write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
         return path
 
@@ -169,3 +190,14 @@ class PredictTrainer:
         self.save_checkpoint()
         return self.save_model()
 
+
+
+def _chunks(stream, size: int):
+    chunk = []
+    for item in stream:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,82 @@
+"""`vidseg predict`: the frames that come next, from the memory of the ones before."""
+
+from __future__ import annotations
+
+import enum
+import json as json_module
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.options import DEFAULT_PREDICT_MODEL, NO_MEMORY, POLICIES, MemoryOptions, PredictOptions
+
+PredictMemory = enum.Enum("PredictMemory", {name: name for name in (*POLICIES, NO_MEMORY)}, type=str)
+
+
+class Update(str, enum.Enum):
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
+class PredictFormat(str, enum.Enum):
+    png = "png"
+    video = "video"
+    all = "all"
+
+
+@user_errors
+def predict_command(
+    input: Annotated[Path, typer.Argument(help="Video file or folder of frames.")],
+    context: Annotated[int, typer.Option(metavar="M", help="Frames the model observes.")] = 10,
+    frames: Annotated[int, typer.Option(metavar="N", help="Frames to predict.")] = 10,
+    start: Annotated[Optional[int], typer.Option(metavar="T", help="Observe frames T .. T+M-1 (default: the last M frames).")] = None,
+    model: Annotated[str, typer.Option(help="Predictor: a name from weights.toml or a .safetensors file from vidseg train predict.")] = DEFAULT_PREDICT_MODEL,
+    memory: Annotated[PredictMemory, typer.Option(help="Memory update policy; none: no memory.")] = PredictMemory.stremn,
+    slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
+    update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
+    format: Annotated[PredictFormat, typer.Option("--format", "-f", help="png: one PNG per predicted frame, named by its index; video: prediction.mp4 (observed frames framed green, predicted red); all: both.")] = PredictFormat.all,
+    compare: Annotated[bool, typer.Option("--compare", help="Score the prediction against the true frames (needs --start) and write comparison.mp4 (truth | prediction | error).")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Predict every frame from the ones before it and print its error as JSON lines on stdout (anomaly detection); writes no files.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_prediction beside the input).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Predict the frames that follow a video, from a memory of the frames before.
+
+    Prints the output folder on stdout (or a JSON summary with --json; JSON lines with --stream).
+    """
+    if stream and json:
+        raise VidsegError("--stream writes JSON lines on stdout already: drop --json")
+    options = PredictOptions(
+        input=input, out=out, context=context, frames=frames, start=start, model=model,
+        memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
+        format=format.value, compare=compare, stream=stream, force=force, device=device.value,
+    )
+    from vidseg_cli.engine import predict as engine  # torch: imported when a command runs
+
+    if stream:
+        done = engine.stream(options, _print_line)
+        stderr.print(f"{done['predicted']} frames predicted in {done['seconds']:.1f} s", highlight=False)
+        return
+    summary = engine.predict(options)
+    if json:
+        print_json(engine.summary_dict(summary))
+        return
+    scores = summary.metrics["mean"] if summary.metrics else None
+    stderr.print(
+        f"observed frames {summary.context[0]}..{summary.context[1]}, predicted {summary.predicted[0]}..{summary.predicted[1]}"
+        f" at {summary.size[1]}x{summary.size[0]}, {summary.fps:.1f} fps"
+        + (f"; MSE {scores['mse']:.1f}, MAE {scores['mae']:.1f}, SSIM {scores['ssim']:.3f} per frame" if scores else ""),
+        highlight=False,
+    )
+    print(summary.output)
+
+
+def _print_line(record: dict) -> None:
+    print(json_module.dumps(record), flush=True)
