@@ -155,3 +155,30 @@ def test_a_predictor_is_refused_by_segment(vidseg, model_file, clip, tmp_path):
     Image.fromarray((frames[0] > 0).astype(np.uint8)).save(mask)
     run = vidseg("segment", folder, "--mask", mask, "--model", model_file, "--out", tmp_path / "m")
     assert run.code == 2 and "predict-stremn" in run.stderr
+
+
+def test_bench_predict_reports_copy_last_and_each_memory(vidseg, model_file, tmp_path):
+    from vidseg_cli.bench.predict import test_sequences
+
+    run = vidseg("bench", "--task", "predict", "--model", model_file, "--memory", "stremn,none", "--slots", "3",
+                 "--limit", "4", "--timed", "1", "--json", "--csv", tmp_path / "rows.csv", "--plot", tmp_path / "p.png")
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    names = [r["config"] for r in report["results"]]
+    assert names == ["copy-last", f"{model_file} / stremn K=3 C", f"{model_file} / none"]
+    _, stream, count = test_sequences(None, 4)
+    clips = [c.astype(np.float64) / 255 for c in stream]
+    by_hand = np.mean([[((c[9] - c[t]) ** 2).sum() for t in range(10, 20)] for c in clips], axis=0)
+    copy_last, stremn, none = report["results"]
+    np.testing.assert_allclose(copy_last["per_horizon"]["mse"], by_hand, rtol=1e-4)
+    assert copy_last["sequences"] == count == 4
+    assert stremn["mse"] == pytest.approx(copy_last["mse"], rel=0.02)  # untrained: copies the last frame
+    assert stremn["fps"] > 0 and stremn["gflops"] > none["gflops"] > 0  # the memory read and fusion cost FLOPs
+    assert stremn["bank_bytes"] > 0 == none["bank_bytes"]
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert (tmp_path / "rows.csv").read_text().splitlines()[0].startswith("config,model,memory")
+
+
+def test_bench_predict_bad_memory_is_one_line(vidseg, model_file):
+    run = vidseg("bench", "--task", "predict", "--model", model_file, "--memory", "lru", "--limit", "1")
+    assert run.code == 2 and "unknown memory 'lru'" in run.stderr and len(run.stderr.strip().splitlines()) == 1

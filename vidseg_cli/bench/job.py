@@ -16,8 +16,9 @@ from rich.table import Table
 from vidseg_cli import __version__
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.long import long_run
-from vidseg_cli.bench.plots import plot_long, plot_results
-from vidseg_cli.bench.report import LONG_COLUMNS
+from vidseg_cli.bench.plots import plot_long, plot_prediction, plot_results
+from vidseg_cli.bench.predict import predict_configs, run_predict_bench, test_sequences
+from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.cli.common import comma_list, json_text, stderr
 from vidseg_cli.engine.segment import pick_device, use_all_cores
@@ -73,6 +74,38 @@ def bench(
     _table(summary)
     _say_sparse_annotations(loaded)
     outputs.write(summary, plot_results)
+
+
+def bench_predict(
+    *, data: Path | None, limit: int | None, timed: int, model: str, memory: str, slots: str, update: str,
+    device: str, json: bool, report: Path | None, csv_path: str | None, plot: Path | None, force: bool,
+) -> None:
+    """Video prediction on held-out Moving MNIST: copy-last and every configuration."""
+    outputs = _Outputs(json, report, csv_path, plot, force, inputs=[data] if data is not None else [])
+    use_all_cores()
+    target = pick_device(device)
+    sweep = predict_configs(comma_list(model), comma_list(memory), comma_list(slots, int), comma_list(update))
+    name, stream, count = test_sequences(data, limit)
+    with stderr.status("benchmarking") as status:
+        results = run_predict_bench(sweep, stream, target, timed, progress=lambda text: status.update(text))
+    summary = {
+        "task": "predict",
+        "dataset": name,
+        "sequences": count,
+        "device": str(target),
+        "machine": _machine(),
+        "results": [r.summary() for r in results],
+    }
+    _predict_table(summary)
+    outputs.write(summary, plot_prediction, rows=[{k: v for k, v in r.items() if k != "per_horizon"} for r in summary["results"]])
+
+
+def _predict_table(report: dict) -> None:
+    table = _new_table(f"{report['dataset']}: {report['sequences']} sequences, 10 frames predicted from 10",
+                       tuple(PREDICT_COLUMNS))
+    for r in report["results"]:
+        table.add_row(*(cell(r) for cell in PREDICT_COLUMNS.values()))
+    stderr.print(table)
 
 
 def _say_sparse_annotations(loaded: list) -> None:

@@ -48,6 +48,22 @@ def plot_long(report: dict, path: Path) -> None:
     _save(figure, path)
 
 
+def plot_prediction(report: dict, path: Path) -> None:
+    """Per-horizon MSE and SSIM of every configuration (frame 1 .. 10 after the context)."""
+    figure, (mse, similarity) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    for result in report["results"]:
+        curves = result["per_horizon"]
+        horizons = range(1, len(curves["mse"]) + 1)
+        style = "--" if result["config"] == "copy-last" else "-"
+        mse.plot(horizons, curves["mse"], style, marker="o", markersize=3, label=result["config"])
+        similarity.plot(horizons, curves["ssim"], style, marker="o", markersize=3, label=result["config"])
+    title = f"{report['dataset']}, {report['sequences']} sequences"
+    _style(mse, "frames ahead", "MSE per frame", f"{title}: MSE")
+    _style(similarity, "frames ahead", "SSIM", "SSIM")
+    mse.legend(fontsize=7)
+    _save(figure, path)
+
+
 def _style(axes, xlabel: str, ylabel: str, title: str) -> None:
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)

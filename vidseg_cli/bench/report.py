@@ -30,9 +30,24 @@ LONG_COLUMNS = {
     "latency ms, first / last 10%": lambda r: f"{r['latency_ms_first_10pct']:.0f} / {r['latency_ms_last_10pct']:.0f}",
 }
 
+PREDICT_COLUMNS = {
+    "configuration": lambda r: r["config"],
+    "MSE / frame": lambda r: f"{r['mse']:.1f}",
+    "MAE / frame": lambda r: f"{r['mae']:.1f}",
+    "SSIM": lambda r: f"{r['ssim']:.3f}",
+    "PSNR (dB)": lambda r: f"{r['psnr']:.2f}",
+    "FPS": lambda r: "-" if r["fps"] is None else f"{r['fps']:.1f}",
+    "latency median / p90 (ms)": lambda r: "-" if r["fps"] is None else f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f}",
+    "GFLOPs / frame": lambda r: "-" if r.get("gflops") is None else f"{r['gflops']:.3f}",
+    "bank (KB)": lambda r: f"{r['bank_bytes'] / 1024:.0f}",
+}
+
 
 def markdown(report: dict) -> str:
-    columns = LONG_COLUMNS if "long" in report else dict(_RESULT_COLUMNS)
+    if report.get("task") == "predict":
+        columns = dict(PREDICT_COLUMNS)
+    else:
+        columns = LONG_COLUMNS if "long" in report else dict(_RESULT_COLUMNS)
     if any(r.get("reuse", 1) < 1 for r in report["results"]):
         columns["reuse rate"] = lambda r: f"{r['reuse_rate']:.3f}"
     if any(r.get("sparse", "none") != "none" for r in report["results"]):

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from vidseg_cli.cli.common import Device, user_errors
-from vidseg_cli.options import DEFAULT_SIZE, DEFAULT_VOS_MODEL, LONG_HEIGHT
+from vidseg_cli.options import DEFAULT_PREDICT_MODEL, DEFAULT_SIZE, DEFAULT_VOS_MODEL, LONG_HEIGHT
+
+
+class Task(str, enum.Enum):
+    vos = "vos"
+    predict = "predict"
 
 
 @user_errors
 def bench_command(
-    data: Annotated[Path | None, typer.Option(help="Dataset in DAVIS layout (default: a built-in synthetic one).")] = None,
-    sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run.")] = None,
-    model: Annotated[str, typer.Option(help="Comma list of VOS models.")] = DEFAULT_VOS_MODEL,
+    task: Annotated[Task, typer.Option(help="vos: video object segmentation (DAVIS J&F); predict: video prediction (Moving MNIST MSE, MAE, SSIM, PSNR).")] = Task.vos,
+    data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set (default: a built-in synthetic one).")] = None,
+    sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run (vos).")] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", min=1, help="predict: the first N of the 10,000 held-out test sequences.")] = None,
+    timed: Annotated[int, typer.Option(metavar="N", min=1, help="predict: sequences timed at batch 1 for FPS and latency.")] = 20,
+    model: Annotated[str | None, typer.Option(help=f"Comma list of models (default: {DEFAULT_VOS_MODEL}; predict: {DEFAULT_PREDICT_MODEL}).")] = None,
     size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes (default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}).")] = None,
     memory: Annotated[str | None, typer.Option(help="Comma list of memory policies (default: stremn; with --long, all).")] = None,
     slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
@@ -37,11 +46,18 @@ def bench_command(
     reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
 ) -> None:
-    """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
-    from vidseg_cli.bench.job import bench  # torch: imported when a command runs
+    """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence."""
+    from vidseg_cli.bench.job import bench, bench_predict  # torch: imported when a command runs
 
+    if task == Task.predict:
+        bench_predict(
+            data=data, limit=limit, timed=timed, model=model or DEFAULT_PREDICT_MODEL, memory=memory or "stremn",
+            slots=slots, update=update, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
+            force=force,
+        )
+        return
     bench(
-        data=data, sequences=sequences, model=model, size=size, memory=memory, slots=slots, update=update,
+        data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots, update=update,
         every=every, fusion=fusion, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
         force=force, long=long, sparse=sparse, sparse_gates=sparse_gates, write_every=write_every, reuse=reuse,
         reuse_mode=reuse_mode, reuse_heads=reuse_heads, tta=tta,

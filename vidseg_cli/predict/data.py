@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,12 @@ def sequences(digits: np.ndarray, seed: int, count: int | None = None, frames: i
     while count is None or made < count:
         yield sequence(rng, digits, frames)
         made += 1
+
+
+def batches(stream: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive lists of ``size`` sequences (the last may be shorter)."""
+    while batch := list(itertools.islice(stream, size)):
+        yield batch
 
 
 def held_out_set(digits_file: Path) -> Iterator[np.ndarray]:

@@ -28,7 +28,7 @@ from vidseg_cli.engine.segment import make_bank
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
-from vidseg_cli.predict.data import FRAMES, load_digits, sequence, sequences
+from vidseg_cli.predict.data import FRAMES, batches, load_digits, sequence, sequences
 from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
 from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 
@@ -146,7 +146,7 @@ class PredictTrainer:
         self.average.eval()
         scores = {"mse": [], "mae": [], "ssim": [], "copy_last_mse": []}
         stream = sequences(self.train_digits, VAL_SEED, self.config.val_sequences)
-        for chunk in _chunks(stream, self.config.batch):
+        for chunk in batches(stream, self.config.batch):
             frames = self._frames(chunk)
             banks = self._banks(self.average, len(chunk))
             future = self.average.rollout(frames[:, :OBSERVED], FRAMES - OBSERVED, banks)[:, OBSERVED - 3 :, 0]
@@ -191,13 +191,3 @@ class PredictTrainer:
         return self.save_model()
 
 
-
-def _chunks(stream, size: int):
-    chunk = []
-    for item in stream:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -1,0 +1,204 @@
+"""`vidseg bench --task predict`: video prediction on held-out Moving MNIST.
+
+Accuracy as OpenSTL and PredRNN report it: for each of the 10 predicted frames, MSE and
+MAE summed over the frame's pixels (values in [0, 1]), SSIM and PSNR, averaged over
+sequences; the mean over frames is the headline. The accuracy pass runs sequences in
+batches (each with its own memory bank, so the numbers are those of one video at a time);
+speed is timed separately at batch 1, one sequence at a time with the configurations
+interleaved, as a user runs `vidseg predict`. Copying the last observed frame is always
+in the table: the baseline every predictor must beat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
+from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions
+from vidseg_cli.predict.data import FRAMES, TEST_SEED, TEST_SEQUENCES, batches, load_digits, sequences
+from vidseg_cli.predict.model import STACK, Predictor, create_predictor
+
+OBSERVED = 10
+FUTURE = FRAMES - OBSERVED
+COPY_LAST = "copy-last"
+BATCH = 50  # sequences per batch in the accuracy pass
+SYNTHETIC_SEQUENCES = 20  # without --data: blob "digits", a smoke test of the bench itself
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str  # a predictor, or COPY_LAST
+    memory: MemoryOptions
+
+    @property
+    def name(self) -> str:
+        if self.model == COPY_LAST:
+            return COPY_LAST
+        m = self.memory
+        policy = {"stremn": f"stremn K={m.slots} {m.update}", "fifo": f"fifo {m.slots}"}.get(m.memory, m.memory)
+        return f"{self.model} / {policy}"
+
+
+@dataclass
+class PredictResult:
+    config: PredictConfig
+    horizon: dict[str, list[list[float]]] = field(default_factory=lambda: {k: [] for k in ("mse", "mae", "ssim", "psnr")})
+    latency_ms: list[float] = field(default_factory=list)  # per step, batch 1
+    bank_bytes: int = 0
+    flops: int | None = None  # per step
+
+    def add(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
+        """predicted, truth: (B, N, H, W) in [0, 1]."""
+        for mine, true in zip(predicted, truth, strict=True):
+            self.horizon["mse"].append(frame_mse(mine, true).tolist())
+            self.horizon["mae"].append(frame_mae(mine, true).tolist())
+            self.horizon["ssim"].append(ssim(mine, true).tolist())
+            self.horizon["psnr"].append(psnr(mine, true).clamp(max=100).tolist())  # identical frames: 100 dB
+
+    def summary(self) -> dict:
+        curves = {name: [round(float(v), 4) for v in np.mean(rows, axis=0)] for name, rows in self.horizon.items()}
+        timed = self.latency_ms or [float("nan")]
+        return {
+            "config": self.config.name,
+            "model": self.config.model,
+            "memory": self.config.memory.memory if self.config.model != COPY_LAST else None,
+            "slots": self.config.memory.slots,
+            "update": self.config.memory.update,
+            "sequences": len(self.horizon["mse"]),
+            **{name: round(float(np.mean(curve)), 4) for name, curve in curves.items()},
+            "per_horizon": curves,
+            "fps": round(1000 / statistics.mean(timed), 2) if self.latency_ms else None,
+            "latency_ms_median": round(statistics.median(timed), 2),
+            "latency_ms_p90": round(float(np.percentile(timed, 90)), 2),
+            "gflops": None if self.flops is None else round(self.flops / 1e9, 4),
+            "bank_bytes": self.bank_bytes,
+        }
+
+
+def predict_configs(models: list[str], memories: list[str], slots: list[int], updates: list[str]) -> list[PredictConfig]:
+    """Copy-last first, then the cross product without duplicates that an option does not affect."""
+    for memory in memories:
+        if memory not in (*POLICIES, NO_MEMORY):
+            raise VidsegError(f"unknown memory {memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+    for rule in updates:
+        if rule not in ("A", "B", "C", "D"):
+            raise VidsegError(f"unknown update rule {rule!r}; choose A, B, C or D")
+    if any(k < 1 for k in slots):
+        raise VidsegError("--slots must be at least 1")
+    out = [PredictConfig(COPY_LAST, MemoryOptions(NO_MEMORY))]
+    for model, memory, k, rule in itertools.product(models, memories, slots, updates):
+        options = MemoryOptions(
+            memory=memory, slots=k if memory in ("stremn", "fifo") else 5, update=rule if memory == "stremn" else "C"
+        )
+        config = PredictConfig(model, options)
+        if config not in out:
+            out.append(config)
+    return out
+
+
+def test_sequences(data: Path | None, limit: int | None) -> tuple[str, Iterator[np.ndarray], int]:
+    """(name, sequences, count): the held-out test set of ``data`` (mnist_5k.csv.gz), or
+    without data a few sequences of blob digits."""
+    if data is None:
+        count = min(limit or SYNTHETIC_SEQUENCES, SYNTHETIC_SEQUENCES)
+        return "synthetic", sequences(_blob_digits(), TEST_SEED, count), count
+    if not data.exists():
+        raise VidsegError(f"digits file not found: {data}")
+    _, test = load_digits(data)
+    count = min(limit or TEST_SEQUENCES, TEST_SEQUENCES)
+    return "moving-mnist-test", sequences(test, TEST_SEED, count), count
+
+
+def _blob_digits() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    blobs = np.zeros((10, 28, 28), np.uint8)
+    for blob in blobs:
+        top, left = rng.integers(2, 12, 2)
+        blob[top : top + 14, left : left + 12] = rng.integers(128, 256)
+    return blobs
+
+
+def run_predict_bench(
+    configs: list[PredictConfig],
+    stream: Iterator[np.ndarray],
+    device: torch.device,
+    timed: int,
+    progress: Callable[[str], None] = lambda text: None,
+) -> list[PredictResult]:
+    """Accuracy over every sequence (batched), then speed on the first ``timed`` (batch 1)."""
+    models = {c.model: create_predictor(c.model, device) for c in configs if c.model != COPY_LAST}
+    results = [PredictResult(c) for c in configs]
+    first: list[np.ndarray] = []
+    done = 0
+    for chunk in batches(stream, BATCH):
+        first.extend(chunk[: max(0, timed - len(first))])
+        frames = torch.from_numpy(np.stack(chunk)).to(device).float().div(255)[:, :, None]  # (B, T, 1, H, W)
+        truth = frames[:, OBSERVED:, 0]
+        for result in results:
+            result.add(_rollout(result.config, models, frames)[:, :, 0].cpu(), truth.cpu())
+        done += len(chunk)
+        progress(f"accuracy: {done} sequences")
+    for index, clip in enumerate(first):
+        frames = torch.from_numpy(clip).to(device).float().div(255)[None, :, None]
+        for result in results:  # interleaved: every configuration sees the machine alike
+            _time_one(result, models, frames, count_flops=index == 0)
+        progress(f"speed: {index + 1} of {len(first)} sequences")
+    return results
+
+
+@torch.no_grad()
+def _rollout(config: PredictConfig, models: dict[str, Predictor], frames: torch.Tensor) -> torch.Tensor:
+    """The 10 predicted frames (B, N, C, H, W) of a configuration."""
+    if config.model == COPY_LAST:
+        return frames[:, OBSERVED - 1 : OBSERVED].expand(-1, FUTURE, -1, -1, -1)
+    model = models[config.model]
+    banks = _banks(model, config.memory, frames.shape[0])
+    return model.rollout(frames[:, :OBSERVED], FUTURE, banks)[:, -FUTURE:]
+
+
+def _banks(model: Predictor, memory: MemoryOptions, count: int):
+    if memory.memory == NO_MEMORY:
+        return None
+    fusion = model.fusion()
+    return [make_bank(memory, fusion) for _ in range(count)]
+
+
+@torch.no_grad()
+def _time_one(result: PredictResult, models: dict[str, Predictor], frames: torch.Tensor, count_flops: bool) -> None:
+    """Per-step latency of one sequence (its 17 steps, observed ones included) at batch 1."""
+    config = result.config
+    if config.model == COPY_LAST:
+        return
+    model = models[config.model]
+    banks = _banks(model, config.memory, 1)
+    inputs = list(frames[:, :OBSERVED].unbind(1))
+    for t in range(STACK, FRAMES):
+        stack = torch.stack(inputs[t - STACK : t], dim=1)
+        if count_flops and t == FRAMES - 1:  # a full bank: the costliest step
+            with FlopCounterMode(display=False) as counter:
+                model.step(stack, [_copy_bank(b) for b in banks] if banks else None, t)
+            result.flops = counter.get_total_flops()
+        started = time.perf_counter()
+        predicted = model.step(stack, banks, t)
+        result.latency_ms.append(1000 * (time.perf_counter() - started))
+        if t >= OBSERVED:
+            inputs.append(predicted)
+    result.bank_bytes = max(result.bank_bytes, sum(b.nbytes for b in banks or []))
+
+
+def _copy_bank(bank):
+    """A bank to count FLOPs on without writing to the timed one."""
+    from dataclasses import replace
+
+    return replace(bank, slots=list(bank.slots), _sims=dict(bank._sims), _pooled=dict(bank._pooled))
