@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from vidseg_cli.engine.segment import make_bank
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.options import MemoryOptions
+from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
 from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer, scale_invariant_gradient, shrinkage
 
@@ -55,15 +57,15 @@ def test_an_untrained_predictor_copies_the_last_frame_and_fills_the_shared_bank(
 
 def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
     config = PredictTrainConfig(steps=4, model=TINY, val_sequences=2)
-    whole = PredictTrainer(digits_file, config, tmp_path / "a", torch.device("cpu"))
+    whole = PredictTrainer(MovingMnist(digits_file), config, tmp_path / "a", torch.device("cpu"))
     (tmp_path / "a").mkdir()
     losses = [whole.train_step()["loss"] for _ in range(4)]
     assert all(np.isfinite(losses))
     (tmp_path / "b").mkdir()
-    first = PredictTrainer(digits_file, config, tmp_path / "b", torch.device("cpu"))
+    first = PredictTrainer(MovingMnist(digits_file), config, tmp_path / "b", torch.device("cpu"))
     first.train_step(), first.train_step()
     first.save_checkpoint()
-    second = PredictTrainer(digits_file, config, tmp_path / "b", torch.device("cpu"))
+    second = PredictTrainer(MovingMnist(digits_file), config, tmp_path / "b", torch.device("cpu"))
     second.load_checkpoint()
     second.train_step(), second.train_step()
     for mine, theirs in zip(second.average.state_dict().values(), whole.average.state_dict().values(), strict=True):
@@ -97,3 +99,54 @@ def test_bad_train_predict_input_is_one_line(vidseg, digits_file, tmp_path, args
         base[name] = value if name != "--digits" else str(tmp_path / value)
     run = vidseg("train", "predict", *[x for pair in base.items() for x in pair], "--width", "8", "--blocks", "1")
     assert run.code == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_train_predict_on_a_folder_of_videos_then_predict_with_it(vidseg, tmp_path):
+    """--data DIR: colour frame folders at --size; the model records its size and colour
+    mode, and vidseg predict brings any input to them."""
+    from vidseg_cli.synthetic import frames as synthetic_frames
+
+    data = tmp_path / "videos"
+    for number in range(2):
+        folder = data / f"clip{number}"
+        folder.mkdir(parents=True)
+        for index, (image, _) in enumerate(synthetic_frames(22, 48, 64, objects=2, seed=number)):
+            Image.fromarray(image).save(folder / f"{index:05d}.png")
+    out = tmp_path / "run"
+    run = vidseg("train", "predict", "--data", data, "--size", "32", "--colour", "--out", out, "--steps", "2",
+                 "--batch", "2", "--width", "8", "--blocks", "1", "--val-every", "2", "--val-sequences", "2", "--device", "cpu")
+    assert run.code == 0, run.stderr
+    with safe_open(str(out / "predictor.safetensors"), framework="pt") as handle:
+        config = PredictorConfig.from_json(handle.metadata()["config"])
+    assert (config.channels, config.frame_height, config.frame_width) == (3, 32, 44)  # 48x64 -> short side 32, x4
+    made = vidseg("predict", data / "clip0", "--model", out / "predictor.safetensors", "--frames", "2",
+                  "--out", tmp_path / "p", "--format", "png")
+    assert made.code == 0, made.stderr
+    predicted = Image.open(tmp_path / "p" / "00022.png")
+    assert predicted.mode == "RGB" and predicted.size == (44, 32)
+
+
+def test_resuming_a_run_started_before_a_setting_existed(vidseg, digits_file, tmp_path):
+    """config.json of an older run lacks the settings added since; at their defaults the
+    run resumes, a changed one is refused."""
+    import json
+
+    out = tmp_path / "run"
+    args = ("train", "predict", "--digits", digits_file, "--out", out, "--steps", "2", "--width", "8", "--blocks", "1",
+            "--val-every", "1", "--val-sequences", "1", "--device", "cpu", "--batch", "2")
+    assert vidseg(*args, "--steps", "1").code == 0
+    saved = json.loads((out / "config.json").read_text())
+    del saved["model"]["frame_height"], saved["teacher_share"]
+    saved["steps"] = 2
+    (out / "config.json").write_text(json.dumps(saved))
+    assert vidseg(*args, "--resume").code == 0
+    refused = vidseg(*args, "--resume", "--teacher-share", "0.2")
+    assert refused.code == 2 and "teacher_share" in refused.stderr
+
+
+def test_moving_mnist_needs_its_digits_and_a_folder_needs_videos(vidseg, tmp_path):
+    run = vidseg("train", "predict", "--out", tmp_path / "a", "--steps", "1")
+    assert run.code == 2 and "--digits FILE" in run.stderr and not (tmp_path / "a").exists()
+    (tmp_path / "empty").mkdir()
+    run = vidseg("train", "predict", "--data", tmp_path / "empty", "--out", tmp_path / "b", "--steps", "1")
+    assert run.code == 2 and "no videos or frame folders" in run.stderr and not (tmp_path / "b").exists()

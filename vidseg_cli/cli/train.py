@@ -184,9 +184,24 @@ def _is_run_folder(folder: Path) -> bool:
 def _check_same(out: Path, config: TrainConfig) -> None:
     saved = json.loads((out / "config.json").read_text())
     now = json.loads(json.dumps(asdict(config)))
-    different = sorted(key for key in now if saved.get(key) != now[key])
+    try:
+        defaults = json.loads(json.dumps(asdict(type(config)())))
+    except TypeError:  # a config without defaults for every field
+        defaults = {}
+    different = sorted(key for key in now if not _same_setting(saved, now, defaults, key))
     if different:
         raise VidsegError(f"--resume with different settings than the run was started with: {', '.join(different)}")
+
+
+def _same_setting(saved: dict, now: dict, defaults: dict, key: str) -> bool:
+    """A setting added to vidseg after a run started is absent from its config.json: the
+    run had it at its default value."""
+    if key not in saved:
+        return key in defaults and now[key] == defaults[key]
+    if isinstance(now[key], dict) and isinstance(saved[key], dict):
+        inner = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
+        return all(_same_setting(saved[key], now[key], inner, k) for k in now[key]) and set(saved[key]) <= set(now[key])
+    return saved[key] == now[key]
 
 
 def _validator(model: MemoryNetwork, root: Path, size: int, device: torch.device):
@@ -343,8 +358,12 @@ def _logger(log_file):
 @train_app.command("predict")
 @user_errors
 def train_predict_command(
-    digits: Annotated[Path, typer.Option(help="MNIST digits (mnist_5k.csv.gz: 784 pixels, then the label, 500 a class); Moving MNIST is generated from them.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, predictor.safetensors, config.json, train.log.")],
+    data: Annotated[str, typer.Option(metavar="mmnist|DIR", help="mmnist: Moving MNIST generated from --digits; DIR: a folder of videos (or frame folders) to learn from.")] = "mmnist",
+    digits: Annotated[Path | None, typer.Option(help="MNIST digits for --data mmnist (mnist_5k.csv.gz: 784 pixels, then the label, 500 a class).")] = None,
+    val: Annotated[Path | None, typer.Option(help="DIR data: a folder of other videos to validate on (default: fixed windows of the training videos).")] = None,
+    size: Annotated[int, typer.Option(min=16, max=512, help="DIR data: the short side frames are brought to (a multiple of 4).")] = 64,
+    colour: Annotated[bool, typer.Option("--colour/--grey", help="DIR data: learn colour frames or grey ones.")] = False,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 20_000,
     batch: Annotated[int, typer.Option(min=1, max=1024, help="Sequences per step, each with its own memory bank.")] = 16,
     teacher_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps over which true future frames are phased out as inputs (scheduled sampling; 0: always the model's own).")] = 0.5,
@@ -371,20 +390,42 @@ def train_predict_command(
     if not lr > 0:
         raise VidsegError("--lr must be positive")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
+    source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     config = PredictTrainConfig(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         gradient_weight=gradient_weight, val_sequences=val_sequences,
-        model=PredictorConfig(width=width, blocks=blocks),
+        model=PredictorConfig(
+            width=width, blocks=blocks, channels=source.channels, frame_height=source.height, frame_width=source.width
+        ),
     )
-    _prepare(out, resume, force, [digits])
+    _prepare(out, resume, force, inputs)
     use_all_cores()
     target = pick_device(device.value)
-    trainer = PredictTrainer(digits, config, out, target)
+    trainer = PredictTrainer(source, config, out, target, val_source)
     _start_or_resume(trainer, out, config, resume)
     with _training_log(out, trainer) as log:
         log(f"training the predictor: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
         path = trainer.run(log, val_every=val_every, checkpoint_every=checkpoint_every)
     print(path)
+
+
+def _prediction_clips(data: str, digits: Path | None, val: Path | None, size: int, channels: int):
+    """(training source, validation source, input paths) for --data mmnist|DIR."""
+    from vidseg_cli.predict.clips import MovingMnist, VideoClips
+
+    if data == "mmnist":
+        if digits is None:
+            raise VidsegError("--data mmnist generates Moving MNIST from --digits FILE (mnist_5k.csv.gz)")
+        if val is not None:
+            raise VidsegError("--val is for --data DIR; Moving MNIST validates on its own sequences")
+        return MovingMnist(digits), None, [digits]
+    if size % 4:
+        raise VidsegError(f"--size {size}: the predictor works on 4x4 patches, so a multiple of 4")
+    source = VideoClips(Path(data), size, channels)
+    val_source = VideoClips(val, size, channels) if val is not None else None
+    if val_source is not None and (val_source.height, val_source.width) != (source.height, source.width):
+        raise VidsegError(f"--val videos come out {val_source.width}x{val_source.height}, training ones {source.width}x{source.height}: give videos of one aspect")
+    return source, val_source, [Path(data), *([val] if val is not None else [])]
 
 
 @train_app.command("calibrate")

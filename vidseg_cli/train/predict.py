@@ -1,17 +1,17 @@
-"""`vidseg train predict`: the STReMN predictor on Moving MNIST generated on the fly.
+"""`vidseg train predict`: the STReMN predictor on Moving MNIST generated on the fly, or
+on windows of the user's own videos (``predict/clips.py``).
 
-Each step is a batch of sequences of 20 frames: the model predicts frames 3 .. 19, seeing
-true frames through the 10 observed ones and, after them, its own predictions (as at test
+Each step is a batch of 20-frame clips: the model predicts frames 3 .. 19, seeing true
+frames through the 10 observed ones and, after them, its own predictions (as at test
 time) or, with a probability that falls from 1 to 0 over the first ``teacher_share`` of
 training, the true frame (PredRNN's scheduled sampling: motion is learnt first from true
-inputs, then the model learns to live with its own). Every sequence has its own memory
-bank. Loss (STReMN 4.2): the shrinkage loss (Lu et al.
-2018) on the L1 and L2 errors, and the scale-invariant gradient loss (Ummenhofer et al.
-2017). Adam at 1e-3 with a cosine decay to a tenth; the model that is saved is the
-Polyak (exponential moving) average of the weights, which is also what validation scores.
-Validation uses sequences made from *training* digits with their own seed: the held-out
-test digits are for the reported table only.
-"""
+inputs, then the model learns to live with its own). Every clip has its own memory bank.
+Loss (STReMN 4.2): the shrinkage loss (Lu et al. 2018) on the L1 and L2 errors, and the
+scale-invariant gradient loss (Ummenhofer et al. 2017). Adam at 1e-3 with a cosine decay
+to a tenth; the model that is saved is the Polyak (exponential moving) average of the
+weights, which is also what validation scores. Moving MNIST validates on sequences of
+*training* digits with their own seed: the held-out test digits are for the reported
+table only."""
 
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ from vidseg_cli.engine.segment import make_bank
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
-from vidseg_cli.predict.data import FRAMES, batches, load_digits, sequence, sequences
+from vidseg_cli.predict.clips import ClipSource
+from vidseg_cli.predict.data import FRAMES, batches
 from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
 from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 
 MODEL = "predictor.safetensors"
 OBSERVED = 10
-VAL_SEED = 1  # validation sequences: training digits, their own seed
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,14 @@ def scale_invariant_gradient(prediction: torch.Tensor, truth: torch.Tensor, spac
 
 
 class PredictTrainer:
-    def __init__(self, digits_file: Path, config: PredictTrainConfig, run_dir: Path, device: torch.device) -> None:
+    def __init__(
+        self, source: ClipSource, config: PredictTrainConfig, run_dir: Path, device: torch.device,
+        val_source: ClipSource | None = None,
+    ) -> None:
+        """``source`` gives training clips (``MovingMnist`` or ``VideoClips``); validation
+        clips come from ``val_source``, by default from ``source``'s own validation set."""
         self.config, self.run_dir, self.device = config, run_dir, device
-        self.train_digits, _ = load_digits(digits_file)
+        self.source, self.val_source = source, val_source or source
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.model = Predictor(config.model).to(device)
@@ -91,9 +96,9 @@ class PredictTrainer:
         self.step = 0
         self.history: list[dict] = []
 
-    def _frames(self, sequences_: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(sequences_)).to(self.device)
-        return batch.float().div(255)[:, :, None]  # (B, T, 1, H, W)
+    def _frames(self, clips: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """uint8 clips (B, T, C, H, W) -> floats in [0, 1] on the device."""
+        return torch.from_numpy(np.ascontiguousarray(np.stack(clips))).to(self.device).float().div(255)
 
     def _banks(self, model: Predictor, count: int) -> list:
         fusion = model.fusion()  # one cell object for the batch: write_all fuses in one call
@@ -108,7 +113,7 @@ class PredictTrainer:
     def train_step(self) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
-        frames = self._frames([sequence(self.rng, self.train_digits) for _ in range(self.config.batch)])
+        frames = self._frames(self.source.sample(self.rng, self.config.batch))
         future = FRAMES - OBSERVED
         teacher = torch.from_numpy(self.rng.random((self.config.batch, future)) < self.teacher_probability())
         self.model.train()
@@ -128,7 +133,7 @@ class PredictTrainer:
         self._average()
         self.step += 1
         ahead = slice(OBSERVED - 3, None)
-        mse = frame_mse(predicted[:, ahead, 0].detach().flatten(0, 1), truth[:, ahead, 0].flatten(0, 1)).mean().item()
+        mse = frame_mse(predicted[:, ahead].detach().flatten(0, 1), truth[:, ahead].flatten(0, 1)).mean().item()
         return {"loss": loss.item(), "shrink": loss_shrink.item(), "gradient": loss_gradient.item(), "mse": mse}
 
     @torch.no_grad()
@@ -145,13 +150,14 @@ class PredictTrainer:
         10 predicted frames of the validation sequences, against copying the last frame."""
         self.average.eval()
         scores = {"mse": [], "mae": [], "ssim": [], "copy_last_mse": []}
-        stream = sequences(self.train_digits, VAL_SEED, self.config.val_sequences)
+        stream = self.val_source.validation(self.config.val_sequences)
         for chunk in batches(stream, self.config.batch):
-            frames = self._frames(chunk)
+            clips = self._frames(chunk)
             banks = self._banks(self.average, len(chunk))
-            future = self.average.rollout(frames[:, :OBSERVED], FRAMES - OBSERVED, banks)[:, OBSERVED - 3 :, 0]
-            truth = frames[:, OBSERVED:, 0]
-            for mine, true, last in zip(future, truth, frames[:, OBSERVED - 1, 0], strict=True):
+            future = self.average.rollout(clips[:, :OBSERVED], FRAMES - OBSERVED, banks)[:, OBSERVED - 3 :]
+            future, frames = future.flatten(2, 3), clips.flatten(2, 3)  # channels stacked: scores over every pixel
+            truth = frames[:, OBSERVED:]
+            for mine, true, last in zip(future, truth, frames[:, OBSERVED - 1], strict=True):
                 scores["mse"].append(frame_mse(mine, true).mean().item())
                 scores["mae"].append(frame_mae(mine, true).mean().item())
                 scores["ssim"].append(ssim(mine, true).mean().item())
