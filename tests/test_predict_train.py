@@ -91,6 +91,7 @@ def test_train_predict_command_writes_the_averaged_model(vidseg, digits_file, tm
         (("--digits", "missing.csv.gz"), "cannot read MNIST digits"),
         (("--memory", "lru"), "lru"),
         (("--lr", "0"), "--lr must be positive"),
+        (("--loss", "l3"), "unknown --loss 'l3'"),
     ],
 )
 def test_bad_train_predict_input_is_one_line(vidseg, digits_file, tmp_path, args, text):

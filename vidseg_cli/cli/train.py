@@ -372,6 +372,7 @@ def train_predict_command(
     memory: Annotated[str, typer.Option(help="Memory policy while training: stremn, fifo, first-last, stm.")] = "stremn",
     slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="Memory slots.")] = 5,
     update: Annotated[str, typer.Option(help="stremn update rule.")] = "C",
+    loss: Annotated[str, typer.Option(metavar="shrinkage|mse", help="Main loss: STReMN's shrinkage loss on L1 and L2, or the squared error (what MSE scores; under uncertainty L1 prefers a blank frame, L2 a blur).")] = "shrinkage",
     gradient_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss.")] = 0.1,
     width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
     blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
@@ -385,15 +386,17 @@ def train_predict_command(
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.segment import make_bank
     from vidseg_cli.predict.model import PredictorConfig
-    from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer
+    from vidseg_cli.train.predict import LOSSES, PredictTrainConfig, PredictTrainer
 
     if not lr > 0:
         raise VidsegError("--lr must be positive")
+    if loss not in LOSSES:
+        raise VidsegError(f"unknown --loss {loss!r}; choose from {', '.join(LOSSES)}")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     config = PredictTrainConfig(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
-        gradient_weight=gradient_weight, val_sequences=val_sequences,
+        loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         model=PredictorConfig(
             width=width, blocks=blocks, channels=source.channels, frame_height=source.height, frame_width=source.width
         ),

@@ -34,6 +34,7 @@ from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
 from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
 
 MODEL = "predictor.safetensors"
+LOSSES = ("shrinkage", "mse")
 OBSERVED = 10
 
 
@@ -47,7 +48,8 @@ class PredictTrainConfig:
     memory: str = "stremn"
     slots: int = 5
     update: str = "C"
-    gradient_weight: float = 0.1  # the scale-invariant gradient loss beside the shrinkage losses
+    loss: str = "shrinkage"  # shrinkage: STReMN's shrinkage L1 + L2; mse: the squared error the benchmark scores
+    gradient_weight: float = 0.1  # the scale-invariant gradient loss beside the main loss
     ema: float = 0.999  # Polyak averaging of the weights
     val_sequences: int = 200
     model: PredictorConfig = PredictorConfig()
@@ -123,7 +125,7 @@ class PredictTrainer:
         )
         truth = frames[:, 3:]
         error = (predicted - truth).abs()
-        loss_shrink = shrinkage(error)
+        loss_shrink = shrinkage(error) if self.config.loss == "shrinkage" else error.pow(2).mean()
         loss_gradient = scale_invariant_gradient(predicted, truth)
         loss = loss_shrink + self.config.gradient_weight * loss_gradient
         self.optimizer.zero_grad(set_to_none=True)
