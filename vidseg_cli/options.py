@@ -31,6 +31,7 @@ SPARSE_GATE_MODES = ("static", "residual", "triple")
 SPARSE_MODES = ("none", *SPARSE_GATE_MODES)
 SPARSE_WRITE_EVERY = 5  # SpVOS's DAVIS schedule: a memory frame every five frames
 DIRECTIONS = ("forward", "backward", "both")
+RUNTIMES = ("torch", "onnx")  # what runs the backbone: eager PyTorch, or ONNX Runtime (CPU)
 
 LONG_HEIGHT, LONG_WIDTH = 64, 96  # bench --long's synthetic clip
 
@@ -104,6 +105,7 @@ class SegmentOptions:
     sparse: SparseOptions = SparseOptions()
     sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
     tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
+    runtime: str = "torch"  # what runs the backbone (RUNTIMES)
     direction: str = "both"  # forward, backward, or both (each frame from the nearer mask)
     events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
     event_options: EventOptions = EventOptions()

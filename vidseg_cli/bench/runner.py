@@ -46,6 +46,7 @@ class Config:
     sparse: SparseOptions = SparseOptions()
     sparse_gates: str | None = None
     tta: str = "none"
+    runtime: str = "torch"
 
     @property
     def label(self) -> str:
@@ -58,18 +59,19 @@ class Config:
         writes = f" write/{m.write_every}" if m.write_every != 1 else ""
         sparse = f" sparse={self.sparse.mode}" if self.sparse.enabled else ""
         tta = f" tta={self.tta}" if self.tta != "none" else ""
-        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{tta}"
+        runtime = f" {self.runtime}" if self.runtime != "torch" else ""
+        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{tta}{runtime}"
 
     @property
-    def network(self) -> tuple[str, str | None, str | None]:
+    def network(self) -> tuple[str, str | None, str | None, str]:
         """Which model object runs it: the model, with reuse heads only when it may reuse and
-        sparse gates only when it runs sparse."""
+        sparse gates only when it runs sparse, on its runtime."""
         heads = (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None
         gates = sparse_gates_name(self.model, self.sparse.mode, self.sparse_gates) if self.sparse.enabled else None
-        return self.model, heads, gates
+        return self.model, heads, gates, self.runtime
 
     def build(self, device: torch.device) -> VOSModel:
-        return build_model(self.model, device, self.reuse, self.reuse_heads, self.sparse, self.sparse_gates)
+        return build_model(self.model, device, self.reuse, self.reuse_heads, self.sparse, self.sparse_gates, self.runtime)
 
 
 # FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
@@ -114,6 +116,7 @@ class Result:
             "reuse_rate": round(self.reused_frames / max(1, self.all_frames), 4),
             "sparse": self.config.sparse.mode,
             "tta": self.config.tta,
+            "runtime": self.config.runtime,
             "computed_share": round(float(np.mean(self.computed)), 4) if self.computed else 1.0,
             **{name: round(value, 4) for name, value in overall.items()},
             "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
@@ -150,6 +153,7 @@ def configs(
     sparse_gates: str | None = None,
     write_every: int | None = None,
     ttas: tuple[str, ...] = ("none",),
+    runtimes: tuple[str, ...] = ("torch",),
 ) -> list[Config]:
     """The cross product, without duplicates that an option does not affect. Memory is
     written every ``write_every`` frames; by default every frame, or SpVOS's every fifth
@@ -157,8 +161,8 @@ def configs(
     if write_every is None:
         write_every = SPARSE_WRITE_EVERY if any(s != "none" for s in sparses) else 1
     seen, out = set(), []
-    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses, ttas)
-    for model, size, memory, k, rule, n, fusion, tau, mode, sparse, tta in grid:
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses, ttas, runtimes)
+    for model, size, memory, k, rule, n, fusion, tau, mode, sparse, tta, runtime in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
@@ -171,7 +175,7 @@ def configs(
         sparsing = SparseOptions(sparse)
         config = Config(
             model, size, options, reuse, reuse_heads if reuse.enabled else None,
-            sparsing, sparse_gates if sparsing.enabled else None, tta,
+            sparsing, sparse_gates if sparsing.enabled else None, tta, runtime,
         )
         if config not in seen:
             seen.add(config)

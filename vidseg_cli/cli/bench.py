@@ -45,6 +45,7 @@ def bench_command(
     reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
     reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
+    runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: torch, onnx (ONNX Runtime on the CPU).")] = "torch",
 ) -> None:
     """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence."""
     from vidseg_cli.bench.job import bench, bench_predict  # torch: imported when a command runs
@@ -60,5 +61,5 @@ def bench_command(
         data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots, update=update,
         every=every, fusion=fusion, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
         force=force, long=long, sparse=sparse, sparse_gates=sparse_gates, write_every=write_every, reuse=reuse,
-        reuse_mode=reuse_mode, reuse_heads=reuse_heads, tta=tta,
+        reuse_mode=reuse_mode, reuse_heads=reuse_heads, tta=tta, runtime=runtime,
     )

@@ -36,6 +36,7 @@ from vidseg_cli.models.registry import (
     create_reuse_model,
     create_sparse_model,
     create_vos_model,
+    with_runtime,
 )
 from vidseg_cli.options import (  # noqa: F401 - re-exported
     DEFAULT_SIZE,
@@ -162,11 +163,16 @@ def build_model(
     heads: str | None = None,
     sparse: SparseOptions = SparseOptions(),
     gates: str | None = None,
+    runtime: str = "torch",
 ) -> VOSModel:
     """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1) or its
-    SpVOS gates when it runs sparse."""
+    SpVOS gates when it runs sparse; ``runtime`` onnx runs its backbone on ONNX Runtime."""
     if reuse.enabled and sparse.enabled:
         raise VidsegError("--reuse and --sparse cannot be combined: pick one way to skip work")
+    if runtime != "torch":
+        if reuse.enabled or sparse.enabled:
+            raise VidsegError(f"--runtime {runtime} runs the whole backbone: it cannot be combined with --reuse or --sparse")
+        return with_runtime(create_vos_model(model, device), runtime, device)
     if reuse.enabled:
         return create_reuse_model(model, heads or f"{model}-reuse", device)
     if sparse.enabled:
@@ -399,7 +405,9 @@ def _run(
     events: _EventsOut,
 ) -> SegmentSummary:
     use_all_cores()
-    model = build_model(options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates)
+    model = build_model(
+        options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates, options.runtime
+    )
     by_frame = {mask.frame: mask.path for mask in masks}
     plan = DirectionPlan(options.direction, list(by_frame))
     soft = needs_probabilities(options.format) or options.events is not None

@@ -106,8 +106,8 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     PyTorch's channels-last check, yet F.pad turns it back into NCHW and every block after it
     runs NCHW; only the canonical strides are kept as they are."""
     n, c, h, w = x.shape
-    if x.stride() == (c * h * w, 1, w * c, c):
-        return x
+    if x.stride() == (c * h * w, 1, w * c, c) or torch.onnx.is_in_onnx_export():
+        return x  # an exported graph has no memory layout: ONNX Runtime picks its own
     return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 

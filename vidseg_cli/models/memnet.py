@@ -168,6 +168,9 @@ class MemoryNetwork(nn.Module):
         self.config = config
         self.heads = MemNetHeads(config, EfficientNetLite0.channels)
         self.tuned_blocks: set[int] = set()  # backbone blocks this model has its own weights for
+        # What runs the backbone at inference: the module itself, or the same weights on
+        # another runtime (models/onnx_trunk.py); training always uses the module.
+        self.trunk: Callable[[torch.Tensor], Features] | None = None
 
     def with_own_heads(self) -> MemoryNetwork:
         """A copy with its own heads and this model's backbone (for heads trained or loaded
@@ -248,7 +251,7 @@ class MemoryNetwork(nn.Module):
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> MemNetFrame:
-        features = self.backbone(image[None])
+        features = (self.trunk or self.backbone)(image[None])
         return MemNetFrame(self.keys(features)[0], features)
 
     @torch.inference_mode()

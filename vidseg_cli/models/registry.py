@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -15,7 +16,7 @@ from vidseg_cli.models.backbone import EfficientNetLite0
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
-from vidseg_cli.options import DEFAULT_VOS_MODEL  # noqa: F401 - re-exported
+from vidseg_cli.options import DEFAULT_VOS_MODEL, RUNTIMES  # noqa: F401 - re-exported
 from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
 from vidseg_cli.reuse.model import ReuseModel
 from vidseg_cli.sparse.model import SparseModel
@@ -61,6 +62,24 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
         _check_listed_config(name, spec.fields.get("config"), model.config)
         return model.to(device).eval()
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
+
+
+def with_runtime(model: VOSModel, runtime: str, device: torch.device | str = "cpu") -> VOSModel:
+    """The same model (shared weights) with its backbone run by ``runtime``: torch, or onnx
+    (ONNX Runtime on the CPU; models/onnx_trunk.py)."""
+    if runtime == "torch":
+        return model
+    if runtime not in RUNTIMES:
+        raise VidsegError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if torch.device(device).type != "cpu":
+        raise VidsegError(f"--runtime {runtime} runs on the CPU; on {torch.device(device).type} use --runtime torch")
+    if not isinstance(model, MemoryNetwork):
+        raise VidsegError(f"--runtime {runtime} runs learned memory networks (such as {DEFAULT_VOS_MODEL}), not this model")
+    from vidseg_cli.models.onnx_trunk import OnnxTrunk  # onnxruntime is an optional extra
+
+    faster = copy.copy(model)  # shallow: the same backbone and heads
+    faster.trunk = OnnxTrunk(model.backbone)
+    return faster
 
 
 def with_settings(model: MemoryNetwork, **settings) -> MemoryNetwork:

@@ -1,0 +1,61 @@
+"""`--runtime onnx`: the backbone on ONNX Runtime gives the masks PyTorch gives, its graph
+is exported once per weights and size, and what it cannot run is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("VIDSEG_CACHE", str(folder))
+    return folder / "onnx"
+
+
+def test_onnx_masks_equal_torch_masks_and_the_graph_is_cached(vidseg, clip, tmp_path, cache):
+    video, mask = clip
+    runs = {}
+    for runtime in ("torch", "onnx", "onnx"):
+        out = tmp_path / f"{runtime}{len(runs)}"
+        run = vidseg("segment", video, "--mask", mask, "--out", out, "--size", "96", "--runtime", runtime)
+        assert run.code == 0, run.stderr
+        assert run.stdout.strip() == str(out.resolve())  # stdout carries only the data
+        runs[out] = run
+    graphs = list(cache.glob("*.onnx"))
+    assert len(graphs) == 1 and "96x128" in graphs[0].name
+    exported = [run for run in runs.values() if "exporting the backbone" in run.stderr]
+    assert len(exported) == 1  # the second onnx run found the cached graph
+    folders = list(runs)
+    for name in sorted(p.name for p in folders[0].glob("*.png")):
+        labels = [np.asarray(Image.open(folder / name)) for folder in folders]
+        assert (labels[0] != labels[1]).mean() < 0.001 and (labels[1] == labels[2]).all()
+
+
+def test_bench_runs_both_runtimes_side_by_side(vidseg, tmp_path):
+    run = vidseg("bench", "--runtime", "torch,onnx", "--size", "96", "--sequences", "synthetic-0", "--json")
+    assert run.code == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert [r["runtime"] for r in results] == ["torch", "onnx"] and results[1]["config"].endswith(" onnx")
+    assert results[1]["J&F"] == pytest.approx(results[0]["J&F"], abs=0.002)
+    assert results[1]["gflops"] == pytest.approx(results[0]["gflops"], rel=0.01)  # the same network is counted
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("--reuse", "0.5"), "cannot be combined with --reuse or --sparse"),
+        (("--model", "propagate"), "runs learned memory networks"),
+    ],
+)
+def test_what_onnx_cannot_run_is_one_line(vidseg, clip, tmp_path, args, text):
+    video, mask = clip
+    run = vidseg("segment", video, "--mask", mask, "--out", tmp_path / "o", "--runtime", "onnx", *args)
+    assert run.code == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
