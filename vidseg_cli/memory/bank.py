@@ -15,11 +15,12 @@ from vidseg_cli.memory.similarity import pooled_key, similarity_of_pooled
 
 @dataclass
 class Slot:
-    """One memory template.
+    """One memory template: a frame's key and value, whatever the task.
 
-    key: (C, H, W), unit norm along C. value: (O, H, W), the probability of each object
-    this slot knows; ``value`` may have fewer channels than the session has objects,
-    because objects that joined after the frame was written are unknown to it.
+    key: (C, H, W), unit norm along C. value: (O, ...), one entry per object the slot
+    knows: for segment the probability (O, H, W) or features (O, D, H, W) of each object,
+    and an object that joined after the frame was written is unknown to it (fewer
+    entries); for predict one "object", the scene (1, D, H, W).
     """
 
     key: torch.Tensor
