@@ -160,12 +160,12 @@ def test_a_predictor_is_refused_by_segment(vidseg, model_file, clip, tmp_path):
 def test_bench_predict_reports_copy_last_and_each_memory(vidseg, model_file, tmp_path):
     from vidseg_cli.bench.predict import test_sequences
 
-    run = vidseg("bench", "--task", "predict", "--model", model_file, "--memory", "stremn,none", "--slots", "3",
+    run = vidseg("bench", "--task", "predict", "--model", model_file, "--memory", "stremn", "--slots", "3",
                  "--limit", "4", "--timed", "1", "--json", "--csv", tmp_path / "rows.csv", "--plot", tmp_path / "p.png")
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     names = [r["config"] for r in report["results"]]
-    assert names == ["copy-last", f"{model_file} / stremn K=3 C", f"{model_file} / none"]
+    assert names == ["copy-last", f"{model_file} / stremn K=3 C", f"{model_file} / none"]  # baselines added
     _, stream, count = test_sequences(None, 4)
     clips = [c.astype(np.float64) / 255 for c in stream]
     by_hand = np.mean([[((c[9] - c[t]) ** 2).sum() for t in range(10, 20)] for c in clips], axis=0)

@@ -5,8 +5,8 @@ MAE summed over the frame's pixels (values in [0, 1]), SSIM and PSNR, averaged o
 sequences; the mean over frames is the headline. The accuracy pass runs sequences in
 batches (each with its own memory bank, so the numbers are those of one video at a time);
 speed is timed separately at batch 1, one sequence at a time with the configurations
-interleaved, as a user runs `vidseg predict`. Copying the last observed frame is always
-in the table: the baseline every predictor must beat.
+interleaved, as a user runs `vidseg predict`. Two baselines are always in the table:
+copying the last observed frame, and each model without its memory (`--memory none`).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class PredictResult:
 
 
 def predict_configs(models: list[str], memories: list[str], slots: list[int], updates: list[str]) -> list[PredictConfig]:
-    """Copy-last first, then the cross product without duplicates that an option does not affect."""
+    """Copy-last first, then the cross product without duplicates that an option does not
+    affect, and for each model its ``--memory none`` baseline (added when not listed)."""
     for memory in memories:
         if memory not in (*POLICIES, NO_MEMORY):
             raise VidsegError(f"unknown memory {memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
@@ -104,6 +105,10 @@ def predict_configs(models: list[str], memories: list[str], slots: list[int], up
         config = PredictConfig(model, options)
         if config not in out:
             out.append(config)
+    for model in models:  # the baseline of each model: the same network, no memory
+        baseline = PredictConfig(model, MemoryOptions(NO_MEMORY))
+        if baseline not in out:
+            out.append(baseline)
     return out
 
 
