@@ -1,0 +1,75 @@
+"""The semseg head: LMANet's local memory attention checked against its definition, TMANet's
+global read, and the network's single-frame and memory paths over a MemoryBank."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from vidseg_cli.memory.bank import MemoryBank
+from vidseg_cli.memory.policies import FIFO
+from vidseg_cli.memory.windowed import global_attention, windowed_attention
+from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork
+
+
+def _brute_force_local(query, keys, values, radius, scale):
+    """Eqs 3-5 by their letter: for each (i, j), softmax over (t, k, l) inside the frame."""
+    b, t, c, h, w = keys.shape
+    out = torch.zeros(b, values.shape[2], h, w)
+    for n, i, j in itertools.product(range(b), range(h), range(w)):
+        candidates = [
+            (s, i + k, j + l)
+            for s in range(t)
+            for k in range(-radius, radius + 1)
+            for l in range(-radius, radius + 1)  # noqa: E741 - the paper's letter
+            if 0 <= i + k < h and 0 <= j + l < w
+        ]
+        scores = torch.stack([(query[n, :, i, j] * keys[n, s, :, y, x]).sum() * scale for s, y, x in candidates])
+        weights = torch.softmax(scores, 0)
+        out[n, :, i, j] = sum(wgt * values[n, s, :, y, x] for wgt, (s, y, x) in zip(weights, candidates, strict=True))
+    return out
+
+
+def test_local_memory_attention_is_lmanet_eqs_3_to_5():
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(2, 4, 5, 6), torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 7, 5, 6)
+    torch.testing.assert_close(windowed_attention(query, keys, values, 1, 0.5), _brute_force_local(query, keys, values, 1, 0.5))
+    # a window that covers the whole map is TMANet's global read
+    torch.testing.assert_close(windowed_attention(query, keys, values, 6, 0.5), global_attention(query, keys, values, 0.5))
+
+
+@pytest.fixture(scope="module")
+def network() -> SemsegNetwork:
+    torch.manual_seed(0)
+    return SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=5, key_dim=8, value_dim=32, decoder_dim=16)).eval()
+
+
+def test_single_frame_and_memory_paths(network):
+    images = torch.rand(2, 3, 64, 96) * 255
+    alone = network(images)
+    assert alone.shape == (2, 5, 64, 96)
+    with_memory = network(images, torch.rand(2, 3, 3, 64, 96) * 255)
+    assert with_memory.shape == alone.shape and not torch.allclose(with_memory, alone)
+    torch.testing.assert_close(network(images, torch.zeros(2, 0, 3, 64, 96)), alone)  # an empty memory reads nothing
+
+
+def test_gradients_reach_the_memory_layers():
+    torch.manual_seed(0)
+    net = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=3, key_dim=8, value_dim=16, decoder_dim=8, read="global",
+                                                          aggregation="concat"))
+    logits = net(torch.rand(1, 3, 48, 64) * 255, torch.rand(1, 2, 3, 48, 64) * 255)
+    logits.logsumexp(1).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.memory.parameters())
+
+
+def test_a_video_through_a_fifo_bank(network):
+    bank = MemoryBank(policy=FIFO(slots=3))
+    for frame in range(5):
+        probabilities, slot = network.step(torch.rand(3, 64, 96) * 255, bank.slots, frame)
+        bank.write(slot)
+        assert probabilities.shape == (5, 64, 96)
+        torch.testing.assert_close(probabilities.sum(0), torch.ones(64, 96))
+    assert [s.frame for s in bank.slots] == [2, 3, 4]  # fifo T=3: the papers' memory

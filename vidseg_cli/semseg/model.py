@@ -1,0 +1,186 @@
+"""The semantic segmentation head over the shared memory engine (TMANet, LMANet).
+
+Single-frame network: the EfficientNet-Lite0 trunk (strides 4, 8, 16) and a light decoder
+that merges them top-down into class logits at stride 4. The memory sits between the
+trunk's stride-16 output and the decoder, as LMANet inserts it between encoder and
+decoder: each frame's key (C_K) and value (C_V = 4 C_K) come from 1x1 then 3x3 layers
+(TMANet 2.2) and are written to the session's MemoryBank as one slot (one "object": the
+scene); a frame reads the bank's slots locally (``read="local"``, LMANet eqs 3-5) or
+globally (``"global"``, TMANet eq 1), and the readout is merged with the frame's own
+value by LMANet's gated fusion (eq 6) or TMANet's concatenation (``aggregation``), back to
+the trunk's width, so that the decoder sees what it sees without memory. With an empty
+bank (the first frame, or ``--memory none``) the decoder gets the trunk's output itself:
+the single-frame network, which training step 1 trains alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.windowed import global_attention, windowed_attention
+from vidseg_cli.models.backbone import EfficientNetLite0, Features
+
+ARCH = "semseg-lma"
+READS = ("local", "global")
+AGGREGATIONS = ("gated", "concat")
+
+
+@dataclass(frozen=True)
+class SemsegConfig:
+    classes: int = 11
+    key_dim: int = 32  # C_K
+    value_dim: int = 128  # C_V = 4 C_K
+    decoder_dim: int = 64
+    read: str = "local"
+    radius: int = 4  # local window radius, in stride-16 positions
+    aggregation: str = "gated"
+
+    def __post_init__(self) -> None:
+        if self.read not in READS:
+            raise ValueError(f"unknown read {self.read!r}; choose from {', '.join(READS)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SemsegConfig:
+        return cls(**json.loads(text))
+
+
+def _conv(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Encoding(nn.Module):
+    """TMANet 2.2: a 1x1 then a 3x3 convolution."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(cin, cout, 1)
+        self.spread = nn.Conv2d(cout, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spread(F.relu(self.reduce(x)))
+
+
+class GatedFusion(nn.Module):
+    """LMANet eq 6: sigma(A_Q(V_Q, V_M)) * E_Q(V_Q) + sigma(A_M(V_Q, V_M)) * E_M(V_M)."""
+
+    def __init__(self, value_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embed_query = nn.Conv2d(value_dim, out_dim, 3, padding=1)  # E_Q
+        self.embed_memory = nn.Conv2d(value_dim, out_dim, 3, padding=1)  # E_M
+        self.attend_query = nn.Conv2d(2 * value_dim, out_dim, 3, padding=1)  # A_Q
+        self.attend_memory = nn.Conv2d(2 * value_dim, out_dim, 3, padding=1)  # A_M
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([query, memory], dim=1)
+        return torch.sigmoid(self.attend_query(both)) * self.embed_query(query) + torch.sigmoid(
+            self.attend_memory(both)
+        ) * self.embed_memory(memory)
+
+
+class ConcatFusion(nn.Module):
+    """TMANet's aggregation: concatenate, then a 3x3 convolution (the ablation of eq 6)."""
+
+    def __init__(self, value_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.merge = nn.Conv2d(2 * value_dim, out_dim, 3, padding=1)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.merge(torch.cat([query, memory], dim=1))
+
+
+class Decoder(nn.Module):
+    """Top-down: stride 16 -> 8 -> 4, each step a 1x1 lateral and a 3x3 merge; logits at stride 4."""
+
+    def __init__(self, channels: dict[str, int], dim: int, classes: int) -> None:
+        super().__init__()
+        self.top = _conv(channels["s16"], dim, 1)
+        self.lateral8, self.lateral4 = _conv(channels["s8"], dim, 1), _conv(channels["s4"], dim, 1)
+        self.merge8, self.merge4 = _conv(dim, dim, 3), _conv(dim, dim, 3)
+        self.classify = nn.Conv2d(dim, classes, 1)
+
+    def forward(self, s16: torch.Tensor, features: Features) -> torch.Tensor:
+        x = self.top(s16)
+        x = self.merge8(F.interpolate(x, size=features.s8.shape[-2:], mode="bilinear", align_corners=False) + self.lateral8(features.s8))
+        x = self.merge4(F.interpolate(x, size=features.s4.shape[-2:], mode="bilinear", align_corners=False) + self.lateral4(features.s4))
+        return self.classify(x)
+
+
+class MemoryLayers(nn.Module):
+    """Everything the memory adds to the single-frame network (training step 2 trains only these)."""
+
+    def __init__(self, trunk_dim: int, config: SemsegConfig) -> None:
+        super().__init__()
+        self.key = Encoding(trunk_dim, config.key_dim)
+        self.value = Encoding(trunk_dim, config.value_dim)
+        fusion = GatedFusion if config.aggregation == "gated" else ConcatFusion
+        self.fusion = fusion(config.value_dim, trunk_dim)
+        self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(config.key_dim)))  # 1/sqrt(C_K) at the start
+
+
+class SemsegNetwork(nn.Module):
+    """Stateless, like every vidseg model: the memory lives in the caller's MemoryBank."""
+
+    def __init__(self, backbone: EfficientNetLite0, config: SemsegConfig = SemsegConfig()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        trunk_dim = EfficientNetLite0.channels["s16"]
+        self.decoder = Decoder(EfficientNetLite0.channels, config.decoder_dim, config.classes)
+        self.memory = MemoryLayers(trunk_dim, config)
+
+    def encode(self, images: torch.Tensor) -> tuple[Features, torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) in [0, 255] -> features, keys (B, C_K, h, w), values (B, C_V, h, w)."""
+        features = self.backbone(images)
+        return features, self.memory.key(features.s16), self.memory.value(features.s16)
+
+    def read(self, key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> torch.Tensor:
+        """key (B, C_K, h, w); memory (B, T, C, h, w) -> readout (B, C_V, h, w)."""
+        scale = self.memory.log_scale.exp()
+        if self.config.read == "local":
+            return windowed_attention(key, memory_keys, memory_values, self.config.radius, scale)
+        return global_attention(key, memory_keys, memory_values, scale)
+
+    def logits(
+        self, features: Features, value: torch.Tensor, readout: torch.Tensor | None, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Class logits (B, classes, H, W) at ``size``; ``readout`` None: no memory."""
+        s16 = features.s16 if readout is None else self.memory.fusion(value, readout)
+        logits = self.decoder(s16, features)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, images: torch.Tensor, memory_images: torch.Tensor | None = None) -> torch.Tensor:
+        """Training: logits of ``images`` (B, 3, H, W) reading a memory made of
+        ``memory_images`` (B, T, 3, H, W; None: the single-frame network)."""
+        features, key, value = self.encode(images)
+        readout = None
+        if memory_images is not None and memory_images.shape[1] > 0:
+            b, t = memory_images.shape[:2]
+            _, keys, values = self.encode(memory_images.flatten(0, 1))
+            readout = self.read(key, keys.unflatten(0, (b, t)), values.unflatten(0, (b, t)))
+        return self.logits(features, value, readout, images.shape[-2:])
+
+    @torch.inference_mode()
+    def step(self, image: torch.Tensor, slots: Sequence[Slot] | None, frame: int) -> tuple[torch.Tensor, Slot]:
+        """One frame of a video: image (3, H, W) in [0, 255] -> class probabilities
+        (classes, H, W) and the slot to write to the bank (``slots`` None: no memory)."""
+        features, key, value = self.encode(image[None])
+        readout = None
+        if slots:
+            keys = torch.stack([slot.key for slot in slots])[None]
+            values = torch.stack([slot.value[0] for slot in slots])[None]
+            readout = self.read(key, keys, values)
+        logits = self.logits(features, value, readout, image.shape[-2:])
+        return torch.softmax(logits[0], dim=0), Slot(key=key[0], value=value, frame=frame)
