@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import shutil
@@ -429,6 +430,96 @@ def _prediction_clips(data: str, digits: Path | None, val: Path | None, size: in
     if val_source is not None and (val_source.height, val_source.width) != (source.height, source.width):
         raise VidsegError(f"--val videos come out {val_source.width}x{val_source.height}, training ones {source.width}x{source.height}: give videos of one aspect")
     return source, val_source, [Path(data), *([val] if val is not None else [])]
+
+
+class SemsegStage(str, Enum):
+    single = "single"
+    memory = "memory"
+    joint = "joint"
+
+
+@train_app.command("semseg")
+@user_errors
+def train_semseg_command(
+    data: Annotated[Path, typer.Option(help="Labelled video: CamVid's SegNet layout (train/, trainannot/) or images/<seq>/ with labels/<seq>/.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
+    val: Annotated[Path | None, typer.Option(help="Validation data in either layout (CamVid: its val split); mIoU every --val-every steps.")] = None,
+    stage: Annotated[SemsegStage, typer.Option(help="LMANet's steps: single (the single-frame network), memory (memory layers and fusion, the rest frozen), joint (memory layers and decoder).")] = SemsegStage.single,
+    init: Annotated[Path | None, typer.Option(help="Start from a model of an earlier stage (model.safetensors).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 2000,
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Labelled frames per step.")] = 4,
+    crop: Annotated[int, typer.Option(min=32, max=1024, help="Square training crop (pixels), after random scaling by 0.5-2.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the new layers (poly decay).")] = 1e-3,
+    trunk_lr: Annotated[float, typer.Option(help="Peak learning rate of the fine-tuned trunk blocks.")] = 2e-4,
+    finetune_blocks: Annotated[int, typer.Option(min=0, max=11, help="Top trunk blocks fine-tuned (single and joint).")] = 4,
+    memory_frames: Annotated[int, typer.Option(min=1, max=16, help="T: memory frames per sample, and the fifo memory validation reads.")] = 3,
+    pseudo_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples whose memory is a pseudo-clip of the frame itself (the rest: previous labelled frames).")] = 0.5,
+    read: Annotated[str, typer.Option(help="Memory read: local (LMANet) or global (TMANet).")] = "local",
+    radius: Annotated[int, typer.Option(min=1, max=32, help="Local read radius, in stride-16 positions.")] = 4,
+    aggregation: Annotated[str, typer.Option(help="gated (LMANet eq 6) or concat (TMANet).")] = "gated",
+    key_dim: Annotated[int, typer.Option(min=4, max=512, help="C_K (values have 4 C_K).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 100,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
+) -> None:
+    """Train the semseg network (EfficientNet-Lite0, decoder, memory layers) in LMANet's steps."""
+    from vidseg_cli.models.registry import backbone
+    from vidseg_cli.semseg.data import CAMVID_CLASSES, CAMVID_VOID, load_labelled
+    from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, load_semseg
+    from vidseg_cli.train.semseg import SemsegTrainConfig, SemsegTrainer
+
+    try:
+        model_config = SemsegConfig(
+            classes=len(CAMVID_CLASSES), key_dim=key_dim, value_dim=4 * key_dim, read=read, radius=radius, aggregation=aggregation
+        )
+    except ValueError as error:
+        raise VidsegError(str(error)) from None
+    if not lr > 0 or not trunk_lr > 0:
+        raise VidsegError("--lr and --trunk-lr must be positive")
+    train_sequences = load_labelled(data, "train")
+    val_sequences = load_labelled(val, "val") if val is not None else None
+    config = SemsegTrainConfig(
+        stage=stage.value, steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr,
+        finetune_blocks=finetune_blocks, memory_frames=memory_frames, pseudo_share=pseudo_share, seed=seed,
+        classes=len(CAMVID_CLASSES), void=CAMVID_VOID, model=model_config,
+    )
+    if init is not None:
+        network, _ = load_semseg(init)
+        if network.config.classes != model_config.classes:
+            raise VidsegError(f"--init {init} predicts {network.config.classes} classes, not {model_config.classes}")
+        network = _with_settings(network, model_config)
+    else:
+        if stage.value != "single":
+            raise VidsegError(f"--stage {stage.value} trains on a single-frame network: give --init (a model of stage single)")
+        network = SemsegNetwork(copy.deepcopy(backbone()), model_config)
+    _prepare(out, resume, force, [data, val, init])
+    use_all_cores()
+    target = pick_device(device.value)
+    trainer = SemsegTrainer(network, train_sequences, val_sequences, config, out, target)
+    _start_or_resume(trainer, out, config, resume)
+    classes = [{"id": c.id, "name": c.name, "colour": list(c.colour)} for c in CAMVID_CLASSES]
+    with _training_log(out, trainer) as log:
+        log(f"training semseg, stage {stage.value}: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
+        path = trainer.run(log, classes, val_every=val_every, checkpoint_every=checkpoint_every)
+    print(path)
+
+
+def _with_settings(network, config):
+    """The same weights under read settings that do not change the tensors (read, radius);
+    a different key size or aggregation makes new memory layers (trained by --stage memory)."""
+    from vidseg_cli.models.backbone import EfficientNetLite0
+    from vidseg_cli.semseg.model import MemoryLayers
+
+    same_tensors = (network.config.key_dim, network.config.value_dim, network.config.aggregation) == (
+        config.key_dim, config.value_dim, config.aggregation
+    )
+    network.config = config
+    if not same_tensors:
+        network.memory = MemoryLayers(EfficientNetLite0.channels["s16"], config)
+    return network
 
 
 @train_app.command("calibrate")

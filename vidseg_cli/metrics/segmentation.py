@@ -33,3 +33,8 @@ class ConfusionMatrix:
 
     def miou(self) -> float:
         return float(np.nanmean(self.iou()))
+
+    def pixel_accuracy(self) -> float:
+        """Share of non-void pixels whose class is right."""
+        total = self.counts.sum()
+        return float(np.diag(self.counts).sum() / total) if total else float("nan")

@@ -19,11 +19,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
 from vidseg_cli.models.backbone import EfficientNetLite0, Features
@@ -184,3 +187,24 @@ class SemsegNetwork(nn.Module):
             readout = self.read(key, keys, values)
         logits = self.logits(features, value, readout, image.shape[-2:])
         return torch.softmax(logits[0], dim=0), Slot(key=key[0], value=value, frame=frame)
+
+
+def load_semseg(path: Path) -> tuple[SemsegNetwork, dict[str, str]]:
+    """A network from a safetensors file written by ``vidseg train semseg``, and its metadata
+    (``classes``: JSON list of id, name, colour; ``void``)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("arch") != ARCH or "config" not in metadata:
+                raise VidsegError(
+                    f"{path} is not a semseg model (arch {metadata.get('arch')!r}; a {ARCH} file from vidseg train semseg)"
+                )
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - no iterator
+    except (OSError, SafetensorError) as error:
+        raise VidsegError(f"cannot read model file {path}: {error}") from None
+    try:
+        network = SemsegNetwork(EfficientNetLite0(), SemsegConfig.from_json(metadata["config"]))
+        network.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise VidsegError(f"{path}: the weights do not fit the architecture they name: {str(error).splitlines()[0]}") from None
+    return network.eval(), metadata

@@ -1,0 +1,50 @@
+"""`vidseg train semseg` in LMANet's three steps on a tiny labelled video in CamVid's layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from vidseg_cli.semseg.model import ARCH
+
+
+@pytest.fixture
+def camvid(tmp_path):
+    """Two splits of two sequences; the label is the colour band each pixel lies in."""
+    rng = np.random.default_rng(0)
+    tmp_path = tmp_path / "camvid"
+    for split, count in (("train", 6), ("val", 3)):
+        (tmp_path / split).mkdir(parents=True)
+        (tmp_path / f"{split}annot").mkdir()
+        for sequence in ("0001TP", "0016E5"):
+            for number in range(count):
+                offset = int(rng.integers(0, 16))
+                label = ((np.arange(64)[None, :] + offset) // 16 % 4).repeat(48, 0).astype(np.uint8)
+                label[:4] = 11  # void
+                image = (np.stack([label * 60, 255 - label * 60, label * 20], axis=2)).astype(np.uint8)
+                Image.fromarray(image).save(tmp_path / split / f"{sequence}_{number * 30:06d}.jpg")
+                Image.fromarray(label).save(tmp_path / f"{split}annot" / f"{sequence}_{number * 30:06d}.png")
+    return tmp_path
+
+
+def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
+    common = ("--data", camvid, "--val", camvid, "--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "2",
+              "--key-dim", "4", "--device", "cpu")
+    single = vidseg("train", "semseg", *common, "--out", tmp_path / "single")
+    assert single.code == 0, single.stderr
+    assert "validation at step 2: miou" in single.stderr
+    model = tmp_path / "single" / "model.safetensors"
+    with safe_open(str(model), framework="pt") as handle:
+        assert handle.metadata()["arch"] == ARCH and handle.metadata()["stage"] == "single"
+    memory = vidseg("train", "semseg", *common, "--out", tmp_path / "memory", "--stage", "memory", "--init", model)
+    assert memory.code == 0, memory.stderr
+    joint = vidseg("train", "semseg", *common, "--out", tmp_path / "joint", "--stage", "joint",
+                   "--init", tmp_path / "memory" / "model.safetensors", "--read", "global")
+    assert joint.code == 0, joint.stderr
+
+
+def test_memory_stage_needs_a_single_frame_model(vidseg, camvid, tmp_path):
+    run = vidseg("train", "semseg", "--data", camvid, "--out", tmp_path / "r", "--stage", "memory", "--steps", "1")
+    assert run.code == 2 and "give --init" in run.stderr and not (tmp_path / "r").exists()
