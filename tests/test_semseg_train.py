@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,3 +50,37 @@ def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
 def test_memory_stage_needs_a_single_frame_model(vidseg, camvid, tmp_path):
     run = vidseg("train", "semseg", "--data", camvid, "--out", tmp_path / "r", "--stage", "memory", "--steps", "1")
     assert run.code == 2 and "give --init" in run.stderr and not (tmp_path / "r").exists()
+
+
+def test_semseg_labels_a_video_with_the_trained_model(vidseg, camvid, clip, tmp_path):
+    trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
+                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+    assert trained.code == 0, trained.stderr
+    model = tmp_path / "run" / "model.safetensors"
+    video, _ = clip
+    out = tmp_path / "labels"
+    run = vidseg("semseg", video, "--model", model, "--out", out, "--format", "all", "--size", "64", "--json")
+    assert run.code == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["frames"] == 12 and summary["slots"] == 3 and summary["memory"] == "fifo"
+    assert sum(summary["class_share"].values()) == pytest.approx(1, abs=1e-3) and len(summary["class_share"]) == 11
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes[3] == {"id": 3, "name": "road", "colour": [128, 64, 128]}
+    first = Image.open(out / "00000.png")
+    assert first.mode == "P" and first.size == (128, 96)
+    assert first.getpalette()[3 * 3 : 3 * 3 + 3] == [128, 64, 128]  # the palette is the class colours
+    assert (out / "labels.mkv").exists() and (out / "overlay.mp4").exists()
+    none = vidseg("semseg", video, "--model", model, "--out", tmp_path / "n", "--memory", "none", "--size", "64", "--json")
+    assert none.code == 0 and json.loads(none.stdout)["slots"] == 0
+
+
+def test_checkpoints_of_other_tasks_are_refused(vidseg, camvid, clip, tmp_path):
+    video, mask = clip
+    run = vidseg("semseg", video, "--model", "vos-effl0", "--out", tmp_path / "a")
+    assert run.code == 2 and "is a vos model, not a semseg model" in run.stderr
+    trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
+                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+    assert trained.code == 0, trained.stderr
+    segment = vidseg("segment", video, "--mask", mask, "--model", tmp_path / "run" / "model.safetensors", "--out", tmp_path / "b")
+    assert segment.code == 2 and "semseg-lma" in segment.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -14,6 +14,7 @@ from vidseg_cli.errors import VidsegError
 
 DEFAULT_VOS_MODEL = "vos-effl0"
 DEFAULT_PREDICT_MODEL = "predict-mmnist"
+DEFAULT_SEMSEG_MODEL = "semseg-camvid"
 DEFAULT_SIZE = 360
 # Sane bounds, checked before anything is allocated: --size 100000 would ask for a
 # 100000-pixel short side. 2160 is the short side of 4K video.
@@ -23,6 +24,8 @@ MAX_SLOTS = 256
 POLICIES = ("stremn", "stm", "first-last", "fifo")  # memory update policies
 NO_MEMORY = "none"  # predict and semseg: the single-frame network, no memory read
 PREDICT_FORMATS = ("png", "video", "all")
+SEMSEG_FORMATS = ("png", "video", "overlay", "all")
+SEMSEG_READS = ("local", "global")
 UPDATE_RULES = ("A", "B", "C", "D")  # stremn: which slot a full bank drops
 FUSIONS = ("model", "training-free", "none")  # stremn's fusion cell
 TTAS = ("none", "flip")
@@ -144,3 +147,31 @@ class PredictOptions:
             raise VidsegError("--compare needs --start T, so that the true frames after the context are in INPUT")
         if self.stream and (self.compare or self.start is not None or self.out is not None):
             raise VidsegError("--stream rolls through the whole video and writes JSON lines: drop --start, --compare and --out")
+
+
+@dataclass(frozen=True)
+class SemsegOptions:
+    input: Path
+    out: Path | None = None
+    model: str = DEFAULT_SEMSEG_MODEL
+    memory: MemoryOptions = MemoryOptions(memory="fifo", slots=3)  # the papers' memory: the last 3 frames
+    read: str | None = None  # local | global; None: the model's own
+    radius: int | None = None  # None: the model's own
+    size: int = 360  # processing size (short side); CamVid is 480x360
+    format: str = "png"
+    force: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.format not in SEMSEG_FORMATS:
+            raise VidsegError(f"unknown --format {self.format!r}; choose from {', '.join(SEMSEG_FORMATS)}")
+        if self.memory.memory not in (*POLICIES, NO_MEMORY):
+            raise VidsegError(f"unknown --memory {self.memory.memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+        if self.read is not None and self.read not in SEMSEG_READS:
+            raise VidsegError(f"unknown --read {self.read!r}; choose from {', '.join(SEMSEG_READS)}")
+        if self.radius is not None and not 1 <= self.radius <= 32:
+            raise VidsegError(f"--radius {self.radius}: between 1 and 32")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise VidsegError(f"--size {self.size}: the processing size must be between {MIN_SIZE} and {MAX_SIZE} pixels")
+        if not 1 <= self.memory.slots <= MAX_SLOTS:
+            raise VidsegError(f"--slots {self.memory.slots}: between 1 and {MAX_SLOTS}")

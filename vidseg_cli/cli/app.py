@@ -24,6 +24,7 @@ from vidseg_cli.cli.common import say_error
 from vidseg_cli.cli.completions import COMPLETE_VAR
 from vidseg_cli.cli.predict import predict_command
 from vidseg_cli.cli.segment import segment_command
+from vidseg_cli.cli.semseg import semseg_command
 
 # group name -> (module:attribute of its Typer app, its one-line help)
 LAZY_GROUPS = {
@@ -39,6 +40,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("segment")(segment_command)
+app.command("semseg")(semseg_command)
 app.command("predict")(predict_command)
 app.command("bench")(bench_command)
 app.command("batch")(batch_command)

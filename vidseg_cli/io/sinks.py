@@ -85,15 +85,32 @@ class _ImageSequenceSink(Sink):
         self.count = state["count"]
 
 
-class PngSink(_ImageSequenceSink):
-    """One palette PNG per frame, ``%05d.png``: index = object id (DAVIS layout)."""
+@dataclass(frozen=True)
+class Colours:
+    """How label ids are drawn: the palette of the PNGs and overlays, the id an overlay
+    leaves uncoloured (segment: 0, the background; semseg: None, every class is drawn),
+    and a legend of (name, colour) drawn on the overlay."""
 
-    def __init__(self, folder: Path) -> None:
+    palette: np.ndarray  # (256, 3) uint8
+    background: int | None = 0
+    legend: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+
+
+def object_colours() -> Colours:
+    """segment's: the DAVIS palette, index = object id."""
+    return Colours(davis_palette())
+
+
+class PngSink(_ImageSequenceSink):
+    """One palette PNG per frame, ``%05d.png``: index = object id (DAVIS layout) or class id."""
+
+    def __init__(self, folder: Path, colours: Colours | None = None) -> None:
         self.folder = folder
+        self.colours = colours or object_colours()
         self.count = 0
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
-        save_palette_png(prediction.labels, self.folder / f"{frame.index:05d}.png")
+        save_palette_png(prediction.labels, self.folder / f"{frame.index:05d}.png", self.colours.palette)
         self.count += 1
 
     @property
@@ -101,9 +118,9 @@ class PngSink(_ImageSequenceSink):
         return [f"{i:05d}.png" for i in range(self.count)]
 
 
-def save_palette_png(labels: np.ndarray, path: Path | BinaryIO) -> None:
+def save_palette_png(labels: np.ndarray, path: Path | BinaryIO, palette: np.ndarray | None = None) -> None:
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(davis_palette().tobytes())
+    image.putpalette((davis_palette() if palette is None else palette).tobytes())
     image.save(path, format="PNG", optimize=False, compress_level=1)
 
 
@@ -232,10 +249,44 @@ class OverlaySink(_VideoSink):
     _input_format = "rgb24"
     alpha = 0.5
 
+    def __init__(self, folder: Path, time_base: Fraction, colours: Colours | None = None) -> None:
+        super().__init__(folder, time_base)
+        self.colours = colours or object_colours()
+        self._legend: np.ndarray | None = None
+
     def _image(self, frame: Frame, labels: np.ndarray) -> np.ndarray:
-        colours = davis_palette()[labels]
-        mixed = np.where(labels[..., None] > 0, frame.image * (1 - self.alpha) + colours * self.alpha, frame.image)
-        return _pad_even(mixed.astype(np.uint8))
+        colours = self.colours.palette[labels]
+        mixed = frame.image * (1 - self.alpha) + colours * self.alpha
+        if self.colours.background is not None:
+            mixed = np.where(labels[..., None] != self.colours.background, mixed, frame.image)
+        mixed = mixed.astype(np.uint8)
+        if self.colours.legend:
+            self._draw_legend(mixed)
+        return _pad_even(mixed)
+
+    def _draw_legend(self, image: np.ndarray) -> None:
+        """The classes and their colours in the top-left corner (drawn once, pasted on each frame)."""
+        if self._legend is None:
+            self._legend = legend_image(self.colours.legend)
+        h, w = self._legend.shape[:2]
+        if 3 * w > image.shape[1] or h > image.shape[0]:
+            return  # a legend that would hide the frame is worse than none (tiny videos)
+        image[:h, :w] = self._legend
+
+
+def legend_image(entries: tuple[tuple[str, tuple[int, int, int]], ...]) -> np.ndarray:
+    """A small table of colour swatches and names, white on dark grey."""
+    from PIL import ImageDraw
+
+    row, swatch = 14, 10
+    width = 8 + swatch + 6 + 7 * max(len(name) for name, _ in entries) + 8
+    picture = Image.new("RGB", (width, 6 + row * len(entries)), (32, 32, 32))
+    draw = ImageDraw.Draw(picture)
+    for i, (name, colour) in enumerate(entries):
+        top = 4 + i * row
+        draw.rectangle([8, top + 1, 8 + swatch, top + 1 + swatch], fill=tuple(colour))
+        draw.text((8 + swatch + 6, top), name, fill=(235, 235, 235))
+    return np.asarray(picture)
 
 
 def _pad_even(image: np.ndarray) -> np.ndarray:
@@ -353,7 +404,9 @@ class RleSink(Sink):
         return [RLE_FILE]
 
 
-def make_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = ()) -> list[Sink]:
+def make_sinks(
+    fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = (), colours: Colours | None = None
+) -> list[Sink]:
     kinds = {"png": [PngSink], "video": [LabelVideoSink], "overlay": [OverlaySink], "alpha": [AlphaSink], "rle": [RleSink]}
     kinds["all"] = [PngSink, LabelVideoSink, OverlaySink, AlphaSink, RleSink]
     if fmt not in kinds:
@@ -362,9 +415,11 @@ def make_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, 
     try:
         for kind in kinds[fmt]:
             if kind is PngSink:
-                made.append(kind(folder))
+                made.append(kind(folder, colours))
             elif kind in (AlphaSink, RleSink):
                 made.append(kind(folder, objects))
+            elif kind is OverlaySink:
+                made.append(kind(folder, time_base, colours))
             else:
                 made.append(kind(folder, time_base))
     except OSError as error:
@@ -388,11 +443,13 @@ def write_error(error: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def open_sinks(fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = ()) -> Iterator[list[Sink]]:
+def open_sinks(
+    fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = (), colours: Colours | None = None
+) -> Iterator[list[Sink]]:
     """The sinks of a format, closed at the end. A failure to flush or close a file fails
     the run like a failed write: a video cut short by a full disk is never published.
     When the run already failed, closing is best effort and the first error stands."""
-    sinks = make_sinks(fmt, folder, time_base, objects)
+    sinks = make_sinks(fmt, folder, time_base, objects, colours)
     try:
         yield sinks
     except BaseException:

@@ -208,3 +208,20 @@ def load_semseg(path: Path) -> tuple[SemsegNetwork, dict[str, str]]:
     except (TypeError, ValueError, RuntimeError) as error:
         raise VidsegError(f"{path}: the weights do not fit the architecture they name: {str(error).splitlines()[0]}") from None
     return network.eval(), metadata
+
+
+def create_semseg(name: str, device: torch.device | str = "cpu") -> tuple[SemsegNetwork, dict[str, str]]:
+    """A semseg network by weights.toml name or .safetensors path, in eval mode on ``device``."""
+    from vidseg_cli.weights.registry import entry, resolve
+
+    if name.endswith(".safetensors"):
+        path = Path(name)
+        if not path.is_file():
+            raise VidsegError(f"model file not found: {path}")
+    else:
+        spec = entry(name)
+        if spec.task != "semseg":
+            raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a semseg model")
+        path = resolve(name)
+    network, metadata = load_semseg(path)
+    return network.to(device), metadata

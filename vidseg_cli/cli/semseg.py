@@ -1,0 +1,96 @@
+"""`vidseg semseg`: a class for every pixel of every frame, steadied by a memory of the past."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.options import (
+    DEFAULT_SEMSEG_MODEL,
+    NO_MEMORY,
+    POLICIES,
+    SEMSEG_READS,
+    MemoryOptions,
+    SemsegOptions,
+)
+
+SemsegMemory = enum.Enum("SemsegMemory", {name: name for name in (*POLICIES, NO_MEMORY)}, type=str)
+Read = enum.Enum("Read", {name: name for name in SEMSEG_READS}, type=str)
+
+
+class Update(str, enum.Enum):
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
+class SemsegFormat(str, enum.Enum):
+    png = "png"
+    video = "video"
+    overlay = "overlay"
+    all = "all"
+
+
+@user_errors
+def semseg_command(
+    input: Annotated[Path, typer.Argument(help="Video file or folder of frames.")],
+    model: Annotated[str, typer.Option(help="Semseg model: a name from weights.toml or a .safetensors file from vidseg train semseg.")] = DEFAULT_SEMSEG_MODEL,
+    memory: Annotated[SemsegMemory, typer.Option(help="Memory update policy (fifo: the last --slots frames, the papers' memory); none: the single-frame network.")] = SemsegMemory.fifo,
+    slots: Annotated[int, typer.Option(help="Memory slots.")] = 3,
+    update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
+    read: Annotated[Optional[Read], typer.Option(help="Memory read: local (LMANet, a window around each position) or global (TMANet); default: the model's.")] = None,
+    radius: Annotated[Optional[int], typer.Option(metavar="R", help="Local read radius in stride-16 positions (default: the model's).")] = None,
+    size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = 360,
+    format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; all: every one.")] = SemsegFormat.png,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Label every pixel of every frame with a class, each frame reading a memory of the frames before.
+
+    Writes classes.json (id, name, colour) beside the labels; prints the output folder on
+    stdout (or a JSON summary with --json).
+    """
+    options = SemsegOptions(
+        input=input, out=out, model=model, memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
+        read=read.value if read else None, radius=radius, size=size, format=format.value, force=force, device=device.value,
+    )
+    from vidseg_cli.engine.semseg import semseg  # torch: imported when a command runs
+
+    with _progress() as advance:
+        summary = semseg(options, advance)
+    if json:
+        print_json(dataclasses.asdict(summary))
+        return
+    top = sorted(summary.class_share.items(), key=lambda item: -item[1])[:3]
+    stderr.print(
+        f"{summary.frames} frames, {summary.fps:.2f} fps, peak memory {summary.peak_rss_mb:.0f} MB; "
+        + ", ".join(f"{name} {share:.0%}" for name, share in top),
+        highlight=False,
+    )
+    print(summary.output)
+
+
+@contextlib.contextmanager
+def _progress():
+    """A Rich progress bar on stderr, only when stderr is a terminal."""
+    if not stderr.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("semseg", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
