@@ -84,3 +84,35 @@ def test_checkpoints_of_other_tasks_are_refused(vidseg, camvid, clip, tmp_path):
     segment = vidseg("segment", video, "--mask", mask, "--model", tmp_path / "run" / "model.safetensors", "--out", tmp_path / "b")
     assert segment.code == 2 and "semseg-lma" in segment.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bench_semseg_reports_miou_speed_and_consistency(vidseg, camvid, clip, tmp_path):
+    trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
+                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+    assert trained.code == 0, trained.stderr
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(clip[0].read_bytes())
+    run = vidseg("bench", "--task", "semseg", "--data", camvid, "--split", "val", "--model", tmp_path / "run" / "model.safetensors",
+                 "--read", "local,global", "--size", "48", "--consistency", videos, "--json", "--csv", tmp_path / "rows.csv")
+    assert run.code == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert [r["memory"] for r in results] == ["fifo", "fifo", "none"] and [r["read"] for r in results] == ["local", "global", None]
+    for r in results:
+        assert 0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1 and 0 <= r["consistency"] <= 1
+        assert set(r["class_iou"]) == {"sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",
+                                       "pedestrian", "bicyclist"}
+        assert r["fps"] > 0 and r["gflops"] > 0
+    assert results[0]["bank_bytes"] > 0 == results[2]["bank_bytes"]
+    assert "iou_road" in (tmp_path / "rows.csv").read_text().splitlines()[0]
+
+
+def test_flow_warped_agreement_is_one_for_a_still_scene():
+    cv2 = pytest.importorskip("cv2")
+    from vidseg_cli.bench.semseg import label_agreement, warp_labels
+
+    rng = np.random.default_rng(0)
+    grey = (rng.random((40, 60)) * 255).astype(np.uint8)
+    labels = (np.arange(60)[None, :] // 20).repeat(40, 0).astype(np.uint8)
+    assert label_agreement(labels, warp_labels(cv2, labels, grey, grey), 3) == pytest.approx(1.0)
+    assert label_agreement(labels, 2 - labels, 3) < 0.5

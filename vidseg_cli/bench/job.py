@@ -16,10 +16,11 @@ from rich.table import Table
 from vidseg_cli import __version__
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.long import long_run
-from vidseg_cli.bench.plots import plot_long, plot_prediction, plot_results
+from vidseg_cli.bench.plots import plot_long, plot_prediction, plot_results, plot_semseg
 from vidseg_cli.bench.predict import predict_configs, run_predict_bench, test_sequences
-from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS
+from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS, SEMSEG_COLUMNS
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
+from vidseg_cli.bench.semseg import run_semseg_bench, semseg_configs
 from vidseg_cli.cli.common import comma_list, json_text, stderr
 from vidseg_cli.engine.segment import pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -98,6 +99,41 @@ def bench_predict(
     }
     _predict_table(summary)
     outputs.write(summary, plot_prediction, rows=[{k: v for k, v in r.items() if k != "per_horizon"} for r in summary["results"]])
+
+
+def bench_semseg(
+    *, data: Path | None, split: str, model: str, memory: str, slots: str, read: str | None, radius: str | None,
+    size: str, consistency: Path | None, device: str, json: bool, report: Path | None, csv_path: str | None,
+    plot: Path | None, force: bool,
+) -> None:
+    """Semantic segmentation: mIoU over a labelled split, speed, and temporal consistency."""
+    if data is None:
+        raise VidsegError("--task semseg needs --data: labelled video in CamVid's layout (or images/, labels/)")
+    if not data.exists():
+        raise VidsegError(f"dataset not found: {data}")
+    inputs = [p for p in (data, consistency) if p is not None]
+    outputs = _Outputs(json, report, csv_path, plot, force, inputs=inputs)
+    use_all_cores()
+    target = pick_device(device)
+    reads = comma_list(read) if read else [None]
+    radii = comma_list(radius, int) if radius else [None]
+    sweep = semseg_configs(comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int))
+    with stderr.status("benchmarking") as status:
+        results = run_semseg_bench(sweep, data, split, target, consistency, progress=lambda text: status.update(text))
+    summary = {
+        "task": "semseg",
+        "dataset": f"{data} ({split})",
+        "consistency_videos": str(consistency) if consistency else None,
+        "device": str(target),
+        "machine": _machine(),
+        "results": [r.summary() for r in results],
+    }
+    table = _new_table(summary["dataset"], tuple(SEMSEG_COLUMNS))
+    for r in summary["results"]:
+        table.add_row(*(cell(r) for cell in SEMSEG_COLUMNS.values()))
+    stderr.print(table)
+    rows = [{k: v for k, v in r.items() if k != "class_iou"} | {f"iou_{k}": v for k, v in r["class_iou"].items()} for r in summary["results"]]
+    outputs.write(summary, plot_semseg, rows=rows)
 
 
 def _predict_table(report: dict) -> None:

@@ -64,6 +64,26 @@ def plot_prediction(report: dict, path: Path) -> None:
     _save(figure, path)
 
 
+def plot_semseg(report: dict, path: Path) -> None:
+    """mIoU against FPS per configuration; per-class IoU of each configuration."""
+    results = report["results"]
+    figure, (accuracy, classes) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    for result in results:
+        accuracy.scatter(result["fps"], 100 * result["miou"], s=30)
+        accuracy.annotate(result["config"], (result["fps"], 100 * result["miou"]), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")
+    _style(accuracy, "frames per second (end to end)", "mIoU", f"{report['dataset']}: accuracy against speed")
+    names = list(results[0]["class_iou"])
+    width = 0.8 / len(results)
+    for i, result in enumerate(results):
+        values = [100 * (result["class_iou"][n] or 0) for n in names]
+        classes.bar([x + i * width for x in range(len(names))], values, width, label=result["config"])
+    classes.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=45, fontsize=8)
+    _style(classes, "class", "IoU", "per class")
+    classes.legend(fontsize=7)
+    _save(figure, path)
+
+
 def _style(axes, xlabel: str, ylabel: str, title: str) -> None:
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)

@@ -42,9 +42,23 @@ PREDICT_COLUMNS = {
     "bank (KB)": lambda r: f"{r['bank_bytes'] / 1024:.0f}",
 }
 
+SEMSEG_COLUMNS = {
+    "configuration": lambda r: r["config"],
+    "mIoU": lambda r: f"{100 * r['miou']:.1f}",
+    "pixel acc.": lambda r: f"{100 * r['pixel_accuracy']:.1f}",
+    "consistency": lambda r: "-" if r.get("consistency") is None else f"{100 * r['consistency']:.1f}",
+    "FPS": lambda r: f"{r['fps']:.1f}",
+    "model FPS": lambda r: f"{r['model_fps']:.1f}",
+    "latency median / p90 (ms)": lambda r: f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f}",
+    "GFLOPs / frame": lambda r: "-" if r.get("gflops") is None else f"{r['gflops']:.1f}",
+    "bank (KB)": lambda r: f"{r['bank_bytes'] / 1024:.0f}",
+}
+
 
 def markdown(report: dict) -> str:
-    if report.get("task") == "predict":
+    if report.get("task") == "semseg":
+        columns = dict(SEMSEG_COLUMNS)
+    elif report.get("task") == "predict":
         columns = dict(PREDICT_COLUMNS)
     else:
         columns = LONG_COLUMNS if "long" in report else dict(_RESULT_COLUMNS)

@@ -9,25 +9,36 @@ from typing import Annotated
 import typer
 
 from vidseg_cli.cli.common import Device, user_errors
-from vidseg_cli.options import DEFAULT_PREDICT_MODEL, DEFAULT_SIZE, DEFAULT_VOS_MODEL, LONG_HEIGHT
+from vidseg_cli.options import (
+    DEFAULT_PREDICT_MODEL,
+    DEFAULT_SEMSEG_MODEL,
+    DEFAULT_SIZE,
+    DEFAULT_VOS_MODEL,
+    LONG_HEIGHT,
+)
 
 
 class Task(str, enum.Enum):
     vos = "vos"
+    semseg = "semseg"
     predict = "predict"
 
 
 @user_errors
 def bench_command(
-    task: Annotated[Task, typer.Option(help="vos: video object segmentation (DAVIS J&F); predict: video prediction (Moving MNIST MSE, MAE, SSIM, PSNR).")] = Task.vos,
-    data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set (default: a built-in synthetic one).")] = None,
+    task: Annotated[Task, typer.Option(help="vos: video object segmentation (DAVIS J&F); semseg: semantic segmentation (CamVid mIoU); predict: video prediction (Moving MNIST MSE, MAE, SSIM, PSNR).")] = Task.vos,
+    data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; semseg: labelled video in CamVid's layout (or images/, labels/); predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set (vos, predict: default a built-in synthetic one).")] = None,
+    split: Annotated[str, typer.Option(help="semseg: the split of a CamVid layout (tune on val; test is for reported tables).")] = "val",
+    read: Annotated[str | None, typer.Option(help="semseg: comma list of memory reads: local, global (default: the model's).")] = None,
+    radius: Annotated[str | None, typer.Option(help="semseg: comma list of local read radii (default: the model's).")] = None,
+    consistency: Annotated[Path | None, typer.Option(metavar="DIR", help="semseg: also measure temporal consistency (flow-warped label IoU) on the unlabelled videos in DIR.")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run (vos).")] = None,
     limit: Annotated[int | None, typer.Option(metavar="N", min=1, help="predict: the first N of the 10,000 held-out test sequences.")] = None,
     timed: Annotated[int, typer.Option(metavar="N", min=1, help="predict: sequences timed at batch 1 for FPS and latency.")] = 20,
-    model: Annotated[str | None, typer.Option(help=f"Comma list of models (default: {DEFAULT_VOS_MODEL}; predict: {DEFAULT_PREDICT_MODEL}).")] = None,
+    model: Annotated[str | None, typer.Option(help=f"Comma list of models (default: {DEFAULT_VOS_MODEL}; semseg: {DEFAULT_SEMSEG_MODEL}; predict: {DEFAULT_PREDICT_MODEL}).")] = None,
     size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes (default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}).")] = None,
     memory: Annotated[str | None, typer.Option(help="Comma list of memory policies (default: stremn; with --long, all).")] = None,
-    slots: Annotated[str, typer.Option(help="Comma list of slot counts.")] = "5",
+    slots: Annotated[str | None, typer.Option(help="Comma list of slot counts (default: 5; semseg: 3).")] = None,
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
     fusion: Annotated[str, typer.Option(help="Comma list of stremn fusion cells: model (the model's own), training-free, none.")] = "model",
@@ -48,17 +59,24 @@ def bench_command(
     runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: torch, onnx (ONNX Runtime on the CPU).")] = "torch",
 ) -> None:
     """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence."""
-    from vidseg_cli.bench.job import bench, bench_predict  # torch: imported when a command runs
+    from vidseg_cli.bench.job import bench, bench_predict, bench_semseg  # torch: imported when a command runs
 
+    if task == Task.semseg:
+        bench_semseg(
+            data=data, split=split, model=model or DEFAULT_SEMSEG_MODEL, memory=memory or "fifo", slots=slots or "3",
+            read=read, radius=radius, size=size or "360", consistency=consistency, device=device.value, json=json,
+            report=report, csv_path=csv_path, plot=plot, force=force,
+        )
+        return
     if task == Task.predict:
         bench_predict(
             data=data, limit=limit, timed=timed, model=model or DEFAULT_PREDICT_MODEL, memory=memory or "stremn",
-            slots=slots, update=update, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
+            slots=slots or "5", update=update, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
             force=force,
         )
         return
     bench(
-        data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots, update=update,
+        data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots or "5", update=update,
         every=every, fusion=fusion, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
         force=force, long=long, sparse=sparse, sparse_gates=sparse_gates, write_every=write_every, reuse=reuse,
         reuse_mode=reuse_mode, reuse_heads=reuse_heads, tta=tta, runtime=runtime,

@@ -132,7 +132,7 @@ def _label(
     height, width = image.shape[:2]
     scale = size / min(height, width)
     work = (max(16, round(height * scale / 16) * 16), max(16, round(width * scale / 16) * 16))
-    pixels = torch.from_numpy(image).to(device).permute(2, 0, 1).float()
+    pixels = torch.as_tensor(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
     resized = F.interpolate(pixels[None], size=work, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
     probabilities, slot = network.step(resized, bank.slots if bank is not None else None, index)
     if bank is not None:

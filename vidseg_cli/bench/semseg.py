@@ -1,0 +1,255 @@
+"""`vidseg bench --task semseg`: mIoU, speed and temporal consistency of semseg configurations.
+
+Accuracy by the CamVid protocol: one confusion matrix over every labelled frame of the
+split (void ignored), per-class IoU and their mean, pixel accuracy. Each sequence is
+streamed in frame order with a fresh memory, so a frame's memory is the frames of its
+sequence before it (in this copy of CamVid, the previous labelled frames). Configurations
+are interleaved per sequence; each model's ``--memory none`` (the single-frame network)
+is always in the table.
+
+Temporal consistency (``--consistency DIR``, unlabelled video at its own frame rate): the
+mean IoU between frame t's labels and frame t-1's labels warped to t by the optical flow
+between the two frames (OpenCV's Farneback; ``pip install "vidseg[flow]"``). A per-frame
+segmenter flickers where the memory should hold steady.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vidseg_cli.engine.semseg import _bank, _label
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.io.frames import natural_key, open_frames
+from vidseg_cli.io.images import is_listed_image
+from vidseg_cli.io.sinks import save_palette_png
+from vidseg_cli.metrics.segmentation import ConfusionMatrix
+from vidseg_cli.options import NO_MEMORY, POLICIES, SEMSEG_READS, MemoryOptions, SemsegOptions
+from vidseg_cli.semseg.data import load_labelled, read_label
+from vidseg_cli.semseg.model import SemsegNetwork, create_semseg
+
+
+@dataclass(frozen=True)
+class SemsegConfig:
+    model: str
+    memory: MemoryOptions
+    read: str | None  # None: the model's
+    radius: int | None
+    size: int
+
+    @property
+    def label(self) -> str:
+        m = self.memory
+        policy = {"stremn": f"stremn K={m.slots} {m.update}", "fifo": f"fifo {m.slots}"}.get(m.memory, m.memory)
+        read = "" if m.memory == NO_MEMORY or self.read is None else f" {self.read}"
+        radius = f" R={self.radius}" if self.radius is not None and self.read != "global" and m.memory != NO_MEMORY else ""
+        return f"{self.model} {self.size}p {policy}{read}{radius}"
+
+    def options(self, input_path: Path) -> SemsegOptions:
+        return SemsegOptions(input=input_path, model=self.model, memory=self.memory, read=self.read, radius=self.radius, size=self.size)
+
+
+@dataclass
+class SemsegResult:
+    config: SemsegConfig
+    classes: list[dict]
+    void: int
+    confusion: ConfusionMatrix | None = None
+    latency: list[float] = field(default_factory=list)  # model seconds per frame
+    total_seconds: float = 0.0
+    frames: int = 0
+    flops: list[int] = field(default_factory=list)
+    bank_bytes: int = 0
+    consistency: list[float] = field(default_factory=list)  # per frame pair
+
+    def summary(self) -> dict:
+        iou = self.confusion.iou()
+        timed = self.latency or [float("nan")]
+        return {
+            "config": self.config.label,
+            "model": self.config.model,
+            "memory": self.config.memory.memory,
+            "slots": self.config.memory.slots,
+            "read": self.config.read,
+            "radius": self.config.radius,
+            "size": self.config.size,
+            "miou": round(float(np.nanmean(iou)), 4),
+            "class_iou": {c["name"]: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(self.classes, iou, strict=True)},
+            "pixel_accuracy": round(self.confusion.pixel_accuracy(), 4),
+            "fps": round(self.frames / max(self.total_seconds, 1e-9), 2),
+            "model_fps": round(len(self.latency) / max(sum(self.latency), 1e-9), 2),
+            "latency_ms_median": round(1000 * statistics.median(timed), 1),
+            "latency_ms_p90": round(1000 * float(np.percentile(timed, 90)), 1),
+            "gflops": round(statistics.mean(self.flops) / 1e9, 2) if self.flops else None,
+            "bank_bytes": self.bank_bytes,
+            "consistency": round(float(np.mean(self.consistency)), 4) if self.consistency else None,
+        }
+
+
+def semseg_configs(
+    models: list[str], memories: list[str], slots: list[int], reads: list[str | None], radii: list[int | None], sizes: list[int]
+) -> list[SemsegConfig]:
+    for memory in memories:
+        if memory not in (*POLICIES, NO_MEMORY):
+            raise VidsegError(f"unknown memory {memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+    for read in reads:
+        if read is not None and read not in SEMSEG_READS:
+            raise VidsegError(f"unknown read {read!r}; choose from {', '.join(SEMSEG_READS)}")
+    out: list[SemsegConfig] = []
+    for model, size, memory, k, read, radius in itertools.product(models, sizes, memories, slots, reads, radii):
+        if memory == NO_MEMORY:
+            config = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size)
+        else:
+            config = SemsegConfig(model, MemoryOptions(memory=memory, slots=k), read, None if read == "global" else radius, size)
+        if config not in out:
+            out.append(config)
+    for model, size in itertools.product(models, sizes):  # the single-frame network beside each model
+        baseline = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size)
+        if baseline not in out:
+            out.append(baseline)
+    return out
+
+
+def run_semseg_bench(
+    configs: list[SemsegConfig], data: Path, split: str, device: torch.device, consistency: Path | None, progress
+) -> list[SemsegResult]:
+    networks = {c.model: create_semseg(c.model, device) for c in configs}
+    results = []
+    for config in configs:
+        network, metadata = networks[config.model]
+        classes = _classes(metadata)
+        void = int(metadata.get("void", len(classes)))
+        result = SemsegResult(config, classes, void, ConfusionMatrix(len(classes), ignore_index=void))
+        results.append(result)
+    sequences = load_labelled(data, split)
+    for sequence in sequences:
+        images = [_decode(frame.image) for frame in sequence.frames]
+        truths = [read_label(frame.label, len(results[0].classes), results[0].void) for frame in sequence.frames]
+        for result in results:
+            progress(f"{sequence.name}: {result.config.label}")
+            _score(result, networks[result.config.model][0], images, truths, device)
+    if consistency is not None:
+        for video in _videos(consistency):
+            images = _read_video(video)
+            for result in results:
+                progress(f"consistency {video.name}: {result.config.label}")
+                _consistency(result, networks[result.config.model][0], images, device)
+    return results
+
+
+def _classes(metadata: dict) -> list[dict]:
+    from vidseg_cli.engine.semseg import class_table
+
+    return class_table(metadata)
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+def _network_for(network: SemsegNetwork, config: SemsegConfig) -> SemsegNetwork:
+    changes = {k: v for k, v in (("read", config.read), ("radius", config.radius)) if v is not None}
+    if not changes:
+        return network
+    view = dataclasses.replace(network.config, **changes)
+    network.config = view  # read settings only: the same weights serve every configuration
+    return network
+
+
+def _score(result: SemsegResult, network: SemsegNetwork, images: list[np.ndarray], truths: list[np.ndarray], device) -> None:
+    config = result.config
+    original = network.config
+    network = _network_for(network, config)
+    try:
+        bank = _bank(config.options(Path(".")))
+        for index, (image, truth) in enumerate(zip(images, truths, strict=True)):
+            if index == 1:  # one frame a sequence with a memory to read: FLOPs
+                with FlopCounterMode(display=False) as counter:
+                    _label(network, _copy(bank), image, index, config.size, device)
+                result.flops.append(counter.get_total_flops())
+            start = time.perf_counter()
+            labels = _label(network, bank, image, index, config.size, device)
+            middle = time.perf_counter()
+            save_palette_png(labels, io.BytesIO())  # what writing a frame costs, as segment's bench
+            result.total_seconds += time.perf_counter() - start
+            result.latency.append(middle - start)
+            result.frames += 1
+            result.confusion.update(labels, truth)
+            if bank is not None:
+                result.bank_bytes = max(result.bank_bytes, bank.nbytes)
+    finally:
+        network.config = original
+
+
+def _copy(bank):
+    if bank is None:
+        return None
+    return dataclasses.replace(bank, slots=list(bank.slots), _sims=dict(bank._sims), _pooled=dict(bank._pooled))
+
+
+def _videos(root: Path) -> list[Path]:
+    """Frame folders (DAVIS's JPEGImages/<seq>/ or <seq>/) or video files under ``root``."""
+    base = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
+    entries = sorted((p for p in base.iterdir() if not p.name.startswith(".")), key=natural_key)
+    videos = [p for p in entries if p.is_dir() or not is_listed_image(p)]
+    if not videos:
+        raise VidsegError(f"--consistency {root}: no videos or frame folders")
+    return videos
+
+
+def _read_video(path: Path) -> list[np.ndarray]:
+    source = open_frames(path)
+    try:
+        return [frame.image for frame in source]
+    finally:
+        source.close()
+
+
+def _consistency(result: SemsegResult, network: SemsegNetwork, images: list[np.ndarray], device) -> None:
+    try:
+        import cv2
+    except ImportError:
+        raise VidsegError('--consistency needs OpenCV for optical flow: pip install "vidseg[flow]"') from None
+    config = result.config
+    original = network.config
+    network = _network_for(network, config)
+    try:
+        bank = _bank(config.options(Path(".")))
+        previous_grey, previous_labels = None, None
+        for index, image in enumerate(images):
+            labels = _label(network, bank, image, index, config.size, device)
+            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            if previous_grey is not None:
+                warped = warp_labels(cv2, previous_labels, previous_grey, grey)
+                result.consistency.append(label_agreement(labels, warped, len(result.classes)))
+            previous_grey, previous_labels = grey, labels
+    finally:
+        network.config = original
+
+
+def warp_labels(cv2, labels: np.ndarray, previous_grey: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """Frame t-1's labels carried to frame t: the flow from t to t-1 says where each pixel
+    of t was; nearest sampling keeps labels labels."""
+    flow = cv2.calcOpticalFlowFarneback(grey, previous_grey, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    h, w = grey.shape
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(labels, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+
+
+def label_agreement(labels: np.ndarray, warped: np.ndarray, classes: int) -> float:
+    """Mean IoU over the classes present in either map."""
+    confusion = ConfusionMatrix(classes, ignore_index=None)
+    confusion.update(labels, warped)
+    return float(np.nanmean(confusion.iou()))
