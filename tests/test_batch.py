@@ -125,7 +125,7 @@ def test_json_lines_manifest_with_per_row_options(vidseg, tmp_path):
         ("input,mask,colour\nv.mp4,m.png,red\n", "line 2: unknown column 'colour'"),
         ("input,mask\n,m.png\n", "line 2: column input is empty"),
         ("input,mask,memory\nv.mp4,m.png,lru\n", "line 2, column memory: 'lru' choose from"),
-        ("input,mask,task\nv.mp4,m.png,semseg\n", "'semseg' is not available yet"),
+        ("input,mask,task\nv.mp4,m.png,semseg\n", "run `vidseg semseg` on each video"),
         ("input,mask,out\na.mp4,m.png,o\nb.mp4,m.png,o\n", "line 3, column out: "),
         ("input,mask\n", "has no rows"),
         ("input,mask,events\nv.mp4,m.png,-\n", "column events: '-' cannot be stdout"),

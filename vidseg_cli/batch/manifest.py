@@ -2,7 +2,7 @@
 
 Columns: ``input`` and ``mask`` (the forms of ``--mask``, several separated by ``;``) are
 required, ``out`` is optional (default beside the input, as segment's), ``task`` is
-``segment`` (the only task so far), and any of segment's options by name (``model``,
+``segment`` (semseg and predict run one video per command for now), and any of segment's options by name (``model``,
 ``memory``, ``slots``, ``size``, ``format``, ...; ``-`` or ``_``) overrides the command
 line's value for that row. Relative paths are relative to the manifest's folder, so a
 manifest and its videos move together. A value that cannot be read is refused with its
@@ -30,7 +30,7 @@ from vidseg_cli.options import (
 )
 
 TASKS = ("segment",)
-FUTURE_TASKS = ("semseg", "predict")  # named by the project, not built yet
+ONE_VIDEO_TASKS = ("semseg", "predict")  # commands of their own, not in batch manifests yet
 FORMATS = ("png", "video", "overlay", "alpha", "rle", "all")
 
 
@@ -77,7 +77,7 @@ COLUMNS: dict[str, Callable[[str], Any]] = {
     "input": str,
     "mask": str,
     "out": str,
-    "task": _choice(TASKS + FUTURE_TASKS),
+    "task": _choice(TASKS + ONE_VIDEO_TASKS),
     "model": str,
     "memory": _choice(POLICIES),
     "slots": _whole,
@@ -182,8 +182,11 @@ def _parse(path: Path, line: int, raw: dict[str, str]) -> dict[str, Any]:
     for required in ("input", "mask"):
         if required not in values:
             raise VidsegError(f"{path} line {line}: column {required} is empty")
-    if values.get("task") in FUTURE_TASKS:
-        raise VidsegError(f"{path} line {line}, column task: {values['task']!r} is not available yet; tasks: {', '.join(TASKS)}")
+    if values.get("task") in ONE_VIDEO_TASKS:
+        raise VidsegError(
+            f"{path} line {line}, column task: batch runs {', '.join(TASKS)} rows; "
+            f"run `vidseg {values['task']}` on each video for now"
+        )
     base = path.resolve().parent
     for name in ("input", "out", "events"):
         if name in values and values[name] != "-":
