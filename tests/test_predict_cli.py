@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from vidseg_cli.predict.data import sequence, with_surprise, write_frames
+from vidseg_cli.predict.data import blob_digits, sequence, with_surprise, write_frames
 from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
 
 TINY = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8)
@@ -30,12 +30,7 @@ def model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    blobs = np.zeros((20, 28, 28), np.uint8)
-    for blob in blobs:
-        top, left = rng.integers(2, 12, 2)
-        blob[top : top + 14, left : left + 12] = rng.integers(128, 256)
-    return blobs
+    return blob_digits(20)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,15 @@ from vidseg_cli.engine.segment import make_bank
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
 from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions
-from vidseg_cli.predict.data import FRAMES, TEST_SEED, TEST_SEQUENCES, batches, load_digits, sequences
+from vidseg_cli.predict.data import (
+    FRAMES,
+    TEST_SEED,
+    TEST_SEQUENCES,
+    batches,
+    blob_digits,
+    load_digits,
+    sequences,
+)
 from vidseg_cli.predict.model import STACK, Predictor, create_predictor
 
 OBSERVED = 10
@@ -117,21 +125,12 @@ def test_sequences(data: Path | None, limit: int | None) -> tuple[str, Iterator[
     without data a few sequences of blob digits."""
     if data is None:
         count = min(limit or SYNTHETIC_SEQUENCES, SYNTHETIC_SEQUENCES)
-        return "synthetic", sequences(_blob_digits(), TEST_SEED, count), count
+        return "synthetic", sequences(blob_digits(), TEST_SEED, count), count
     if not data.exists():
         raise VidsegError(f"digits file not found: {data}")
     _, test = load_digits(data)
     count = min(limit or TEST_SEQUENCES, TEST_SEQUENCES)
     return "moving-mnist-test", sequences(test, TEST_SEED, count), count
-
-
-def _blob_digits() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    blobs = np.zeros((10, 28, 28), np.uint8)
-    for blob in blobs:
-        top, left = rng.integers(2, 12, 2)
-        blob[top : top + 14, left : left + 12] = rng.integers(128, 256)
-    return blobs
 
 
 def run_predict_bench(

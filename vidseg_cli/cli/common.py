@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -18,6 +19,7 @@ from rich.markup import escape
 
 from vidseg_cli.cli.main import say_interrupted
 from vidseg_cli.errors import VidsegError, os_error_text
+from vidseg_cli.options import UPDATE_RULES
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
 stderr = Console(stderr=True)
@@ -27,6 +29,27 @@ for _console in (stderr, stdout):
         _console.width = 200  # logs and pipes: Rich's 80-column default would fold tables
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+Update = enum.Enum("Update", {rule: rule for rule in UPDATE_RULES}, type=str)  # stremn's rules, every command
+
+
+@contextlib.contextmanager
+def progress_bar(verb: str):
+    """A Rich progress bar on stderr, only when stderr is a terminal; yields advance(done, total)."""
+    if not stderr.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(verb), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("frames", total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
 
 
 class Device(str, enum.Enum):

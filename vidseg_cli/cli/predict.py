@@ -9,18 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.cli.common import Device, Update, print_json, stderr, user_errors
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import DEFAULT_PREDICT_MODEL, NO_MEMORY, POLICIES, MemoryOptions, PredictOptions
 
 PredictMemory = enum.Enum("PredictMemory", {name: name for name in (*POLICIES, NO_MEMORY)}, type=str)
-
-
-class Update(str, enum.Enum):
-    A = "A"
-    B = "B"
-    C = "C"
-    D = "D"
 
 
 class PredictFormat(str, enum.Enum):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json as json_module
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.cli.common import Device, Update, print_json, progress_bar, stderr, user_errors
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import (
     DEFAULT_SIZE,
@@ -40,13 +32,6 @@ class Memory(str, enum.Enum):
     stm = "stm"
     first_last = "first-last"
     fifo = "fifo"
-
-
-class Update(str, enum.Enum):
-    A = "A"
-    B = "B"
-    C = "C"
-    D = "D"
 
 
 class ReuseMode(str, enum.Enum):
@@ -149,7 +134,7 @@ def segment_command(
     )
     from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
 
-    with _progress() as advance:
+    with progress_bar("segmenting") as advance:
         summary = segment(options, advance, events=_print_line if events == "-" else None)
     if json:
         print_json(summary)
@@ -169,19 +154,3 @@ def segment_command(
 
 def _print_line(record: dict) -> None:
     print(json_module.dumps(record), flush=True)
-
-
-@contextlib.contextmanager
-def _progress():
-    """A Rich progress bar on stderr, only when stderr is a terminal."""
-    if not stderr.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True) as bar:
-        task = bar.add_task("frames", total=None)
-
-        def advance(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield advance

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vidseg_cli.cli.common import Device, print_json, stderr, user_errors
+from vidseg_cli.cli.common import Device, Update, print_json, progress_bar, stderr, user_errors
 from vidseg_cli.options import (
     DEFAULT_SEMSEG_MODEL,
     NO_MEMORY,
@@ -23,13 +21,6 @@ from vidseg_cli.options import (
 
 SemsegMemory = enum.Enum("SemsegMemory", {name: name for name in (*POLICIES, NO_MEMORY)}, type=str)
 Read = enum.Enum("Read", {name: name for name in SEMSEG_READS}, type=str)
-
-
-class Update(str, enum.Enum):
-    A = "A"
-    B = "B"
-    C = "C"
-    D = "D"
 
 
 class SemsegFormat(str, enum.Enum):
@@ -66,7 +57,7 @@ def semseg_command(
     )
     from vidseg_cli.engine.semseg import semseg  # torch: imported when a command runs
 
-    with _progress() as advance:
+    with progress_bar("labelling") as advance:
         summary = semseg(options, advance)
     if json:
         print_json(dataclasses.asdict(summary))
@@ -78,19 +69,3 @@ def semseg_command(
         highlight=False,
     )
     print(summary.output)
-
-
-@contextlib.contextmanager
-def _progress():
-    """A Rich progress bar on stderr, only when stderr is a terminal."""
-    if not stderr.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True) as bar:
-        task = bar.add_task("semseg", total=None)
-
-        def advance(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield advance

@@ -97,6 +97,16 @@ def sequences(digits: np.ndarray, seed: int, count: int | None = None, frames: i
         made += 1
 
 
+def blob_digits(count: int = 10, seed: int = 0) -> np.ndarray:
+    """Stand-in "digits" (bright rectangles, 28x28) for tests and the bench's built-in set."""
+    rng = np.random.default_rng(seed)
+    blobs = np.zeros((count, DIGIT, DIGIT), np.uint8)
+    for blob in blobs:
+        top, left = rng.integers(2, 12, 2)
+        blob[top : top + 14, left : left + 12] = rng.integers(128, 256)
+    return blobs
+
+
 def batches(stream: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
     """Consecutive lists of ``size`` sequences (the last may be shorter)."""
     while batch := list(itertools.islice(stream, size)):

@@ -185,4 +185,8 @@ def create_predictor(name: str, device: torch.device | str = "cpu") -> Predictor
     spec = entry(name)
     if spec.task != "predict":
         raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a video predictor")
-    return load_predictor(resolve(name)).to(device)
+    model = load_predictor(resolve(name))
+    listed = spec.fields.get("config")  # weights.toml lists each learned model's architecture
+    if listed is None or PredictorConfig.from_json(json.dumps(listed)) != model.config:
+        raise VidsegError(f"{name}: the file's architecture {model.config} differs from weights.toml's {listed}")
+    return model.to(device)
