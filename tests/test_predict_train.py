@@ -151,3 +151,21 @@ def test_moving_mnist_needs_its_digits_and_a_folder_needs_videos(vidseg, tmp_pat
     (tmp_path / "empty").mkdir()
     run = vidseg("train", "predict", "--data", tmp_path / "empty", "--out", tmp_path / "b", "--steps", "1")
     assert run.code == 2 and "no videos or frame folders" in run.stderr and not (tmp_path / "b").exists()
+
+
+def test_sigterm_saves_the_checkpoint_and_the_model_at_that_step(vidseg, digits_file, tmp_path, monkeypatch):
+    """A predictor is usable at any step (the averaged weights): a stopped run leaves one."""
+    from vidseg_cli.cli.main import Terminated
+    from vidseg_cli.train.predict import PredictTrainer
+
+    def one_step_then_sigterm(trainer, log, *args, **kwargs):
+        trainer.train_step()
+        raise Terminated
+
+    monkeypatch.setattr(PredictTrainer, "run", one_step_then_sigterm)
+    out = tmp_path / "run"
+    run = vidseg("train", "predict", "--digits", digits_file, "--out", out, "--steps", "3", "--width", "8",
+                 "--blocks", "1", "--batch", "2", "--device", "cpu")
+    assert run.code == 143 and "terminated at step 1; checkpoint saved, model at this step written to" in run.stderr
+    with safe_open(str(out / "predictor.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["steps"] == "1"

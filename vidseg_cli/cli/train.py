@@ -333,9 +333,10 @@ def _start_or_resume(trainer, out: Path, config, resume: bool) -> None:
 
 
 @contextmanager
-def _training_log(out: Path, trainer) -> Iterator[Callable[[str], None]]:
+def _training_log(out: Path, trainer, on_stop: Callable[[], Path] | None = None) -> Iterator[Callable[[str], None]]:
     """A log to stderr and OUT/train.log; Ctrl-C or SIGTERM inside saves a checkpoint and
-    exits 130 or 143 (a scheduler's SIGTERM loses nothing either)."""
+    exits 130 or 143 (a scheduler's SIGTERM loses nothing either). ``on_stop`` also writes
+    the model as it stands, for trainers whose every step gives a usable one."""
     with open(out / "train.log", "a") as log_file:
         log = _logger(log_file)
         try:
@@ -343,7 +344,8 @@ def _training_log(out: Path, trainer) -> Iterator[Callable[[str], None]]:
         except KeyboardInterrupt as error:
             trainer.save_checkpoint()
             word = "terminated" if isinstance(error, Terminated) else "interrupted"
-            log(f"{word} at step {trainer.step}; checkpoint saved, continue with --resume")
+            written = f", model at this step written to {on_stop()}" if on_stop is not None else ""
+            log(f"{word} at step {trainer.step}; checkpoint saved{written}, continue with --resume")
             raise typer.Exit(interrupted_code(error)) from None
 
 
@@ -407,7 +409,7 @@ def train_predict_command(
     target = pick_device(device.value)
     trainer = PredictTrainer(source, config, out, target, val_source)
     _start_or_resume(trainer, out, config, resume)
-    with _training_log(out, trainer) as log:
+    with _training_log(out, trainer, on_stop=trainer.save_model) as log:  # the averaged model is usable at any step
         log(f"training the predictor: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
         path = trainer.run(log, val_every=val_every, checkpoint_every=checkpoint_every)
     print(path)
