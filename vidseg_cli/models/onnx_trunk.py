@@ -97,6 +97,9 @@ class OnnxTrunk:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's workers spin-wait after each run by default; the heads then run in PyTorch on
+        # the same cores, and both runtimes' threads would fight for them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._sessions[size] = session
         return session
