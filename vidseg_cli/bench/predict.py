@@ -191,7 +191,7 @@ def _time_one(result: PredictResult, models: dict[str, Predictor], frames: torch
         stack = torch.stack(inputs[t - STACK : t], dim=1)
         if count_flops and t == FRAMES - 1:  # a full bank: the costliest step
             with FlopCounterMode(display=False) as counter:
-                model.step(stack, [_copy_bank(b) for b in banks] if banks else None, t)
+                model.step(stack, [b.copy() for b in banks] if banks else None, t)
             result.flops = counter.get_total_flops()
         started = time.perf_counter()
         predicted = model.step(stack, banks, t)
@@ -199,10 +199,3 @@ def _time_one(result: PredictResult, models: dict[str, Predictor], frames: torch
         if t >= OBSERVED:
             inputs.append(predicted)
     result.bank_bytes = max(result.bank_bytes, sum(b.nbytes for b in banks or []))
-
-
-def _copy_bank(bank):
-    """A bank to count FLOPs on without writing to the timed one."""
-    from dataclasses import replace
-
-    return replace(bank, slots=list(bank.slots), _sims=dict(bank._sims), _pooled=dict(bank._pooled))

@@ -15,7 +15,6 @@ segmenter flickers where the memory should hold steady.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
 import statistics
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.engine.semseg import _bank, _label
+from vidseg_cli.engine.semseg import _bank, _label, class_table
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import natural_key, open_frames
 from vidseg_cli.io.images import is_listed_image
@@ -35,7 +34,7 @@ from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.options import NO_MEMORY, POLICIES, SEMSEG_READS, MemoryOptions, SemsegOptions
 from vidseg_cli.semseg.data import load_labelled, read_label
-from vidseg_cli.semseg.model import SemsegNetwork, create_semseg
+from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, with_read
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def run_semseg_bench(
     results = []
     for config in configs:
         network, metadata = networks[config.model]
-        classes = _classes(metadata)
+        classes = class_table(metadata)
         void = int(metadata.get("void", len(classes)))
         result = SemsegResult(config, classes, void, ConfusionMatrix(len(classes), ignore_index=void))
         results.append(result)
@@ -146,12 +145,6 @@ def run_semseg_bench(
     return results
 
 
-def _classes(metadata: dict) -> list[dict]:
-    from vidseg_cli.engine.semseg import class_table
-
-    return class_table(metadata)
-
-
 def _decode(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -159,44 +152,25 @@ def _decode(path: Path) -> np.ndarray:
         return np.array(image.convert("RGB"))
 
 
-def _network_for(network: SemsegNetwork, config: SemsegConfig) -> SemsegNetwork:
-    changes = {k: v for k, v in (("read", config.read), ("radius", config.radius)) if v is not None}
-    if not changes:
-        return network
-    view = dataclasses.replace(network.config, **changes)
-    network.config = view  # read settings only: the same weights serve every configuration
-    return network
-
-
 def _score(result: SemsegResult, network: SemsegNetwork, images: list[np.ndarray], truths: list[np.ndarray], device) -> None:
     config = result.config
-    original = network.config
-    network = _network_for(network, config)
-    try:
-        bank = _bank(config.options(Path(".")))
-        for index, (image, truth) in enumerate(zip(images, truths, strict=True)):
-            if index == 1:  # one frame a sequence with a memory to read: FLOPs
-                with FlopCounterMode(display=False) as counter:
-                    _label(network, _copy(bank), image, index, config.size, device)
-                result.flops.append(counter.get_total_flops())
-            start = time.perf_counter()
-            labels = _label(network, bank, image, index, config.size, device)
-            middle = time.perf_counter()
-            save_palette_png(labels, io.BytesIO())  # what writing a frame costs, as segment's bench
-            result.total_seconds += time.perf_counter() - start
-            result.latency.append(middle - start)
-            result.frames += 1
-            result.confusion.update(labels, truth)
-            if bank is not None:
-                result.bank_bytes = max(result.bank_bytes, bank.nbytes)
-    finally:
-        network.config = original
-
-
-def _copy(bank):
-    if bank is None:
-        return None
-    return dataclasses.replace(bank, slots=list(bank.slots), _sims=dict(bank._sims), _pooled=dict(bank._pooled))
+    network = with_read(network, config.read, config.radius)
+    bank = _bank(config.options(Path(".")))
+    for index, (image, truth) in enumerate(zip(images, truths, strict=True)):
+        if index == 1:  # one frame a sequence with a memory to read: FLOPs
+            with FlopCounterMode(display=False) as counter:
+                _label(network, bank.copy() if bank is not None else None, image, index, config.size, device)
+            result.flops.append(counter.get_total_flops())
+        start = time.perf_counter()
+        labels = _label(network, bank, image, index, config.size, device)
+        middle = time.perf_counter()
+        save_palette_png(labels, io.BytesIO())  # what writing a frame costs, as segment's bench
+        result.total_seconds += time.perf_counter() - start
+        result.latency.append(middle - start)
+        result.frames += 1
+        result.confusion.update(labels, truth)
+        if bank is not None:
+            result.bank_bytes = max(result.bank_bytes, bank.nbytes)
 
 
 def _videos(root: Path) -> list[Path]:
@@ -223,20 +197,16 @@ def _consistency(result: SemsegResult, network: SemsegNetwork, images: list[np.n
     except ImportError:
         raise VidsegError('--consistency needs OpenCV for optical flow: pip install "vidseg[flow]"') from None
     config = result.config
-    original = network.config
-    network = _network_for(network, config)
-    try:
-        bank = _bank(config.options(Path(".")))
-        previous_grey, previous_labels = None, None
-        for index, image in enumerate(images):
-            labels = _label(network, bank, image, index, config.size, device)
-            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-            if previous_grey is not None:
-                warped = warp_labels(cv2, previous_labels, previous_grey, grey)
-                result.consistency.append(label_agreement(labels, warped, len(result.classes)))
-            previous_grey, previous_labels = grey, labels
-    finally:
-        network.config = original
+    network = with_read(network, config.read, config.radius)
+    bank = _bank(config.options(Path(".")))
+    previous_grey, previous_labels = None, None
+    for index, image in enumerate(images):
+        labels = _label(network, bank, image, index, config.size, device)
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if previous_grey is not None:
+            warped = warp_labels(cv2, previous_labels, previous_grey, grey)
+            result.consistency.append(label_agreement(labels, warped, len(result.classes)))
+        previous_grey, previous_labels = grey, labels
 
 
 def warp_labels(cv2, labels: np.ndarray, previous_grey: np.ndarray, grey: np.ndarray) -> np.ndarray:

@@ -111,6 +111,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def print_json_line(record: dict) -> None:
+    """One record of a stream on stdout (events, per-frame errors), flushed as it comes."""
+    print(json.dumps(record), flush=True)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json_text(data))
     sys.stdout.flush()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-import json as json_module
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, Update, print_json, stderr, user_errors
+from vidseg_cli.cli.common import Device, Update, print_json, print_json_line, stderr, user_errors
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import DEFAULT_PREDICT_MODEL, NO_MEMORY, POLICIES, MemoryOptions, PredictOptions
 
@@ -54,7 +53,7 @@ def predict_command(
     from vidseg_cli.engine import predict as engine  # torch: imported when a command runs
 
     if stream:
-        done = engine.stream(options, _print_line)
+        done = engine.stream(options, print_json_line)
         stderr.print(f"{done['predicted']} frames predicted in {done['seconds']:.1f} s", highlight=False)
         return
     summary = engine.predict(options)
@@ -69,7 +68,3 @@ def predict_command(
         highlight=False,
     )
     print(summary.output)
-
-
-def _print_line(record: dict) -> None:
-    print(json_module.dumps(record), flush=True)

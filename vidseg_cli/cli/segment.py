@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import enum
-import json as json_module
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, Update, print_json, progress_bar, stderr, user_errors
+from vidseg_cli.cli.common import (
+    Device,
+    Update,
+    print_json,
+    print_json_line,
+    progress_bar,
+    stderr,
+    user_errors,
+)
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import (
     DEFAULT_SIZE,
@@ -135,7 +142,7 @@ def segment_command(
     from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
 
     with progress_bar("segmenting") as advance:
-        summary = segment(options, advance, events=_print_line if events == "-" else None)
+        summary = segment(options, advance, events=print_json_line if events == "-" else None)
     if json:
         print_json(summary)
     else:
@@ -150,7 +157,3 @@ def segment_command(
             stderr.print(f"output: {summary.output}", highlight=False)
         else:
             print(summary.output)
-
-
-def _print_line(record: dict) -> None:
-    print(json_module.dumps(record), flush=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidseg_cli.engine.segment import make_bank, pick_device, use_all_cores
+from vidseg_cli.engine.segment import default_output, make_bank, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, open_frames
 from vidseg_cli.io.outputs import StagedOutput
@@ -74,7 +74,7 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
     began = time.perf_counter()
     model, device = _prepare(options)
     window = _read_window(options, model)
-    target = options.out or default_output(options.input)
+    target = options.out or default_output(options.input, "prediction")
     staged = StagedOutput(target, force=options.force, inputs=[options.input])
     try:
         observed = torch.stack(window.observed).to(device)[None]
@@ -141,13 +141,6 @@ def _stream_record(frame: Frame, predicted: torch.Tensor, truth: torch.Tensor, l
         "ssim": round(_ssim(predicted[None], truth[None])[0], 4),
         "copy_last_mse": round(frame_mse(last.flatten(0, 1)[None], t).item(), 3),
     }
-
-
-def default_output(input_path: Path) -> Path:
-    """``clip.mp4`` -> ``clip_prediction/`` beside it."""
-    resolved = input_path.resolve()
-    name = resolved.name if resolved.is_dir() else resolved.stem
-    return resolved.parent / f"{name}_prediction"
 
 
 def _prepare(options: PredictOptions) -> tuple[Predictor, torch.device]:

@@ -86,12 +86,12 @@ class SegmentSummary:
     events: dict[str, dict] | None = None  # per object: frames present, frames lost, where
 
 
-def default_output(input_path: Path) -> Path:
+def default_output(input_path: Path, suffix: str = "masks") -> Path:
     """``clip.mp4`` -> ``clip_masks/`` beside it; ``frames/`` -> ``frames_masks/``, also
-    when the folder is given as ``.`` (its resolved name)."""
+    when the folder is given as ``.`` (its resolved name). Other tasks name their own suffix."""
     resolved = input_path.resolve()
     name = resolved.name if resolved.is_dir() else resolved.stem
-    return resolved.parent / f"{name}_masks"
+    return resolved.parent / f"{name}_{suffix}"
 
 
 def pick_device(name: str) -> torch.device:

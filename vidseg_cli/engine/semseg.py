@@ -3,17 +3,15 @@ the frames before it (the semseg head over the shared MemoryBank and policies)."
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.engine.segment import make_bank, peak_rss_bytes, pick_device, use_all_cores
+from vidseg_cli.engine.segment import default_output, make_bank, peak_rss_bytes, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import open_frames
 from vidseg_cli.io.outputs import StagedOutput
@@ -21,7 +19,7 @@ from vidseg_cli.io.sinks import Colours, Prediction, open_sinks, write_all, writ
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.options import NO_MEMORY, SemsegOptions
-from vidseg_cli.semseg.model import SemsegNetwork, create_semseg
+from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, with_read
 
 CLASSES_FILE = "classes.json"
 
@@ -38,13 +36,6 @@ class SemsegSummary:
     slots: int  # the most the bank held
     bank_bytes: int
     class_share: dict[str, float]  # each class's share of all pixels of the video
-
-
-def default_output(input_path: Path) -> Path:
-    """``street.mp4`` -> ``street_semseg/`` beside it."""
-    resolved = input_path.resolve()
-    name = resolved.name if resolved.is_dir() else resolved.stem
-    return resolved.parent / f"{name}_semseg"
 
 
 def class_table(metadata: dict[str, str]) -> list[dict]:
@@ -68,11 +59,11 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     device = pick_device(options.device)
     use_all_cores()
     network, metadata = create_semseg(options.model, device)
-    network = _with_read(network, options)
+    network = with_read(network, options.read, options.radius)
     classes = class_table(metadata)
     bank = _bank(options)
     source = open_frames(options.input)
-    staged = StagedOutput(options.out or default_output(options.input), force=options.force, inputs=[options.input])
+    staged = StagedOutput(options.out or default_output(options.input, "semseg"), force=options.force, inputs=[options.input])
     counts = np.zeros(256, np.int64)
     frames, most_slots, most_bytes = 0, 0, 0
     started = time.perf_counter()
@@ -105,14 +96,6 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
         memory=options.memory.memory, slots=most_slots, bank_bytes=most_bytes,
         class_share={c["name"]: round(int(counts[c["id"]]) / total, 4) for c in classes},
     )
-
-
-def _with_read(network: SemsegNetwork, options: SemsegOptions) -> SemsegNetwork:
-    """--read and --radius change how memory is read, not the weights."""
-    changes = {k: v for k, v in (("read", options.read), ("radius", options.radius)) if v is not None}
-    if changes:
-        network.config = dataclasses.replace(network.config, **changes)
-    return network
 
 
 def _bank(options: SemsegOptions) -> MemoryBank | None:

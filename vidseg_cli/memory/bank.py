@@ -103,6 +103,10 @@ class MemoryBank:
         for pair in [p for p in self._sims if uid in p]:
             del self._sims[pair]
 
+    def copy(self) -> MemoryBank:
+        """A bank that writes apart from this one (slots are shared until replaced)."""
+        return replace(self, slots=list(self.slots), _sims=dict(self._sims), _pooled=dict(self._pooled))
+
     @property
     def nbytes(self) -> int:
         return sum(slot.nbytes for slot in self.slots)

@@ -103,7 +103,7 @@ def _check_listed_config(name: str, listed: dict | None, actual: MemNetConfig) -
 def load_memnet(path: Path, fusion_candidate: str | None = None) -> MemoryNetwork:
     """A learned model from a safetensors file written by ``vidseg train vos``; every fusion
     candidate has the same tensors, so ``fusion_candidate`` may change how the cell uses them."""
-    state, metadata = _read_safetensors(path)
+    state, metadata = read_safetensors(path)
     if metadata.get("arch") != ARCH or "config" not in metadata:
         raise VidsegError(f"{path} is not a vidseg {ARCH} checkpoint (arch {metadata.get('arch')!r})")
     config = MemNetConfig.from_json(metadata["config"])
@@ -177,7 +177,7 @@ def _addon(
             f"no {kind} named {name!r}: train them with `vidseg train {command}` and pass --{kind.replace(' ', '-')} FILE"
         )
     path = Path(name) if name.endswith(".safetensors") else resolve(name)
-    state, metadata = _read_safetensors(path)
+    state, metadata = read_safetensors(path)
     if metadata.get("arch") != arch or "config" not in metadata:
         raise VidsegError(f"{path} is not a vidseg {arch} checkpoint (arch {metadata.get('arch')!r})")
     if metadata.get("base") != model_identity(model):
@@ -193,7 +193,7 @@ def _loaded(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path)
     return module
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise VidsegError(f"model file not found: {path}")
     try:

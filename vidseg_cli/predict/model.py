@@ -20,10 +20,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import safetensors
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
 from vidseg_cli.errors import VidsegError
@@ -156,17 +154,14 @@ def predictor_file(model: Predictor, **facts: str) -> tuple[dict[str, torch.Tens
 
 def load_predictor(path: Path) -> Predictor:
     """A predictor from a safetensors file written by ``vidseg train predict``."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("arch") != ARCH or "config" not in metadata:
-                raise VidsegError(
-                    f"{path} is not a video predictor (arch {metadata.get('arch')!r}; "
-                    f"vidseg predict needs a {ARCH} file from vidseg train predict)"
-                )
-            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open has no iterator
-    except (OSError, safetensors.SafetensorError) as error:
-        raise VidsegError(f"cannot read model file {path}: {error}") from None
+    from vidseg_cli.models.registry import read_safetensors
+
+    state, metadata = read_safetensors(path)
+    if metadata.get("arch") != ARCH or "config" not in metadata:
+        raise VidsegError(
+            f"{path} is not a video predictor (arch {metadata.get('arch')!r}; "
+            f"vidseg predict needs a {ARCH} file from vidseg train predict)"
+        )
     try:
         model = Predictor(PredictorConfig.from_json(metadata["config"]))
         model.load_state_dict(state)
@@ -178,10 +173,7 @@ def load_predictor(path: Path) -> Predictor:
 def create_predictor(name: str, device: torch.device | str = "cpu") -> Predictor:
     """A predictor by weights.toml name or .safetensors path, in eval mode on ``device``."""
     if name.endswith(".safetensors"):
-        path = Path(name)
-        if not path.is_file():
-            raise VidsegError(f"model file not found: {path}")
-        return load_predictor(path).to(device)
+        return load_predictor(Path(name)).to(device)
     spec = entry(name)
     if spec.task != "predict":
         raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a video predictor")

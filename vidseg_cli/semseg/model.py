@@ -15,6 +15,8 @@ the single-frame network, which training step 1 trains alone.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -23,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from vidseg_cli.errors import VidsegError
@@ -189,19 +190,25 @@ class SemsegNetwork(nn.Module):
         return torch.softmax(logits[0], dim=0), Slot(key=key[0], value=value, frame=frame)
 
 
+def with_read(network: SemsegNetwork, read: str | None, radius: int | None) -> SemsegNetwork:
+    """The same weights read another way (``--read``, ``--radius``; None keeps the model's):
+    a shallow copy, so one loaded network serves every configuration."""
+    changes = {k: v for k, v in (("read", read), ("radius", radius)) if v is not None}
+    if not changes:
+        return network
+    view = copy.copy(network)
+    view.config = dataclasses.replace(network.config, **changes)
+    return view
+
+
 def load_semseg(path: Path) -> tuple[SemsegNetwork, dict[str, str]]:
     """A network from a safetensors file written by ``vidseg train semseg``, and its metadata
     (``classes``: JSON list of id, name, colour; ``void``)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("arch") != ARCH or "config" not in metadata:
-                raise VidsegError(
-                    f"{path} is not a semseg model (arch {metadata.get('arch')!r}; a {ARCH} file from vidseg train semseg)"
-                )
-            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - no iterator
-    except (OSError, SafetensorError) as error:
-        raise VidsegError(f"cannot read model file {path}: {error}") from None
+    from vidseg_cli.models.registry import read_safetensors
+
+    state, metadata = read_safetensors(path)
+    if metadata.get("arch") != ARCH or "config" not in metadata:
+        raise VidsegError(f"{path} is not a semseg model (arch {metadata.get('arch')!r}; a {ARCH} file from vidseg train semseg)")
     try:
         network = SemsegNetwork(EfficientNetLite0(), SemsegConfig.from_json(metadata["config"]))
         network.load_state_dict(state)
@@ -216,8 +223,6 @@ def create_semseg(name: str, device: torch.device | str = "cpu") -> tuple[Semseg
 
     if name.endswith(".safetensors"):
         path = Path(name)
-        if not path.is_file():
-            raise VidsegError(f"model file not found: {path}")
     else:
         spec = entry(name)
         if spec.task != "semseg":
