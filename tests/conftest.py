@@ -94,3 +94,26 @@ def encoded_clip(path: Path, frames: int = 30, **options: str) -> bytes:
 def leftovers(folder: Path) -> list[str]:
     """Staging folders a failed run must not leave behind."""
     return [p.name for p in folder.iterdir() if ".partial" in p.name or p.name.endswith(".old")]
+
+
+@pytest.fixture
+def camvid(tmp_path):
+    """A tiny labelled video in CamVid's SegNet layout (see tiny_camvid)."""
+    return tiny_camvid(tmp_path / "camvid")
+
+
+def tiny_camvid(tmp_path):
+    """Two splits of two sequences; the label is the colour band each pixel lies in."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3)):
+        (tmp_path / split).mkdir(parents=True)
+        (tmp_path / f"{split}annot").mkdir()
+        for sequence in ("0001TP", "0016E5"):
+            for number in range(count):
+                offset = int(rng.integers(0, 16))
+                label = ((np.arange(64)[None, :] + offset) // 16 % 4).repeat(48, 0).astype(np.uint8)
+                label[:4] = 11  # void
+                image = (np.stack([label * 60, 255 - label * 60, label * 20], axis=2)).astype(np.uint8)
+                Image.fromarray(image).save(tmp_path / split / f"{sequence}_{number * 30:06d}.jpg")
+                Image.fromarray(label).save(tmp_path / f"{split}annot" / f"{sequence}_{number * 30:06d}.png")
+    return tmp_path

@@ -59,3 +59,24 @@ def test_what_onnx_cannot_run_is_one_line(vidseg, clip, tmp_path, args, text):
     video, mask = clip
     run = vidseg("segment", video, "--mask", mask, "--out", tmp_path / "o", "--runtime", "onnx", *args)
     assert run.code == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_semseg_onnx_labels_equal_torch_labels_in_the_command_and_the_bench(vidseg, camvid, clip, tmp_path, cache):
+    trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
+                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+    assert trained.code == 0, trained.stderr
+    model = tmp_path / "run" / "model.safetensors"
+    video, _ = clip
+    folders = []
+    for runtime in ("torch", "onnx"):
+        folders.append(tmp_path / runtime)
+        run = vidseg("semseg", video, "--model", model, "--out", folders[-1], "--size", "64", "--runtime", runtime)
+        assert run.code == 0, run.stderr
+    for name in sorted(p.name for p in folders[0].glob("*.png")):
+        labels = [np.asarray(Image.open(folder / name)) for folder in folders]
+        assert (labels[0] != labels[1]).mean() < 0.001
+    bench = vidseg("bench", "--task", "semseg", "--data", camvid, "--model", model, "--size", "48", "--runtime", "torch,onnx", "--json")
+    assert bench.code == 0, bench.stderr
+    results = json.loads(bench.stdout)["results"]
+    assert [(r["memory"], r["runtime"]) for r in results] == [("fifo", "torch"), ("fifo", "onnx"), ("none", "torch"), ("none", "onnx")]
+    assert results[1]["miou"] == pytest.approx(results[0]["miou"], abs=0.005)

@@ -44,7 +44,24 @@ def test_local_memory_attention_is_lmanet_eqs_3_to_5():
 @pytest.fixture(scope="module")
 def network() -> SemsegNetwork:
     torch.manual_seed(0)
-    return SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=5, key_dim=8, value_dim=32, decoder_dim=16)).eval()
+    return _trained(SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=5, key_dim=8, value_dim=32, decoder_dim=16))).eval()
+
+
+def _trained(net: SemsegNetwork) -> SemsegNetwork:
+    """As if step 2 had moved the fusion's output layers off their zero start."""
+    with torch.no_grad():
+        for layer in net.memory.fusion.modules():
+            if isinstance(layer, torch.nn.Conv2d) and not layer.weight.any():
+                layer.weight.normal_(0, 0.05)
+    return net
+
+
+@pytest.mark.parametrize("aggregation", ["gated", "concat"])
+def test_a_new_memory_is_the_single_frame_network(aggregation):
+    torch.manual_seed(0)
+    net = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=4, key_dim=8, value_dim=16, decoder_dim=8, aggregation=aggregation)).eval()
+    images = torch.rand(1, 3, 48, 64) * 255
+    torch.testing.assert_close(net(images, torch.rand(1, 2, 3, 48, 64) * 255), net(images))
 
 
 def test_single_frame_and_memory_paths(network):
@@ -60,6 +77,7 @@ def test_gradients_reach_the_memory_layers():
     torch.manual_seed(0)
     net = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=3, key_dim=8, value_dim=16, decoder_dim=8, read="global",
                                                           aggregation="concat"))
+    _trained(net)
     logits = net(torch.rand(1, 3, 48, 64) * 255, torch.rand(1, 2, 3, 48, 64) * 255)
     logits.logsumexp(1).mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.memory.parameters())

@@ -12,25 +12,6 @@ from safetensors import safe_open
 from vidseg_cli.semseg.model import ARCH
 
 
-@pytest.fixture
-def camvid(tmp_path):
-    """Two splits of two sequences; the label is the colour band each pixel lies in."""
-    rng = np.random.default_rng(0)
-    tmp_path = tmp_path / "camvid"
-    for split, count in (("train", 6), ("val", 3)):
-        (tmp_path / split).mkdir(parents=True)
-        (tmp_path / f"{split}annot").mkdir()
-        for sequence in ("0001TP", "0016E5"):
-            for number in range(count):
-                offset = int(rng.integers(0, 16))
-                label = ((np.arange(64)[None, :] + offset) // 16 % 4).repeat(48, 0).astype(np.uint8)
-                label[:4] = 11  # void
-                image = (np.stack([label * 60, 255 - label * 60, label * 20], axis=2)).astype(np.uint8)
-                Image.fromarray(image).save(tmp_path / split / f"{sequence}_{number * 30:06d}.jpg")
-                Image.fromarray(label).save(tmp_path / f"{split}annot" / f"{sequence}_{number * 30:06d}.png")
-    return tmp_path
-
-
 def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
     common = ("--data", camvid, "--val", camvid, "--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "2",
               "--key-dim", "4", "--device", "cpu")
@@ -116,3 +97,20 @@ def test_flow_warped_agreement_is_one_for_a_still_scene():
     labels = (np.arange(60)[None, :] // 20).repeat(40, 0).astype(np.uint8)
     assert label_agreement(labels, warp_labels(cv2, labels, grey, grey), 3) == pytest.approx(1.0)
     assert label_agreement(labels, 2 - labels, 3) < 0.5
+
+
+def test_enet_class_weights_favour_rare_classes():
+    import torch
+
+    from vidseg_cli.train.semseg import _class_weights
+
+    labels = [[torch.tensor([[0, 0, 0, 0, 0, 0, 1, 3]]), torch.tensor([[0, 0, 3, 3]])]]
+    assert _class_weights("none", labels, 3, void=3) is None
+    weights = _class_weights("enet", labels, 3, void=3)  # void (3) not counted: shares 8/9, 1/9, 0
+    torch.testing.assert_close(weights, 1 / torch.log(1.02 + torch.tensor([8 / 9, 1 / 9, 0.0])))
+    assert weights[0] < weights[1] < weights[2]
+
+
+def test_unknown_class_weights_are_one_line(vidseg, camvid, tmp_path):
+    run = vidseg("train", "semseg", "--data", camvid, "--out", tmp_path / "r", "--class-weights", "median")
+    assert run.code == 2 and "unknown --class-weights 'median'" in run.stderr and not (tmp_path / "r").exists()

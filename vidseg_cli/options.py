@@ -158,6 +158,7 @@ class SemsegOptions:
     read: str | None = None  # local | global; None: the model's own
     radius: int | None = None  # None: the model's own
     size: int = 360  # processing size (short side); CamVid is 480x360
+    runtime: str = "torch"  # what runs the backbone (RUNTIMES)
     format: str = "png"
     force: bool = False
     device: str = "auto"

@@ -103,7 +103,7 @@ def bench_predict(
 
 def bench_semseg(
     *, data: Path | None, split: str, model: str, memory: str, slots: str, read: str | None, radius: str | None,
-    size: str, consistency: Path | None, device: str, json: bool, report: Path | None, csv_path: str | None,
+    size: str, runtime: str, consistency: Path | None, device: str, json: bool, report: Path | None, csv_path: str | None,
     plot: Path | None, force: bool,
 ) -> None:
     """Semantic segmentation: mIoU over a labelled split, speed, and temporal consistency."""
@@ -117,7 +117,9 @@ def bench_semseg(
     target = pick_device(device)
     reads = comma_list(read) if read else [None]
     radii = comma_list(radius, int) if radius else [None]
-    sweep = semseg_configs(comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int))
+    sweep = semseg_configs(
+        comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int), comma_list(runtime)
+    )
     with stderr.status("benchmarking") as status:
         results = run_semseg_bench(sweep, data, split, target, consistency, progress=lambda text: status.update(text))
     summary = {

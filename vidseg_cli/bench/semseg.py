@@ -19,6 +19,7 @@ import io
 import itertools
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.engine.semseg import _bank, _label, class_table
+from vidseg_cli.engine.semseg import _bank, class_table, label_frame
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import natural_key, open_frames
 from vidseg_cli.io.images import is_listed_image
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
-from vidseg_cli.options import NO_MEMORY, POLICIES, SEMSEG_READS, MemoryOptions, SemsegOptions
+from vidseg_cli.models.registry import with_runtime
+from vidseg_cli.options import NO_MEMORY, POLICIES, RUNTIMES, SEMSEG_READS, MemoryOptions, SemsegOptions
 from vidseg_cli.semseg.data import load_labelled, read_label
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, with_read
 
@@ -44,6 +46,7 @@ class SemsegConfig:
     read: str | None  # None: the model's
     radius: int | None
     size: int
+    runtime: str = "torch"
 
     @property
     def label(self) -> str:
@@ -51,10 +54,13 @@ class SemsegConfig:
         policy = {"stremn": f"stremn K={m.slots} {m.update}", "fifo": f"fifo {m.slots}"}.get(m.memory, m.memory)
         read = "" if m.memory == NO_MEMORY or self.read is None else f" {self.read}"
         radius = f" R={self.radius}" if self.radius is not None and self.read != "global" and m.memory != NO_MEMORY else ""
-        return f"{self.model} {self.size}p {policy}{read}{radius}"
+        runtime = "" if self.runtime == "torch" else f" {self.runtime}"
+        return f"{self.model} {self.size}p {policy}{read}{radius}{runtime}"
 
     def options(self, input_path: Path) -> SemsegOptions:
-        return SemsegOptions(input=input_path, model=self.model, memory=self.memory, read=self.read, radius=self.radius, size=self.size)
+        return SemsegOptions(
+            input=input_path, model=self.model, memory=self.memory, read=self.read, radius=self.radius, size=self.size, runtime=self.runtime
+        )
 
 
 @dataclass
@@ -81,6 +87,7 @@ class SemsegResult:
             "read": self.config.read,
             "radius": self.config.radius,
             "size": self.config.size,
+            "runtime": self.config.runtime,
             "miou": round(float(np.nanmean(iou)), 4),
             "class_iou": {c["name"]: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(self.classes, iou, strict=True)},
             "pixel_accuracy": round(self.confusion.pixel_accuracy(), 4),
@@ -95,7 +102,8 @@ class SemsegResult:
 
 
 def semseg_configs(
-    models: list[str], memories: list[str], slots: list[int], reads: list[str | None], radii: list[int | None], sizes: list[int]
+    models: list[str], memories: list[str], slots: list[int], reads: list[str | None], radii: list[int | None], sizes: list[int],
+    runtimes: Sequence[str] = ("torch",),
 ) -> list[SemsegConfig]:
     for memory in memories:
         if memory not in (*POLICIES, NO_MEMORY):
@@ -103,16 +111,19 @@ def semseg_configs(
     for read in reads:
         if read is not None and read not in SEMSEG_READS:
             raise VidsegError(f"unknown read {read!r}; choose from {', '.join(SEMSEG_READS)}")
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise VidsegError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     out: list[SemsegConfig] = []
-    for model, size, memory, k, read, radius in itertools.product(models, sizes, memories, slots, reads, radii):
+    for model, runtime, size, memory, k, read, radius in itertools.product(models, runtimes, sizes, memories, slots, reads, radii):
         if memory == NO_MEMORY:
-            config = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size)
+            config = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size, runtime)
         else:
-            config = SemsegConfig(model, MemoryOptions(memory=memory, slots=k), read, None if read == "global" else radius, size)
+            config = SemsegConfig(model, MemoryOptions(memory=memory, slots=k), read, None if read == "global" else radius, size, runtime)
         if config not in out:
             out.append(config)
-    for model, size in itertools.product(models, sizes):  # the single-frame network beside each model
-        baseline = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size)
+    for model, runtime, size in itertools.product(models, runtimes, sizes):  # the single-frame network beside each model
+        baseline = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size, runtime)
         if baseline not in out:
             out.append(baseline)
     return out
@@ -121,10 +132,13 @@ def semseg_configs(
 def run_semseg_bench(
     configs: list[SemsegConfig], data: Path, split: str, device: torch.device, consistency: Path | None, progress
 ) -> list[SemsegResult]:
-    networks = {c.model: create_semseg(c.model, device) for c in configs}
+    loaded = {model: create_semseg(model, device) for model in {c.model: None for c in configs}}
+    networks = {
+        (c.model, c.runtime): (with_runtime(loaded[c.model][0], c.runtime, device), loaded[c.model][1]) for c in configs
+    }
     results = []
     for config in configs:
-        network, metadata = networks[config.model]
+        network, metadata = networks[config.model, config.runtime]
         classes = class_table(metadata)
         void = int(metadata.get("void", len(classes)))
         result = SemsegResult(config, classes, void, ConfusionMatrix(len(classes), ignore_index=void))
@@ -135,13 +149,13 @@ def run_semseg_bench(
         truths = [read_label(frame.label, len(results[0].classes), results[0].void) for frame in sequence.frames]
         for result in results:
             progress(f"{sequence.name}: {result.config.label}")
-            _score(result, networks[result.config.model][0], images, truths, device)
+            _score(result, networks[result.config.model, result.config.runtime][0], images, truths, device)
     if consistency is not None:
         for video in _videos(consistency):
             images = _read_video(video)
             for result in results:
                 progress(f"consistency {video.name}: {result.config.label}")
-                _consistency(result, networks[result.config.model][0], images, device)
+                _consistency(result, networks[result.config.model, result.config.runtime][0], images, device)
     return results
 
 
@@ -159,10 +173,10 @@ def _score(result: SemsegResult, network: SemsegNetwork, images: list[np.ndarray
     for index, (image, truth) in enumerate(zip(images, truths, strict=True)):
         if index == 1:  # one frame a sequence with a memory to read: FLOPs
             with FlopCounterMode(display=False) as counter:
-                _label(network, bank.copy() if bank is not None else None, image, index, config.size, device)
+                label_frame(network, bank.copy() if bank is not None else None, image, index, config.size, device)
             result.flops.append(counter.get_total_flops())
         start = time.perf_counter()
-        labels = _label(network, bank, image, index, config.size, device)
+        labels = label_frame(network, bank, image, index, config.size, device)
         middle = time.perf_counter()
         save_palette_png(labels, io.BytesIO())  # what writing a frame costs, as segment's bench
         result.total_seconds += time.perf_counter() - start
@@ -201,7 +215,7 @@ def _consistency(result: SemsegResult, network: SemsegNetwork, images: list[np.n
     bank = _bank(config.options(Path(".")))
     previous_grey, previous_labels = None, None
     for index, image in enumerate(images):
-        labels = _label(network, bank, image, index, config.size, device)
+        labels = label_frame(network, bank, image, index, config.size, device)
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         if previous_grey is not None:
             warped = warp_labels(cv2, previous_labels, previous_grey, grey)

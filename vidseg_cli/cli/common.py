@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from vidseg_cli.cli.main import say_interrupted
 from vidseg_cli.errors import VidsegError, os_error_text
-from vidseg_cli.options import UPDATE_RULES
+from vidseg_cli.options import RUNTIMES, UPDATE_RULES
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
 stderr = Console(stderr=True)
@@ -32,6 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 Update = enum.Enum("Update", {rule: rule for rule in UPDATE_RULES}, type=str)  # stremn's rules, every command
+Runtime = enum.Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # what runs the backbone
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import typer
 
 from vidseg_cli.cli.common import (
     Device,
+    Runtime,
     Update,
     print_json,
     print_json_line,
@@ -22,7 +23,6 @@ from vidseg_cli.options import (
     DEFAULT_SIZE,
     DEFAULT_VOS_MODEL,
     DIRECTIONS,
-    RUNTIMES,
     SPARSE_MODES,
     SPARSE_WRITE_EVERY,
     TTAS,
@@ -63,9 +63,6 @@ class Format(str, enum.Enum):
 
 
 Direction = enum.Enum("Direction", {name: name for name in DIRECTIONS}, type=str)
-
-
-Runtime = enum.Enum("Runtime", {name: name for name in RUNTIMES}, type=str)
 
 
 @user_errors

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, Update, print_json, progress_bar, stderr, user_errors
+from vidseg_cli.cli.common import Device, Runtime, Update, print_json, progress_bar, stderr, user_errors
 from vidseg_cli.options import (
     DEFAULT_SEMSEG_MODEL,
     NO_MEMORY,
@@ -40,6 +40,7 @@ def semseg_command(
     read: Annotated[Optional[Read], typer.Option(help="Memory read: local (LMANet, a window around each position) or global (TMANet); default: the model's.")] = None,
     radius: Annotated[Optional[int], typer.Option(metavar="R", help="Local read radius in stride-16 positions (default: the model's).")] = None,
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = 360,
+    runtime: Annotated[Runtime, typer.Option(help='What runs the backbone: torch, or onnx (ONNX Runtime on the CPU, faster; pip install "vidseg[onnx]"; exported once per model and size, and cached).')] = Runtime.torch,
     format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; all: every one.")] = SemsegFormat.png,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
@@ -53,7 +54,7 @@ def semseg_command(
     """
     options = SemsegOptions(
         input=input, out=out, model=model, memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
-        read=read.value if read else None, radius=radius, size=size, format=format.value, force=force, device=device.value,
+        read=read.value if read else None, radius=radius, size=size, runtime=runtime.value, format=format.value, force=force, device=device.value,
     )
     from vidseg_cli.engine.semseg import semseg  # torch: imported when a command runs
 

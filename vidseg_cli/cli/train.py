@@ -456,6 +456,7 @@ def train_semseg_command(
     finetune_blocks: Annotated[int, typer.Option(min=0, max=11, help="Top trunk blocks fine-tuned (single and joint).")] = 4,
     memory_frames: Annotated[int, typer.Option(min=1, max=16, help="T: memory frames per sample, and the fifo memory validation reads.")] = 3,
     pseudo_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples whose memory is a pseudo-clip of the frame itself (the rest: previous labelled frames).")] = 0.5,
+    class_weights: Annotated[str, typer.Option(help="Cross-entropy class weights: none, or enet (1 / ln(1.02 + class share), counted on --data).")] = "none",
     read: Annotated[str, typer.Option(help="Memory read: local (LMANet) or global (TMANet).")] = "local",
     radius: Annotated[int, typer.Option(min=1, max=32, help="Local read radius, in stride-16 positions.")] = 4,
     aggregation: Annotated[str, typer.Option(help="gated (LMANet eq 6) or concat (TMANet).")] = "gated",
@@ -471,7 +472,7 @@ def train_semseg_command(
     from vidseg_cli.models.registry import backbone
     from vidseg_cli.semseg.data import CAMVID_CLASSES, CAMVID_VOID, load_labelled
     from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, load_semseg
-    from vidseg_cli.train.semseg import SemsegTrainConfig, SemsegTrainer
+    from vidseg_cli.train.semseg import CLASS_WEIGHTS, SemsegTrainConfig, SemsegTrainer
 
     try:
         model_config = SemsegConfig(
@@ -481,11 +482,13 @@ def train_semseg_command(
         raise VidsegError(str(error)) from None
     if not lr > 0 or not trunk_lr > 0:
         raise VidsegError("--lr and --trunk-lr must be positive")
+    if class_weights not in CLASS_WEIGHTS:
+        raise VidsegError(f"unknown --class-weights {class_weights!r}; choose from {', '.join(CLASS_WEIGHTS)}")
     train_sequences = load_labelled(data, "train")
     val_sequences = load_labelled(val, "val") if val is not None else None
     config = SemsegTrainConfig(
         stage=stage.value, steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr,
-        finetune_blocks=finetune_blocks, memory_frames=memory_frames, pseudo_share=pseudo_share, seed=seed,
+        finetune_blocks=finetune_blocks, memory_frames=memory_frames, pseudo_share=pseudo_share, class_weights=class_weights, seed=seed,
         classes=len(CAMVID_CLASSES), void=CAMVID_VOID, model=model_config,
     )
     if init is not None:

@@ -18,6 +18,7 @@ from vidseg_cli.io.outputs import StagedOutput
 from vidseg_cli.io.sinks import Colours, Prediction, open_sinks, write_all, write_error
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
+from vidseg_cli.models.registry import with_runtime
 from vidseg_cli.options import NO_MEMORY, SemsegOptions
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, with_read
 
@@ -59,7 +60,7 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     device = pick_device(options.device)
     use_all_cores()
     network, metadata = create_semseg(options.model, device)
-    network = with_read(network, options.read, options.radius)
+    network = with_runtime(with_read(network, options.read, options.radius), options.runtime, device)
     classes = class_table(metadata)
     bank = _bank(options)
     source = open_frames(options.input)
@@ -70,7 +71,7 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     try:
         with open_sinks(options.format, staged.staging, source.time_base, colours=colours_of(classes)) as sinks:
             for frame in source:
-                labels = _label(network, bank, frame.image, frame.index, options.size, device)
+                labels = label_frame(network, bank, frame.image, frame.index, options.size, device)
                 write_all(sinks, frame, Prediction(labels, None, ()))
                 counts += np.bincount(labels.ravel(), minlength=256)
                 frames += 1
@@ -108,7 +109,7 @@ def _bank(options: SemsegOptions) -> MemoryBank | None:
 
 
 @torch.inference_mode()
-def _label(
+def label_frame(
     network: SemsegNetwork, bank: MemoryBank | None, image: np.ndarray, index: int, size: int, device: torch.device
 ) -> np.ndarray:
     """(H, W) uint8 class ids of one frame, computed at ``size`` (short side)."""

@@ -64,16 +64,17 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
     raise VidsegError(f"unknown VOS architecture {spec.arch!r}")
 
 
-def with_runtime(model: VOSModel, runtime: str, device: torch.device | str = "cpu") -> VOSModel:
+def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
     """The same model (shared weights) with its backbone run by ``runtime``: torch, or onnx
-    (ONNX Runtime on the CPU; models/onnx_trunk.py)."""
+    (ONNX Runtime on the CPU; models/onnx_trunk.py). Any head whose network has a
+    ``backbone`` and a ``trunk`` slot takes it: the VOS memory network and the semseg network."""
     if runtime == "torch":
         return model
     if runtime not in RUNTIMES:
         raise VidsegError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     if torch.device(device).type != "cpu":
         raise VidsegError(f"--runtime {runtime} runs on the CPU; on {torch.device(device).type} use --runtime torch")
-    if not isinstance(model, MemoryNetwork):
+    if not hasattr(model, "trunk"):
         raise VidsegError(f"--runtime {runtime} runs learned memory networks (such as {DEFAULT_VOS_MODEL}), not this model")
     from vidseg_cli.models.onnx_trunk import OnnxTrunk  # onnxruntime is an optional extra
 

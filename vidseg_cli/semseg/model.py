@@ -8,9 +8,15 @@ decoder: each frame's key (C_K) and value (C_V = 4 C_K) come from 1x1 then 3x3 l
 scene); a frame reads the bank's slots locally (``read="local"``, LMANet eqs 3-5) or
 globally (``"global"``, TMANet eq 1), and the readout is merged with the frame's own
 value by LMANet's gated fusion (eq 6) or TMANet's concatenation (``aggregation``), back to
-the trunk's width, so that the decoder sees what it sees without memory. With an empty
-bank (the first frame, or ``--memory none``) the decoder gets the trunk's output itself:
-the single-frame network, which training step 1 trains alone.
+the trunk's width. With an empty bank (the first frame, or ``--memory none``) the decoder
+gets the trunk's output itself: the single-frame network, which training step 1 trains
+alone.
+
+Unlike the papers, the fusion's output is added to the trunk's output instead of replacing
+it, and its last layers start at zero: a memory model starts as exactly the single-frame
+network it was built on, so training step 2 can only teach the memory to add what the frame
+lacks (replacing the features made step 2 relearn the frame's own features through the
+fusion before the memory could help).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,6 +90,7 @@ class GatedFusion(nn.Module):
         super().__init__()
         self.embed_query = nn.Conv2d(value_dim, out_dim, 3, padding=1)  # E_Q
         self.embed_memory = nn.Conv2d(value_dim, out_dim, 3, padding=1)  # E_M
+        _start_at_zero(self.embed_query, self.embed_memory)
         self.attend_query = nn.Conv2d(2 * value_dim, out_dim, 3, padding=1)  # A_Q
         self.attend_memory = nn.Conv2d(2 * value_dim, out_dim, 3, padding=1)  # A_M
 
@@ -94,12 +101,20 @@ class GatedFusion(nn.Module):
         ) * self.embed_memory(memory)
 
 
+def _start_at_zero(*layers: nn.Conv2d) -> None:
+    """The fusion's output layers start at zero, so a new memory adds nothing (a residual)."""
+    for layer in layers:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 class ConcatFusion(nn.Module):
     """TMANet's aggregation: concatenate, then a 3x3 convolution (the ablation of eq 6)."""
 
     def __init__(self, value_dim: int, out_dim: int) -> None:
         super().__init__()
         self.merge = nn.Conv2d(2 * value_dim, out_dim, 3, padding=1)
+        _start_at_zero(self.merge)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         return self.merge(torch.cat([query, memory], dim=1))
@@ -144,10 +159,13 @@ class SemsegNetwork(nn.Module):
         trunk_dim = EfficientNetLite0.channels["s16"]
         self.decoder = Decoder(EfficientNetLite0.channels, config.decoder_dim, config.classes)
         self.memory = MemoryLayers(trunk_dim, config)
+        # What runs the backbone at inference (``step``): None is the module itself; --runtime
+        # onnx puts ONNX Runtime here (models/onnx_trunk.py). Training always uses the module.
+        self.trunk: Callable[[torch.Tensor], Features] | None = None
 
-    def encode(self, images: torch.Tensor) -> tuple[Features, torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, trunk: Callable[[torch.Tensor], Features] | None = None) -> tuple[Features, torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 255] -> features, keys (B, C_K, h, w), values (B, C_V, h, w)."""
-        features = self.backbone(images)
+        features = (trunk or self.backbone)(images)
         return features, self.memory.key(features.s16), self.memory.value(features.s16)
 
     def read(self, key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> torch.Tensor:
@@ -161,7 +179,7 @@ class SemsegNetwork(nn.Module):
         self, features: Features, value: torch.Tensor, readout: torch.Tensor | None, size: tuple[int, int]
     ) -> torch.Tensor:
         """Class logits (B, classes, H, W) at ``size``; ``readout`` None: no memory."""
-        s16 = features.s16 if readout is None else self.memory.fusion(value, readout)
+        s16 = features.s16 if readout is None else features.s16 + self.memory.fusion(value, readout)
         logits = self.decoder(s16, features)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
@@ -180,7 +198,7 @@ class SemsegNetwork(nn.Module):
     def step(self, image: torch.Tensor, slots: Sequence[Slot] | None, frame: int) -> tuple[torch.Tensor, Slot]:
         """One frame of a video: image (3, H, W) in [0, 255] -> class probabilities
         (classes, H, W) and the slot to write to the bank (``slots`` None: no memory)."""
-        features, key, value = self.encode(image[None])
+        features, key, value = self.encode(image[None], self.trunk)
         readout = None
         if slots:
             keys = torch.stack([slot.key for slot in slots])[None]

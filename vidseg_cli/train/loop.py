@@ -44,7 +44,7 @@ def run_steps(
             rate = (trainer.step - first) / (time.perf_counter() - start)
             means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             log(f"step {trainer.step}/{steps} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                + status() + f" {rate:.2f} clips/s")
+                + status() + f" {rate:.2f} steps/s")
             trainer.history.append({"step": trainer.step, **{k: round(v, 5) for k, v in means.items()}})
             window = []
         if trainer.step % checkpoint_every == 0 or last:
