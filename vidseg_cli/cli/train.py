@@ -460,7 +460,7 @@ def train_semseg_command(
     read: Annotated[str, typer.Option(help="Memory read: local (LMANet) or global (TMANet).")] = "local",
     radius: Annotated[int, typer.Option(min=1, max=32, help="Local read radius, in stride-16 positions.")] = 4,
     aggregation: Annotated[str, typer.Option(help="gated (LMANet eq 6) or concat (TMANet).")] = "gated",
-    key_dim: Annotated[int, typer.Option(min=4, max=512, help="C_K (values have 4 C_K).")] = 32,
+    key_dim: Annotated[int, typer.Option(min=4, max=512, help="C_K (values have 4 C_K).")] = 16,
     seed: Annotated[int, typer.Option(help="Seeds every random draw.")] = 0,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 100,

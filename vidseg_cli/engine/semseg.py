@@ -118,7 +118,7 @@ def label_frame(
     work = (max(16, round(height * scale / 16) * 16), max(16, round(width * scale / 16) * 16))
     pixels = torch.as_tensor(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
     resized = F.interpolate(pixels[None], size=work, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
-    probabilities, slot = network.step(resized, bank.slots if bank is not None else None, index)
+    probabilities, slot = network.step(resized, bank.slots if bank is not None else None, index, remember=bank is not None)
     if bank is not None:
         bank.write(slot)
     logits = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)[0]
