@@ -114,3 +114,32 @@ def test_enet_class_weights_favour_rare_classes():
 def test_unknown_class_weights_are_one_line(vidseg, camvid, tmp_path):
     run = vidseg("train", "semseg", "--data", camvid, "--out", tmp_path / "r", "--class-weights", "median")
     assert run.code == 2 and "unknown --class-weights 'median'" in run.stderr and not (tmp_path / "r").exists()
+
+
+def test_generic_layout_with_own_classes(vidseg, clip, tmp_path):
+    """images/<seq>/ and labels/<seq>/ with three classes of the user's and void 255."""
+    root = tmp_path / "street"
+    for sequence in ("a", "b"):
+        (root / "images" / sequence).mkdir(parents=True)
+        (root / "labels" / sequence).mkdir(parents=True)
+        for number in range(3):
+            label = (np.arange(64)[None, :] // 22).repeat(48, 0).astype(np.uint8)
+            label[:4] = 255
+            Image.fromarray((label[..., None] * 80).repeat(3, 2).astype(np.uint8)).save(root / "images" / sequence / f"{number}.png")
+            Image.fromarray(label).save(root / "labels" / sequence / f"{number}.png")
+    table = [{"id": 0, "name": "water", "colour": [0, 0, 255]}, {"id": 1, "name": "boat", "colour": [255, 0, 0]},
+             {"id": 2, "name": "quay", "colour": [90, 90, 90]}]
+    (tmp_path / "classes.json").write_text(json.dumps(table))
+    common = ("--data", root, "--steps", "1", "--batch", "1", "--crop", "32", "--key-dim", "4", "--device", "cpu")
+    trained = vidseg("train", "semseg", *common, "--classes", tmp_path / "classes.json", "--void", "255", "--out", tmp_path / "run")
+    assert trained.code == 0, trained.stderr
+    out = tmp_path / "labels"
+    run = vidseg("semseg", clip[0], "--model", tmp_path / "run" / "model.safetensors", "--out", out, "--size", "64", "--json")
+    assert run.code == 0, run.stderr
+    assert json.loads((out / "classes.json").read_text()) == table
+    assert set(json.loads(run.stdout)["class_share"]) == {"water", "boat", "quay"}
+    (tmp_path / "bad.json").write_text(json.dumps(table[1:]))
+    bad = vidseg("train", "semseg", *common, "--classes", tmp_path / "bad.json", "--out", tmp_path / "r2")
+    assert bad.code == 2 and "ids must be 0, 1, 2" in bad.stderr
+    clash = vidseg("train", "semseg", *common, "--classes", tmp_path / "classes.json", "--void", "1", "--out", tmp_path / "r3")
+    assert clash.code == 2 and "--void 1 is one of the classes" in clash.stderr

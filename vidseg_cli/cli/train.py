@@ -446,6 +446,8 @@ def train_semseg_command(
     data: Annotated[Path, typer.Option(help="Labelled video: CamVid's SegNet layout (train/, trainannot/) or images/<seq>/ with labels/<seq>/.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
     val: Annotated[Path | None, typer.Option(help="Validation data in either layout (CamVid: its val split); mIoU every --val-every steps.")] = None,
+    classes: Annotated[Path | None, typer.Option(metavar="FILE.json", help="The label maps' classes: a JSON list of {id, name, colour} with ids 0..N-1 (default: CamVid's 11).")] = None,
+    void: Annotated[int | None, typer.Option(min=0, max=255, help="The label id to ignore (default: the number of classes; CamVid's 11).")] = None,
     stage: Annotated[SemsegStage, typer.Option(help="LMANet's steps: single (the single-frame network), memory (memory layers and fusion, the rest frozen), joint (memory layers and decoder).")] = SemsegStage.single,
     init: Annotated[Path | None, typer.Option(help="Start from a model of an earlier stage (model.safetensors).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 2000,
@@ -470,13 +472,17 @@ def train_semseg_command(
 ) -> None:
     """Train the semseg network (EfficientNet-Lite0, decoder, memory layers) in LMANet's steps."""
     from vidseg_cli.models.registry import backbone
-    from vidseg_cli.semseg.data import CAMVID_CLASSES, CAMVID_VOID, load_labelled
+    from vidseg_cli.semseg.data import class_list, load_labelled
     from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, load_semseg
     from vidseg_cli.train.semseg import CLASS_WEIGHTS, SemsegTrainConfig, SemsegTrainer
 
+    class_table = class_list(classes)
+    void = len(class_table) if void is None else void
+    if void < len(class_table):
+        raise VidsegError(f"--void {void} is one of the classes (ids 0..{len(class_table) - 1})")
     try:
         model_config = SemsegConfig(
-            classes=len(CAMVID_CLASSES), key_dim=key_dim, value_dim=4 * key_dim, read=read, radius=radius, aggregation=aggregation
+            classes=len(class_table), key_dim=key_dim, value_dim=4 * key_dim, read=read, radius=radius, aggregation=aggregation
         )
     except ValueError as error:
         raise VidsegError(str(error)) from None
@@ -489,7 +495,7 @@ def train_semseg_command(
     config = SemsegTrainConfig(
         stage=stage.value, steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr,
         finetune_blocks=finetune_blocks, memory_frames=memory_frames, pseudo_share=pseudo_share, class_weights=class_weights, seed=seed,
-        classes=len(CAMVID_CLASSES), void=CAMVID_VOID, model=model_config,
+        classes=len(class_table), void=void, model=model_config,
     )
     if init is not None:
         network, _ = load_semseg(init)
@@ -500,15 +506,14 @@ def train_semseg_command(
         if stage.value != "single":
             raise VidsegError(f"--stage {stage.value} trains on a single-frame network: give --init (a model of stage single)")
         network = SemsegNetwork(copy.deepcopy(backbone()), model_config)
-    _prepare(out, resume, force, [data, val, init])
+    _prepare(out, resume, force, [data, val, init, classes])
     use_all_cores()
     target = pick_device(device.value)
     trainer = SemsegTrainer(network, train_sequences, val_sequences, config, out, target)
     _start_or_resume(trainer, out, config, resume)
-    classes = [{"id": c.id, "name": c.name, "colour": list(c.colour)} for c in CAMVID_CLASSES]
     with _training_log(out, trainer) as log:
         log(f"training semseg, stage {stage.value}: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
-        path = trainer.run(log, classes, val_every=val_every, checkpoint_every=checkpoint_every)
+        path = trainer.run(log, class_table, val_every=val_every, checkpoint_every=checkpoint_every)
     print(path)
 
 

@@ -6,7 +6,8 @@ the name's prefix (``0001TP``, ``0006R0``, ``0016E5``, ``Seq05VD``) and its fram
 ordered by number; in this copy labelled frames are 30 video frames (about 1 s) apart.
 
 Generic: ``images/<seq>/<frame>.{jpg,png}`` with ``labels/<seq>/<frame>.png`` (single-channel
-class ids; ``--void`` names the id to ignore), frames ordered by name as numbers sort.
+class ids: CamVid's, or those of ``train semseg --classes FILE.json``; ``--void`` names the
+id to ignore), frames ordered by name as numbers sort.
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ CAMVID_CLASSES = (
     ClassInfo(10, "bicyclist", (0, 128, 192)),
 )
 CAMVID_VOID = 11
+
+
+def class_list(path: Path | None) -> list[dict]:
+    """[{id, name, colour}]: CamVid's (``path`` None) or a JSON file of that form, as
+    ``vidseg semseg`` writes beside its labels (``classes.json``); ids must be 0..N-1."""
+    if path is None:
+        return [{"id": c.id, "name": c.name, "colour": list(c.colour)} for c in CAMVID_CLASSES]
+    import json
+
+    try:
+        entries = json.loads(path.read_text())
+        table = [{"id": int(e["id"]), "name": str(e["name"]), "colour": [int(v) for v in e["colour"]]} for e in entries]
+    except OSError as error:
+        raise VidsegError(f"cannot read --classes {path}: {error.strerror}") from None
+    except (ValueError, TypeError, KeyError):
+        raise VidsegError(f"--classes {path}: expected a JSON list of {{\"id\", \"name\", \"colour\": [r, g, b]}}") from None
+    if not table or [e["id"] for e in table] != list(range(len(table))) or len(table) > 255:
+        raise VidsegError(f"--classes {path}: ids must be 0, 1, 2, ... in order (at most 255 classes)")
+    if any(len(e["colour"]) != 3 or not all(0 <= v <= 255 for v in e["colour"]) for e in table):
+        raise VidsegError(f"--classes {path}: each colour is [r, g, b] in 0..255")
+    return table
 
 
 @dataclass(frozen=True)
