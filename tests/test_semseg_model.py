@@ -91,3 +91,11 @@ def test_a_video_through_a_fifo_bank(network):
         assert probabilities.shape == (5, 64, 96)
         torch.testing.assert_close(probabilities.sum(0), torch.ones(64, 96))
     assert [s.frame for s in bank.slots] == [2, 3, 4]  # fifo T=3: the papers' memory
+
+
+def test_the_single_frame_network_skips_the_memory_encodings(network):
+    image = torch.rand(3, 64, 96) * 255
+    with_slot, slot = network.step(image, None, 0)
+    alone, nothing = network.step(image, None, 0, remember=False)
+    torch.testing.assert_close(alone, with_slot)
+    assert nothing is None and slot.key.shape == (8, 4, 6) and slot.value.shape == (1, 32, 4, 6)

@@ -143,3 +143,16 @@ def test_generic_layout_with_own_classes(vidseg, clip, tmp_path):
     assert bad.code == 2 and "ids must be 0, 1, 2" in bad.stderr
     clash = vidseg("train", "semseg", *common, "--classes", tmp_path / "classes.json", "--void", "1", "--out", tmp_path / "r3")
     assert clash.code == 2 and "--void 1 is one of the classes" in clash.stderr
+
+
+def test_the_memory_stage_builds_its_own_memory_layers(vidseg, camvid, tmp_path):
+    """A single-frame model's memory layers never trained: step 2 may give them another size."""
+    common = ("--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32", "--device", "cpu")
+    single = vidseg("train", "semseg", *common, "--key-dim", "4", "--out", tmp_path / "single")
+    assert single.code == 0, single.stderr
+    memory = vidseg("train", "semseg", *common, "--key-dim", "8", "--stage", "memory", "--out", tmp_path / "memory",
+                    "--init", tmp_path / "single" / "model.safetensors")
+    assert memory.code == 0, memory.stderr
+    with safe_open(str(tmp_path / "memory" / "model.safetensors"), framework="pt") as handle:
+        assert json.loads(handle.metadata()["config"])["key_dim"] == 8
+        assert handle.get_tensor("memory.key.reduce.weight").shape[0] == 8

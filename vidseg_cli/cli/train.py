@@ -498,7 +498,7 @@ def train_semseg_command(
         classes=len(class_table), void=void, model=model_config,
     )
     if init is not None:
-        network, _ = load_semseg(init)
+        network, _ = load_semseg(init, new_memory=model_config if _stage_of(init) == "single" else None)
         if network.config.classes != model_config.classes:
             raise VidsegError(f"--init {init} predicts {network.config.classes} classes, not {model_config.classes}")
         network = _with_settings(network, model_config)
@@ -515,6 +515,12 @@ def train_semseg_command(
         log(f"training semseg, stage {stage.value}: {config.steps} steps from step {trainer.step} on {target} (seed {seed})")
         path = trainer.run(log, class_table, val_every=val_every, checkpoint_every=checkpoint_every)
     print(path)
+
+
+def _stage_of(path: Path) -> str | None:
+    from vidseg_cli.models.registry import read_safetensors
+
+    return read_safetensors(path)[1].get("stage")
 
 
 def _with_settings(network, config):

@@ -230,17 +230,25 @@ def with_read(network: SemsegNetwork, read: str | None, radius: int | None) -> S
     return view
 
 
-def load_semseg(path: Path) -> tuple[SemsegNetwork, dict[str, str]]:
+def load_semseg(path: Path, new_memory: SemsegConfig | None = None) -> tuple[SemsegNetwork, dict[str, str]]:
     """A network from a safetensors file written by ``vidseg train semseg``, and its metadata
-    (``classes``: JSON list of id, name, colour; ``void``)."""
+    (``classes``: JSON list of id, name, colour; ``void``). ``new_memory``: leave the file's
+    memory layers out and build new ones by that config (a single-frame model's memory layers
+    never trained; training step 2 starts them afresh, whatever their shape was)."""
     from vidseg_cli.models.registry import read_safetensors
 
     state, metadata = read_safetensors(path)
     if metadata.get("arch") != ARCH or "config" not in metadata:
         raise VidsegError(f"{path} is not a semseg model (arch {metadata.get('arch')!r}; a {ARCH} file from vidseg train semseg)")
     try:
-        network = SemsegNetwork(EfficientNetLite0(), SemsegConfig.from_json(metadata["config"]))
-        network.load_state_dict(state)
+        config = SemsegConfig.from_json(metadata["config"])
+        if new_memory is not None:
+            config = dataclasses.replace(new_memory, classes=config.classes, decoder_dim=config.decoder_dim)
+            state = {name: t for name, t in state.items() if not name.startswith("memory.")}
+        network = SemsegNetwork(EfficientNetLite0(), config)
+        missing, unexpected = network.load_state_dict(state, strict=new_memory is None)
+        if unexpected or any(not name.startswith("memory.") for name in missing):
+            raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
     except (TypeError, ValueError, RuntimeError) as error:
         raise VidsegError(f"{path}: the weights do not fit the architecture they name: {str(error).splitlines()[0]}") from None
     return network.eval(), metadata
