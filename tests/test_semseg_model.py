@@ -33,12 +33,15 @@ def _brute_force_local(query, keys, values, radius, scale):
     return out
 
 
-def test_local_memory_attention_is_lmanet_eqs_3_to_5():
+@pytest.mark.parametrize("dense_pairs", [0, 2**24], ids=["gathered-windows", "masked-dense"])
+def test_local_memory_attention_is_lmanet_eqs_3_to_5(dense_pairs):
     torch.manual_seed(0)
     query, keys, values = torch.randn(2, 4, 5, 6), torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 7, 5, 6)
-    torch.testing.assert_close(windowed_attention(query, keys, values, 1, 0.5), _brute_force_local(query, keys, values, 1, 0.5))
+    local = windowed_attention(query, keys, values, 1, 0.5, dense_pairs=dense_pairs)
+    torch.testing.assert_close(local, _brute_force_local(query, keys, values, 1, 0.5))
     # a window that covers the whole map is TMANet's global read
-    torch.testing.assert_close(windowed_attention(query, keys, values, 6, 0.5), global_attention(query, keys, values, 0.5))
+    whole = windowed_attention(query, keys, values, 6, 0.5, dense_pairs=dense_pairs)
+    torch.testing.assert_close(whole, global_attention(query, keys, values, 0.5))
 
 
 @pytest.fixture(scope="module")

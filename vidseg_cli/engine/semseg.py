@@ -121,5 +121,7 @@ def label_frame(
     probabilities, slot = network.step(resized, bank.slots if bank is not None else None, index, remember=bank is not None)
     if bank is not None:
         bank.write(slot)
-    logits = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-    return logits.argmax(0).to(torch.uint8).cpu().numpy()
+    probabilities = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    # max(0).indices, not argmax(0): the same first maximum, but PyTorch's CPU argmax over the
+    # outer dimension took 30 ms for 11 x 480 x 360, max 4 ms
+    return probabilities.max(0).indices.to(torch.uint8).cpu().numpy()

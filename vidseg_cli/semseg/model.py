@@ -259,11 +259,20 @@ def create_semseg(name: str, device: torch.device | str = "cpu") -> tuple[Semseg
     from vidseg_cli.weights.registry import entry, resolve
 
     if name.endswith(".safetensors"):
-        path = Path(name)
-    else:
-        spec = entry(name)
-        if spec.task != "semseg":
-            raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a semseg model")
-        path = resolve(name)
-    network, metadata = load_semseg(path)
+        network, metadata = load_semseg(Path(name))
+        return network.to(device), metadata
+    spec = entry(name)
+    if spec.task != "semseg":
+        raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a semseg model")
+    network, metadata = load_semseg(resolve(name))
+    listed = spec.fields.get("config")  # weights.toml lists each learned model's architecture
+    if listed is None or _listed_config(listed) != network.config:
+        raise VidsegError(f"{name}: the file's architecture {network.config} differs from weights.toml's {listed}")
     return network.to(device), metadata
+
+
+def _listed_config(listed: dict) -> SemsegConfig | None:
+    try:
+        return SemsegConfig(**listed)
+    except (TypeError, ValueError):
+        return None
