@@ -42,3 +42,14 @@ def test_judo_seated_person_is_found_backwards_from_frame_13(vidseg, tmp_path):
 def test_judo_mask_of_wrong_width_is_refused_without_resize(vidseg, tmp_path):
     run = vidseg("segment", JUDO / "images" / "judo", "--mask", JUDO / "masks" / "judo", "--out", tmp_path / "o")
     assert run.code == 2 and "is 853x480 but the frames are 854x480" in run.stderr
+
+
+def test_semseg_labels_the_example_clip_with_the_shipped_model(vidseg, tmp_path):
+    """The README's semseg job: the default model on example.mp4, every format."""
+    out = tmp_path / "example_semseg"
+    run = vidseg("semseg", JUDO / "example.mp4", "--format", "all", "--out", out, "--json")
+    assert run.code == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["frames"] == 117 and summary["model"] == "semseg-camvid" and summary["slots"] == 3
+    assert len(list(out.glob("*.png"))) == 117 and (out / "overlay.mp4").exists() and (out / "labels.mkv").exists()
+    assert sum(summary["class_share"].values()) == pytest.approx(1, abs=1e-3)

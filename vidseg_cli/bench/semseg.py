@@ -175,6 +175,8 @@ def _score(
     network = with_read(network, config.read, config.radius)
     bank = _bank(config.options(Path(".")))
     for index, (image, truth) in enumerate(zip(images, truths, strict=True)):
+        if index == 0:  # untimed warm-up: a runtime's first call at a size (ONNX: export, session) is set-up, not speed
+            label_frame(network, bank.copy() if bank is not None else None, image, index, config.size, device)
         if index == 1:  # one frame a sequence with a memory to read: FLOPs
             with FlopCounterMode(display=False) as counter:
                 label_frame(network, bank.copy() if bank is not None else None, image, index, config.size, device)
