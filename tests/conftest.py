@@ -24,6 +24,17 @@ settings.load_profile("quick")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def ieee_floats_again():
+    """vidseg's jobs flush denormal floats to zero for the whole process (use_all_cores), as a
+    one-shot CLI process may; jobs run in this process here, and hypothesis needs IEEE floats."""
+    yield
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory) -> tuple[Path, Path]:
     """(clip.mp4, mask.png): 12 frames of 96x128, two objects."""

@@ -102,3 +102,14 @@ def test_the_single_frame_network_skips_the_memory_encodings(network):
     alone, nothing = network.step(image, None, 0, remember=False)
     torch.testing.assert_close(alone, with_slot)
     assert nothing is None and slot.key.shape == (8, 4, 6) and slot.value.shape == (1, 32, 4, 6)
+
+
+def test_a_window_mask_made_at_inference_serves_training():
+    """Training validates under inference mode, then trains on: the cached mask must serve both."""
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(1, 4, 5, 7), torch.randn(1, 2, 4, 5, 7), torch.randn(1, 2, 3, 5, 7)
+    with torch.inference_mode():
+        windowed_attention(query, keys, values, 2, 0.5)
+    keys.requires_grad_(True)
+    windowed_attention(query, keys, values, 2, 0.5).sum().backward()
+    assert keys.grad is not None and keys.grad.abs().sum() > 0

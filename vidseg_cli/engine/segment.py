@@ -120,7 +120,8 @@ def available_cores() -> int:
 def use_all_cores() -> None:
     """PyTorch defaults to physical cores; use every core this process may run on (or the
     share ``VIDSEG_NUM_THREADS`` gives it), and keep large freed buffers for reuse
-    (``keep_freed_buffers``). Denormal floats are flushed to zero: a softmax over thousands
+    (``keep_freed_buffers``). Denormal floats are flushed to zero, for the whole process (a
+    job is the process's one task; tests reset it): a softmax over thousands
     of memory positions leaves most weights below 1e-38, and x86 computes with those up to
     100x slower (the semseg global read's value matmul took 70 ms instead of 5 at 480x352)."""
     share = os.environ.get(THREADS_VARIABLE, "")

@@ -48,11 +48,13 @@ def windowed_attention(
 @functools.lru_cache(maxsize=16)  # one per frame size and radius a video meets; built once
 def _outside_window(t: int, h: int, w: int, radius: int, device: torch.device) -> torch.Tensor:
     """(T h w, h w) bool: memory position p (of any of T frames) lies outside ``radius`` of
-    query position q on either axis."""
-    ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
-    far_y = (ys[:, None] - ys[None, :]).abs() > radius  # (h, h)
-    far_x = (xs[:, None] - xs[None, :]).abs() > radius  # (w, w)
-    return (far_y[:, None, :, None] | far_x[None, :, None, :]).reshape(h * w, h * w).repeat(t, 1)
+    query position q on either axis. Built as a normal tensor even under inference mode: the
+    cache outlives the call, and an inference tensor would break a later training step."""
+    with torch.inference_mode(False):
+        ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
+        far_y = (ys[:, None] - ys[None, :]).abs() > radius  # (h, h)
+        far_x = (xs[:, None] - xs[None, :]).abs() > radius  # (w, w)
+        return (far_y[:, None, :, None] | far_x[None, :, None, :]).reshape(h * w, h * w).repeat(t, 1)
 
 
 def global_attention(
