@@ -518,9 +518,14 @@ def train_semseg_command(
 
 
 def _stage_of(path: Path) -> str | None:
-    from vidseg_cli.models.registry import read_safetensors
+    """The training step a semseg model file came from, from its header alone."""
+    from safetensors import SafetensorError, safe_open
 
-    return read_safetensors(path)[1].get("stage")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("stage")
+    except (OSError, SafetensorError):
+        return None  # load_semseg says what is wrong with the file
 
 
 def _with_settings(network, config):
