@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from vidseg_cli.engine.segment import MemoryOptions, make_bank
@@ -15,7 +16,7 @@ from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion, fam
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone, create_vos_model
 from vidseg_cli.synthetic import frames, write_davis
-from vidseg_cli.train.data import ClipSampler
+from vidseg_cli.train.data import MAX_OBJECTS, Clip, ClipSampler
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.train.vos import TrainConfig, Trainer, clip_loss, make_generator
 from vidseg_cli.weights.registry import file_sha256
@@ -110,6 +111,42 @@ def test_clip_sampler_draws_the_same_clips_under_a_seed(dataset):
         assert clip_a.masks[0].sum() > 0 and set(clip_a.masks.unique().tolist()) <= {0, 1}
 
 
+def test_multi_object_clips_keep_dataset_ids_and_paste_moving_objects(dataset, tmp_path):
+    """Palette ids are objects; pasted objects get the next ids, move, and are all on frame 0."""
+    backgrounds = tmp_path / "scenes"
+    backgrounds.mkdir()
+    image, _ = next(iter(frames(1, 80, 120, objects=0, seed=9)))
+    Image.fromarray(image).save(backgrounds / "street.jpg")
+    sampler = ClipSampler(dataset, 5, (64, 96), np.random.default_rng(1), multi_object=True, backgrounds=backgrounds)
+    seen, moved = set(), False
+    for _ in range(12):
+        for clip in (sampler.sample(3, False, extra=2), sampler.sample(3, True, extra=1), sampler.sample(3, False, extra=1, scene=True)):
+            ids = clip.masks.unique().tolist()
+            assert ids == list(range(len(ids))) and len(ids) - 1 <= MAX_OBJECTS  # numbered 1..O, background 0
+            assert set(clip.masks[0].unique().tolist()) == set(ids)  # every object is on the prompt frame
+            seen.add(len(ids) - 1)
+            moved |= not torch.equal(clip.masks[0] == len(ids) - 1, clip.masks[-1] == len(ids) - 1)
+    assert max(seen) >= 3 and moved
+    assert set(ClipSampler(dataset, 5, (64, 96), np.random.default_rng(1)).sample(3, False, extra=2).masks.unique().tolist()) == {0, 1}
+
+
+def test_static_still_clips_repeat_one_frame_and_its_mask(dataset):
+    clip = ClipSampler(dataset, 5, (48, 64), np.random.default_rng(2), multi_object=True).sample(3, True, static=True)
+    assert all(torch.equal(clip.masks[t], clip.masks[0]) for t in range(5))
+    flat = clip.images - clip.images.mean(dim=(1, 2, 3), keepdim=True)  # the per-frame jitter shifts brightness
+    assert (flat[1:] - flat[:1]).abs().mean() < 0.1 * flat.abs().mean()
+
+
+def test_clip_loss_trains_several_objects_together(dataset):
+    model = MemoryNetwork(backbone(), TINY)
+    masks = torch.zeros(4, 48, 64, dtype=torch.int64)
+    masks[:, 5:20, 5:25], masks[:, 25:45, 30:60] = 1, 2
+    clip = Clip(torch.rand(4, 3, 48, 64) * 255, masks)
+    loss = clip_loss(model, clip, 2, "C", 1.0)
+    loss.backward()
+    assert loss.item() > 0 and model.heads.decoder.out.weight.grad.abs().sum() > 0
+
+
 def _trainer(dataset, run_dir, steps=4, clip_length=4, slots=2, **options):
     config = TrainConfig(steps=steps, clip_length=clip_length, slots=slots, crop=(48, 64), warmup=1, seed=5, model=TINY,
                          **options)
@@ -135,7 +172,7 @@ def test_training_reduces_the_loss_on_one_clip(dataset, tmp_path):
     """The heads can fit: repeated steps on the same clip must drive its loss down."""
     trainer = _trainer(dataset, tmp_path, steps=40, top_p=(1.0, 1.0), lr=2e-3)
     clip = trainer.sampler.sample(2, still=False)
-    trainer.sampler.sample = lambda max_gap, still: clip
+    trainer.sampler.sample = lambda *args: clip
     losses = [trainer.train_step() for _ in range(40)]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 

@@ -28,6 +28,9 @@ from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_at
 from vidseg_cli.options import DEFAULT_SIZE, FUSIONS, LONG_HEIGHT, LONG_WIDTH, POLICIES
 from vidseg_cli.synthetic import write_davis
 
+# the built-in benchmark: six synthetic scenes of 50 frames at 480x270, with 2 and 3 objects
+BENCH_SET = {"sequences": 6, "length": 50, "height": 270, "width": 480, "style": "scene"}
+
 
 def bench(
     *, data: Path | None, sequences: str | None, model: str, size: str | None, memory: str | None, slots: str,
@@ -56,7 +59,7 @@ def bench(
         _long(sweep, long, target, outputs)
         return
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as scratch:
-        root = data if data is not None else write_davis(Path(scratch))
+        root = data if data is not None else write_davis(Path(scratch), **BENCH_SET)
         if not root.exists():
             raise VidsegError(f"dataset not found: {root}")
         loaded = _select(load_davis(root), sequences)

@@ -101,6 +101,10 @@ def train_vos_command(
     max_gap: Annotated[str, typer.Option(help="Curriculum: widest frame gap at the start and the end, START,END.")] = _pair_text(TrainConfig.max_gap),
     top_p: Annotated[str, typer.Option(help="Bootstrapped CE: share of hardest pixels kept at the start and the end, START,END.")] = _pair_text(TrainConfig.top_p),
     still_share: Annotated[str, typer.Option(help="Curriculum: share of clips made from one still image at the start and the end, START,END.")] = _pair_text(TrainConfig.still_share),
+    extra_share: Annotated[str, typer.Option(help="Curriculum: share of clips with 1-2 objects cut from other frames pasted in (moving, occluding), START,END.")] = _pair_text(TrainConfig.extra_share),
+    backgrounds: Annotated[Path | None, typer.Option(help="A folder of still images of other scenes (e.g. CamVid's frames) for --scene-share.")] = None,
+    scene_share: Annotated[float, typer.Option(help="Share of clips made of pasted objects moving over a --backgrounds image.")] = TrainConfig.scene_share,
+    static_share: Annotated[float, typer.Option(help="Share of still-image clips whose frame does not move at all (a tripod shot: the mask must hold).")] = TrainConfig.static_share,
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), aligned source + learned correction, or aligned-values (the correction on values only).")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture; --fusion-candidate may change how its cell uses its tensors) instead of fresh heads.")] = None,
     train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
@@ -120,8 +124,14 @@ def train_vos_command(
     gaps = _pair("--max-gap", max_gap, int)
     shares = _pair("--top-p", top_p, float)
     stills = _pair("--still-share", still_share, float)
-    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares) or not all(0 <= p <= 1 for p in stills):
-        raise VidsegError("--max-gap values must be at least 1, --top-p values in (0, 1] and --still-share values in [0, 1]")
+    extras = _pair("--extra-share", extra_share, float)
+    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares) or not all(0 <= p <= 1 for p in (*stills, *extras, scene_share, static_share)):
+        raise VidsegError(
+            "--max-gap values must be at least 1, --top-p values in (0, 1] and --still-share, --extra-share, "
+            "--scene-share and --static-share values in [0, 1]"
+        )
+    if scene_share and backgrounds is None:
+        raise VidsegError("--scene-share needs --backgrounds DIR: the still images the objects move over")
     if train == TrainedParts.fusion and finetune_blocks:
         raise VidsegError("--train fusion trains the fusion cell alone: leave --finetune-blocks at 0")
     if fusion_distill < 0:
@@ -133,14 +143,15 @@ def train_vos_command(
     config = TrainConfig(
         steps=steps, clip_length=clip_length, slots=slots, rules=update, crop=_crop(crop), lr=lr, seed=seed,
         finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares, still_share=stills,
-        init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
+        extra_share=extras, scene_share=scene_share, static_share=static_share, init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
         model=model.config,
     )
-    _prepare(out, resume, force, [data, val, init])
+    _prepare(out, resume, force, [data, val, init, backgrounds])
     use_all_cores()
     target = pick_device(device.value)
     model = model.to(target)
-    trainer = Trainer(model, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
+    sampler = ClipSampler(data, config.clip_length, config.crop, rng, multi_object=True, backgrounds=backgrounds)
+    trainer = Trainer(model, sampler, config, out, target)
     _start_or_resume(trainer, out, config, resume)
     validate = _validator(model, val, val_size, target) if val is not None else None
     with _training_log(out, trainer) as log:

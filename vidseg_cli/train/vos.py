@@ -49,6 +49,9 @@ class TrainConfig:
     warmup: int = 300
     max_gap: tuple[int, int] = (3, 15)  # curriculum: widest frame gap at the start and the end
     still_share: tuple[float, float] = (0.6, 0.2)  # share of still-image clips, start and end
+    extra_share: tuple[float, float] = (0.0, 0.0)  # share of clips with 1-2 objects pasted in, start and end
+    scene_share: float = 0.0  # share of clips of pasted objects over another domain's stills
+    static_share: float = 0.0  # share of still clips whose frame does not move at all
     top_p: tuple[float, float] = (1.0, 0.25)  # bootstrapped CE: share of hardest pixels kept
     finetune_blocks: int = 0  # last backbone blocks trained too (at a tenth of the learning rate)
     seed: int = 0
@@ -70,23 +73,26 @@ def clip_loss(
     """Mean bootstrapped CE over the clip's frames after the first, plus ``distill`` times
     the fusion loss: wherever the bank holds a fused slot, its read should equal the read
     of a bank that dropped nothing. The segmentation loss alone barely reaches the fusion
-    cell (a fused slot changes a few reads a little); this says directly what fusion is for."""
+    cell (a fused slot changes a few reads a little); this says directly what fusion is for.
+    The clip's objects (ids 1..O of its first frame) are read, decoded and aggregated
+    together, as the session does."""
     features = model.features(clip.images)
     keys = model.keys(features)
     size = clip.masks.shape[-2:]
-    first = aggregate(on_grid(clip.masks[:1], features.s4.shape[-2:])[0])[1:]  # as the session writes a given mask
+    objects = int(clip.masks[0].max())
+    first = aggregate(on_grid(object_masks(clip.masks[0], objects), features.s4.shape[-2:])[:, 0])[1:]  # as the session writes a given mask
     bank = MemoryBank(make_policy("stremn", slots, rule), model.fusion())
     bank.write(Slot(keys[0], model.values(frame_at(features, 0), first[None])[0], frame=0, permanent=True))
     everything = list(bank.slots)  # the teacher's memory: every frame written, none dropped
     losses, fusion_losses = [], []
     for t in range(1, len(clip.masks)):
         frame = frame_at(features, t)
-        readout = model.read(keys[t], bank.slots, 1)
+        readout = model.read(keys[t], bank.slots, objects)
         if distill > 0 and any(slot.fused for slot in bank.slots):
             with torch.no_grad():
-                target = model.read(keys[t], everything, 1)
+                target = model.read(keys[t], everything, objects)
             fusion_losses.append(read_distance(readout, target))
-        probs = aggregate(torch.sigmoid(model.decode(readout[None], frame)[0]))  # (2, H4, W4)
+        probs = aggregate(torch.sigmoid(model.decode(readout[None], frame)[0]))  # (1 + O, H4, W4)
         full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
         losses.append(bootstrapped_nll(full, clip.masks[t], top_p))
         bank.write(Slot(keys[t], model.values(frame, probs[None, 1:])[0], frame=t))
@@ -105,6 +111,11 @@ def read_distance(readout: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def frame_at(features: Features, t: int) -> Features:
     """Frame t of a batch of features, as a batch of one."""
     return Features(features.s4[t : t + 1], features.s8[t : t + 1], features.s16[t : t + 1])
+
+
+def object_masks(labels: torch.Tensor, objects: int) -> torch.Tensor:
+    """(H, W) ids -> (O, H, W) 0/1 masks of objects 1..O."""
+    return (labels[None] == torch.arange(1, objects + 1, device=labels.device)[:, None, None]).long()
 
 
 def on_grid(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -146,7 +157,12 @@ class Trainer:
         max_gap = round(progress_at(self.step, c, c.max_gap))
         still = rng.random() < progress_at(self.step, c, c.still_share)
         rule = c.rules[rng.integers(len(c.rules))]
-        clip = self.sampler.sample(max_gap, still)
+        extra, scene, static = 0, False, False
+        if c.extra_share != (0.0, 0.0) or c.scene_share or c.static_share:  # else no draws: older recorded runs replay exactly
+            scene = bool(rng.random() < c.scene_share)
+            extra = int(rng.integers(1, 3)) if scene or rng.random() < progress_at(self.step, c, c.extra_share) else 0
+            static = bool(still and rng.random() < c.static_share)
+        clip = self.sampler.sample(max_gap, still, extra, scene, static)
         clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate() * group["scale"]
