@@ -137,6 +137,20 @@ def test_static_still_clips_repeat_one_frame_and_its_mask(dataset):
     assert (flat[1:] - flat[:1]).abs().mean() < 0.1 * flat.abs().mean()
 
 
+def test_a_region_of_the_background_becomes_one_more_object(dataset):
+    """Region objects: a blob of background pixels, labelled next, that moves with the frame."""
+    plain = ClipSampler(dataset, 4, (48, 64), np.random.default_rng(4), multi_object=True)
+    regional = ClipSampler(dataset, 4, (48, 64), np.random.default_rng(4), multi_object=True)
+    for _ in range(6):
+        without, with_region = plain.sample(3, True, static=True), regional.sample(3, True, static=True, region=True)
+        if with_region.masks.max() > without.masks.max():
+            break
+    else:
+        pytest.fail("no region object in six draws")
+    region = with_region.masks[0] == with_region.masks.max()
+    assert region.sum() > 0 and all(torch.equal(m == with_region.masks.max(), region) for m in with_region.masks)
+
+
 def test_clip_loss_trains_several_objects_together(dataset):
     model = MemoryNetwork(backbone(), TINY)
     masks = torch.zeros(4, 48, 64, dtype=torch.int64)

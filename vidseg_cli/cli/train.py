@@ -105,6 +105,7 @@ def train_vos_command(
     backgrounds: Annotated[Path | None, typer.Option(help="A folder of still images of other scenes (e.g. CamVid's frames) for --scene-share.")] = None,
     scene_share: Annotated[float, typer.Option(help="Share of clips made of pasted objects moving over a --backgrounds image.")] = TrainConfig.scene_share,
     static_share: Annotated[float, typer.Option(help="Share of still-image clips whose frame does not move at all (a tripod shot: the mask must hold).")] = TrainConfig.static_share,
+    region_share: Annotated[float, typer.Option(help="Share of still and scene clips with a blob-shaped patch of the background as one more object (only memory can follow it).")] = TrainConfig.region_share,
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), aligned source + learned correction, or aligned-values (the correction on values only).")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture; --fusion-candidate may change how its cell uses its tensors) instead of fresh heads.")] = None,
     train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
@@ -125,10 +126,10 @@ def train_vos_command(
     shares = _pair("--top-p", top_p, float)
     stills = _pair("--still-share", still_share, float)
     extras = _pair("--extra-share", extra_share, float)
-    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares) or not all(0 <= p <= 1 for p in (*stills, *extras, scene_share, static_share)):
+    if min(gaps) < 1 or not all(0 < p <= 1 for p in shares) or not all(0 <= p <= 1 for p in (*stills, *extras, scene_share, static_share, region_share)):
         raise VidsegError(
             "--max-gap values must be at least 1, --top-p values in (0, 1] and --still-share, --extra-share, "
-            "--scene-share and --static-share values in [0, 1]"
+            "--scene-share, --static-share and --region-share values in [0, 1]"
         )
     if scene_share and backgrounds is None:
         raise VidsegError("--scene-share needs --backgrounds DIR: the still images the objects move over")
@@ -143,7 +144,7 @@ def train_vos_command(
     config = TrainConfig(
         steps=steps, clip_length=clip_length, slots=slots, rules=update, crop=_crop(crop), lr=lr, seed=seed,
         finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares, still_share=stills,
-        extra_share=extras, scene_share=scene_share, static_share=static_share, init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
+        extra_share=extras, scene_share=scene_share, static_share=static_share, region_share=region_share, init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
         model=model.config,
     )
     _prepare(out, resume, force, [data, val, init, backgrounds])

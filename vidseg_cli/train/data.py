@@ -31,6 +31,7 @@ from PIL import Image
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import natural_key
+from vidseg_cli.textures import blob
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,21 @@ class ClipSampler:
         if not self._long_enough:
             raise VidsegError(f"no sequence under {root} has the {length} frames a training clip needs")
 
-    def sample(self, max_gap: int, still: bool, extra: int = 0, scene: bool = False, static: bool = False) -> Clip:
+    def sample(
+        self, max_gap: int, still: bool, extra: int = 0, scene: bool = False, static: bool = False, region: bool = False
+    ) -> Clip:
         """A clip: from video (or one still frame, or a scene when there are backgrounds),
         with ``extra`` objects pasted in (multi-object sampling only). A ``static`` still
         clip repeats its frame unmoved (only the colour jitter changes): a camera on a
-        tripod, where a model must hand its mask on unchanged instead of letting it drift."""
+        tripod, where a model must hand its mask on unchanged instead of letting it drift.
+        A ``region`` (still and scene clips) is one more object: a blob-shaped patch of the
+        background itself, moving with it, that nothing but the given mask tells apart (a
+        camouflaged object, a patch of ground to track): only memory can follow it."""
         for _ in range(20):  # crops that lose the object are drawn again
             if scene and self.backgrounds:
-                clip = self._scene_clip(max(1, extra))
+                clip = self._scene_clip(max(1, extra), region)
             else:
-                clip = self._still_clip(extra, static) if still else self._video_clip(max_gap, extra)
+                clip = self._still_clip(extra, static, region) if still else self._video_clip(max_gap, extra)
             if clip is not None:
                 return clip
         raise VidsegError("could not draw a training clip with a visible object in 20 tries")
@@ -100,11 +106,13 @@ class ClipSampler:
         masks = torch.stack([self._mask(video.masks[i]) for i in indices])
         return self._finish(*self._paste(images, masks, extra))
 
-    def _still_clip(self, extra: int = 0, static: bool = False) -> Clip | None:
+    def _still_clip(self, extra: int = 0, static: bool = False, region: bool = False) -> Clip | None:
         video, index = self._stills[self.rng.integers(len(self._stills))]
         image, mask = _image(self.videos[video].frames[index]), self._mask(self.videos[video].masks[index])
         if (mask > 0).sum() < 100:
             return None
+        if region and self.multi_object:
+            mask = self._with_region(mask)
         if static:
             return self._finish(image.expand(self.length, -1, -1, -1).clone(), mask.expand(self.length, -1, -1).clone())
         frames = [self._warp(image, mask, identity=t == 0) for t in range(self.length)]
@@ -113,7 +121,7 @@ class ClipSampler:
         images, masks = self._occlude(images, masks)
         return self._finish(*self._paste(images, masks, extra))
 
-    def _scene_clip(self, objects: int) -> Clip | None:
+    def _scene_clip(self, objects: int, region: bool = False) -> Clip | None:
         """Objects cut from the dataset moving over a still of another domain, filmed by a
         camera that pans and zooms a little."""
         scene = _image(self.backgrounds[self.rng.integers(len(self.backgrounds))])
@@ -122,14 +130,30 @@ class ClipSampler:
         scene = F.interpolate(scene[None], scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
         start, end = self.rng.uniform(-0.08, 0.08, size=(2, 2))
         zoom = self.rng.uniform(0.9, 1.1)
-        images = []
+        ground = torch.zeros(scene.shape[-2:], dtype=torch.int64)
+        if region:
+            ground = self._with_region(ground)
+        images, masks = [], []
         for t in range(self.length):
             share = t / max(1, self.length - 1)
             offset, z = start + (end - start) * share, 1 + (zoom - 1) * share
             theta = torch.tensor([[1 / z, 0, offset[0]], [0, 1 / z, offset[1]]], dtype=torch.float32)
             images.append(_affine(scene, theta, "bilinear", padding="border"))
-        images = torch.stack(images)
-        return self._finish(*self._paste(images, torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.int64), objects))
+            masks.append(_affine(ground[None].float(), theta, "nearest", padding="border")[0].long())
+        return self._finish(*self._paste(torch.stack(images), torch.stack(masks), objects if not region else objects - 1))
+
+    def _with_region(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` with a blob-shaped patch of its background as the next object id."""
+        height, width = mask.shape
+        h = int(height * self.rng.uniform(0.15, 0.4))
+        w = int(h * self.rng.uniform(0.6, 1.8))
+        if h < 8 or w < 8 or w >= width:
+            return mask
+        alpha, _ = blob(self.rng, h, w)
+        top, left = int(self.rng.integers(0, height - h + 1)), int(self.rng.integers(0, width - w + 1))
+        patch = torch.zeros_like(mask, dtype=torch.bool)
+        patch[top : top + h, left : left + w] = torch.from_numpy(alpha > 0.5)
+        return torch.where(patch & (mask == 0), int(mask.max()) + 1, mask)
 
     # -- augmentation --
 

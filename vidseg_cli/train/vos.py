@@ -52,6 +52,7 @@ class TrainConfig:
     extra_share: tuple[float, float] = (0.0, 0.0)  # share of clips with 1-2 objects pasted in, start and end
     scene_share: float = 0.0  # share of clips of pasted objects over another domain's stills
     static_share: float = 0.0  # share of still clips whose frame does not move at all
+    region_share: float = 0.0  # share of still and scene clips with a patch of background as an object
     top_p: tuple[float, float] = (1.0, 0.25)  # bootstrapped CE: share of hardest pixels kept
     finetune_blocks: int = 0  # last backbone blocks trained too (at a tenth of the learning rate)
     seed: int = 0
@@ -157,12 +158,14 @@ class Trainer:
         max_gap = round(progress_at(self.step, c, c.max_gap))
         still = rng.random() < progress_at(self.step, c, c.still_share)
         rule = c.rules[rng.integers(len(c.rules))]
-        extra, scene, static = 0, False, False
+        extra, scene, static, region = 0, False, False, False
         if c.extra_share != (0.0, 0.0) or c.scene_share or c.static_share:  # else no draws: older recorded runs replay exactly
             scene = bool(rng.random() < c.scene_share)
             extra = int(rng.integers(1, 3)) if scene or rng.random() < progress_at(self.step, c, c.extra_share) else 0
             static = bool(still and rng.random() < c.static_share)
-        clip = self.sampler.sample(max_gap, still, extra, scene, static)
+        if c.region_share:
+            region = bool((still or scene) and rng.random() < c.region_share)
+        clip = self.sampler.sample(max_gap, still, extra, scene, static, region)
         clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate() * group["scale"]
