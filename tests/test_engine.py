@@ -84,6 +84,7 @@ def test_stm_bank_grows_with_the_clip(model):
     s = session(model, size=32, memory="stm", every=5)
     counts = []
     for index, (image, truth) in enumerate(frames(51, 32, 48, objects=1, seed=4)):
+        image[0, :4] = 5 * index  # the sprite moves under a pixel on some frames: no frame repeats the last
         counts.append(s.step(image, truth if index == 0 else None).slots)
     # frame 0, every 5th frame, and the previous frame: 1 + t // 5 (+1 unless t % 5 == 0)
     assert counts == [1 + t // 5 + (t % 5 != 0) for t in range(51)]
@@ -150,3 +151,33 @@ def test_flip_tta_treats_a_video_and_its_mirror_alike(model):
     assert min(agreement) > 0.7, agreement  # the mirrored view is flipped back before averaging
     assert len(session.mirror) == len(session.bank) == len(plain_session.bank)
     assert session.bank.nbytes + session.mirror.nbytes == 2 * plain_session.bank.nbytes
+
+
+def test_a_repeated_frame_hands_on_the_last_result_without_running_the_network(model):
+    """Duplicated or frozen frames: the last result, exactly, and nothing written to memory."""
+    image, truth = next(iter(frames(1, 48, 64, objects=2, seed=2)))
+    s = session(model, size=48)
+    first = s.step(image, truth)
+    calls = []
+    encode = s.model.encode
+    s.model.encode = lambda *args: calls.append(1) or encode(*args)
+    try:
+        results = [s.step(image.copy()) for _ in range(4)]
+    finally:
+        s.model.encode = encode
+    assert not calls and all(r.repeated for r in results)
+    assert all(np.array_equal(r.labels, truth) for r in results) and len(s.bank) == first.slots
+    assert s.frame_index == 5
+
+
+def test_small_changes_and_sensor_noise_are_not_repeats(model):
+    """One small object moving over a static frame changes few pixels, by much; noise changes
+    every pixel a little: both are computed."""
+    clip = list(frames(3, 48, 64, objects=1, seed=2))
+    s = session(model, size=48)
+    s.step(clip[0][0], clip[0][1])
+    moved = clip[0][0].copy()
+    moved[10:14, 10:14] = 255 - moved[10:14, 10:14]
+    assert not s.step(moved).repeated
+    noisy = np.clip(moved + np.random.default_rng(0).normal(0, 2, moved.shape), 0, 255).astype(np.uint8)
+    assert not s.step(noisy).repeated

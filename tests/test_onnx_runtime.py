@@ -1,5 +1,6 @@
-"""`--runtime onnx`: the backbone on ONNX Runtime gives the masks PyTorch gives, its graph
-is exported once per weights and size, and what it cannot run is refused in one line."""
+"""`--runtime onnx`: the backbone and the decoder on ONNX Runtime give the masks PyTorch
+gives, their graphs are exported once per weights and shape, and what it cannot run is
+refused in one line."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def test_onnx_masks_equal_torch_masks_and_the_graph_is_cached(vidseg, clip, tmp_
         assert run.code == 0, run.stderr
         assert run.stdout.strip() == str(out.resolve())  # stdout carries only the data
         runs[out] = run
-    graphs = list(cache.glob("*.onnx"))
-    assert len(graphs) == 1 and "96x128" in graphs[0].name
-    exported = [run for run in runs.values() if "exporting the backbone" in run.stderr]
-    assert len(exported) == 1  # the second onnx run found the cached graph
+    graphs = sorted(p.name for p in cache.glob("*.onnx"))
+    assert len(graphs) == 2 and graphs[0].startswith("effl0-") and "-96x128-" in graphs[0]
+    assert graphs[1].startswith("vosdec") and "-2x24x32-" in graphs[1]  # two objects on the stride-4 grid
+    for part in ("the backbone", "the decoder"):
+        exported = [run for run in runs.values() if f"exporting {part}" in run.stderr]
+        assert len(exported) == 1  # the second onnx run found the cached graph
     folders = list(runs)
     for name in sorted(p.name for p in folders[0].glob("*.png")):
         labels = [np.asarray(Image.open(folder / name)) for folder in folders]

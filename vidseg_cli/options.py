@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vidseg_cli.errors import VidsegError
 
-DEFAULT_VOS_MODEL = "vos-effl0"
+DEFAULT_VOS_MODEL = "vos-effl0-v2"
 DEFAULT_PREDICT_MODEL = "predict-mmnist"
 DEFAULT_SEMSEG_MODEL = "semseg-camvid"
 DEFAULT_SIZE = 360

@@ -79,6 +79,7 @@ class SegmentSummary:
     memory_slots_max: int = 0
     memory_bytes_max: int = 0
     reused_frames: int = 0
+    repeated_frames: int = 0  # frames that repeated the last computed one (engine/session.py)
     computed_share: float | None = None  # SpVOS: mean share of the gated backbone work computed
     outputs: list[str] = field(default_factory=list)
     renumbered_ids: dict[str, int] = field(default_factory=dict)  # 16-bit mask id -> object id
@@ -378,7 +379,7 @@ class _Stats:
     def __init__(self, progress: Progress | None, total: int | None) -> None:
         self.progress, self.total = progress, total
         self.steps = 0
-        self.slots = self.memory_bytes = self.reused = 0
+        self.slots = self.memory_bytes = self.reused = self.repeated = 0
         self.computed: list[float] = []
 
     def state(self) -> dict:
@@ -392,6 +393,7 @@ class _Stats:
         self.slots = max(self.slots, result.slots)
         self.memory_bytes = max(self.memory_bytes, result.memory_bytes)
         self.reused += result.reused
+        self.repeated += result.repeated
         self.computed.append(result.computed)
         if self.progress:
             self.progress(self.steps, self.total)
@@ -521,6 +523,7 @@ def _finish(
     summary.steps = stats.steps
     summary.memory_slots_max, summary.memory_bytes_max = stats.slots, stats.memory_bytes
     summary.reused_frames = stats.reused
+    summary.repeated_frames = stats.repeated
     if options.sparse.enabled and stats.computed:
         summary.computed_share = round(sum(stats.computed) / len(stats.computed), 4)
     summary.seconds = round(seconds, 3)

@@ -31,6 +31,18 @@ class StepResult:
     # at the input resolution, channels in the order of ``object_ids``
     probabilities: np.ndarray | None = None
     object_ids: tuple[int, ...] = ()
+    repeated: bool = False  # the frame repeated the last computed one: its result was handed on
+
+
+# A frame none of whose pixels differs from the last computed frame's by more than this (at
+# the processing size, grey levels of 255) repeats it: a duplicated or frozen frame (frame-
+# rate conversion, a paused screen recording, a still shot encoded losslessly). Its result is
+# the last one's and nothing is written to memory: running the network on it would only add
+# a slot that says the same as the last, and a model's small error on it, written back and
+# read again frame after frame, makes a still mask drift. The largest difference, not the
+# mean: a small object moving over a static frame changes few pixels, but by much. A real
+# still shot's sensor noise stays above it.
+REPEAT_TOLERANCE = 2.0
 
 
 class VOSSession:
@@ -61,6 +73,7 @@ class VOSSession:
         self.frame_index = 0
         self._last_write: int | None = None
         self.keep_probabilities = False  # also return soft masks (mattes, confidences)
+        self._last_computed: tuple[torch.Tensor, StepResult] | None = None  # (image, its result)
 
     def step(
         self, frame: np.ndarray, mask: np.ndarray | None = None, output_size: tuple[int, int] | None = None
@@ -70,6 +83,9 @@ class VOSSession:
         processing size (``processing_image``), as the backward pass caches it."""
         height, width = output_size or frame.shape[:2]
         image = self._preprocess(frame)
+        if mask is None and self._repeats(image, (height, width)):
+            self.frame_index += 1
+            return dataclasses.replace(self._last_computed[1], repeated=True, reused=False)
         writes = mask is not None or self._memory_frame()
         computed = 1.0
         if self.sparse is not None:  # SpVOS's mixed processing: memory frames run dense
@@ -100,10 +116,20 @@ class VOSSession:
                 self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
         if self.reuse is not None and self.object_ids:
             self.reuse.computed(partial, probs, refined8)
-        return self._result(probs, image, (height, width), mask, reused=False, computed=computed)
+        result = self._result(probs, image, (height, width), mask, reused=False, computed=computed)
+        self._last_computed = (image, result)
+        return result
 
     def _memory_frame(self) -> bool:
         return self._last_write is None or self.frame_index - self._last_write >= self.write_every
+
+    def _repeats(self, image: torch.Tensor, size: tuple[int, int]) -> bool:
+        if self._last_computed is None or not self.object_ids:
+            return False
+        last, result = self._last_computed
+        if last.shape != image.shape or result.labels.shape != size:
+            return False
+        return (image - last).abs().max().item() <= REPEAT_TOLERANCE
 
     def _result(
         self,
@@ -113,6 +139,7 @@ class VOSSession:
         mask: np.ndarray | None,
         reused: bool,
         computed: float = 1.0,
+        repeated: bool = False,
     ) -> StepResult:
         labels, full = self._labels(self.model.upsample(probs, image), size, mask)
         self.frame_index += 1
@@ -120,7 +147,7 @@ class VOSSession:
         soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
         return StepResult(
             labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed,
-            probabilities=soft, object_ids=tuple(self.object_ids),
+            probabilities=soft, object_ids=tuple(self.object_ids), repeated=repeated,
         )
 
     def state(self) -> dict:
@@ -135,11 +162,13 @@ class VOSSession:
             "mirror": list(self.mirror.slots) if self.mirror is not None else None,
             "reuse": _tracker_state(self.reuse),
             "sparse": _tracker_state(self.sparse),
+            "last_computed": self._last_computed,
         }
 
     def restore(self, state: dict) -> None:
         self.object_ids = list(state["object_ids"])
         self.frame_index, self._last_write = state["frame_index"], state["last_write"]
+        self._last_computed = state.get("last_computed")  # checkpoints from before it have none
         # replace() gives each slot a new uid: the bank caches similarities by uid, and the
         # counter that numbered the saved slots belonged to another process
         self.bank.slots = [dataclasses.replace(slot) for slot in state["bank"]]

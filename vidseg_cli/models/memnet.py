@@ -171,6 +171,8 @@ class MemoryNetwork(nn.Module):
         # What runs the backbone at inference: the module itself, or the same weights on
         # another runtime (models/onnx_trunk.py); training always uses the module.
         self.trunk: Callable[[torch.Tensor], Features] | None = None
+        # Likewise the decoder of one frame's objects, (O, Cv, h, w) readout -> (O, H4, W4).
+        self.frame_decoder: Callable[[torch.Tensor, Features], torch.Tensor] | None = None
 
     def with_own_heads(self) -> MemoryNetwork:
         """A copy with its own heads and this model's backbone (for heads trained or loaded
@@ -257,6 +259,8 @@ class MemoryNetwork(nn.Module):
     @torch.inference_mode()
     def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
         readout = self.read(frame.key, slots, objects)  # (O, Cv, h, w)
+        if self.frame_decoder is not None:
+            return torch.sigmoid(self.frame_decoder(readout, frame.features))
         return torch.sigmoid(self.decode(readout[None], frame.features)[0])
 
     @torch.inference_mode()

@@ -1,9 +1,12 @@
-"""`--runtime onnx`: the EfficientNet-Lite0 trunk run by ONNX Runtime on the CPU.
+"""`--runtime onnx`: the EfficientNet-Lite0 trunk (and the VOS decoder) run by ONNX Runtime
+on the CPU.
 
 The trunk is most of a frame's time, and eager PyTorch leaves speed there: ONNX Runtime
-fuses its depthwise and pointwise convolutions with their activations. The heads, the
-memory read and everything per video stay in PyTorch. A trunk is exported once per
-weights and input size (the TensorFlow "same" padding depends on the size) and cached:
+fuses its depthwise and pointwise convolutions with their activations. The VOS decoder's
+small convolutions at strides 16, 8 and 4 are the next largest part and gain the same way.
+The memory read, the value encoder, the fusion cell and everything per video stay in
+PyTorch. A graph is exported once per weights and input size (the TensorFlow "same"
+padding depends on the size; the decoder also per object count) and cached:
 ``$VIDSEG_CACHE`` or ``$XDG_CACHE_HOME/vidseg`` (default ``~/.cache/vidseg``), under
 ``onnx/``, named by a digest of the weights, so a model with fine-tuned blocks never
 meets another's graph.
@@ -62,47 +65,104 @@ class _Pyramid(torch.nn.Module):
         return features.s4, features.s8, features.s16
 
 
-class OnnxTrunk:
-    """Callable like the backbone (image (1, 3, H, W) in [0, 255] -> Features), on ONNX Runtime."""
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise VidsegError('--runtime onnx needs ONNX Runtime: pip install "vidseg[onnx]"') from None
+    return onnxruntime
 
-    def __init__(self, backbone: EfficientNetLite0, threads: int | None = None) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise VidsegError('--runtime onnx needs ONNX Runtime: pip install "vidseg[onnx]"') from None
-        self._ort = onnxruntime
-        self.backbone = backbone.eval()
-        self.digest = weights_digest(backbone)[:16]
+
+def _watched() -> bool:
+    """A dispatch mode (the bench's FLOP counter) is watching: run the same network in
+    PyTorch so that it sees the work, whichever runtime times it."""
+    return _get_current_dispatch_mode() is not None
+
+
+class _Graphs:
+    """ONNX Runtime sessions of one module, one per input shape, exported on first use."""
+
+    def __init__(self, module: torch.nn.Module, name: str, label: str, threads: int | None) -> None:
+        self._ort = _onnxruntime()
+        self.module = module.eval()
+        self.label = label
+        self.name = f"{name}-{weights_digest(module)[:16]}"
         self.threads = threads or torch.get_num_threads()
-        self._sessions: dict[tuple[int, int], object] = {}
+        self._sessions: dict[tuple, object] = {}
 
-    def __call__(self, image: torch.Tensor) -> Features:
-        if _get_current_dispatch_mode() is not None:
-            # A dispatch mode (the bench's FLOP counter) is watching: run the same network in
-            # PyTorch so that it sees the trunk's work, whichever runtime times it.
-            return self.backbone(image)
-        size = (int(image.shape[-2]), int(image.shape[-1]))
-        session = self._sessions.get(size) or self._open(size)
-        s4, s8, s16 = session.run(None, {"image": image.detach().to("cpu", torch.float32).contiguous().numpy()})
-        return Features(*(torch.from_numpy(t).to(image.device) for t in (s4, s8, s16)))
+    def run(self, shape: tuple, inputs: dict[str, torch.Tensor], example: tuple[torch.Tensor, ...], outputs: list[str]) -> list[torch.Tensor]:
+        session = self._sessions.get(shape) or self._open(shape, list(inputs), example, outputs)
+        arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
+        return [torch.from_numpy(a) for a in session.run(None, arrays)]
 
-    def graph_path(self, size: tuple[int, int]) -> Path:
-        return cache_dir() / f"effl0-{self.digest}-{size[0]}x{size[1]}-opset{OPSET}.onnx"
+    def graph_path(self, shape: tuple) -> Path:
+        return cache_dir() / f"{self.name}-{'x'.join(str(n) for n in shape)}-opset{OPSET}.onnx"
 
-    def _open(self, size: tuple[int, int]):
-        path = self.graph_path(size)
+    def _open(self, shape: tuple, inputs: list[str], example: tuple[torch.Tensor, ...], outputs: list[str]):
+        path = self.graph_path(shape)
         if not path.exists():
-            export(self.backbone, size, path)
+            print(f"exporting {self.label} for ONNX Runtime at {'x'.join(str(n) for n in shape)} (once; cached in {path.parent})", file=sys.stderr)
+            export(self.module, example, inputs, outputs, path)
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's workers spin-wait after each run by default; the heads then run in PyTorch on
+        # ORT's workers spin-wait after each run by default; the rest then runs in PyTorch on
         # the same cores, and both runtimes' threads would fight for them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self._sessions[size] = session
+        self._sessions[shape] = session
         return session
+
+
+class OnnxTrunk:
+    """Callable like the backbone (image (1, 3, H, W) in [0, 255] -> Features), on ONNX Runtime."""
+
+    def __init__(self, backbone: EfficientNetLite0, threads: int | None = None) -> None:
+        self.backbone = backbone.eval()
+        self._graphs = _Graphs(_Pyramid(self.backbone), "effl0", "the backbone", threads)
+
+    def __call__(self, image: torch.Tensor) -> Features:
+        if _watched():
+            return self.backbone(image)
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        s4, s8, s16 = self._graphs.run(size, {"image": image}, (torch.zeros(1, 3, *size),), ["s4", "s8", "s16"])
+        return Features(*(t.to(image.device) for t in (s4, s8, s16)))
+
+    def graph_path(self, size: tuple[int, int]) -> Path:
+        return self._graphs.graph_path(size)
+
+
+class _Decoding(torch.nn.Module):
+    """The VOS decoder for O objects of one frame, with plain tensor inputs for an exporter."""
+
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, readout: torch.Tensor, s4: torch.Tensor, s8: torch.Tensor, s16: torch.Tensor) -> torch.Tensor:
+        o = readout.shape[0]
+        features = Features(*(t.expand(o, -1, -1, -1) for t in (s4, s8, s16)))
+        return self.decoder(readout, features)
+
+
+class OnnxDecoder:
+    """Callable like the decoder on one frame's objects: readout (O, Cv, h, w) and the
+    frame's Features (batch of one) -> logits (O, H4, W4), on ONNX Runtime."""
+
+    def __init__(self, decoder: torch.nn.Module, threads: int | None = None) -> None:
+        self.decoder = decoder.eval()
+        # the logit bias is a setting, not a weight: it names the graph too
+        self._graphs = _Graphs(_Decoding(self.decoder), f"vosdec{self.decoder.bias:+g}", "the decoder", threads)
+
+    def __call__(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
+        if _watched():
+            return _Decoding(self.decoder)(readout, features.s4, features.s8, features.s16)
+        inputs = {"readout": readout, "s4": features.s4, "s8": features.s8, "s16": features.s16}
+        shape = (readout.shape[0], *features.s4.shape[-2:])
+        example = tuple(torch.zeros_like(t) for t in inputs.values())
+        (logits,) = self._graphs.run(shape, inputs, example, ["logits"])
+        return logits.to(readout.device)
 
 
 @contextlib.contextmanager
@@ -116,8 +176,8 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
-def export(backbone: EfficientNetLite0, size: tuple[int, int], path: Path) -> None:
-    """Write the trunk's graph for one input size, atomically (concurrent runs may race)."""
+def export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str], path: Path) -> None:
+    """Write a module's graph for one input shape, atomically (concurrent runs may race)."""
     try:
         import onnx  # noqa: F401 - the exporter needs both
         import onnxscript  # noqa: F401
@@ -127,14 +187,12 @@ def export(backbone: EfficientNetLite0, size: tuple[int, int], path: Path) -> No
     handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial.onnx", dir=path.parent)
     os.close(handle)
     try:
-        example = torch.zeros(1, 3, *size)
-        print(f"exporting the backbone for ONNX Runtime at {size[1]}x{size[0]} (once; cached in {path.parent})", file=sys.stderr)
         # the exporter reports its progress on stdout, which carries vidseg's data, and logs
         # warnings about operators of other models (torchvision's)
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter's advice is for other models
             program = torch.onnx.export(
-                _Pyramid(backbone.eval()), (example,), input_names=["image"], output_names=["s4", "s8", "s16"],
+                module.eval(), example, input_names=inputs, output_names=outputs,
                 opset_version=OPSET, dynamo=True, verbose=False, external_data=False,
             )
             program.save(staging)

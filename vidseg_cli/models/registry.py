@@ -34,7 +34,7 @@ from vidseg_cli.weights.registry import (
     resolve,
 )
 
-VOS_MODELS = ("vos-effl0", "propagate")
+VOS_MODELS = ("vos-effl0-v2", "vos-effl0", "propagate")
 
 
 @functools.cache
@@ -76,10 +76,12 @@ def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
         raise VidsegError(f"--runtime {runtime} runs on the CPU; on {torch.device(device).type} use --runtime torch")
     if not hasattr(model, "trunk"):
         raise VidsegError(f"--runtime {runtime} runs learned memory networks (such as {DEFAULT_VOS_MODEL}), not this model")
-    from vidseg_cli.models.onnx_trunk import OnnxTrunk  # onnxruntime is an optional extra
+    from vidseg_cli.models.onnx_trunk import OnnxDecoder, OnnxTrunk  # onnxruntime is an optional extra
 
     faster = copy.copy(model)  # shallow: the same backbone and heads
     faster.trunk = OnnxTrunk(model.backbone)
+    if isinstance(model, MemoryNetwork):
+        faster.frame_decoder = OnnxDecoder(model.heads.decoder)
     return faster
 
 
