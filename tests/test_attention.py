@@ -100,9 +100,13 @@ def test_reading_every_memory_pixel_is_the_softmax_read_with_known_objects():
     affinity = (2 * query.transpose(1, 2) @ keys - keys.pow(2).sum(1, keepdim=True)) * 8**-0.5
     weights = torch.softmax(affinity, 2)[:, None] * known[:, :, None]
     expected = torch.einsum("bodm,bonm->bodn", values, weights / weights.sum(3, keepdim=True))
-    torch.testing.assert_close(attend(query, keys, values, known, 0), expected)
+    # float32 with another summation order (a fused baddbmm; the thread split varies with the
+    # machine's load): 5e-5 apart was seen once, so the tolerance is 1e-4; a wrong weighting
+    # is off by far more
+    close = {"atol": 1e-4, "rtol": 1e-4}
+    torch.testing.assert_close(attend(query, keys, values, known, 0), expected, **close)
     all_known = torch.einsum("bodm,bnm->bodn", values, torch.softmax(affinity, 2))
-    torch.testing.assert_close(attend(query, keys, values, None, 0), all_known)  # the (B, M, N) layout
+    torch.testing.assert_close(attend(query, keys, values, None, 0), all_known, **close)  # the (B, M, N) layout
     scale = torch.tensor(0.7, requires_grad=True)  # a learned scale gets its gradient
     attend(query, keys, values, None, 0, scale).sum().backward()
     assert scale.grad is not None and scale.grad.abs() > 0

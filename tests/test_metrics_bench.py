@@ -254,6 +254,6 @@ def test_bench_compares_fusion_cells(vidseg, tmp_path):
                  "--fusion", "model,training-free,none", "--memory", "stremn,fifo", "--json")
     assert run.code == 0, run.stderr
     labels = [r["config"] for r in json.loads(run.stdout)["results"]]
-    assert labels == ["vos-effl0 48p stremn K=3 A", "vos-effl0 48p stremn K=3 A fusion=training-free",
-                      "vos-effl0 48p stremn K=3 A fusion=none", "vos-effl0 48p fifo K=3"]  # the default model
+    assert labels == ["vos-effl0-v2 48p stremn K=3 A", "vos-effl0-v2 48p stremn K=3 A fusion=training-free",
+                      "vos-effl0-v2 48p stremn K=3 A fusion=none", "vos-effl0-v2 48p fifo K=3"]  # the default model
     assert vidseg("bench", "--fusion", "magic").code == 2

@@ -206,7 +206,7 @@ def run(
         for result in results:
             if progress:
                 progress(f"{sequence.name}: {result.config.label}")
-            _run_one(result, models[result.config.network], sequence, images, decode_per_frame, device)
+            _run_one(result, models[result.config.network], sequence, images, decode_per_frame, device, warm_up=True)
     return results, peak_rss_bytes()
 
 
@@ -220,9 +220,14 @@ def evaluate(model: VOSModel, sequences: list[Sequence], config: Config, device:
 
 
 def _run_one(
-    result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device
+    result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device,
+    warm_up: bool = False,
 ) -> None:
     config = result.config
+    if warm_up:  # untimed: a runtime's first call at a size (ONNX: export, session) is set-up, not speed
+        warm = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta)
+        for index, image in enumerate(images[:2]):
+            warm.step(image, sequence.prompts.get(index))
     session = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta)
     cuda = device.type == "cuda"
     if cuda:
