@@ -139,7 +139,6 @@ class VOSSession:
         mask: np.ndarray | None,
         reused: bool,
         computed: float = 1.0,
-        repeated: bool = False,
     ) -> StepResult:
         labels, full = self._labels(self.model.upsample(probs, image), size, mask)
         self.frame_index += 1
@@ -147,7 +146,7 @@ class VOSSession:
         soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
         return StepResult(
             labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed,
-            probabilities=soft, object_ids=tuple(self.object_ids), repeated=repeated,
+            probabilities=soft, object_ids=tuple(self.object_ids),
         )
 
     def state(self) -> dict:
