@@ -202,10 +202,10 @@ def _draw_actor(image: np.ndarray, labels: np.ndarray, actor: _Actor, foot: int,
     alpha = np.asarray(Image.fromarray(actor.alpha).resize((w, h), Image.BILINEAR))
     rgb = np.stack([np.asarray(Image.fromarray(actor.image[..., c]).resize((w, h), Image.BILINEAR)) for c in range(3)], -1)
     left = int(round(centre - w / 2))
-    shadow = np.zeros((max(3, h // 6), w), np.float32)
-    sy, sx = np.mgrid[: shadow.shape[0], :w]
-    shadow = np.clip(1 - ((sx - w / 2) / (w / 2)) ** 2 - ((sy - shadow.shape[0] / 2) / (shadow.shape[0] / 2)) ** 2, 0, 1) * 0.5
-    _draw(image, np.zeros((*shadow.shape, 3), np.float32), shadow, foot - shadow.shape[0] // 2, left + w // 8)
+    depth = max(3, h // 6)  # an elliptic shadow at the foot
+    sy, sx = np.mgrid[:depth, :w]
+    shadow = np.clip(1 - ((sx - w / 2) / (w / 2)) ** 2 - ((sy - depth / 2) / (depth / 2)) ** 2, 0, 1) * 0.5
+    _draw(image, np.zeros((depth, w, 3), np.float32), shadow, foot - depth // 2, left + w // 8)
     _draw(image, rgb, alpha, foot - h, left, labels, object_id)
 
 

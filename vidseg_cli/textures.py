@@ -19,15 +19,14 @@ def fbm(rng: np.random.Generator, height: int, width: int, cells: float = 3.0, o
     """(H, W) fractal noise in [0, 1]; ``cells`` noise cells across the short side at the
     coarsest octave, ``stretch`` > 1 elongates the grain horizontally (fur, fibres)."""
     out = np.zeros((height, width), np.float32)
-    amplitude, total = 1.0, 0.0
+    amplitude = 1.0
     for octave in range(octaves):
         across = cells * 2**octave
         rows = max(2, int(across * height / min(height, width)) + 2)
         cols = max(2, int(across * width / min(height, width) / stretch) + 2)
         grid = rng.normal(size=(rows, cols)).astype(np.float32)
         out += amplitude * _resize(grid, height, width)
-        total += amplitude
-        amplitude *= 0.5
+        amplitude *= 0.5  # the percentile stretch below sets the range
     low, high = np.percentile(out, (1, 99))
     return np.clip((out - low) / max(high - low, 1e-6), 0, 1)
 
@@ -64,7 +63,7 @@ def material(rng: np.random.Generator, kind: str, height: int, width: int) -> np
         grey = rng.uniform(90, 160)
         return colourise(ridged, _ramp(rng, (grey, grey * 0.97, grey * 0.92), 0.5))
     if kind == "wood":
-        y, x = np.mgrid[:height, :width].astype(np.float32)
+        y = np.arange(height, dtype=np.float32)[:, None]
         rings = np.sin(2 * np.pi * (y / height * rng.uniform(4, 8) + 2.5 * fbm(rng, height, width, cells=2)))
         return colourise(0.5 + 0.5 * rings, _ramp(rng, (150, 100, 55), 0.35))
     if kind == "fur":

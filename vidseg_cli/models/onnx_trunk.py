@@ -90,19 +90,20 @@ class _Graphs:
         self.threads = threads or torch.get_num_threads()
         self._sessions: dict[tuple, object] = {}
 
-    def run(self, shape: tuple, inputs: dict[str, torch.Tensor], example: tuple[torch.Tensor, ...], outputs: list[str]) -> list[torch.Tensor]:
-        session = self._sessions.get(shape) or self._open(shape, list(inputs), example, outputs)
+    def run(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
+        session = self._sessions.get(shape) or self._open(shape, inputs, outputs)
         arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
         return [torch.from_numpy(a) for a in session.run(None, arrays)]
 
     def graph_path(self, shape: tuple) -> Path:
         return cache_dir() / f"{self.name}-{'x'.join(str(n) for n in shape)}-opset{OPSET}.onnx"
 
-    def _open(self, shape: tuple, inputs: list[str], example: tuple[torch.Tensor, ...], outputs: list[str]):
+    def _open(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]):
         path = self.graph_path(shape)
         if not path.exists():
             print(f"exporting {self.label} for ONNX Runtime at {'x'.join(str(n) for n in shape)} (once; cached in {path.parent})", file=sys.stderr)
-            export(self.module, example, inputs, outputs, path)
+            example = tuple(torch.zeros(t.shape) for t in inputs.values())
+            export(self.module, example, list(inputs), outputs, path)
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -126,7 +127,7 @@ class OnnxTrunk:
         if _watched():
             return self.backbone(image)
         size = (int(image.shape[-2]), int(image.shape[-1]))
-        s4, s8, s16 = self._graphs.run(size, {"image": image}, (torch.zeros(1, 3, *size),), ["s4", "s8", "s16"])
+        s4, s8, s16 = self._graphs.run(size, {"image": image}, ["s4", "s8", "s16"])
         return Features(*(t.to(image.device) for t in (s4, s8, s16)))
 
     def graph_path(self, size: tuple[int, int]) -> Path:
@@ -151,17 +152,15 @@ class OnnxDecoder:
     frame's Features (batch of one) -> logits (O, H4, W4), on ONNX Runtime."""
 
     def __init__(self, decoder: torch.nn.Module, threads: int | None = None) -> None:
-        self.decoder = decoder.eval()
+        self.decoding = _Decoding(decoder.eval())
         # the logit bias is a setting, not a weight: it names the graph too
-        self._graphs = _Graphs(_Decoding(self.decoder), f"vosdec{self.decoder.bias:+g}", "the decoder", threads)
+        self._graphs = _Graphs(self.decoding, f"vosdec{decoder.bias:+g}", "the decoder", threads)
 
     def __call__(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
         if _watched():
-            return _Decoding(self.decoder)(readout, features.s4, features.s8, features.s16)
+            return self.decoding(readout, features.s4, features.s8, features.s16)
         inputs = {"readout": readout, "s4": features.s4, "s8": features.s8, "s16": features.s16}
-        shape = (readout.shape[0], *features.s4.shape[-2:])
-        example = tuple(torch.zeros_like(t) for t in inputs.values())
-        (logits,) = self._graphs.run(shape, inputs, example, ["logits"])
+        (logits,) = self._graphs.run((readout.shape[0], *features.s4.shape[-2:]), inputs, ["logits"])
         return logits.to(readout.device)
 
 

@@ -197,12 +197,12 @@ class ClipSampler:
         size = self.rng.uniform(0.25, 0.6) * height / cut.shape[-2]
         size = min(size, 0.6 * width / cut.shape[-1])
         h, w = max(8, round(cut.shape[-2] * size)), max(8, round(cut.shape[-1] * size))
-        canvas, alpha = torch.zeros(3, height, width), torch.zeros(1, height, width)
-        top, left = (height - h) // 2, (width - w) // 2  # centred; the path moves it
         if h > height or w > width:
             return images, masks
-        canvas[:, top : top + h, left : left + w] = F.interpolate(cut[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        alpha[:, top : top + h, left : left + w] = F.interpolate(cut_mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        layers = torch.zeros(4, height, width)  # RGB and coverage, centred; the path moves them
+        top, left = (height - h) // 2, (width - w) // 2
+        cut_layers = torch.cat([cut, cut_mask[None]])
+        layers[:, top : top + h, left : left + w] = F.interpolate(cut_layers[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         start, end = self.rng.uniform(-0.7, 0.7, size=(2, 2))
         growth, turn = self.rng.uniform(0.8, 1.25), math.radians(self.rng.uniform(-15, 15))
         front = self.rng.random() < 0.7
@@ -214,11 +214,9 @@ class ClipSampler:
             # output -> canvas coordinates: undo the move, then the turn and scale
             theta = torch.tensor([[cos, -sin, -(cos * offset[0] - sin * offset[1])],
                                   [sin, cos, -(sin * offset[0] + cos * offset[1])]], dtype=torch.float32)
-            cover = _affine(alpha, theta, "bilinear")[0]
-            if not front:
-                cover = cover * (masks[t] == 0)
-            moved = _affine(canvas, theta, "bilinear")
-            images[t] = images[t] * (1 - cover) + moved * cover
+            moved = _affine(layers, theta, "bilinear")  # pixels and coverage in one warp
+            cover = moved[3] if front else moved[3] * (masks[t] == 0)
+            images[t] = images[t] * (1 - cover) + moved[:3] * cover
             masks[t] = torch.where(cover > 0.5, label, masks[t])
         return images, masks
 
