@@ -35,6 +35,16 @@ def ieee_floats_again():
         sys.modules["torch"].set_flush_denormal(False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def scratch_cache(tmp_path_factory):
+    """Graphs that --runtime auto makes for ONNX Runtime go to a scratch folder shared by
+    the suite, not to the user's cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("VIDSEG_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory) -> tuple[Path, Path]:
     """(clip.mp4, mask.png): 12 frames of 96x128, two objects."""

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.memory import readout
-from vidseg_cli.memory.attention import global_match, local_match
+from vidseg_cli.memory.attention import global_match, local_match, top_k
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import ReadConfig, read_memory
 from vidseg_cli.memory.similarity import template_similarity
@@ -20,6 +20,26 @@ def test_local_match_with_a_frame_wide_window_equals_global():
     s_local, v_local = local_match(q, k, v, topk=5, radius=30)
     s_global, v_global = global_match(q, k, v, topk=5)
     assert torch.allclose(s_local, s_global) and torch.allclose(v_local, v_global)
+
+
+def test_blockwise_top_k_equals_torch_top_k():
+    """Exact on rows long enough to cut into blocks, with the best entries crowded into
+    one block or spread out, and on rows too short or of prime length (plain top-k)."""
+    torch.manual_seed(0)
+    for shape, k in [((2, 30, 4600), 10), ((50, 1840), 20), ((7, 2000), 1), ((3, 640), 10), ((4, 4099), 10)]:
+        affinity = torch.randn(*shape)
+        affinity[..., 100:120] += 10  # the best twenty side by side
+        values, index = top_k(affinity, k)
+        expected = affinity.topk(k, dim=-1)
+        assert torch.equal(values, expected.values) and torch.equal(index, expected.indices)
+
+
+def test_blockwise_top_k_passes_gradients_to_the_chosen_entries():
+    affinity = torch.randn(3, 2000, requires_grad=True)
+    values, index = top_k(affinity, 5)
+    values.sum().backward()
+    expected = torch.zeros(3, 2000).scatter_(1, index, 1.0)
+    assert torch.equal(affinity.grad, expected)
 
 
 def reference_local_match(q, k, v, topk, radius, tile):

@@ -250,7 +250,7 @@ def test_markdown_tables_from_a_report():
 
 def test_bench_compares_fusion_cells(vidseg, tmp_path):
     write_davis(tmp_path, sequences=1, length=10, height=48, width=64)
-    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--slots", "3", "--update", "A",
+    run = vidseg("bench", "--data", tmp_path, "--size", "48", "--slots", "3", "--update", "A", "--runtime", "torch",
                  "--fusion", "model,training-free,none", "--memory", "stremn,fifo", "--json")
     assert run.code == 0, run.stderr
     labels = [r["config"] for r in json.loads(run.stdout)["results"]]

@@ -121,7 +121,9 @@ def test_every_model_is_stateless_and_takes_any_size(name, size):
     slots = [Slot(key=key, value=value, frame=0, permanent=True)]
     read = model.segment(frame, slots, objects=2)
     assert read.shape == (2, *frame.grid) and read.min() >= 0 and read.max() <= 1
-    assert model.upsample(torch.softmax(torch.randn(3, *frame.grid), 0), image).shape == (3, *size)
+    grid_probs = torch.softmax(torch.randn(3, *frame.grid), 0)
+    assert model.upsample(grid_probs, image, size).shape == (3, *size)
+    assert model.upsample(grid_probs, image, (2 * size[0], 3 * size[1])).shape == (3, 2 * size[0], 3 * size[1])
 
 
 def test_propagation_keys_are_unit_norm():

@@ -34,7 +34,9 @@ SPARSE_GATE_MODES = ("static", "residual", "triple")
 SPARSE_MODES = ("none", *SPARSE_GATE_MODES)
 SPARSE_WRITE_EVERY = 5  # SpVOS's DAVIS schedule: a memory frame every five frames
 DIRECTIONS = ("forward", "backward", "both")
-RUNTIMES = ("torch", "onnx")  # what runs the backbone: eager PyTorch, or ONNX Runtime (CPU)
+# What runs the backbone: eager PyTorch, ONNX Runtime on the CPU (float32, or INT8 weights
+# and activations), or auto: onnx on a CPU where the onnx extra is installed, else torch
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 LONG_HEIGHT, LONG_WIDTH = 64, 96  # bench --long's synthetic clip
 
@@ -108,7 +110,7 @@ class SegmentOptions:
     sparse: SparseOptions = SparseOptions()
     sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
     tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
-    runtime: str = "torch"  # what runs the backbone (RUNTIMES)
+    runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     direction: str = "both"  # forward, backward, or both (each frame from the nearer mask)
     events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
     event_options: EventOptions = EventOptions()
@@ -158,7 +160,7 @@ class SemsegOptions:
     read: str | None = None  # local | global; None: the model's own
     radius: int | None = None  # None: the model's own
     size: int = 360  # processing size (short side); CamVid is 480x360
-    runtime: str = "torch"  # what runs the backbone (RUNTIMES)
+    runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     format: str = "png"
     force: bool = False
     device: str = "auto"

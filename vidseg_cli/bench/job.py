@@ -25,6 +25,7 @@ from vidseg_cli.cli.common import comma_list, json_text, stderr
 from vidseg_cli.engine.segment import pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_atomically
+from vidseg_cli.models.registry import learned_runtime
 from vidseg_cli.options import DEFAULT_SIZE, FUSIONS, LONG_HEIGHT, LONG_WIDTH, POLICIES
 from vidseg_cli.synthetic import write_davis
 
@@ -120,8 +121,9 @@ def bench_semseg(
     target = pick_device(device)
     reads = comma_list(read) if read else [None]
     radii = comma_list(radius, int) if radius else [None]
+    runtimes = [learned_runtime(target) if name == "auto" else name for name in comma_list(runtime)]  # every semseg model is learned
     sweep = semseg_configs(
-        comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int), comma_list(runtime)
+        comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int), list(dict.fromkeys(runtimes))
     )
     with stderr.status("benchmarking") as status:
         results = run_semseg_bench(sweep, data, split, target, consistency, progress=lambda text: status.update(text))

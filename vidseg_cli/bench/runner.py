@@ -6,6 +6,7 @@ machine noise hits all of them alike and their ratios stay fair.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import statistics
@@ -34,6 +35,7 @@ from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
 from vidseg_cli.models.base import VOSModel
+from vidseg_cli.models.registry import runtime_of
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ def run(
     for config in configs:
         if config.network not in models:
             models[config.network] = config.build(device)
+    configs = _resolved(configs, models)
     results = [Result(config) for config in configs]
     for sequence in sequences:
         start = time.perf_counter()
@@ -208,6 +211,19 @@ def run(
                 progress(f"{sequence.name}: {result.config.label}")
             _run_one(result, models[result.config.network], sequence, images, decode_per_frame, device, warm_up=True)
     return results, peak_rss_bytes()
+
+
+def _resolved(configs: list[Config], models: dict) -> list[Config]:
+    """Configurations with ``--runtime auto`` named by what it chose (their models listed
+    under that name too), without the duplicates that makes."""
+    out = []
+    for config in configs:
+        model = models[config.network]
+        config = dataclasses.replace(config, runtime=runtime_of(model))
+        models.setdefault(config.network, model)
+        if config not in out:
+            out.append(config)
+    return out
 
 
 def evaluate(model: VOSModel, sequences: list[Sequence], config: Config, device: torch.device) -> dict[str, float]:

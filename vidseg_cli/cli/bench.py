@@ -56,7 +56,7 @@ def bench_command(
     reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
     reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
-    runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: torch, onnx (ONNX Runtime on the CPU).")] = "torch",
+    runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: auto (as segment chooses), torch, onnx, onnx-int8 (ONNX Runtime on the CPU).")] = "auto",
 ) -> None:
     """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence."""
     from vidseg_cli.bench.job import bench, bench_predict, bench_semseg  # torch: imported when a command runs

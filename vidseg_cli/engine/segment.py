@@ -36,6 +36,7 @@ from vidseg_cli.models.registry import (
     create_reuse_model,
     create_sparse_model,
     create_vos_model,
+    runtime_of,
     with_runtime,
 )
 from vidseg_cli.options import (  # noqa: F401 - re-exported
@@ -75,6 +76,7 @@ class SegmentSummary:
     seconds: float = 0.0
     fps: float = 0.0
     peak_rss_mb: float = 0.0
+    runtime: str = "torch"  # what ran the backbone (--runtime auto chooses)
     peak_cuda_mb: float | None = None
     memory_slots_max: int = 0
     memory_bytes_max: int = 0
@@ -171,9 +173,12 @@ def build_model(
     runtime: str = "torch",
 ) -> VOSModel:
     """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1) or its
-    SpVOS gates when it runs sparse; ``runtime`` onnx runs its backbone on ONNX Runtime."""
+    SpVOS gates when it runs sparse; ``runtime`` onnx runs its backbone on ONNX Runtime
+    (auto: where it can, models/registry.py)."""
     if reuse.enabled and sparse.enabled:
         raise VidsegError("--reuse and --sparse cannot be combined: pick one way to skip work")
+    if runtime == "auto" and (reuse.enabled or sparse.enabled):
+        runtime = "torch"  # reuse and sparse skip parts of the PyTorch backbone
     if runtime != "torch":
         if reuse.enabled or sparse.enabled:
             raise VidsegError(f"--runtime {runtime} runs the whole backbone: it cannot be combined with --reuse or --sparse")
@@ -417,7 +422,7 @@ def _run(
     by_frame = {mask.frame: mask.path for mask in masks}
     plan = DirectionPlan(options.direction, list(by_frame))
     soft = needs_probabilities(options.format) or options.events is not None
-    summary = SegmentSummary(input=str(options.input), output="")
+    summary = SegmentSummary(input=str(options.input), output="", runtime=runtime_of(model))
     start = time.perf_counter()
     saved = checkpoint.load(folder, options) if options.resume else None
     if options.resume and saved is None:

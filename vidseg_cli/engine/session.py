@@ -140,7 +140,8 @@ class VOSSession:
         reused: bool,
         computed: float = 1.0,
     ) -> StepResult:
-        labels, full = self._labels(self.model.upsample(probs, image), size, mask)
+        full = self.model.upsample(probs, image, size)
+        labels = self._labels(full, mask)
         self.frame_index += 1
         memory_bytes = self.bank.nbytes + (self.mirror.nbytes if self.mirror is not None else 0)
         soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
@@ -183,6 +184,8 @@ class VOSSession:
         return image.permute(1, 2, 0).cpu().numpy()
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
+        # float32, not torch's faster uint8 resize: its rounding to whole grey levels cost
+        # 0.0017 J&F on val-dev (0.8193 -> 0.8176)
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
         h, w = image.shape[-2:]
         scale = self.size / min(h, w)
@@ -225,13 +228,8 @@ class VOSSession:
         bank.write(Slot(key=k, value=v, frame=self.frame_index, permanent=permanent))
         self._last_write = self.frame_index
 
-    def _labels(
-        self, probs: torch.Tensor, size: tuple[int, int], mask: np.ndarray | None
-    ) -> tuple[np.ndarray, torch.Tensor]:
-        """Object ids at the input resolution, and the probabilities they were taken from."""
-        full = probs
-        if tuple(probs.shape[-2:]) != size:
-            full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    def _labels(self, full: torch.Tensor, mask: np.ndarray | None) -> np.ndarray:
+        """Object ids from probabilities at the input resolution."""
         index = _argmax_channels(full).cpu().numpy()
         lut = np.array([0, *self.object_ids], dtype=np.uint8)
         labels = lut[index]
@@ -239,7 +237,7 @@ class VOSSession:
             # a user mask is exact at full resolution: keep its pixels as given
             labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
             labels = labels.astype(np.uint8)
-        return labels, full
+        return labels
 
 
 def _tracker_state(tracker: object | None) -> dict | None:

@@ -62,6 +62,40 @@ def local_match(
     return sims, values.view(h * w, k, -1)
 
 
+def top_k(affinity: torch.Tensor, k: int) -> Match:
+    """``affinity.topk(k, dim=-1)``, exact, and faster on a CPU for long rows.
+
+    The row is cut into blocks; the k best blocks by their maximum hold the k best entries
+    (each of the k best entries lies in a block whose maximum is at least as large, and k
+    block maxima are themselves entries), so top-k runs over the block maxima, then over
+    those k blocks: two short selections instead of one over the whole row, after one
+    vectorised pass of ``amax``. Only ties may pick other indices of equal values.
+    """
+    m = affinity.shape[-1]
+    block = _block_length(m, k) if affinity.device.type == "cpu" else None  # a GPU's top-k is fast
+    if block is None:
+        return affinity.topk(min(k, m), dim=-1)
+    blocks = affinity.unflatten(-1, (m // block, block))
+    best = blocks.amax(-1).topk(k, dim=-1).indices  # (..., k) block numbers
+    candidates = torch.gather(blocks, -2, best.unsqueeze(-1).expand(*best.shape, block))
+    values, where = candidates.flatten(-2).topk(k, dim=-1)
+    return values, torch.gather(best, -1, where // block) * block + where % block
+
+
+def _block_length(m: int, k: int) -> int | None:
+    """A divisor of m near 1.4 sqrt(m) (fastest in a sweep on a 2-core CPU), or None when
+    the row is too short to gain (below ~2,500 entries for k = 10, torch's own top-k is as
+    fast) or has no divisor near enough: the plain top-k then."""
+    if m < 256 * k:
+        return None
+    target = round(1.4 * m**0.5)
+    for offset in range(target // 2 + 1):
+        for length in (target + offset, target - offset):
+            if m % length == 0 and m // length >= k:
+                return length
+    return None
+
+
 def window_covers_map(size: tuple[int, int], radius: int, tile: int = 8) -> bool:
     """True when every tile's window spans the whole map, so local matching is global."""
     return all(radius >= -(-n // tile) * tile - tile for n in size)

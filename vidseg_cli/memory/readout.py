@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.memory.attention import global_match, local_match, window_covers_map
+from vidseg_cli.memory.attention import global_match, local_match, top_k, window_covers_map
 from vidseg_cli.memory.bank import Slot
 
 
@@ -136,14 +136,17 @@ def attend(
         affinity_t = torch.baddbmm(bias.transpose(1, 2), keys.transpose(1, 2), (2 * scale) * query)  # (B, M, N)
         weights = torch.softmax(affinity_t, dim=1)
         return (values.flatten(1, 2) @ weights).view(b, *values.shape[1:3], n)
-    affinity = torch.baddbmm(bias, (2 * scale) * query.transpose(1, 2), keys)  # (B, N, M)
+    # The bias as one more channel of the product: baddbmm would first copy the broadcast
+    # bias into the whole B N M output, a pass that costs half as much as the matmul.
+    ones = query.new_ones(b, 1, n)
+    affinity = torch.bmm(torch.cat([(2 * scale) * query, ones], 1).transpose(1, 2), torch.cat([keys, bias], 1))  # (B, N, M)
     if not 0 < topk < m:  # every memory pixel: one matmul, no gather of D x N x M values
         weights = torch.exp(affinity - affinity.amax(dim=2, keepdim=True)).unsqueeze(1)  # (B, 1, N, M)
         if known is not None:
             weights = weights * known.unsqueeze(2).to(weights.dtype)  # (B, O, N, M)
         weights = weights / weights.sum(dim=3, keepdim=True).clamp_min(1e-8)
         return values @ weights.expand(-1, values.shape[1], -1, -1).transpose(2, 3)  # (B, O, D, N)
-    top, index = affinity.topk(topk, dim=2)
+    top, index = top_k(affinity, topk)
     weights = torch.exp(top - top.amax(dim=2, keepdim=True)).unsqueeze(1)  # (B, 1, N, k)
     flat = index.flatten(1)  # (B, N*k)
     if known is not None:

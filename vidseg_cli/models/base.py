@@ -32,8 +32,9 @@ class VOSModel(Protocol):
         """Per-object probabilities (objects, *frame.grid) read from memory."""
         ...
 
-    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Grid probabilities -> probabilities at the processed image's size."""
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Grid probabilities -> probabilities at ``size`` (the input's resolution), with the
+        processed image at hand for models whose upsampling follows its edges."""
         ...
 
     def memorize(self, frame: EncodedFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -268,8 +268,9 @@ class MemoryNetwork(nn.Module):
         return frame.key, self.values(frame.features, probs[None])[0]
 
     @torch.inference_mode()
-    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(probs[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        # straight from the grid to the input's resolution: one pass, not two
+        return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.heads.fusion)
@@ -293,8 +294,8 @@ class ExtendedMemoryNetwork(nn.Module):
     def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base.memorize(frame, probs)
 
-    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.base.upsample(probs, image)
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.base.upsample(probs, image, size)
 
     def fusion(self):
         return self.base.fusion()

@@ -70,11 +70,14 @@ class PropagationModel(nn.Module):
         return read_memory(frame.key, slots, objects, self.config.read)
 
     @torch.inference_mode()
-    def upsample(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Grid probabilities (C, h, w) -> (C, H, W) at the processed image's size."""
-        if self.config.refine_radius <= 0:
-            return F.interpolate(probs[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
-        return refine_upsample(probs, image, self.config.refine_radius, self.config.refine_eps)
+    def upsample(self, probs: torch.Tensor, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Grid probabilities (C, h, w) -> (C, *size); the guided filter refines them at the
+        processed image's size first."""
+        if self.config.refine_radius > 0:
+            probs = refine_upsample(probs, image, self.config.refine_radius, self.config.refine_eps)
+        if tuple(probs.shape[-2:]) == tuple(size):
+            return probs
+        return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def memorize(self, frame: KeyFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (key, value) a frame writes into memory: values are the probabilities."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -68,10 +69,11 @@ def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
     """The same model (shared weights) with its backbone run by ``runtime``: torch, or onnx
     (ONNX Runtime on the CPU; models/onnx_trunk.py). Any head whose network has a
     ``backbone`` and a ``trunk`` slot takes it: the VOS memory network and the semseg network."""
-    if runtime == "torch":
-        return model
     if runtime not in RUNTIMES:
         raise VidsegError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    runtime = resolve_runtime(runtime, model, device)
+    if runtime == "torch":
+        return model
     if torch.device(device).type != "cpu":
         raise VidsegError(f"--runtime {runtime} runs on the CPU; on {torch.device(device).type} use --runtime torch")
     if not hasattr(model, "trunk"):
@@ -79,10 +81,37 @@ def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
     from vidseg_cli.models.onnx_trunk import OnnxDecoder, OnnxTrunk  # onnxruntime is an optional extra
 
     faster = copy.copy(model)  # shallow: the same backbone and heads
-    faster.trunk = OnnxTrunk(model.backbone)
+    faster.trunk = OnnxTrunk(model.backbone, int8=runtime == "onnx-int8")
     if isinstance(model, MemoryNetwork):
         faster.frame_decoder = OnnxDecoder(model.heads.decoder)
     return faster
+
+
+def resolve_runtime(runtime: str, model, device: torch.device | str = "cpu") -> str:
+    """``auto``: onnx for a learned network on a CPU where the onnx extra is installed (the
+    same masks as torch, faster), torch otherwise. Not onnx-int8: faster still, but it cost
+    the default VOS model 0.003 J&F on val-dev (docs/results.md)."""
+    if runtime != "auto":
+        return runtime
+    return learned_runtime(device) if hasattr(model, "trunk") else "torch"
+
+
+def learned_runtime(device: torch.device | str) -> str:
+    """What ``auto`` runs a learned network's backbone with on this device."""
+    return "onnx" if torch.device(device).type == "cpu" and onnx_installed() else "torch"
+
+
+def runtime_of(model) -> str:
+    """What runs this model's backbone (the name --runtime gives it)."""
+    trunk = getattr(model, "trunk", None) or getattr(getattr(model, "base", None), "trunk", None)
+    if trunk is None:
+        return "torch"
+    return "onnx-int8" if trunk.int8 else "onnx"
+
+
+@functools.cache
+def onnx_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
 
 
 def with_settings(model: MemoryNetwork, **settings) -> MemoryNetwork:
