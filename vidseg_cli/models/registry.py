@@ -66,8 +66,9 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
 
 
 def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
-    """The same model (shared weights) with its backbone run by ``runtime``: torch, or onnx
-    (ONNX Runtime on the CPU; models/onnx_trunk.py). Any head whose network has a
+    """The same model (shared weights) with its backbone run by ``runtime``: torch, onnx or
+    onnx-int8 (ONNX Runtime on the CPU; models/onnx_trunk.py), or auto (``resolve_runtime``).
+    Any head whose network has a
     ``backbone`` and a ``trunk`` slot takes it: the VOS memory network and the semseg network."""
     if runtime not in RUNTIMES:
         raise VidsegError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
