@@ -288,6 +288,26 @@ def test_finetuned_backbone_blocks_train_save_and_load(dataset, tmp_path):
     assert backbone() is not loaded.backbone
 
 
+def test_ema_saves_the_average_trains_the_raw_weights_and_resumes_exactly(dataset, tmp_path):
+    backbone()  # built once per process, drawing from torch's generator: before both runs seed it
+    plain = _trainer(dataset, tmp_path / "plain", finetune_blocks=1)
+    losses = [plain.train_step() for _ in range(3)]
+    averaged = _trainer(dataset, tmp_path / "ema", finetune_blocks=1, ema=0.9)  # seeds torch again, as each run does
+    assert [averaged.train_step() for _ in range(3)] == losses  # the average does not steer training
+    raw = {name: t.clone() for name, t in averaged._learned().items()}
+    path = averaged.save_model()
+    assert all(torch.equal(t, raw[name]) for name, t in averaged._learned().items())  # put back after saving
+    saved = create_vos_model(str(path))
+    saved_state = {f"heads.{n}": t for n, t in saved.heads.state_dict().items()} | saved.finetuned_state()
+    assert all(torch.equal(saved_state[name], averaged.average[name]) for name in raw)
+    assert any(not torch.equal(saved_state[name], raw[name]) for name in raw)  # the average, not the raw weights
+    averaged.save_checkpoint()
+    resumed = _trainer(dataset, tmp_path / "ema", finetune_blocks=1, ema=0.9)
+    resumed.load_checkpoint()
+    averaged.train_step(), resumed.train_step()
+    assert all(torch.equal(averaged.average[name], resumed.average[name]) for name in raw)
+
+
 def test_training_free_fusion_also_fuses_learned_feature_values():
     from vidseg_cli.memory.fusion import TrainingFreeFusion
 

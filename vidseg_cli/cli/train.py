@@ -106,6 +106,7 @@ def train_vos_command(
     scene_share: Annotated[float, typer.Option(help="Share of clips made of pasted objects moving over a --backgrounds image.")] = TrainConfig.scene_share,
     static_share: Annotated[float, typer.Option(help="Share of still-image clips whose frame does not move at all (a tripod shot: the mask must hold).")] = TrainConfig.static_share,
     region_share: Annotated[float, typer.Option(help="Share of still and scene clips with a blob-shaped patch of the background as one more object (only memory can follow it).")] = TrainConfig.region_share,
+    ema: Annotated[float, typer.Option(metavar="DECAY", min=0.0, max=0.9999, help="Polyak averaging of the weights that learn, with this decay per step (0.995: about the last 200 steps); validated and saved models are the average. 0: off.")] = TrainConfig.ema,
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="Fusion cell's eq 8: tanh as published (the default), aligned source + learned correction, or aligned-values (the correction on values only).")] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this model file (heads, tuned blocks and architecture; --fusion-candidate may change how its cell uses its tensors) instead of fresh heads.")] = None,
     train: Annotated[TrainedParts, typer.Option(help="What learns: every head, or only the fusion cell (a stage after --init).")] = TrainedParts.all,
@@ -144,7 +145,7 @@ def train_vos_command(
     config = TrainConfig(
         steps=steps, clip_length=clip_length, slots=slots, rules=update, crop=_crop(crop), lr=lr, seed=seed,
         finetune_blocks=finetune_blocks, max_gap=gaps, top_p=shares, still_share=stills,
-        extra_share=extras, scene_share=scene_share, static_share=static_share, region_share=region_share, init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
+        extra_share=extras, scene_share=scene_share, static_share=static_share, region_share=region_share, ema=ema, init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
         model=model.config,
     )
     _prepare(out, resume, force, [data, val, init, backgrounds])

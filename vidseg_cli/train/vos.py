@@ -11,6 +11,7 @@ initialised from torch's seeded generator, and a checkpoint stores both states.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class TrainConfig:
     init: str = ""  # sha256 of the model file training started from ("": fresh heads)
     train: str = "all"  # "fusion": only the fusion cell learns (a stage after the rest)
     fusion_distill: float = 0.0  # weight of the fused-read-equals-full-read loss
+    ema: float = 0.0  # Polyak averaging of what learns; validated and saved models are the average (0: off)
     model: MemNetConfig = field(default_factory=MemNetConfig)
 
 
@@ -145,6 +147,37 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.history: list[dict] = []
+        self.average = {name: t.detach().clone() for name, t in self._learned().items()} if config.ema else None
+
+    def _learned(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the model that training may change (heads, tuned backbone blocks)."""
+        return {f"heads.{n}": t for n, t in self.model.heads.state_dict().items()} | self.model.finetuned_state()
+
+    def _update_average(self) -> None:
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))  # early steps: follow closely
+        for name, current in self._learned().items():
+            if current.is_floating_point():
+                self.average[name].lerp_(current.detach(), 1 - decay)
+            else:
+                self.average[name].copy_(current)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model with the averaged weights in place (with --ema; else as it is)."""
+        if self.average is None:
+            yield self.model
+            return
+        learned = self._learned()
+        kept = {name: t.detach().clone() for name, t in learned.items()}
+        with torch.no_grad():
+            for name, t in learned.items():
+                t.copy_(self.average[name])
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for name, t in learned.items():
+                    t.copy_(kept[name])
 
     def learning_rate(self) -> float:
         """Linear warm-up, then cosine decay to a tenth."""
@@ -179,6 +212,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
         self.optimizer.step()
         self.step += 1
+        if self.average is not None:
+            self._update_average()
         return loss.item()
 
     def save_checkpoint(self) -> None:
@@ -187,6 +222,8 @@ class Trainer:
             "backbone": self.model.finetuned_state(),
             "config": json.dumps(asdict(self.config)),
         }
+        if self.average is not None:
+            own["average"] = self.average
         save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, own)
 
     def load_checkpoint(self) -> None:
@@ -194,10 +231,13 @@ class Trainer:
         self.model.heads.load_state_dict(state["heads"])
         self.model.load_state_dict(state["backbone"], strict=False)
         self.step, self.history = state["step"], state["history"]
+        if self.average is not None:
+            self.average = state["average"]
 
     def save_model(self, name: str = MODEL) -> Path:
         path = self.run_dir / name
-        save_model(self.model, path, {"steps": str(self.step), "seed": str(self.config.seed)})
+        with self.averaged() as model:
+            save_model(model, path, {"steps": str(self.step), "seed": str(self.config.seed)})
         return path
 
 
@@ -234,7 +274,8 @@ def run_training(
             trainer.history.append({"step": step, "loss": round(float(np.mean(losses)), 5)})
             losses = []
         if validate is not None and (step % validate_every == 0 or step == trainer.config.steps):
-            scores = validate()
+            with trainer.averaged():
+                scores = validate()
             best = max((h["J&F"] for h in trainer.history if "J&F" in h), default=-1.0)
             trainer.history.append({"step": step, **scores})
             log(f"step {step} validation: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
