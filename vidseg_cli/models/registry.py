@@ -68,8 +68,8 @@ def create_vos_model(name: str = DEFAULT_VOS_MODEL, device: torch.device | str =
 def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
     """The same model (shared weights) with its backbone run by ``runtime``: torch, onnx or
     onnx-int8 (ONNX Runtime on the CPU; models/onnx_trunk.py), or auto (``resolve_runtime``).
-    Any head whose network has a
-    ``backbone`` and a ``trunk`` slot takes it: the VOS memory network and the semseg network."""
+    Any head whose network has a ``backbone`` and a ``trunk`` slot takes it: the VOS memory
+    network and the semseg network."""
     if runtime not in RUNTIMES:
         raise VidsegError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     runtime = resolve_runtime(runtime, model, device)
@@ -91,7 +91,7 @@ def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
 def resolve_runtime(runtime: str, model, device: torch.device | str = "cpu") -> str:
     """``auto``: onnx for a learned network on a CPU where the onnx extra is installed (the
     same masks as torch, faster), torch otherwise. Not onnx-int8: faster still, but it cost
-    the default VOS model 0.003 J&F on val-dev (docs/results.md)."""
+    0.001-0.003 J&F on val-dev (docs/results.md)."""
     if runtime != "auto":
         return runtime
     return learned_runtime(device) if hasattr(model, "trunk") else "torch"
@@ -104,7 +104,7 @@ def learned_runtime(device: torch.device | str) -> str:
 
 def runtime_of(model) -> str:
     """What runs this model's backbone (the name --runtime gives it)."""
-    trunk = getattr(model, "trunk", None) or getattr(getattr(model, "base", None), "trunk", None)
+    trunk = getattr(model, "trunk", None)  # reuse and sparse models run on torch: they have none
     if trunk is None:
         return "torch"
     return "onnx-int8" if trunk.int8 else "onnx"

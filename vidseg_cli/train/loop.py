@@ -51,6 +51,12 @@ def run_steps(
             trainer.save_checkpoint()
 
 
+def polyak_decay(limit: float, step: int) -> float:
+    """The averaged weights' decay at a step: at most ``limit``, and less in the first steps,
+    so that the average follows the training weights closely before it settles."""
+    return min(limit, (1 + step) / (10 + step))
+
+
 def cosine_to_a_tenth(peak: float, step: int, steps: int) -> float:
     """The learning rate `step` of `steps` into a cosine decay from `peak` to a tenth of it."""
     share = step / max(1, steps)

@@ -31,7 +31,7 @@ from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import ClipSource
 from vidseg_cli.predict.data import FRAMES, batches
 from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, polyak_decay, run_steps, save_run_state
 
 MODEL = "predictor.safetensors"
 LOSSES = ("shrinkage", "mse")
@@ -140,7 +140,7 @@ class PredictTrainer:
 
     @torch.no_grad()
     def _average(self) -> None:
-        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))  # early steps: follow closely
+        decay = polyak_decay(self.config.ema, self.step)
         for mine, averaged in zip(self.model.parameters(), self.average.parameters(), strict=True):
             averaged.lerp_(mine, 1 - decay)
         for mine, averaged in zip(self.model.buffers(), self.average.buffers(), strict=True):

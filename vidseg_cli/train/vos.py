@@ -30,7 +30,7 @@ from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, save_run_state
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, polyak_decay, save_run_state
 from vidseg_cli.train.losses import bootstrapped_nll
 
 MODEL = "model.safetensors"
@@ -154,7 +154,7 @@ class Trainer:
         return {f"heads.{n}": t for n, t in self.model.heads.state_dict().items()} | self.model.finetuned_state()
 
     def _update_average(self) -> None:
-        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))  # early steps: follow closely
+        decay = polyak_decay(self.config.ema, self.step)
         for name, current in self._learned().items():
             if current.is_floating_point():
                 self.average[name].lerp_(current.detach(), 1 - decay)
