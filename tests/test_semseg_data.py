@@ -14,6 +14,7 @@ from vidseg_cli.semseg.data import (
     load_camvid,
     load_generic,
     load_labelled,
+    load_splits,
     read_label,
 )
 
@@ -64,3 +65,15 @@ def test_the_shared_camvid_splits():
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
     counts = {split: sum(len(s.frames) for s in load_camvid(root, split)) for split in ("train", "val", "test")}
     assert counts == {"train": 367, "val": 101, "test": 233}
+
+
+def test_splits_merge_into_sequences_in_time_order(tmp_path):
+    for split, stems in {"train": ("0016E5_00390", "0001TP_006690"), "val": ("0016E5_00360", "0016E5_00420")}.items():
+        for stem in stems:
+            _pair(tmp_path / split, tmp_path / f"{split}annot", stem)
+    sequences = load_splits(tmp_path, ["train", "val"])
+    assert [s.name for s in sequences] == ["0001TP", "0016E5"]
+    assert [f.number for f in sequences[1].frames] == [360, 390, 420]  # val's frames around train's
+    assert load_splits(tmp_path, ["val"]) == load_camvid(tmp_path, "val")
+    with pytest.raises(VidsegError, match="test: not found"):
+        load_splits(tmp_path, ["train", "test"])

@@ -15,7 +15,7 @@ from vidseg_cli.semseg.model import ARCH
 def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
     common = ("--data", camvid, "--val", camvid, "--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "2",
               "--key-dim", "4", "--device", "cpu")
-    single = vidseg("train", "semseg", *common, "--out", tmp_path / "single")
+    single = vidseg("train", "semseg", *common, "--splits", "train,val", "--out", tmp_path / "single")
     assert single.code == 0, single.stderr
     assert "validation at step 2: miou" in single.stderr
     model = tmp_path / "single" / "model.safetensors"
@@ -26,6 +26,11 @@ def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
     joint = vidseg("train", "semseg", *common, "--out", tmp_path / "joint", "--stage", "joint",
                    "--init", tmp_path / "memory" / "model.safetensors", "--read", "global")
     assert joint.code == 0, joint.stderr
+
+
+def test_a_missing_split_is_one_line(vidseg, camvid, tmp_path):
+    run = vidseg("train", "semseg", "--data", camvid, "--splits", "train,test", "--out", tmp_path / "r", "--steps", "1")
+    assert run.code == 2 and "test: not found" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_memory_stage_needs_a_single_frame_model(vidseg, camvid, tmp_path):

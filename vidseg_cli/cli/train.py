@@ -459,6 +459,7 @@ def train_semseg_command(
     data: Annotated[Path, typer.Option(help="Labelled video: CamVid's SegNet layout (train/, trainannot/) or images/<seq>/ with labels/<seq>/.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
     val: Annotated[Path | None, typer.Option(help="Validation data in either layout (CamVid: its val split); mIoU every --val-every steps.")] = None,
+    splits: Annotated[str, typer.Option(help="CamVid layout: the splits of --data to train on, a comma list (train,val: a final model, once settings are chosen on val).")] = "train",
     classes: Annotated[Path | None, typer.Option(metavar="FILE.json", help="The label maps' classes: a JSON list of {id, name, colour} with ids 0..N-1 (default: CamVid's 11).")] = None,
     void: Annotated[int | None, typer.Option(min=0, max=255, help="The label id to ignore (default: the number of classes; CamVid's 11).")] = None,
     stage: Annotated[SemsegStage, typer.Option(help="LMANet's steps: single (the single-frame network), memory (memory layers and fusion, the rest frozen), joint (memory layers and decoder).")] = SemsegStage.single,
@@ -485,7 +486,7 @@ def train_semseg_command(
 ) -> None:
     """Train the semseg network (EfficientNet-Lite0, decoder, memory layers) in LMANet's steps."""
     from vidseg_cli.models.registry import backbone
-    from vidseg_cli.semseg.data import class_list, load_labelled
+    from vidseg_cli.semseg.data import class_list, load_labelled, load_splits
     from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, load_semseg
     from vidseg_cli.train.semseg import CLASS_WEIGHTS, SemsegTrainConfig, SemsegTrainer
 
@@ -503,7 +504,7 @@ def train_semseg_command(
         raise VidsegError("--lr and --trunk-lr must be positive")
     if class_weights not in CLASS_WEIGHTS:
         raise VidsegError(f"unknown --class-weights {class_weights!r}; choose from {', '.join(CLASS_WEIGHTS)}")
-    train_sequences = load_labelled(data, "train")
+    train_sequences = load_splits(data, [split.strip() for split in splits.split(",") if split.strip()] or ["train"])
     val_sequences = load_labelled(val, "val") if val is not None else None
     config = SemsegTrainConfig(
         stage=stage.value, steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr,

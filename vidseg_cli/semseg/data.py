@@ -132,6 +132,20 @@ def load_labelled(root: Path, split: str = "train") -> list[LabelledSequence]:
     return load_generic(root)
 
 
+def load_splits(root: Path, splits: list[str]) -> list[LabelledSequence]:
+    """Several CamVid splits as one set (``train,val``: the usual final training set once
+    settings are chosen on val). A sequence named in several splits becomes one, its frames
+    in time order, so that a frame's memory may come from either split. One split reads
+    either layout (``load_labelled``); several exist only in CamVid's."""
+    if len(splits) == 1:
+        return load_labelled(root, splits[0])
+    merged: dict[str, list[LabelledFrame]] = {}
+    for split in splits:
+        for sequence in load_camvid(root, split):
+            merged.setdefault(sequence.name, []).extend(sequence.frames)
+    return [LabelledSequence(name, tuple(sorted(frames, key=lambda f: f.number))) for name, frames in sorted(merged.items())]
+
+
 def read_label(path: Path, classes: int, void: int) -> np.ndarray:
     """(H, W) uint8 class ids; any id that is neither a class nor void is an error."""
     try:
