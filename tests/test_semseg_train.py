@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -92,6 +93,39 @@ def test_bench_semseg_reports_miou_speed_and_consistency(vidseg, camvid, clip, t
     assert results[0]["bank_bytes"] > 0 == results[2]["bank_bytes"]
     assert "iou_road" in (tmp_path / "rows.csv").read_text().splitlines()[0]
 
+
+
+def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
+    """Configurations interleave frame by frame, each with its own bank: a configuration run
+    beside others scores exactly as it does alone (here a stand-in network labels every pixel
+    with the number of memory slots it read)."""
+    from vidseg_cli.bench import semseg as bench
+    from vidseg_cli.memory.bank import Slot
+    from vidseg_cli.metrics.segmentation import ConfusionMatrix
+    from vidseg_cli.options import MemoryOptions
+
+    def count_slots(network, bank, image, index, size, device):
+        labels = np.full(image.shape[:2], len(bank.slots) if bank is not None else 0, np.uint8)
+        if bank is not None:
+            bank.write(Slot(key=torch.zeros(1, 1, 1), value=torch.zeros(1, 1, 1, 1), frame=index))
+        return labels
+
+    monkeypatch.setattr(bench, "label_frame", count_slots)
+    monkeypatch.setattr(bench, "save_palette_png", lambda labels, sink: None)
+    images, truths = [np.zeros((4, 4, 3), np.uint8)] * 5, [np.full((4, 4), 3, np.uint8)] * 5
+
+    def scored(*memories):
+        results = [
+            bench.SemsegResult(bench.SemsegConfig("m", MemoryOptions(m, slots=3) if m != "none" else MemoryOptions(m), None, None, 64),
+                               [{}] * 4, 11, ConfusionMatrix(4, ignore_index=11))
+            for m in memories
+        ]
+        bench._score_sequence(results, {("m", "torch"): (None, {})}, images, truths, 0.0, "cpu")
+        return [r.confusion.counts.tolist() for r in results]
+
+    fifo, none = scored("fifo"), scored("none")
+    assert fifo != none  # the stand-in sees the memory
+    assert scored("fifo", "none", "fifo") == [*fifo, *none, *fifo]
 
 def test_flow_warped_agreement_is_one_for_a_still_scene():
     cv2 = pytest.importorskip("cv2")

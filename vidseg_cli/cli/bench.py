@@ -58,7 +58,7 @@ def bench_command(
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
     runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: auto (as segment chooses), torch, onnx, onnx-int8 (ONNX Runtime on the CPU).")] = "auto",
 ) -> None:
-    """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence."""
+    """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence (semseg: per frame)."""
     from vidseg_cli.bench.job import bench, bench_predict, bench_semseg  # torch: imported when a command runs
 
     if task == Task.semseg:
