@@ -33,14 +33,14 @@ def _brute_force_local(query, keys, values, radius, scale):
     return out
 
 
-@pytest.mark.parametrize("dense_pairs", [0, 2**24], ids=["gathered-windows", "masked-dense"])
-def test_local_memory_attention_is_lmanet_eqs_3_to_5(dense_pairs):
+@pytest.mark.parametrize("rows", [1, 2, 5], ids=["bands-of-1-row", "bands-of-2-rows", "one-band"])
+def test_local_memory_attention_is_lmanet_eqs_3_to_5(rows):
     torch.manual_seed(0)
     query, keys, values = torch.randn(2, 4, 5, 6), torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 7, 5, 6)
-    local = windowed_attention(query, keys, values, 1, 0.5, dense_pairs=dense_pairs)
+    local = windowed_attention(query, keys, values, 1, 0.5, rows=rows)
     torch.testing.assert_close(local, _brute_force_local(query, keys, values, 1, 0.5))
     # a window that covers the whole map is TMANet's global read
-    whole = windowed_attention(query, keys, values, 6, 0.5, dense_pairs=dense_pairs)
+    whole = windowed_attention(query, keys, values, 6, 0.5, rows=rows)
     torch.testing.assert_close(whole, global_attention(query, keys, values, 0.5))
 
 
@@ -113,3 +113,11 @@ def test_a_window_mask_made_at_inference_serves_training():
     keys.requires_grad_(True)
     windowed_attention(query, keys, values, 2, 0.5).sum().backward()
     assert keys.grad is not None and keys.grad.abs().sum() > 0
+
+
+def test_bands_stay_within_their_budget():
+    from vidseg_cli.memory.windowed import BAND_PAIRS, _band_rows
+
+    assert _band_rows(3, 30, 4) == 4  # 480x352 at stride 16: bands of R rows
+    rows = _band_rows(3, 240, 32)  # 4K at stride 16, the widest radius
+    assert rows * 240 * (rows + 64) * 240 * 3 <= BAND_PAIRS or rows == 1
