@@ -121,3 +121,30 @@ def test_bands_stay_within_their_budget():
     assert _band_rows(3, 30, 4) == 4  # 480x352 at stride 16: bands of R rows
     rows = _band_rows(3, 240, 32)  # 4K at stride 16, the widest radius
     assert rows * 240 * (rows + 64) * 240 * 3 <= BAND_PAIRS or rows == 1
+
+
+def test_gated_fusion_is_lmanet_eq_6():
+    """The one matrix product equals eq 6 written with its four layers."""
+    from vidseg_cli.semseg.model import GatedFusion
+
+    torch.manual_seed(0)
+    fusion = GatedFusion(8, 12)
+    for layer in (fusion.embed_query, fusion.embed_memory):
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    query, memory = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 3, 5)
+    both = torch.cat([query, memory], dim=1)
+    expected = torch.sigmoid(fusion.attend_query(both)) * fusion.embed_query(query) + torch.sigmoid(
+        fusion.attend_memory(both)
+    ) * fusion.embed_memory(memory)
+    torch.testing.assert_close(fusion(query, memory), expected)
+
+
+def test_key_and_value_are_tmanet_encodings():
+    """One product for both 1x1 layers equals each Encoding (1x1, ReLU, 3x3) on its own."""
+    torch.manual_seed(0)
+    layers = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=3, key_dim=4, value_dim=16)).memory
+    features = torch.randn(2, 112, 3, 5).contiguous(memory_format=torch.channels_last)
+    key, value = layers.encode(features)
+    torch.testing.assert_close(key, layers.key(features))
+    torch.testing.assert_close(value, layers.value(features))

@@ -99,10 +99,26 @@ class GatedFusion(nn.Module):
         self.attend_memory = nn.Conv2d(2 * value_dim, out_dim, 1)  # A_M
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        both = torch.cat([query, memory], dim=1)
-        return torch.sigmoid(self.attend_query(both)) * self.embed_query(query) + torch.sigmoid(
-            self.attend_memory(both)
-        ) * self.embed_memory(memory)
+        # The four 1x1 layers as one matrix product over [V_Q; V_M]: at stride 16 a frame has
+        # a few hundred positions, where each convolution call costs more than its arithmetic
+        # (four calls took 1.2 ms at 480x352, one product 0.3 ms).
+        b, _, h, w = query.shape
+        both = torch.cat([query, memory], dim=1).flatten(2)  # (B, 2 C_V, h w)
+        gates_q, gates_m, embedded_q, embedded_m = (torch.matmul(self._weight(), both) + self._bias()).chunk(4, dim=1)
+        fused = torch.sigmoid(gates_q) * embedded_q + torch.sigmoid(gates_m) * embedded_m
+        return fused.view(b, -1, h, w)
+
+    def _weight(self) -> torch.Tensor:
+        """(4 out, 2 C_V): A_Q, A_M, then E_Q and E_M with zeros where they do not look."""
+        eq, em = self.embed_query.weight.flatten(1), self.embed_memory.weight.flatten(1)
+        return torch.cat([
+            self.attend_query.weight.flatten(1), self.attend_memory.weight.flatten(1),
+            torch.cat([eq, torch.zeros_like(em)], dim=1), torch.cat([torch.zeros_like(eq), em], dim=1),
+        ])
+
+    def _bias(self) -> torch.Tensor:
+        layers = (self.attend_query, self.attend_memory, self.embed_query, self.embed_memory)
+        return torch.cat([layer.bias for layer in layers])[:, None]
 
 
 def _start_at_zero(*layers: nn.Conv2d) -> None:
@@ -152,6 +168,17 @@ class MemoryLayers(nn.Module):
         self.fusion = fusion(config.value_dim, trunk_dim)
         self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(config.key_dim)))  # 1/sqrt(C_K) at the start
 
+    def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value of the trunk's stride-16 features: both 1x1 layers as one matrix
+        product (a call of a small convolution costs more than its arithmetic here), then
+        each 3x3."""
+        b, _, h, w = features.shape
+        weight = torch.cat([self.key.reduce.weight.flatten(1), self.value.reduce.weight.flatten(1)])
+        bias = torch.cat([self.key.reduce.bias, self.value.reduce.bias])[:, None]
+        reduced = F.relu(torch.matmul(weight, features.flatten(2)) + bias).view(b, -1, h, w)
+        key, value = reduced.split([self.key.reduce.out_channels, self.value.reduce.out_channels], dim=1)
+        return self.key.spread(key), self.value.spread(value)
+
 
 class SemsegNetwork(nn.Module):
     """Stateless, like every vidseg model: the memory lives in the caller's MemoryBank."""
@@ -170,7 +197,7 @@ class SemsegNetwork(nn.Module):
     def encode(self, images: torch.Tensor, trunk: Callable[[torch.Tensor], Features] | None = None) -> tuple[Features, torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 255] -> features, keys (B, C_K, h, w), values (B, C_V, h, w)."""
         features = (trunk or self.backbone)(images)
-        return features, self.memory.key(features.s16), self.memory.value(features.s16)
+        return features, *self.memory.encode(features.s16)
 
     def read(self, key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> torch.Tensor:
         """key (B, C_K, h, w); memory (B, T, C, h, w) -> readout (B, C_V, h, w)."""
