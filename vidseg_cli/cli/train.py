@@ -504,7 +504,7 @@ def train_semseg_command(
         raise VidsegError("--lr and --trunk-lr must be positive")
     if class_weights not in CLASS_WEIGHTS:
         raise VidsegError(f"unknown --class-weights {class_weights!r}; choose from {', '.join(CLASS_WEIGHTS)}")
-    train_sequences = load_splits(data, [split.strip() for split in splits.split(",") if split.strip()] or ["train"])
+    train_sequences = load_splits(data, comma_list(splits) or ["train"])
     val_sequences = load_labelled(val, "val") if val is not None else None
     config = SemsegTrainConfig(
         stage=stage.value, steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr,

@@ -99,14 +99,10 @@ class GatedFusion(nn.Module):
         self.attend_memory = nn.Conv2d(2 * value_dim, out_dim, 1)  # A_M
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        # The four 1x1 layers as one matrix product over [V_Q; V_M]: at stride 16 a frame has
-        # a few hundred positions, where each convolution call costs more than its arithmetic
-        # (four calls took 1.2 ms at 480x352, one product 0.3 ms).
-        b, _, h, w = query.shape
-        both = torch.cat([query, memory], dim=1).flatten(2)  # (B, 2 C_V, h w)
-        gates_q, gates_m, embedded_q, embedded_m = (torch.matmul(self._weight(), both) + self._bias()).chunk(4, dim=1)
-        fused = torch.sigmoid(gates_q) * embedded_q + torch.sigmoid(gates_m) * embedded_m
-        return fused.view(b, -1, h, w)
+        # The four 1x1 layers as one product over [V_Q; V_M] (four calls took 1.2 ms at 480x352, one 0.3 ms)
+        both = torch.cat([query, memory], dim=1)
+        gates_q, gates_m, embedded_q, embedded_m = _pointwise(both, self._weight(), self._bias()).chunk(4, dim=1)
+        return torch.sigmoid(gates_q) * embedded_q + torch.sigmoid(gates_m) * embedded_m
 
     def _weight(self) -> torch.Tensor:
         """(4 out, 2 C_V): A_Q, A_M, then E_Q and E_M with zeros where they do not look."""
@@ -118,7 +114,15 @@ class GatedFusion(nn.Module):
 
     def _bias(self) -> torch.Tensor:
         layers = (self.attend_query, self.attend_memory, self.embed_query, self.embed_memory)
-        return torch.cat([layer.bias for layer in layers])[:, None]
+        return torch.cat([layer.bias for layer in layers])
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution (weight (out, in), bias (out,)) as one matrix product: at stride 16
+    a frame has a few hundred positions, where a convolution call costs more than its
+    arithmetic."""
+    b, _, h, w = x.shape
+    return (torch.matmul(weight, x.flatten(2)) + bias[:, None]).view(b, -1, h, w)
 
 
 def _start_at_zero(*layers: nn.Conv2d) -> None:
@@ -169,13 +173,11 @@ class MemoryLayers(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(config.key_dim)))  # 1/sqrt(C_K) at the start
 
     def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Key and value of the trunk's stride-16 features: both 1x1 layers as one matrix
-        product (a call of a small convolution costs more than its arithmetic here), then
-        each 3x3."""
-        b, _, h, w = features.shape
+        """Key and value of the trunk's stride-16 features: both 1x1 layers as one product
+        (``_pointwise``), then each 3x3."""
         weight = torch.cat([self.key.reduce.weight.flatten(1), self.value.reduce.weight.flatten(1)])
-        bias = torch.cat([self.key.reduce.bias, self.value.reduce.bias])[:, None]
-        reduced = F.relu(torch.matmul(weight, features.flatten(2)) + bias).view(b, -1, h, w)
+        bias = torch.cat([self.key.reduce.bias, self.value.reduce.bias])
+        reduced = F.relu(_pointwise(features, weight, bias))
         key, value = reduced.split([self.key.reduce.out_channels, self.value.reduce.out_channels], dim=1)
         return self.key.spread(key), self.value.spread(value)
 
