@@ -55,6 +55,23 @@ def test_an_untrained_predictor_copies_the_last_frame_and_fills_the_shared_bank(
     assert any(slot.fused for slot in bank.slots)  # stremn distilled dropped slots with the learned cell
 
 
+def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
+    model = Predictor(PredictorConfig(width=8, blocks=1, shift_radius=2)).eval()
+    frame = torch.zeros(1, 1, 16, 16)
+    frame[0, 0, 4:8, 4:8] = 1  # a square in patch (1, 1)
+    scores = torch.full((1, 25, 4, 4), -1e4)
+    scores[0, 2 * 5 + 2] = 1e4  # every patch: no shift ...
+    scores[0, :, 1, 1] = -1e4
+    scores[0, 0 * 5 + 3, 1, 1] = 1e4  # ... except patch (1, 1): take the pixel 2 rows up and 1 column right
+    moved = model._shifted(frame, scores)
+    expected = torch.zeros_like(frame)
+    expected[0, 0, 6:8, 4:7] = 1  # the square moved 2 down and 1 left, inside its own patch only
+    torch.testing.assert_close(moved, expected)
+    with torch.no_grad():  # untrained: ~90% of each patch's weight on no shift, so close to copy-last
+        start = model.shifts(torch.zeros(1, 8, 4, 4)).softmax(1)[0, 12]
+    assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
+
+
 def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
     config = PredictTrainConfig(steps=4, model=TINY, val_sequences=2)
     whole = PredictTrainer(MovingMnist(digits_file), config, tmp_path / "a", torch.device("cpu"))

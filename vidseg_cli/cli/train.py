@@ -392,6 +392,7 @@ def train_predict_command(
     gradient_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss.")] = 0.1,
     width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
     blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
+    shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt per-patch distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")] = 250,
@@ -414,7 +415,8 @@ def train_predict_command(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         model=PredictorConfig(
-            width=width, blocks=blocks, channels=source.channels, frame_height=source.height, frame_width=source.width
+            width=width, blocks=blocks, channels=source.channels, frame_height=source.height, frame_width=source.width,
+            shift_radius=shift_radius,
         ),
     )
     _prepare(out, resume, force, inputs)

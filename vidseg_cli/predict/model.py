@@ -11,11 +11,20 @@ Sizing for a 2-core CPU: the frames are folded into 4x4 patches first (space to 
 64x64x1 -> 16x16x16, as PredRNN and OpenSTL run Moving MNIST), so every layer runs at
 16x16. The decoder predicts a change of I_{t-1}'s logit, so an untrained model already
 copies the last frame, the baseline to beat, instead of drawing a grey blur.
+
+With ``shift_radius`` R > 0 the decoder also predicts, for each 4x4 patch, a distribution
+over the (2R+1)^2 integer shifts of I_{t-1} (a dynamic filter, De Brabandere et al. 2016),
+and the change applies to the logit of the shifted frame. Why: a digit moving 3-4 pixels a
+step is one weight on the right shift, reachable by a softmax whose every candidate gets a
+gradient, where drawing the moved digit through the logit change has to be learnt pixel by
+pixel (the plateau in docs/training.md). The kernel's centre starts heavy, so an untrained
+model still copies the last frame.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +55,7 @@ class PredictorConfig:
     blocks: int = 6
     topk: int = 0  # memory pixels each query reads; 0 = all
     fusion_hidden: int = 32
+    shift_radius: int = 0  # 0: the logit change alone; R: also a per-patch distribution over shifts of I_{t-1} by up to R pixels
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -85,6 +95,12 @@ class Predictor(nn.Module):
         self.out = nn.Conv2d(config.width, folded, 1)
         nn.init.zeros_(self.out.weight)  # starts as copy-last (see the module docstring)
         nn.init.zeros_(self.out.bias)
+        self.shifts = nn.Conv2d(config.width, (2 * config.shift_radius + 1) ** 2, 1) if config.shift_radius else None
+        if self.shifts is not None:
+            nn.init.zeros_(self.shifts.weight)
+            with torch.no_grad():  # the centre (no shift) starts with ~90% of the weight: copy-last
+                self.shifts.bias.fill_(0.0)
+                self.shifts.bias[self.shifts.bias.numel() // 2] = math.log(9 * self.shifts.bias.numel())
         self.log_read_scale = nn.Parameter(torch.tensor(float(config.key_dim) ** 0.5).log())
         self.fusion_cell = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
 
@@ -111,10 +127,22 @@ class Predictor(nn.Module):
             readout = torch.zeros_like(values)
         if banks:
             write_all(banks, [Slot(key=key, value=value[None], frame=frame) for key, value in zip(keys, values)])
-        change = self.out(self.decoder(torch.cat([features, readout], dim=1)))
-        last = frames[:, -1].clamp(1e-3, 1 - 1e-3)
-        logit = F.pixel_unshuffle(torch.logit(last), self.config.patch) + change
+        decoded = self.decoder(torch.cat([features, readout], dim=1))
+        last = frames[:, -1]
+        if self.shifts is not None:
+            last = self._shifted(last, self.shifts(decoded))
+        logit = F.pixel_unshuffle(torch.logit(last.clamp(1e-3, 1 - 1e-3)), self.config.patch) + self.out(decoded)
         return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
+
+    def _shifted(self, frame: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """frame (B, C, H, W) moved by each patch's expected shift: the sum over the
+        (2R+1)^2 shifted copies, weighted by the softmax of ``scores`` (B, (2R+1)^2, h, w)."""
+        b, c, height, width = frame.shape
+        r, p = self.config.shift_radius, self.config.patch
+        weights = scores.softmax(1).repeat_interleave(p, 2).repeat_interleave(p, 3)  # (B, K, H, W)
+        # Zero padding: content shifted in from outside the frame is blank, as Moving MNIST's canvas.
+        copies = F.unfold(frame, 2 * r + 1, padding=r).view(b, c, -1, height, width)
+        return (copies * weights[:, None]).sum(2)
 
     def rollout(
         self,
