@@ -67,6 +67,11 @@ def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
     expected = torch.zeros_like(frame)
     expected[0, 0, 6:8, 4:7] = 1  # the square moved 2 down and 1 left, inside its own patch only
     torch.testing.assert_close(moved, expected)
+    colour = Predictor(PredictorConfig(width=8, blocks=1, channels=3, shift_radius=3))
+    frame, scores = torch.rand(2, 3, 16, 24), torch.randn(2, 49, 4, 6)
+    weights = scores.softmax(1).repeat_interleave(4, 2).repeat_interleave(4, 3)  # every pixel its patch's kernel
+    copies = torch.nn.functional.unfold(frame, 7, padding=3).view(2, 3, 49, 16, 24)  # the 49 shifted copies
+    torch.testing.assert_close(colour._shifted(frame, scores), (copies * weights[:, None]).sum(2))
     with torch.no_grad():  # untrained: ~90% of each patch's weight on no shift, so close to copy-last
         start = model.shifts(torch.zeros(1, 8, 4, 4)).softmax(1)[0, 12]
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
