@@ -11,7 +11,8 @@ torch.set_num_threads(2)
 source = MovingMnist(Path("../shared/data/mnist/mnist_5k.csv.gz"))
 config = PredictTrainConfig(steps=4000, batch=16, loss="mse", seed=0, val_sequences=64,
                             model=PredictorConfig(width=32, shift_radius=radius))
-out = Path(f"runs/probe/r{radius}")  # a scratch folder; nothing is saved there; out.mkdir(parents=True, exist_ok=True)
+out = Path(f"runs/probe/r{radius}")  # the trainer's run folder; the probe saves nothing there
+out.mkdir(parents=True, exist_ok=True)
 trainer = PredictTrainer(source, config, out, torch.device("cpu"), None)
 mses, start = [], time.time()
 for i in range(steps):

@@ -95,14 +95,21 @@ class Predictor(nn.Module):
         self.out = nn.Conv2d(config.width, folded, 1)
         nn.init.zeros_(self.out.weight)  # starts as copy-last (see the module docstring)
         nn.init.zeros_(self.out.bias)
-        self.shifts = nn.Conv2d(config.width, (2 * config.shift_radius + 1) ** 2, 1) if config.shift_radius else None
-        if self.shifts is not None:
-            nn.init.zeros_(self.shifts.weight)
-            with torch.no_grad():  # the centre (no shift) starts with ~90% of the weight: copy-last
-                self.shifts.bias.fill_(0.0)
-                self.shifts.bias[self.shifts.bias.numel() // 2] = math.log(9 * self.shifts.bias.numel())
+        self.shifts = self._shift_scores(config) if config.shift_radius else None
         self.log_read_scale = nn.Parameter(torch.tensor(float(config.key_dim) ** 0.5).log())
         self.fusion_cell = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
+
+    @staticmethod
+    def _shift_scores(config: PredictorConfig) -> nn.Conv2d:
+        """Each patch's scores of the (2R+1)^2 shifts; the centre (no shift) starts with ~90%
+        of the softmax's weight, so the untrained model copies the last frame."""
+        shifts = (2 * config.shift_radius + 1) ** 2
+        layer = nn.Conv2d(config.width, shifts, 1)
+        nn.init.zeros_(layer.weight)
+        with torch.no_grad():
+            layer.bias.zero_()
+            layer.bias[shifts // 2] = math.log(9 * shifts)
+        return layer
 
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
