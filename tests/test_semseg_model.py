@@ -11,7 +11,7 @@ import torch
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import FIFO
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
-from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.backbone import EfficientNetLite
 from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork
 
 
@@ -47,7 +47,7 @@ def test_local_memory_attention_is_lmanet_eqs_3_to_5(rows):
 @pytest.fixture(scope="module")
 def network() -> SemsegNetwork:
     torch.manual_seed(0)
-    return _trained(SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=5, key_dim=8, value_dim=32, decoder_dim=16))).eval()
+    return _trained(SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=5, key_dim=8, value_dim=32, decoder_dim=16))).eval()
 
 
 def _trained(net: SemsegNetwork) -> SemsegNetwork:
@@ -62,7 +62,7 @@ def _trained(net: SemsegNetwork) -> SemsegNetwork:
 @pytest.mark.parametrize("aggregation", ["gated", "concat"])
 def test_a_new_memory_is_the_single_frame_network(aggregation):
     torch.manual_seed(0)
-    net = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=4, key_dim=8, value_dim=16, decoder_dim=8, aggregation=aggregation)).eval()
+    net = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=4, key_dim=8, value_dim=16, decoder_dim=8, aggregation=aggregation)).eval()
     images = torch.rand(1, 3, 48, 64) * 255
     torch.testing.assert_close(net(images, torch.rand(1, 2, 3, 48, 64) * 255), net(images))
 
@@ -78,7 +78,7 @@ def test_single_frame_and_memory_paths(network):
 
 def test_gradients_reach_the_memory_layers():
     torch.manual_seed(0)
-    net = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=3, key_dim=8, value_dim=16, decoder_dim=8, read="global",
+    net = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=3, key_dim=8, value_dim=16, decoder_dim=8, read="global",
                                                           aggregation="concat"))
     _trained(net)
     logits = net(torch.rand(1, 3, 48, 64) * 255, torch.rand(1, 2, 3, 48, 64) * 255)
@@ -143,7 +143,7 @@ def test_gated_fusion_is_lmanet_eq_6():
 def test_key_and_value_are_tmanet_encodings():
     """One product for both 1x1 layers equals each Encoding (1x1, ReLU, 3x3) on its own."""
     torch.manual_seed(0)
-    layers = SemsegNetwork(EfficientNetLite0(), SemsegConfig(classes=3, key_dim=4, value_dim=16)).memory
+    layers = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=3, key_dim=4, value_dim=16)).memory
     features = torch.randn(2, 112, 3, 5).contiguous(memory_format=torch.channels_last)
     key, value = layers.encode(features)
     torch.testing.assert_close(key, layers.key(features))

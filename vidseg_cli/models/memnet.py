@@ -23,7 +23,7 @@ from torch import nn
 
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import read_values
-from vidseg_cli.models.backbone import EfficientNetLite0, Features
+from vidseg_cli.models.backbone import EfficientNetLite, Features
 from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
 
 ARCH = "memnet"
@@ -162,11 +162,11 @@ class MemNetHeads(nn.Module):
 class MemoryNetwork(nn.Module):
     """Stateless like every VOS model: per-video state lives in the session's bank."""
 
-    def __init__(self, backbone: EfficientNetLite0, config: MemNetConfig = MemNetConfig()) -> None:
+    def __init__(self, backbone: EfficientNetLite, config: MemNetConfig = MemNetConfig()) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config
-        self.heads = MemNetHeads(config, EfficientNetLite0.channels)
+        self.heads = MemNetHeads(config, EfficientNetLite.channels)
         self.tuned_blocks: set[int] = set()  # backbone blocks this model has its own weights for
         # What runs the backbone at inference: the module itself, or the same weights on
         # another runtime (models/onnx_trunk.py); training always uses the module.

@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.models.backbone import EfficientNetLite0, Features
+from vidseg_cli.models.backbone import EfficientNetLite, Features
 
 CACHE_VARIABLE = "VIDSEG_CACHE"
 OPSET = 18
@@ -61,7 +61,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 class _Pyramid(torch.nn.Module):
     """The trunk with a tuple output, as an exporter wants it."""
 
-    def __init__(self, backbone: EfficientNetLite0) -> None:
+    def __init__(self, backbone: EfficientNetLite) -> None:
         super().__init__()
         self.backbone = backbone
 
@@ -132,7 +132,7 @@ class _Graphs:
 class OnnxTrunk:
     """Callable like the backbone (image (1, 3, H, W) in [0, 255] -> Features), on ONNX Runtime."""
 
-    def __init__(self, backbone: EfficientNetLite0, threads: int | None = None, int8: bool = False) -> None:
+    def __init__(self, backbone: EfficientNetLite, threads: int | None = None, int8: bool = False) -> None:
         self.backbone = backbone.eval()
         self._graphs = _Graphs(_Pyramid(self.backbone), "effl0", "the backbone", threads, int8)
 

@@ -17,7 +17,7 @@ from torch import nn
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.readout import ReadConfig, read_memory
-from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.backbone import EfficientNetLite
 from vidseg_cli.models.refine import refine_upsample
 
 
@@ -42,7 +42,7 @@ class KeyFrame:
 class PropagationModel(nn.Module):
     """Stateless: all per-video state lives in the session's memory bank."""
 
-    def __init__(self, backbone: EfficientNetLite0, config: PropagateConfig = PropagateConfig()) -> None:
+    def __init__(self, backbone: EfficientNetLite, config: PropagateConfig = PropagateConfig()) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config

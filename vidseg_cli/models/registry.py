@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.models.backbone import EfficientNetLite0
+from vidseg_cli.models.backbone import LITE_REPEATS, EfficientNetLite
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
@@ -39,11 +39,11 @@ VOS_MODELS = ("vos-effl0-v2", "vos-effl0", "propagate")
 
 
 @functools.cache
-def backbone(name: str = "efficientnet-lite0") -> EfficientNetLite0:
+def backbone(name: str = "efficientnet-lite0") -> EfficientNetLite:
     """A frozen ImageNet backbone, loaded once per process and shared by all models."""
-    if entry(name).arch != "efficientnet-lite0":
-        raise VidsegError(f"unsupported backbone {name!r}")
-    net = EfficientNetLite0()
+    if entry(name).arch not in LITE_REPEATS:
+        raise VidsegError(f"unsupported backbone {name!r}; choose from {', '.join(LITE_REPEATS)}")
+    net = EfficientNetLite(entry(name).arch)
     net.load_imagenet(load_state(name))
     return net.eval().requires_grad_(False)
 

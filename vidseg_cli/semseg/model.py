@@ -36,7 +36,7 @@ from torch import nn
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
-from vidseg_cli.models.backbone import EfficientNetLite0, Features
+from vidseg_cli.models.backbone import EfficientNetLite, Features
 
 ARCH = "semseg-lma"
 READS = ("local", "global")
@@ -185,12 +185,12 @@ class MemoryLayers(nn.Module):
 class SemsegNetwork(nn.Module):
     """Stateless, like every vidseg model: the memory lives in the caller's MemoryBank."""
 
-    def __init__(self, backbone: EfficientNetLite0, config: SemsegConfig = SemsegConfig()) -> None:
+    def __init__(self, backbone: EfficientNetLite, config: SemsegConfig = SemsegConfig()) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config
-        trunk_dim = EfficientNetLite0.channels["s16"]
-        self.decoder = Decoder(EfficientNetLite0.channels, config.decoder_dim, config.classes)
+        trunk_dim = EfficientNetLite.channels["s16"]
+        self.decoder = Decoder(EfficientNetLite.channels, config.decoder_dim, config.classes)
         self.memory = MemoryLayers(trunk_dim, config)
         # What runs the backbone at inference (``step``): None is the module itself; --runtime
         # onnx puts ONNX Runtime here (models/onnx_trunk.py). Training always uses the module.
@@ -274,7 +274,7 @@ def load_semseg(path: Path, new_memory: SemsegConfig | None = None) -> tuple[Sem
         if new_memory is not None:
             config = dataclasses.replace(new_memory, classes=config.classes, decoder_dim=config.decoder_dim)
             state = {name: t for name, t in state.items() if not name.startswith("memory.")}
-        network = SemsegNetwork(EfficientNetLite0(), config)
+        network = SemsegNetwork(EfficientNetLite(metadata.get("backbone", "efficientnet-lite0")), config)
         missing, unexpected = network.load_state_dict(state, strict=new_memory is None)
         if unexpected or any(not name.startswith("memory.") for name in missing):
             raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
@@ -297,6 +297,8 @@ def create_semseg(name: str, device: torch.device | str = "cpu") -> tuple[Semseg
     listed = spec.fields.get("config")  # weights.toml lists each learned model's architecture
     if listed is None or _listed_config(listed) != network.config:
         raise VidsegError(f"{name}: the file's architecture {network.config} differs from weights.toml's {listed}")
+    if spec.fields.get("backbone") != network.backbone.variant:
+        raise VidsegError(f"{name}: the file's trunk is {network.backbone.variant}, weights.toml lists {spec.fields.get('backbone')}")
     return network.to(device), metadata
 
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.models.backbone import (
-    EfficientNetLite0,
+    EfficientNetLite,
     Features,
     MBConv,
 )
@@ -163,7 +163,7 @@ def residual(layer: Layer) -> bool:
     return isinstance(layer, MBConv) and layer.residual
 
 
-def _layers(config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder) -> dict[Key, Layer]:
+def _layers(config: SparseConfig, backbone: EfficientNetLite, decoder: Decoder) -> dict[Key, Layer]:
     """The gated layers: those where the mode has a choice (static skips residual layers only)."""
     convs = decoder.gated_convs()
     layers = {**{i: backbone._blocks[i] for i in config.blocks}, **{name: convs[name] for name in config.decoder}}
@@ -173,7 +173,7 @@ def _layers(config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder)
 class SparseGates(nn.Module):
     """The learned part: one TripleGate per gated layer, on tile-pooled maps."""
 
-    def __init__(self, config: SparseConfig, backbone: EfficientNetLite0, decoder: Decoder) -> None:
+    def __init__(self, config: SparseConfig, backbone: EfficientNetLite, decoder: Decoder) -> None:
         super().__init__()
         self.config = config
         layers = _layers(config, backbone, decoder)
@@ -234,7 +234,7 @@ LayerRunner = Callable[[Key, Layer, torch.Tensor], torch.Tensor]
 TILE_OVERHEAD = 3.0
 
 
-def run_backbone(backbone: EfficientNetLite0, image: torch.Tensor, run: LayerRunner) -> Features:
+def run_backbone(backbone: EfficientNetLite, image: torch.Tensor, run: LayerRunner) -> Features:
     """The backbone's forward pass with every block call handed to ``run``."""
     x = backbone.stem(image)
     taps = {}

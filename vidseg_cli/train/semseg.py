@@ -172,7 +172,7 @@ class SemsegTrainer:
         path = self.run_dir / MODEL
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.network.state_dict().items()}
         metadata = {
-            "arch": ARCH, "config": self.network.config.to_json(), "classes": json.dumps(classes),
+            "arch": ARCH, "config": self.network.config.to_json(), "backbone": self.network.backbone.variant, "classes": json.dumps(classes),
             "void": str(self.config.void), "stage": self.config.stage, "steps": str(self.step), "seed": str(self.config.seed),
         }
         write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
