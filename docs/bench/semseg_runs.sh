@@ -1,16 +1,18 @@
 #!/bin/sh
 # The semseg tables of the README, in the order they were run (one at a time, on the quiet
-# 2-core machine). semseg-camvid is the shipped model (trained on CamVid train+val);
-# runs/semseg-memory-gated is the previous one (train only, settings chosen on val: the
-# ablations on val use it and its concatenation twin runs/semseg-memory-concat, which never
-# saw val). docs/training.md says how each was made.
+# 2-core machine). semseg-camvid is the shipped model (trained on CamVid train+val, crop 384);
+# runs/semseg-trainval-memory is the one it replaced (the same at crop 256, 10,000 steps);
+# runs/semseg-memory-gated is the first (train only, settings chosen on val: the ablations
+# on val use it and its concatenation twin runs/semseg-memory-concat, which never saw val).
+# docs/training.md says how each was made.
 set -e
 CAMVID=../shared/data/camvid
 PREVIOUS=runs/semseg-memory-gated/model.safetensors
+REPLACED=runs/semseg-trainval-memory/model.safetensors
 # 1. CamVid test (233 frames; each sequence streamed in order, so a frame's memory is the
 #    test frames before it), the memory against the single-frame network, both runtimes,
-#    the shipped model beside the previous one
-vidseg bench --task semseg --data $CAMVID --split test --model semseg-camvid,$PREVIOUS --memory fifo,none --runtime torch,onnx \
+#    the shipped model beside the one it replaced
+vidseg bench --task semseg --data $CAMVID --split test --model semseg-camvid,$REPLACED --memory fifo,none --runtime torch,onnx \
   --report docs/bench/semseg-test.json --plot docs/bench/semseg-test.png --force
 # 4. temporal consistency on DAVIS 2016 val-dev (30 fps, unlabelled here), the shipped model
 vidseg bench --task semseg --data $CAMVID --split test --model semseg-camvid --memory fifo,none \
