@@ -127,6 +127,18 @@ def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
     assert fifo != none  # the stand-in sees the memory
     assert scored("fifo", "none", "fifo") == [*fifo, *none, *fifo]
 
+
+def test_each_model_labels_at_its_own_size_unless_told():
+    from vidseg_cli.bench.semseg import semseg_configs
+
+    models = ["semseg-camvid", "mine.safetensors"]
+    own = semseg_configs(models, ["fifo"], [3], [None], [None], [None])
+    assert [(c.model, c.memory.memory, c.size) for c in own] == [
+        ("semseg-camvid", "fifo", 480), ("mine.safetensors", "fifo", 360),
+        ("semseg-camvid", "none", 480), ("mine.safetensors", "none", 360),
+    ]
+    assert {c.size for c in semseg_configs(models, ["fifo"], [3], [None], [None], [288])} == {288}
+
 def test_flow_warped_agreement_is_one_for_a_still_scene():
     cv2 = pytest.importorskip("cv2")
     from vidseg_cli.bench.semseg import label_agreement, warp_labels

@@ -159,7 +159,7 @@ class SemsegOptions:
     memory: MemoryOptions = MemoryOptions(memory="fifo", slots=3)  # the papers' memory: the last 3 frames
     read: str | None = None  # local | global; None: the model's own
     radius: int | None = None  # None: the model's own
-    size: int = 360  # processing size (short side); CamVid is 480x360
+    size: int | None = None  # processing size (short side); None: the model's (semseg.model.processing_size)
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     format: str = "png"
     force: bool = False
@@ -174,7 +174,7 @@ class SemsegOptions:
             raise VidsegError(f"unknown --read {self.read!r}; choose from {', '.join(SEMSEG_READS)}")
         if self.radius is not None and not 1 <= self.radius <= 32:
             raise VidsegError(f"--radius {self.radius}: between 1 and 32")
-        if not MIN_SIZE <= self.size <= MAX_SIZE:
+        if self.size is not None and not MIN_SIZE <= self.size <= MAX_SIZE:
             raise VidsegError(f"--size {self.size}: the processing size must be between {MIN_SIZE} and {MAX_SIZE} pixels")
         if not 1 <= self.memory.slots <= MAX_SLOTS:
             raise VidsegError(f"--slots {self.memory.slots}: between 1 and {MAX_SLOTS}")

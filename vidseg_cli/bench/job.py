@@ -107,7 +107,7 @@ def bench_predict(
 
 def bench_semseg(
     *, data: Path | None, split: str, model: str, memory: str, slots: str, read: str | None, radius: str | None,
-    size: str, runtime: str, consistency: Path | None, device: str, json: bool, report: Path | None, csv_path: str | None,
+    size: str | None, runtime: str, consistency: Path | None, device: str, json: bool, report: Path | None, csv_path: str | None,
     plot: Path | None, force: bool,
 ) -> None:
     """Semantic segmentation: mIoU over a labelled split, speed, and temporal consistency."""
@@ -123,7 +123,8 @@ def bench_semseg(
     radii = comma_list(radius, int) if radius else [None]
     runtimes = [learned_runtime(target) if name == "auto" else name for name in comma_list(runtime)]  # every semseg model is learned
     sweep = semseg_configs(
-        comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int), list(dict.fromkeys(runtimes))
+        comma_list(model), comma_list(memory), comma_list(slots, int), reads, radii, comma_list(size, int) if size else [None],
+        list(dict.fromkeys(runtimes)),
     )
     with stderr.status("benchmarking") as status:
         results = run_semseg_bench(sweep, data, split, target, consistency, progress=lambda text: status.update(text))

@@ -36,7 +36,7 @@ from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.models.registry import with_runtime
 from vidseg_cli.options import NO_MEMORY, POLICIES, RUNTIMES, SEMSEG_READS, MemoryOptions, SemsegOptions
 from vidseg_cli.semseg.data import load_labelled, read_label
-from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, with_read
+from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,11 @@ class SemsegResult:
 
 
 def semseg_configs(
-    models: list[str], memories: list[str], slots: list[int], reads: list[str | None], radii: list[int | None], sizes: list[int],
+    models: list[str], memories: list[str], slots: list[int], reads: list[str | None], radii: list[int | None], sizes: list[int | None],
     runtimes: Sequence[str] = ("torch",),
 ) -> list[SemsegConfig]:
+    """Every configuration of the sweep, then the single-frame network beside each model; a
+    size None is the model's own (``processing_size``)."""
     for memory in memories:
         if memory not in (*POLICIES, NO_MEMORY):
             raise VidsegError(f"unknown memory {memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
@@ -116,6 +118,7 @@ def semseg_configs(
             raise VidsegError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     out: list[SemsegConfig] = []
     for model, runtime, size, memory, k, read, radius in itertools.product(models, runtimes, sizes, memories, slots, reads, radii):
+        size = size or processing_size(model)
         if memory == NO_MEMORY:
             config = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size, runtime)
         else:
@@ -123,6 +126,7 @@ def semseg_configs(
         if config not in out:
             out.append(config)
     for model, runtime, size in itertools.product(models, runtimes, sizes):  # the single-frame network beside each model
+        size = size or processing_size(model)
         baseline = SemsegConfig(model, MemoryOptions(NO_MEMORY), None, None, size, runtime)
         if baseline not in out:
             out.append(baseline)

@@ -64,7 +64,7 @@ def bench_command(
     if task == Task.semseg:
         bench_semseg(
             data=data, split=split, model=model or DEFAULT_SEMSEG_MODEL, memory=memory or "fifo", slots=slots or "3",
-            read=read, radius=radius, size=size or "360", runtime=runtime, consistency=consistency, device=device.value, json=json,
+            read=read, radius=radius, size=size, runtime=runtime, consistency=consistency, device=device.value, json=json,
             report=report, csv_path=csv_path, plot=plot, force=force,
         )
         return

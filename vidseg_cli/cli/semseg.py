@@ -39,7 +39,7 @@ def semseg_command(
     update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
     read: Annotated[Optional[Read], typer.Option(help="Memory read: local (LMANet, a window around each position) or global (TMANet); default: the model's.")] = None,
     radius: Annotated[Optional[int], typer.Option(metavar="R", help="Local read radius in stride-16 positions (default: the model's).")] = None,
-    size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = 360,
+    size: Annotated[Optional[int], typer.Option(help="Internal processing size (short side, pixels; default: the model's, 480 for semseg-camvid, 360 for a model file). Outputs keep the input size.")] = None,
     runtime: Annotated[Runtime, typer.Option(help='What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; pip install "vidseg[onnx]"); onnx-int8 (8-bit weights and activations: faster, not measured for semseg accuracy); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
     format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; all: every one.")] = SemsegFormat.png,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,

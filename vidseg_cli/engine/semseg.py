@@ -20,7 +20,7 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.models.registry import with_runtime
 from vidseg_cli.options import NO_MEMORY, SemsegOptions
-from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, with_read
+from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
 
 CLASSES_FILE = "classes.json"
 
@@ -62,6 +62,7 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     network, metadata = create_semseg(options.model, device)
     network = with_runtime(with_read(network, options.read, options.radius), options.runtime, device)
     classes = class_table(metadata)
+    size = options.size or processing_size(options.model)
     bank = _bank(options)
     source = open_frames(options.input)
     staged = StagedOutput(options.out or default_output(options.input, "semseg"), force=options.force, inputs=[options.input])
@@ -71,7 +72,7 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     try:
         with open_sinks(options.format, staged.staging, source.time_base, colours=colours_of(classes)) as sinks:
             for frame in source:
-                labels = label_frame(network, bank, frame.image, frame.index, options.size, device)
+                labels = label_frame(network, bank, frame.image, frame.index, size, device)
                 write_all(sinks, frame, Prediction(labels, None, ()))
                 counts += np.bincount(labels.ravel(), minlength=256)
                 frames += 1

@@ -38,6 +38,7 @@ from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
 from vidseg_cli.models.backbone import EfficientNetLite, Features
 
+SEMSEG_SIZE = 360  # a semseg model file's processing size unless weights.toml names another
 ARCH = "semseg-lma"
 READS = ("local", "global")
 AGGREGATIONS = ("gated", "concat")
@@ -300,6 +301,16 @@ def create_semseg(name: str, device: torch.device | str = "cpu") -> tuple[Semseg
     if spec.fields.get("backbone") != network.backbone.variant:
         raise VidsegError(f"{name}: the file's trunk is {network.backbone.variant}, weights.toml lists {spec.fields.get('backbone')}")
     return network.to(device), metadata
+
+
+def processing_size(name: str) -> int:
+    """The short side a semseg model labels at unless --size says otherwise: weights.toml's
+    ``size`` for a named model (chosen on its validation split), else 360, CamVid's height."""
+    from vidseg_cli.weights.registry import entry
+
+    if name.endswith(".safetensors"):
+        return SEMSEG_SIZE
+    return int(entry(name).fields.get("size", SEMSEG_SIZE))
 
 
 def _listed_config(listed: dict) -> SemsegConfig | None:
