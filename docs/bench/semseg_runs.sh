@@ -12,7 +12,7 @@ REPLACED=runs/semseg-trainval-memory/model.safetensors
 # 1. CamVid test (233 frames; each sequence streamed in order, so a frame's memory is the
 #    test frames before it), the memory against the single-frame network, both runtimes,
 #    the shipped model beside the one it replaced
-vidseg bench --task semseg --data $CAMVID --split test --model semseg-camvid,$REPLACED --memory fifo,none --runtime torch,onnx \
+vidseg bench --task semseg --data $CAMVID --split test --model semseg-camvid,$REPLACED --memory fifo,none --size 480,360 --runtime torch,onnx \
   --report docs/bench/semseg-test.json --plot docs/bench/semseg-test.png --force
 # 4. temporal consistency on DAVIS 2016 val-dev (30 fps, unlabelled here), the shipped model
 vidseg bench --task semseg --data $CAMVID --split test --model semseg-camvid --memory fifo,none \
