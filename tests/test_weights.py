@@ -137,3 +137,19 @@ def test_the_listed_architecture_must_match_the_file(vidseg, hub):
 def test_unknown_checkpoint_names_the_known_ones(vidseg):
     run = vidseg("weights", "path", "nope")
     assert run.code == 2 and "unknown checkpoint 'nope'" in run.stderr and "propagate" in run.stderr
+
+
+def test_every_embedded_checkpoint_matches_its_pin_and_builds():
+    """The files shipped inside the package, against the real weights.toml: the sha256 pin
+    holds and the listed architecture loads the tensors (a retrained file without its pin
+    or config updated fails here, not in a user's run)."""
+    from vidseg_cli.predict.model import Predictor, create_predictor
+    from vidseg_cli.semseg.model import SemsegNetwork, create_semseg
+
+    builders = {"vos": create_vos_model, "predict": create_predictor, "semseg": lambda name: create_semseg(name)[0]}
+    kinds = {"vos": torch.nn.Module, "predict": Predictor, "semseg": SemsegNetwork}
+    embedded = [e for e in weights_registry.registry().values() if e.source == "package"]
+    assert {e.task for e in embedded} == set(builders)  # one shipped model per task at least
+    for spec in embedded:
+        assert weights_registry.file_sha256(weights_registry.weight_path(spec.name)) == spec.sha256
+        assert isinstance(builders[spec.task](spec.name), kinds[spec.task]), spec.name
