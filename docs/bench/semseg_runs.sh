@@ -1,14 +1,16 @@
 #!/bin/sh
 # The semseg tables of the README, in the order they were run (one at a time, on the quiet
-# 2-core machine). semseg-camvid is the shipped model (trained on CamVid train+val, crop 384);
-# runs/semseg-trainval-memory is the one it replaced (the same at crop 256, 10,000 steps);
+# 2-core machine). semseg-camvid is the shipped model (EfficientNet-Lite1, trained on CamVid
+# train+val, crop 384); runs/semseg-trainval384-memory is the one it replaced (the same on
+# Lite0; its file is the package's semseg-camvid at commit 1e04668, `git show
+# 1e04668:vidseg_cli/weights/semseg-camvid.safetensors`);
 # runs/semseg-memory-gated is the first (train only, settings chosen on val: the ablations
 # on val use it and its concatenation twin runs/semseg-memory-concat, which never saw val).
 # docs/training.md says how each was made.
 set -e
 CAMVID=../shared/data/camvid
 PREVIOUS=runs/semseg-memory-gated/model.safetensors
-REPLACED=runs/semseg-trainval-memory/model.safetensors
+REPLACED=runs/semseg-trainval384-memory/model.safetensors
 # 1. CamVid test (233 frames; each sequence streamed in order, so a frame's memory is the
 #    test frames before it), the memory against the single-frame network, both runtimes,
 #    the shipped model beside the one it replaced
