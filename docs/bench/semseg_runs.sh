@@ -11,6 +11,8 @@ set -e
 CAMVID=../shared/data/camvid
 PREVIOUS=runs/semseg-memory-gated/model.safetensors
 REPLACED=runs/semseg-trainval384-memory/model.safetensors
+# the replaced model's file, from the commit that shipped it (git keeps it; runs/ may not)
+[ -f $REPLACED ] || { mkdir -p "$(dirname $REPLACED)"; git show 1e04668:vidseg_cli/weights/semseg-camvid.safetensors > $REPLACED; }
 # 1. CamVid test (233 frames; each sequence streamed in order, so a frame's memory is the
 #    test frames before it), the memory against the single-frame network, both runtimes,
 #    the shipped model beside the one it replaced
