@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import leftovers
+from conftest import SHARED_DATA, leftovers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from vidseg_cli.engine.directions import DirectionPlan
+from vidseg_cli.engine.directions import DirectionPlan, combine, fuse
 from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.io.sinks import Prediction, save_palette_png
 from vidseg_cli.options import EventOptions
@@ -57,14 +59,128 @@ def test_a_mask_of_frame_20_only_segments_frames_0_to_19_backwards(vidseg, tmp_p
 
 
 def test_between_two_masks_each_frame_takes_the_nearer_pass():
-    plan = DirectionPlan("both", [5, 15])
-    assert [plan.serves(t) for t in (0, 4, 5, 9, 10, 11, 15, 20)] == [
-        "backward", "backward", "forward", "forward", "forward", "backward", "forward", "forward",
+    plan = DirectionPlan("both", {5: {1}, 15: {1}})
+    assert [plan.serving(t) for t in (0, 4, 5, 9, 10, 11, 15, 20)] == [
+        {1: "backward"}, {1: "backward"}, {1: "forward"}, {1: "forward"}, {1: "forward"}, {1: "backward"},
+        {1: "forward"}, {1: "forward"},
     ]
-    assert plan.needs_backward and plan.forward_runs(5) and not plan.forward_runs(4)
-    only_back = DirectionPlan("backward", [5, 15])
-    assert [only_back.serves(t) for t in (0, 10, 15, 16)] == ["backward", "backward", "backward", None]
-    assert not DirectionPlan("both", [0]).needs_backward  # a first-frame mask: one forward pass, as before
+    assert plan.needs_backward and not plan.mixes and plan.forward_runs(5) and not plan.forward_runs(4)
+    only_back = DirectionPlan("backward", {5: {1}, 15: {1}})
+    assert [only_back.serving(t) for t in (0, 10, 15, 16)] == [{1: "backward"}, {1: "backward"}, {1: "backward"}, {}]
+    assert not DirectionPlan("both", {0: {1, 2}}).needs_backward  # a first-frame mask: one forward pass, as before
+
+
+def test_each_object_is_served_by_the_nearer_pass_that_knows_it():
+    """Objects annotated as they enter (the judo masks): a later mask that names only its
+    newcomer serves only the newcomer backwards; the earlier objects stay forward."""
+    plan = DirectionPlan("both", {0: {1}, 5: {2}, 8: {3}, 13: {4}})
+    assert plan.serving(3) == {1: "forward", 2: "backward", 3: "backward", 4: "backward"}
+    assert plan.serving(7) == {1: "forward", 2: "forward", 3: "backward", 4: "backward"}
+    assert plan.serving(11) == {1: "forward", 2: "forward", 3: "forward", 4: "backward"}
+    assert plan.serving(13) == dict.fromkeys((1, 2, 3, 4), "forward")
+    assert plan.mixes and plan.needs_backward
+    forward_only = DirectionPlan("forward", {0: {1}, 5: {2}})
+    assert forward_only.serving(3) == {1: "forward"} and not forward_only.needs_backward
+    # an object named on frames 0 and 20 is served backward from 20 on frame 12, even though
+    # the mask of frame 10 (naming another object) is nearer
+    assert DirectionPlan("both", {0: {1}, 10: {2}, 20: {1, 2}}).serving(12) == {1: "backward", 2: "forward"}
+
+
+def test_fuse_takes_each_object_from_its_pass_and_keeps_a_given_mask_exact():
+    forward = Prediction(np.array([[1, 1, 0]], np.uint8), np.array([[[230, 200, 10]]], np.uint8), (1,))
+    backward = Prediction(
+        np.array([[0, 2, 2]], np.uint8), np.array([[[250, 0, 0]], [[0, 240, 220]]], np.uint8), (1, 2)
+    )
+    fused = fuse({1: "forward", 2: "backward"}, forward, backward)
+    assert fused.object_ids == (1, 2) and fused.labels.tolist() == [[1, 2, 2]]
+    assert fused.probability(1)[0, 0] > 127 and fused.probability(2)[0, 2] > 127
+    mask = np.array([[0, 0, 1]], np.uint8)  # the user says pixel 2 is object 1, and 1 is nowhere else
+    exact = fuse({1: "forward", 2: "backward"}, forward, backward, mask)
+    assert exact.labels.tolist() == [[0, 2, 1]] and exact.probabilities[:, 0, 2].tolist() == [255, 0]
+    assert combine({1: "forward"}, forward, None, (1, 3)) is forward
+    assert not combine({}, None, None, (1, 3)).labels.any()
+
+
+VISIBLE = 60  # pixels of truth (of 96x128) for an object to count as visible on a frame
+
+
+@st.composite
+def _schedules(draw, truths: list[np.ndarray]) -> dict[int, set[int]]:
+    """Masks on 1-4 random frames, each naming a random non-empty subset of the objects
+    visible there; together they name every object at least once."""
+    length, objects = len(truths), sorted(int(i) for i in set(np.unique(truths[0])) - {0})
+    schedule: dict[int, set[int]] = {}
+    for frame in draw(st.lists(st.integers(0, length - 1), min_size=1, max_size=4, unique=True)):
+        visible = [i for i in objects if (truths[frame] == i).sum() >= VISIBLE]
+        if visible:
+            schedule[frame] = set(draw(st.lists(st.sampled_from(visible), min_size=1, unique=True)))
+    for object_id in objects:  # an object no mask named yet: named where it is largest
+        if not any(object_id in named for named in schedule.values()):
+            frame = int(np.argmax([(truth == object_id).sum() for truth in truths]))
+            schedule.setdefault(frame, set()).add(object_id)
+    return schedule
+
+
+def _reachable(direction: str, frames: list[int], t: int) -> bool:
+    """Whether a pass of ``direction`` reaches frame t from the masks naming an object."""
+    return {"forward": t >= frames[0], "backward": t <= frames[-1], "both": True}[direction]
+
+
+@pytest.fixture(scope="module")
+def three_objects(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    return _frame_folder(tmp_path_factory.mktemp("three"), 12, objects=3, seed=11)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), direction=st.sampled_from(["both", "forward", "backward"]))
+def test_no_named_object_vanishes_from_a_frame_where_it_is_visible(vidseg, tmp_path_factory, three_objects, data, direction):
+    """Objects entering at random frames, masks naming random subsets: on every frame a pass
+    of the direction reaches, every object the masks named is there where it is visible, in
+    the labels, the mattes, the RLE and the events alike."""
+    from pycocotools import mask as coco_mask
+
+    folder, truths = three_objects
+    schedule = data.draw(_schedules(truths), label="schedule")
+    root = tmp_path_factory.mktemp("run")
+    arguments = []
+    for frame, named in schedule.items():
+        save_palette_png(np.where(np.isin(truths[frame], list(named)), truths[frame], 0).astype(np.uint8), root / f"{frame}.png")
+        arguments += ["--mask", f"{frame}:{root / f'{frame}.png'}"]
+    out = root / "out"
+    run = vidseg("segment", folder, *arguments, "--direction", direction, "--out", out, "--format", "all", "--events", root / "events.jsonl")
+    assert run.code == 0, run.stderr
+    rle = {record["frame"]: record["objects"] for record in json.loads((out / "rle.json").read_text())["frames"]}
+    events = {record["frame"]: record["objects"] for record in map(json.loads, (root / "events.jsonl").read_text().splitlines())}
+    for object_id in sorted(set().union(*schedule.values())):
+        frames = sorted(f for f, named in schedule.items() if object_id in named)
+        for t, truth in enumerate(truths):
+            if (truth == object_id).sum() < VISIBLE or not _reachable(direction, frames, t):
+                continue
+            found = _labels(out, t) == object_id
+            assert found.any(), f"object {object_id} vanished from frame {t} (masks {schedule}, {direction})"
+            assert _iou(found, truth == object_id) > 0.3, (object_id, t, schedule, direction)
+            entry = rle[t][str(object_id)]
+            decoded = coco_mask.decode({"size": entry["size"], "counts": entry["counts"].encode()}).astype(bool)
+            np.testing.assert_array_equal(decoded, found)
+            np.testing.assert_array_equal(np.asarray(Image.open(out / str(object_id) / f"{t:05d}.png")) >= 128, found)
+            assert events[t][str(object_id)]["area"] == int(found.sum())
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "examples" / "masks" / "judo").is_dir(), reason="needs ../shared/data")
+def test_judo_objects_annotated_as_they_enter_are_on_every_frame(vidseg, tmp_path):
+    """The shared judo clip names object 1 on frame 0, 2 on 5, 3 on 8 and 4 on 13, each mask
+    naming only its newcomer; all four are in view throughout. With the default direction
+    every object is on every frame: after its mask (forward) and before it (backward)."""
+    examples = SHARED_DATA / "examples"
+    out = tmp_path / "judo"
+    run = vidseg("segment", examples / "images" / "judo", "--mask", examples / "masks" / "judo", "--resize-mask", "--out", out)
+    assert run.code == 0, run.stderr
+    present = [sorted(set(np.unique(_labels(out, t))) - {0}) for t in range(16)]
+    assert present == [[1, 2, 3, 4]] * 16, present
+    given = {t: _labels(out, t) for t in (5, 8, 13)}
+    sizes = [(given[t] == object_id).sum() for t, object_id in ((5, 2), (8, 3), (13, 4))]
+    for t, object_id, size in ((0, 2, sizes[0]), (3, 3, sizes[1]), (6, 4, sizes[2])):  # frames before each mask
+        assert 0.5 * size < (_labels(out, t) == object_id).sum() < 2 * size, (t, object_id)
 
 
 # --- events -----------------------------------------------------------------------------

@@ -1,17 +1,24 @@
-"""Both directions: which pass serves each frame, and the backward pass over a disk cache.
+"""Both directions: which pass serves each object on each frame, and the backward pass over a disk cache.
 
 A frame before the first masked frame can only be reached backwards; a frame between two
-masked frames is reached by both passes, and takes the one from the *nearer* mask (ties
-go forward). Propagation error grows with the distance travelled, and averaging two
-passes that disagree blurs the object where one of them is right; the nearer pass is the
-better-informed one.
+masked frames is reached by both passes. Each *object* is served by the nearer of the
+passes that know it: forward from the last mask at or before the frame that names it,
+backward from the next mask at or after it that names it (ties go forward). Propagation
+error grows with the distance travelled, so the nearer pass is the better-informed one;
+deciding per object, not per frame, matters when masks name different objects (objects
+annotated as they enter): the backward pass from a later mask knows only the objects
+that mask and the masks after it name, and a frame it served whole lost every other one.
+An object only one pass knows comes from that pass. When a frame's objects come from
+both passes, its labels come from their per-object probabilities, soft-aggregated as
+within one pass (``fuse``); a frame all of whose objects come from one pass is that
+pass's prediction, unchanged.
 
 Video files decode forwards only, so the backward pass first streams frames 0 .. last
 masked frame into a cache folder at the processing size (uint8, about 0.7 MB a frame at
 360p), then walks it from the end, keeping the predictions the forward pass will need
-(full-resolution labels and, for mattes and events, probabilities). Cache files are
-deleted as the backward walk consumes them, predictions when the run ends: disk use is
-bounded by the span before the last mask, and memory by one frame.
+(full-resolution labels and, for mattes, events and mixed frames, probabilities). Cache
+files are deleted as the backward walk consumes them, predictions when the run ends: disk
+use is bounded by the span before the last mask, and memory by one frame.
 """
 
 from __future__ import annotations
@@ -19,12 +26,20 @@ from __future__ import annotations
 import bisect
 import functools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from vidseg_cli.engine.session import StepResult, VOSSession
+from vidseg_cli.engine.aggregate import aggregate
+from vidseg_cli.engine.session import (
+    StepResult,
+    VOSSession,
+    argmax_channels,
+    certain_where_given,
+    keep_given_pixels,
+)
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource
 from vidseg_cli.io.masks import MaskReader
@@ -34,29 +49,51 @@ FORWARD, BACKWARD = "forward", "backward"
 
 
 class DirectionPlan:
-    """Which pass serves frame t, given the masked frames and ``--direction``."""
+    """Which pass serves each object on frame t, given the objects each mask names and
+    ``--direction``."""
 
-    def __init__(self, direction: str, masked: list[int]) -> None:
-        self.direction, self.masked = direction, sorted(masked)
+    def __init__(self, direction: str, named: Mapping[int, Iterable[int]]) -> None:
+        self.direction = direction
+        self.masked = sorted(named)
+        self.named = {frame: frozenset(named[frame]) for frame in self.masked}
+        self._frames_of: dict[int, list[int]] = {}  # object -> the masked frames naming it, in order
+        for frame in self.masked:
+            for object_id in sorted(self.named[frame]):
+                self._frames_of.setdefault(object_id, []).append(frame)
 
-    def serves(self, frame: int) -> str | None:
-        """``forward``, ``backward`` or None (no pass reaches it: stays empty)."""
-        before = bisect.bisect_right(self.masked, frame)  # masks at or before this frame
-        previous = self.masked[before - 1] if before else None
-        following = self.masked[bisect.bisect_left(self.masked, frame)] if frame <= self.masked[-1] else None
-        forward = previous if self.direction in (FORWARD, "both") else None
-        backward = following if self.direction in (BACKWARD, "both") else None
+    def serving(self, frame: int) -> dict[int, str]:
+        """Object id -> ``forward`` or ``backward`` for every object some pass knows on this
+        frame; an object no pass reaches here (before its first mask, going forward only)
+        is absent."""
+        serving = {}
+        for object_id, frames in self._frames_of.items():
+            nearer = self._nearer(frame, frames)
+            if nearer is not None:
+                serving[object_id] = nearer
+        return serving
+
+    def _nearer(self, frame: int, frames: list[int]) -> str | None:
+        before = bisect.bisect_right(frames, frame)  # masks naming the object at or before this frame
+        after = bisect.bisect_left(frames, frame)  # the first one at or after it
+        forward = frame - frames[before - 1] if before and self.direction != BACKWARD else None
+        backward = frames[after] - frame if after < len(frames) and self.direction != FORWARD else None
         if forward is None and backward is None:
             return None
-        if backward is None:
+        if backward is None or (forward is not None and forward <= backward):
             return FORWARD
-        if forward is None:
-            return BACKWARD
-        return FORWARD if frame - forward <= backward - frame else BACKWARD
+        return BACKWARD
+
+    def backward_serves(self, frame: int) -> bool:
+        return BACKWARD in self.serving(frame).values()
 
     @functools.cached_property
     def needs_backward(self) -> bool:
-        return any(self.serves(t) == BACKWARD for t in range(self.masked[-1] + 1))
+        return any(self.backward_serves(t) for t in range(self.masked[-1] + 1))
+
+    @functools.cached_property
+    def mixes(self) -> bool:
+        """Some frame takes objects from both passes: both must keep probabilities to fuse."""
+        return any(len(set(self.serving(t).values())) == 2 for t in range(self.masked[-1] + 1))
 
     def forward_runs(self, frame: int) -> bool:
         """The forward session steps every frame from the first mask on (its memory needs
@@ -66,6 +103,42 @@ class DirectionPlan:
 
 def prediction_of(result: StepResult) -> Prediction:
     return Prediction(result.labels, result.probabilities, result.object_ids)
+
+
+def combine(
+    serving: dict[int, str],
+    forward: Prediction | None,
+    backward: Prediction | None,
+    shape: tuple[int, int],
+    mask: np.ndarray | None = None,
+) -> Prediction:
+    """A frame's prediction from the passes that serve its objects (``serving``): one pass's
+    own when it serves them all, ``fuse`` when both do, empty when none does."""
+    passes = set(serving.values())
+    if not passes:
+        return Prediction(np.zeros(shape, np.uint8))
+    if passes == {FORWARD}:
+        return forward
+    if passes == {BACKWARD}:
+        return backward
+    return fuse(serving, forward, backward, mask)
+
+
+def fuse(serving: dict[int, str], forward: Prediction, backward: Prediction, mask: np.ndarray | None = None) -> Prediction:
+    """Each object's probability from the pass that serves it, soft-aggregated against the
+    others (as one pass aggregates its objects), labels by the largest. On a frame with a
+    user mask its pixels stay exact, and the objects it names stay inside it."""
+    object_ids = tuple(sorted(serving))
+    chosen = [(forward if serving[i] == FORWARD else backward).probability(i) for i in object_ids]
+    probabilities = torch.from_numpy(np.stack(chosen)).float() / 255
+    distribution = aggregate(probabilities)  # (1 + objects, H, W), background first
+    lut = np.array([0, *object_ids], dtype=np.uint8)
+    labels = lut[argmax_channels(distribution).numpy()]
+    soft = (distribution[1:] * 255).round().to(torch.uint8).numpy()
+    if mask is not None:
+        labels = keep_given_pixels(labels, mask)
+        soft = certain_where_given(soft, labels, object_ids, mask)
+    return Prediction(labels, soft, object_ids)
 
 
 class BackwardPass:
@@ -93,7 +166,7 @@ class BackwardPass:
             path.unlink()
             mask = reader.read(masks[index]) if index in masks else None
             result = session.step(image, mask, output_size=size)
-            if plan.serves(index) == BACKWARD:
+            if plan.backward_serves(index):
                 self._keep(index, prediction_of(result))
             record(result)
 

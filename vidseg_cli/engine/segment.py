@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vidseg_cli.engine import checkpoint
-from vidseg_cli.engine.directions import BACKWARD, FORWARD, BackwardPass, DirectionPlan, prediction_of
+from vidseg_cli.engine.directions import BACKWARD, BackwardPass, DirectionPlan, combine, prediction_of
 from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.session import StepResult, VOSSession
@@ -256,7 +256,7 @@ def segment(
     source = open_frames(options.input)
     with contextlib.closing(source):
         reader = MaskReader(source.size, resize=options.resize_mask)
-        objects = _check_masks(masks, reader, source)
+        named = _check_masks(masks, reader, source)
         _say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
@@ -265,7 +265,7 @@ def segment(
         events_out = None
         try:
             events_out = _EventsOut(options, inputs, events)
-            summary = _run(options, source, masks, reader, staged.staging, device, progress, objects, events_out)
+            summary = _run(options, source, masks, reader, staged.staging, device, progress, named, events_out)
             staged.commit()
             events_out.commit()
         except BaseException as error:
@@ -365,17 +365,17 @@ def _say_renumbered(renumbered: dict[int, int]) -> None:
         warn(f"16-bit mask ids above 255 renumbered (the outputs use the new ids): {pairs}")
 
 
-def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> tuple[int, ...]:
+def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> dict[int, set[int]]:
     """Fail before any work: unreadable, empty, wrongly sized or out-of-range masks.
-    Returns every object id the masks name."""
-    objects: set[int] = set()
+    Returns the object ids each masked frame's mask names."""
+    named: dict[int, set[int]] = {}
     for mask in masks:
         if source.count is not None and mask.frame >= source.count:
             raise VidsegError(
                 f"mask {mask.path} is for frame {mask.frame}, but the video has {source.count} frames"
             )
-        objects.update(int(i) for i in np.unique(reader.read(mask.path)) if i)
-    return tuple(sorted(objects))
+        named[mask.frame] = {int(i) for i in np.unique(reader.read(mask.path)) if i}
+    return named
 
 
 class _Stats:
@@ -412,7 +412,7 @@ def _run(
     folder: Path,
     device: torch.device,
     progress: Progress | None,
-    objects: tuple[int, ...],
+    named: dict[int, set[int]],
     events: _EventsOut,
 ) -> SegmentSummary:
     use_all_cores()
@@ -420,8 +420,10 @@ def _run(
         options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates, options.runtime
     )
     by_frame = {mask.frame: mask.path for mask in masks}
-    plan = DirectionPlan(options.direction, list(by_frame))
-    soft = needs_probabilities(options.format) or options.events is not None
+    objects = tuple(sorted(set().union(*named.values())))
+    plan = DirectionPlan(options.direction, named)
+    # mixed frames fuse the two passes' per-object probabilities, so both keep them
+    soft = needs_probabilities(options.format) or options.events is not None or plan.mixes
     summary = SegmentSummary(input=str(options.input), output="", runtime=runtime_of(model))
     start = time.perf_counter()
     saved = checkpoint.load(folder, options) if options.resume else None
@@ -442,12 +444,12 @@ def _run(
         for frame in source:
             if frame.index < summary.frames:
                 continue  # done before the checkpoint: decoded only
-            result = None
+            result = mask = None
             if plan.forward_runs(frame.index):
                 mask = reader.read(by_frame[frame.index]) if frame.index in by_frame else None
                 result = session.step(frame.image, mask)
                 stats(result)
-            prediction = _prediction_for(frame, plan.serves(frame.index), result, backward)
+            prediction = _prediction_for(frame, plan.serving(frame.index), result, backward, mask)
             write_all(sinks, frame, prediction)
             if tracker is not None:
                 for record in tracker.observe(frame.index, round(float(frame.pts * frame.time_base), 6), prediction):
@@ -512,12 +514,14 @@ def _session(model: VOSModel, options: SegmentOptions, device: torch.device, sof
     return session
 
 
-def _prediction_for(frame: Frame, serving: str | None, result: StepResult | None, backward: BackwardPass | None) -> Prediction:
-    if serving == BACKWARD:
-        return backward.take(frame.index)
-    if serving == FORWARD and result is not None:
-        return prediction_of(result)
-    return Prediction(np.zeros(frame.image.shape[:2], np.uint8))  # no pass reaches this frame
+def _prediction_for(
+    frame: Frame, serving: dict[int, str], result: StepResult | None, backward: BackwardPass | None,
+    mask: np.ndarray | None,
+) -> Prediction:
+    """Each object from the pass that serves it on this frame (engine/directions.py)."""
+    forward = prediction_of(result) if result is not None else None
+    behind = backward.take(frame.index) if backward is not None and BACKWARD in serving.values() else None
+    return combine(serving, forward, behind, frame.image.shape[:2], mask)
 
 
 def _finish(

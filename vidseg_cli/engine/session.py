@@ -7,6 +7,7 @@ Models are stateless, so one model serves many sessions. Object ids are the user
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,14 +231,10 @@ class VOSSession:
 
     def _labels(self, full: torch.Tensor, mask: np.ndarray | None) -> np.ndarray:
         """Object ids from probabilities at the input resolution."""
-        index = _argmax_channels(full).cpu().numpy()
+        index = argmax_channels(full).cpu().numpy()
         lut = np.array([0, *self.object_ids], dtype=np.uint8)
         labels = lut[index]
-        if mask is not None:
-            # a user mask is exact at full resolution: keep its pixels as given
-            labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
-            labels = labels.astype(np.uint8)
-        return labels
+        return labels if mask is None else keep_given_pixels(labels, mask)
 
 
 def _tracker_state(tracker: object | None) -> dict | None:
@@ -247,18 +244,28 @@ def _tracker_state(tracker: object | None) -> dict | None:
     return {name: value for name, value in vars(tracker).items() if name not in ("model", "options")}
 
 
-def _soft(full: torch.Tensor, labels: np.ndarray, object_ids: list[int], mask: np.ndarray | None) -> np.ndarray:
-    """(objects, H, W) uint8 probabilities; on a frame with a user mask, the mask's own
-    pixels are certain (255 for its object, 0 for the others)."""
-    soft = (full[1:].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    if mask is not None:
-        given = mask > 0
-        for row, object_id in enumerate(object_ids):
-            soft[row][given] = np.where(labels[given] == object_id, 255, 0)
+def keep_given_pixels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A user mask is exact at full resolution: its pixels keep their ids, and the objects it
+    names appear nowhere else; objects it does not name keep their labels outside it."""
+    labels = np.where(mask > 0, mask, np.where(np.isin(labels, np.unique(mask)), 0, labels))
+    return labels.astype(np.uint8)
+
+
+def certain_where_given(soft: np.ndarray, labels: np.ndarray, object_ids: Sequence[int], mask: np.ndarray) -> np.ndarray:
+    """On a frame with a user mask, its own pixels are certain: 255 for its object, 0 for the others."""
+    given = mask > 0
+    for row, object_id in enumerate(object_ids):
+        soft[row][given] = np.where(labels[given] == object_id, 255, 0)
     return soft
 
 
-def _argmax_channels(probs: torch.Tensor) -> torch.Tensor:
+def _soft(full: torch.Tensor, labels: np.ndarray, object_ids: list[int], mask: np.ndarray | None) -> np.ndarray:
+    """(objects, H, W) uint8 probabilities x 255, certain where a user mask gives the pixel."""
+    soft = (full[1:].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return soft if mask is None else certain_where_given(soft, labels, object_ids, mask)
+
+
+def argmax_channels(probs: torch.Tensor) -> torch.Tensor:
     """argmax over dim 0 by pairwise comparison: torch's strided argmax over a few
     channels of a large image is ~20x slower on a CPU."""
     best, index = probs[0], torch.zeros(probs.shape[1:], dtype=torch.long, device=probs.device)
