@@ -60,3 +60,35 @@ def test_help_and_completion_do_not_import_torch(args):
     completion = subprocess.run([sys.executable, "-c", script.replace(f"main({args!r})", "main()")],
                                 env=env, capture_output=True, text=True, timeout=60)
     assert completion.stderr.strip().splitlines()[-1] == "LIGHT"
+
+
+def _commands(node, path=()):
+    """(path, click command) for every command under ``node``, lazy groups included."""
+    children = getattr(node, "commands", None)
+    if children is None:
+        yield path, node
+        return
+    for name in sorted(children):
+        yield from _commands(children[name], (*path, name))
+
+
+def test_every_bracketed_word_in_the_help_source_reaches_the_rendered_help(vidseg):
+    """Typer renders help as Rich markup, where ``vidseg[onnx]`` loses ``[onnx]`` (a style
+    tag): every ``[word]`` a help text holds (extras, placeholders) must be printed."""
+    import re
+
+    from vidseg_cli.cli.app import command
+
+    bracketed = re.compile(r"\\?\[([a-z][\w-]*)\]")
+    checked = 0
+    for path, node in _commands(command()):
+        texts = [node.help or ""] + [getattr(param, "help", None) or "" for param in node.params]
+        words = {match for text in texts for match in bracketed.findall(text)}
+        if not words:
+            continue
+        rendered = " ".join(vidseg(*path, "--help").stdout.split())
+        for word in words:
+            assert f"[{word}]" in rendered, f"vidseg {' '.join(path)} --help drops [{word}]"
+            checked += 1
+        assert 'install "vidseg")' not in rendered and 'install "vidseg".' not in rendered
+    assert checked >= 3  # segment and semseg name [onnx], train semseg [lite1]

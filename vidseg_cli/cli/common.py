@@ -31,6 +31,12 @@ for _console in (stderr, stdout):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def install_hint(extra: str) -> str:
+    """``pip install "vidseg[EXTRA]"`` for a help text. Typer renders help as Rich markup,
+    where ``[onnx]`` is a style tag and vanishes: the bracket is escaped."""
+    return f'pip install "vidseg{escape(f"[{extra}]")}"'
+
+
 Update = enum.Enum("Update", {rule: rule for rule in UPDATE_RULES}, type=str)  # stremn's rules, every command
 Runtime = enum.Enum("Runtime", {name: name for name in RUNTIMES}, type=str)  # what runs the backbone
 

