@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as coco_mask
 from safetensors import safe_open
 
 from vidseg_cli.semseg.model import ARCH, load_semseg
@@ -57,6 +58,16 @@ def test_semseg_labels_a_video_with_the_trained_model(vidseg, camvid, clip, tmp_
     assert first.mode == "P" and first.size == (128, 96)
     assert first.getpalette()[3 * 3 : 3 * 3 + 3] == [128, 64, 128]  # the palette is the class colours
     assert (out / "labels.mkv").exists() and (out / "overlay.mp4").exists()
+    assert not any(path.is_dir() for path in out.iterdir())  # no per-object mattes for classes
+    rle = json.loads((out / "rle.json").read_text())
+    assert rle["objects"] == list(range(11)) and len(rle["frames"]) == 12
+    for index in (0, 11):  # every class on the frame, decoded, is the label PNG's
+        labels = np.asarray(Image.open(out / f"{index:05d}.png"))
+        encoded = rle["frames"][index]["objects"]
+        assert sorted(map(int, encoded)) == sorted(int(c) for c in np.unique(labels) if c < 11)
+        for class_id, entry in encoded.items():
+            decoded = coco_mask.decode({"size": entry["size"], "counts": entry["counts"].encode()}).astype(bool)
+            np.testing.assert_array_equal(decoded, labels == int(class_id))
     none = vidseg("semseg", video, "--model", model, "--out", tmp_path / "n", "--memory", "none", "--size", "64", "--json")
     assert none.code == 0 and json.loads(none.stdout)["slots"] == 0
 

@@ -36,6 +36,7 @@ class SemsegFormat(str, enum.Enum):
     png = "png"
     video = "video"
     overlay = "overlay"
+    rle = "rle"
     all = "all"
 
 
@@ -50,7 +51,7 @@ def semseg_command(
     radius: Annotated[Optional[int], typer.Option(metavar="R", help="Local read radius in stride-16 positions (default: the model's).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Internal processing size (short side, pixels; default: the model's, 480 for semseg-camvid, 360 for a model file). Outputs keep the input size.")] = None,
     runtime: Annotated[Runtime, typer.Option(help=f'What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; {install_hint("onnx")}); onnx-int8 (8-bit weights and activations: faster, not measured for semseg accuracy); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
-    format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; all: every one.")] = SemsegFormat.png,
+    format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; rle: rle.json, every class on every frame in COCO run-length encoding, keyed by class id; all: every one.")] = SemsegFormat.png,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,

@@ -19,7 +19,7 @@ from vidseg_cli.io.sinks import Colours, Prediction, open_sinks, write_all, writ
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.models.registry import with_runtime
-from vidseg_cli.options import NO_MEMORY, SemsegOptions
+from vidseg_cli.options import NO_MEMORY, SEMSEG_FORMATS, SemsegOptions
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
 
 CLASSES_FILE = "classes.json"
@@ -55,6 +55,9 @@ def colours_of(classes: list[dict]) -> Colours:
     return Colours(palette, background=None, legend=legend)
 
 
+SEMSEG_SINKS = tuple(name for name in SEMSEG_FORMATS if name != "all")  # no mattes: a class is no object
+
+
 def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     """Label every frame of INPUT; raises VidsegError on bad input, publishes atomically."""
     device = pick_device(options.device)
@@ -70,7 +73,10 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     frames, most_slots, most_bytes = 0, 0, 0
     started = time.perf_counter()
     try:
-        with open_sinks(options.format, staged.staging, source.time_base, colours=colours_of(classes)) as sinks:
+        class_ids = tuple(c["id"] for c in classes)
+        with open_sinks(
+            options.format, staged.staging, source.time_base, class_ids, colours_of(classes), every=SEMSEG_SINKS
+        ) as sinks:
             for frame in source:
                 labels = label_frame(network, bank, frame.image, frame.index, size, device)
                 write_all(sinks, frame, Prediction(labels, None, ()))

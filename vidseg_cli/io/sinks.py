@@ -404,16 +404,20 @@ class RleSink(Sink):
         return [RLE_FILE]
 
 
+SINKS = {"png": PngSink, "video": LabelVideoSink, "overlay": OverlaySink, "alpha": AlphaSink, "rle": RleSink}
+
+
 def make_sinks(
-    fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = (), colours: Colours | None = None
+    fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = (), colours: Colours | None = None,
+    every: tuple[str, ...] = tuple(SINKS),
 ) -> list[Sink]:
-    kinds = {"png": [PngSink], "video": [LabelVideoSink], "overlay": [OverlaySink], "alpha": [AlphaSink], "rle": [RleSink]}
-    kinds["all"] = [PngSink, LabelVideoSink, OverlaySink, AlphaSink, RleSink]
-    if fmt not in kinds:
+    """The sinks of ``fmt``; ``all`` is ``every`` (a task's own formats: semseg has no mattes)."""
+    if fmt != "all" and fmt not in SINKS:
         raise VidsegError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    kinds = [SINKS[name] for name in (every if fmt == "all" else (fmt,))]
     made = []
     try:
-        for kind in kinds[fmt]:
+        for kind in kinds:
             if kind is PngSink:
                 made.append(kind(folder, colours))
             elif kind in (AlphaSink, RleSink):
@@ -444,12 +448,13 @@ def write_error(error: OSError) -> OutputError:
 
 @contextlib.contextmanager
 def open_sinks(
-    fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = (), colours: Colours | None = None
+    fmt: str, folder: Path, time_base: Fraction, objects: tuple[int, ...] = (), colours: Colours | None = None,
+    every: tuple[str, ...] = tuple(SINKS),
 ) -> Iterator[list[Sink]]:
     """The sinks of a format, closed at the end. A failure to flush or close a file fails
     the run like a failed write: a video cut short by a full disk is never published.
     When the run already failed, closing is best effort and the first error stands."""
-    sinks = make_sinks(fmt, folder, time_base, objects, colours)
+    sinks = make_sinks(fmt, folder, time_base, objects, colours, every)
     try:
         yield sinks
     except BaseException:
