@@ -132,6 +132,7 @@ class PredictOptions:
     compare: bool = False
     stream: bool = False
     force: bool = False
+    resume: bool = False  # an output this very run already published: nothing to do
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -147,8 +148,10 @@ class PredictOptions:
             raise VidsegError(f"--start {self.start}: frame indices start at 0")
         if self.compare and self.start is None:
             raise VidsegError("--compare needs --start T, so that the true frames after the context are in INPUT")
-        if self.stream and (self.compare or self.start is not None or self.out is not None):
-            raise VidsegError("--stream rolls through the whole video and writes JSON lines: drop --start, --compare and --out")
+        if self.stream and (self.compare or self.start is not None or self.out is not None or self.resume):
+            raise VidsegError(
+                "--stream rolls through the whole video and writes JSON lines: drop --start, --compare, --out and --resume"
+            )
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class SemsegOptions:
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     format: str = "png"
     force: bool = False
+    resume: bool = False  # an output this very run already published: nothing to do
     device: str = "auto"
 
     def __post_init__(self) -> None:

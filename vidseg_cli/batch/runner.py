@@ -42,22 +42,24 @@ class Job:
 
 
 def jobs_for(rows: list[Row], defaults: SegmentOptions, resume: bool) -> list[Job]:
-    """With ``resume`` a complete row is skipped and a row cut short goes on from its checkpoint."""
+    """With ``resume`` a complete row (published from the same input, masks and options) is
+    skipped, a row cut short goes on from its checkpoint, and a row whose output another
+    run made fails as without ``resume``: a stale output is never taken for this row's."""
     return [Job(row, dataclasses.replace(row_options(row, defaults), resume=resume), resume) for row in rows]
 
 
 def run_job(job: Job) -> dict:
     """One row, start to end: its JSON result line, never an exception (but Ctrl-C)."""
     from vidseg_cli.engine.segment import segment  # torch: loaded once per process
-    from vidseg_cli.io.outputs import MARKER
+    from vidseg_cli.io.outputs import AlreadyComplete
 
     result = {"row": job.row.number, "line": job.row.line, "input": str(job.options.input), "out": str(job.out)}
     start = time.perf_counter()
     try:
-        if job.resume and (job.out / MARKER).is_file():  # published by the atomic rename: complete
-            return {**result, "status": SKIPPED, "frames": None, "fps": None, "seconds": 0.0, "error": None}
         summary = segment(job.options)
         status, error, frames, fps = OK, None, summary.frames, summary.fps
+    except AlreadyComplete:  # --resume: published by this row's input and options before
+        return {**result, "status": SKIPPED, "frames": None, "fps": None, "seconds": 0.0, "error": None}
     except VidsegError as failure:
         status, error, frames, fps = FAILED, " ".join(str(failure).split()), None, None
     except OSError as failure:

@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from vidseg_cli.cli.main import say_interrupted
 from vidseg_cli.errors import VidsegError, os_error_text
+from vidseg_cli.io.outputs import AlreadyComplete
 from vidseg_cli.options import RUNTIMES, UPDATE_RULES
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
@@ -75,6 +76,13 @@ def user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except AlreadyComplete as done:  # --resume of finished work: the output, as a run prints it
+            stderr.print(f"already complete: {escape(str(done.target))} (same input and options); left as it is", highlight=False)
+            if kwargs.get("json"):
+                print_json({"output": str(done.target), "already_complete": True})
+            else:
+                print(done.target)
+            return None
         except VidsegError as error:
             say_error(str(error))
             raise typer.Exit(error.exit_code) from None

@@ -36,6 +36,7 @@ def predict_command(
     stream: Annotated[bool, typer.Option("--stream", help="Predict every frame from the ones before it and print its error as JSON lines on stdout (anomaly detection); writes no files.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_prediction beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")] = False,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
@@ -48,7 +49,7 @@ def predict_command(
     options = PredictOptions(
         input=input, out=out, context=context, frames=frames, start=start, model=model,
         memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
-        format=format.value, compare=compare, stream=stream, force=force, device=device.value,
+        format=format.value, compare=compare, stream=stream, force=force, resume=resume, device=device.value,
     )
     from vidseg_cli.engine import predict as engine  # torch: imported when a command runs
 

@@ -99,7 +99,7 @@ def segment_command(
     events: Annotated[Optional[str], typer.Option(metavar="FILE|-", help="Per-frame objects (area, box, centroid, confidence) and events (appeared, lost, reappeared) as JSON lines, to FILE or stdout.")] = None,
     lost_after: Annotated[int, typer.Option(metavar="N", min=1, help="Events: an object absent for N frames is lost.")] = EventOptions.after,
     lost_below: Annotated[float, typer.Option(metavar="SHARE", min=0.0, max=0.99, help="Events: an object below this share of the frame counts as absent.")] = EventOptions.min_share,
-    resume: Annotated[bool, typer.Option("--resume", help="Go on from the checkpoint an interrupted run of the same command left (in the output's hidden .NAME.partial folder).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on from the checkpoint an interrupted run of the same command left (in the output's hidden .NAME.partial folder); an output it already published is left as it is (one line, exit 0).")] = False,
     checkpoint_every: Annotated[int, typer.Option(metavar="N", min=0, help="Checkpoint every N frames (0: by time only).")] = 0,
     checkpoint_seconds: Annotated[float, typer.Option(metavar="S", min=0.0, help="Checkpoint every S seconds (0: by frames only).")] = 60.0,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,

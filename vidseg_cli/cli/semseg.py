@@ -54,6 +54,7 @@ def semseg_command(
     format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; rle: rle.json, every class on every frame in COCO run-length encoding, keyed by class id; all: every one.")] = SemsegFormat.png,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")] = False,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
@@ -64,7 +65,7 @@ def semseg_command(
     """
     options = SemsegOptions(
         input=input, out=out, model=model, memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
-        read=read.value if read else None, radius=radius, size=size, runtime=runtime.value, format=format.value, force=force, device=device.value,
+        read=read.value if read else None, radius=radius, size=size, runtime=runtime.value, format=format.value, force=force, resume=resume, device=device.value,
     )
     from vidseg_cli.engine.semseg import semseg  # torch: imported when a command runs
 

@@ -10,14 +10,14 @@ equal an uninterrupted run's (the label PNGs, the decoded label video, the RLE).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from vidseg_cli.errors import VidsegError
+from vidseg_cli.io.masks import parse_mask_args
+from vidseg_cli.io.outputs import run_fingerprint
 from vidseg_cli.options import SegmentOptions
 
 CHECKPOINT = ".checkpoint.pt"
@@ -28,14 +28,10 @@ class Mismatch(VidsegError):
 
 
 def fingerprint(options: SegmentOptions) -> str:
-    """What must not change between a run and its resumption: the options that shape the
-    result, and the input's size and modification time."""
-    shaping = dataclasses.asdict(options)
-    for name in ("force", "resume", "checkpoint_every", "checkpoint_seconds", "device"):
-        shaping.pop(name, None)
-    stat = Path(options.input).stat()
-    shaping["input_stat"] = [stat.st_size, stat.st_mtime_ns] if Path(options.input).is_file() else None
-    return json.dumps(shaping, sort_keys=True, default=str)
+    """What must not change between a run and its resumption (or for a published output to
+    count as this run's): the options that shape the result, the input and the masks."""
+    masks = [mask.path for mask in parse_mask_args(options.masks)]
+    return run_fingerprint(options, [Path(options.input), *masks])
 
 
 def save(folder: Path, state: dict) -> None:

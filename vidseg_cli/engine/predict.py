@@ -29,7 +29,7 @@ from PIL import Image
 from vidseg_cli.engine.segment import default_output, make_bank, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, open_frames
-from vidseg_cli.io.outputs import StagedOutput
+from vidseg_cli.io.outputs import StagedOutput, check_complete, run_fingerprint
 from vidseg_cli.io.sinks import write_error
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
@@ -72,10 +72,12 @@ class _Window:
 def predict(options: PredictOptions, progress: Callable[[int, int], None] | None = None) -> PredictSummary:
     """Observe a window of INPUT and write the frames that follow; VidsegError on bad input."""
     began = time.perf_counter()
+    target, run = options.out or default_output(options.input, "prediction"), run_fingerprint(options, [options.input])
+    if options.resume:
+        check_complete(target, run, [options.input])  # a re-run of finished work: nothing to do
     model, device = _prepare(options)
     window = _read_window(options, model)
-    target = options.out or default_output(options.input, "prediction")
-    staged = StagedOutput(target, force=options.force, inputs=[options.input])
+    staged = StagedOutput(target, force=options.force, inputs=[options.input], run=run)
     try:
         observed = torch.stack(window.observed).to(device)[None]
         banks = _banks(model, options)

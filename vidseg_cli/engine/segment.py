@@ -26,7 +26,7 @@ from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame, FrameSource, open_frames
 from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
-from vidseg_cli.io.outputs import StagedFile, StagedOutput, refuse_existing, resolve_output
+from vidseg_cli.io.outputs import StagedFile, StagedOutput, check_complete, refuse_existing, resolve_output
 from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell, MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
@@ -260,8 +260,11 @@ def segment(
         _say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
+        run = checkpoint.fingerprint(options)
+        if options.resume:
+            check_complete(target, run, inputs)  # a re-run of finished work: nothing to do
         _check_events_file(options, resolve_output(target, inputs), inputs)
-        staged = StagedOutput(target, force=options.force, inputs=inputs, resume=options.resume)
+        staged = StagedOutput(target, force=options.force, inputs=inputs, resume=options.resume, run=run)
         events_out = None
         try:
             events_out = _EventsOut(options, inputs, events)

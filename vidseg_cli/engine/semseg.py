@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from vidseg_cli.engine.segment import default_output, make_bank, peak_rss_bytes, pick_device, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import open_frames
-from vidseg_cli.io.outputs import StagedOutput
+from vidseg_cli.io.outputs import StagedOutput, check_complete, run_fingerprint
 from vidseg_cli.io.sinks import Colours, Prediction, open_sinks, write_all, write_error
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
@@ -68,7 +68,10 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     size = options.size or processing_size(options.model)
     bank = _bank(options)
     source = open_frames(options.input)
-    staged = StagedOutput(options.out or default_output(options.input, "semseg"), force=options.force, inputs=[options.input])
+    target, run = options.out or default_output(options.input, "semseg"), run_fingerprint(options, [options.input])
+    if options.resume:
+        check_complete(target, run, [options.input])  # a re-run of finished work: nothing to do
+    staged = StagedOutput(target, force=options.force, inputs=[options.input], run=run)
     counts = np.zeros(256, np.int64)
     frames, most_slots, most_bytes = 0, 0, 0
     started = time.perf_counter()

@@ -15,6 +15,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -47,6 +50,54 @@ def resolve_output(target: Path, inputs: Iterable[Path] = ()) -> Path:
             relation = "is" if resolved == source else ("contains" if resolved in source.parents else "lies inside")
             raise VidsegError(f"output {target} {relation} the input {given}: choose another --out")
     return resolved
+
+
+# options that change how a run goes, not what it writes
+NOT_SHAPING = ("force", "resume", "checkpoint_every", "checkpoint_seconds", "device")
+
+
+class AlreadyComplete(Exception):  # noqa: N818 - not an error: the work is done
+    """``--resume`` found the output published by a run of the same inputs and options."""
+
+    def __init__(self, target: Path) -> None:
+        super().__init__(str(target))
+        self.target = target
+
+
+def run_fingerprint(options: object, inputs: Iterable[Path]) -> str:
+    """What must not change for an output (or a checkpoint) to be this run's: the options
+    that shape the result, and each input's size and modification time (a folder's: its
+    entries')."""
+    shaping = dataclasses.asdict(options)
+    for name in NOT_SHAPING:
+        shaping.pop(name, None)
+    shaping["inputs"] = [_stamp(Path(path)) for path in inputs]
+    return json.dumps(shaping, sort_keys=True, default=str)
+
+
+def _stamp(path: Path) -> object:
+    try:
+        if path.is_dir():
+            entries = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(path))
+            return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+        stat = path.stat()
+    except OSError:
+        return None  # gone or unreadable: the run itself says so
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _run_line(fingerprint: str) -> str:
+    return f"run {hashlib.sha256(fingerprint.encode()).hexdigest()}"
+
+
+def check_complete(target: Path, fingerprint: str, inputs: Iterable[Path] = ()) -> None:
+    """For ``--resume``: raise AlreadyComplete when ``target`` was published by a run with
+    this fingerprint (its marker records it). Anything else goes on to the usual checks: an
+    output of other options or inputs is refused without --force, as without --resume."""
+    marker = resolve_output(target, inputs) / MARKER
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if _run_line(fingerprint) in marker.read_text().splitlines():
+            raise AlreadyComplete(marker.parent)
 
 
 def is_vidseg_output(folder: Path) -> bool:
@@ -123,9 +174,12 @@ class StagedOutput:
     is in it); the next run for the same output resumes it (``resume``) or empties it.
     """
 
-    def __init__(self, target: Path, force: bool, inputs: Iterable[Path] = (), resume: bool = False) -> None:
+    def __init__(
+        self, target: Path, force: bool, inputs: Iterable[Path] = (), resume: bool = False, run: str | None = None
+    ) -> None:
         self.target = resolve_output(target, inputs)
         self.force = force
+        self.run = run  # the run's fingerprint, recorded in the marker for --resume
         _refuse_folder(self.target, force)
         self.staging = self.target.parent / f".{self.target.name}.partial"
         self._lock_file = None
@@ -164,8 +218,9 @@ class StagedOutput:
         """Mark the folder as vidseg's and rename it into place."""
         try:
             self._unlock()
+            recorded = f"{_run_line(self.run)}\n" if self.run is not None else ""
             (self.staging / MARKER).write_text(
-                f"written by vidseg {__version__}; `--force` may replace this folder\n"
+                f"written by vidseg {__version__}; `--force` may replace this folder\n{recorded}"
             )
             old = None
             if os.path.lexists(self.target):
