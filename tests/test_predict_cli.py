@@ -177,3 +177,38 @@ def test_bench_predict_reports_copy_last_and_each_memory(vidseg, model_file, tmp
 def test_bench_predict_bad_memory_is_one_line(vidseg, model_file):
     run = vidseg("bench", "--task", "predict", "--model", model_file, "--memory", "lru", "--limit", "1")
     assert run.code == 2 and "unknown memory 'lru'" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_offline_example_runs_on_the_packaged_digits(vidseg, tmp_path):
+    """The README's predict example with no ../shared: a clip from the 300 held-out digits
+    shipped in the package, predicted by the embedded model better than copying the last frame."""
+    import subprocess
+    import sys
+
+    from vidseg_cli.predict.data import example_digits, sequence_at
+
+    digits = example_digits()
+    assert digits.shape == (300, 28, 28) and digits.dtype == np.uint8 and (digits.reshape(300, -1).max(1) > 200).all()
+    clip = tmp_path / "mmnist.mp4"
+    made = subprocess.run([sys.executable, "-m", "vidseg_cli.predict.data", str(clip), "--index", "7"],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and made.stdout.strip() == str(clip), made.stderr
+    run = vidseg("predict", clip, "--start", "0", "--compare", "--out", tmp_path / "p", "--json")
+    assert run.code == 0, run.stderr
+    mse = json.loads(run.stdout)["metrics"]["mean"]["mse"]
+    frames = sequence_at(digits, 7, 20).astype(np.float64) / 255
+    copy_last = np.mean([((frames[9] - frames[t]) ** 2).sum() for t in range(10, 20)])
+    assert mse < copy_last / 2, (mse, copy_last)
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--digits", "missing.csv.gz"], 2, "error: MNIST digits not found: missing.csv.gz"),
+    (["--index", "10000"], 2, "error: --index 10000: between 0 and 9999"),
+])
+def test_example_writer_errors_are_one_line(tmp_path, args, code, text):
+    import subprocess
+    import sys
+
+    made = subprocess.run([sys.executable, "-m", "vidseg_cli.predict.data", str(tmp_path / "x.mp4"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == code and made.stderr.strip().splitlines() == [text]

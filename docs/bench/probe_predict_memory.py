@@ -1,13 +1,17 @@
 """Validation MSE of a predictor with its stremn memory and without (training digits' val sequences)."""
 import sys
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.metrics.prediction import frame_mse
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.data import batches
 from vidseg_cli.predict.model import load_predictor
-from vidseg_cli.metrics.prediction import frame_mse
+
 torch.set_num_threads(1)
 model = load_predictor(Path(sys.argv[1]))
 source = MovingMnist(Path("../shared/data/mnist/mnist_5k.csv.gz"))

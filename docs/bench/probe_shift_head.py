@@ -1,7 +1,11 @@
 """Probe: training MSE over the first steps, logit change vs shift kernel (same seed, data)."""
-import sys, time
+import sys
+import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.model import PredictorConfig
 from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidseg_cli.errors import VidsegError
+from vidseg_cli.errors import VidsegError, os_error_text
 
 CANVAS, DIGIT, FRAMES, DIGITS_PER_SEQUENCE = 64, 28, 20, 2
 STEP = 0.1  # of the range a digit can move in, per frame
@@ -31,18 +31,32 @@ TRAIN_SHARE = 400  # of each class's 500 digits
 TEST_SEQUENCES, TEST_SEED = 10_000, 0
 
 
+EXAMPLE_DIGITS = Path(__file__).with_name("example_digits.npz")  # 300 held-out digits (EXAMPLE_DIGITS.md)
+
+
 def load_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) digits, (N, 28, 28) uint8 each, split by row index as above."""
+    if not Path(path).is_file():
+        raise VidsegError(f"MNIST digits not found: {path}")
     try:
         with gzip.open(path, "rt") as handle:
             table = np.loadtxt(handle, delimiter=",", dtype=np.uint8)
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise VidsegError(f"cannot read MNIST digits from {path}: {os_error_text(error)}") from None
+    except ValueError as error:
         raise VidsegError(f"cannot read MNIST digits from {path}: {error}") from None
     if table.ndim != 2 or table.shape[1] != DIGIT * DIGIT + 1:
         raise VidsegError(f"{path}: expected 785 columns (784 pixels, then the label), found {table.shape[-1]}")
     images = table[:, : DIGIT * DIGIT].reshape(-1, DIGIT, DIGIT)
     train = np.arange(len(images)) % 500 < TRAIN_SHARE
     return images[train], images[~train]
+
+
+def example_digits() -> np.ndarray:
+    """The 300 held-out MNIST digits shipped in the package, (300, 28, 28) uint8: examples
+    that run offline, on digits the shipped predictor never saw."""
+    with np.load(EXAMPLE_DIGITS) as stored:
+        return stored["digits"]
 
 
 def trajectory(rng: np.random.Generator, frames: int = FRAMES) -> np.ndarray:
@@ -155,27 +169,42 @@ def main() -> None:
     import sys
 
     parser = argparse.ArgumentParser(
-        description="Write Moving MNIST clips: held-out test sequence INDEX (seed 0, the test digits), "
-        "optionally longer, and optionally with a third digit that appears at frame --surprise."
+        description="Write a Moving MNIST clip: sequence INDEX (seed 0) of the held-out digits, optionally "
+        "longer, and optionally with a third digit that appears at frame --surprise. With --digits "
+        "mnist_5k.csv.gz it is held-out test sequence INDEX of the benchmark; without, it is drawn from "
+        "the 300 held-out digits shipped in the package (offline)."
     )
     parser.add_argument("out", type=Path, help="a folder of PNGs, or a .mp4 file")
-    parser.add_argument("--digits", type=Path, required=True, help="mnist_5k.csv.gz")
-    parser.add_argument("--index", type=int, default=0, help="which test sequence (0 .. 9999)")
+    parser.add_argument("--digits", type=Path, default=None, help="mnist_5k.csv.gz (default: the package's digits)")
+    parser.add_argument("--index", type=int, default=0, help="which sequence (0 .. 9999)")
     parser.add_argument("--frames", type=int, default=FRAMES)
     parser.add_argument("--surprise", type=int, default=None, metavar="FRAME")
     args = parser.parse_args()
     try:
-        _, test = load_digits(args.digits)
+        test = load_digits(args.digits)[1] if args.digits is not None else example_digits()
+        frames = sequence_at(test, args.index, args.frames)
+        if args.surprise is not None:
+            frames = with_surprise(frames, np.random.default_rng(args.index + 1), test, args.surprise)
+        write_frames(frames, args.out)
     except VidsegError as error:
-        sys.exit(f"error: {error}")
-    rng = np.random.default_rng(TEST_SEED)
-    for _ in range(args.index):
-        sequence(rng, test, args.frames)
-    frames = sequence(rng, test, args.frames)
-    if args.surprise is not None:
-        frames = with_surprise(frames, np.random.default_rng(args.index + 1), test, args.surprise)
-    write_frames(frames, args.out)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except OSError as error:  # the output could not be written
+        print(f"error: cannot write {args.out}: {os_error_text(error)}", file=sys.stderr)
+        sys.exit(1)
     print(args.out)
+
+
+def sequence_at(digits: np.ndarray, index: int, frames: int) -> np.ndarray:
+    """Sequence ``index`` of the seed-0 stream over ``digits`` (the test set's rule)."""
+    if not 0 <= index < TEST_SEQUENCES:
+        raise VidsegError(f"--index {index}: between 0 and {TEST_SEQUENCES - 1}")
+    if frames < 1:
+        raise VidsegError(f"--frames {frames}: at least 1")
+    rng = np.random.default_rng(TEST_SEED)
+    for _ in range(index):
+        sequence(rng, digits, frames)
+    return sequence(rng, digits, frames)
 
 
 if __name__ == "__main__":
