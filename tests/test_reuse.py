@@ -1,5 +1,6 @@
 """Reuse-VOS heads: shapes, the gate's start, the losses of eqs 3-5."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,3 +218,21 @@ def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
                  "--reuse-heads", str(heads_file), "--out", str(tmp_path / "masks"), "--json")
     assert out.code == 0, out.stderr
     assert json.loads(out.stdout)["reused_frames"] == 12 - 2
+
+
+@pytest.mark.parametrize("mode", ["copy", "refine"])
+def test_an_object_entering_mid_clip_is_in_every_reused_frame_after_it(mode):
+    """Object 2's mask comes on frame 3: no reused frame after it may copy or translate a
+    state from before it (one object), so every later result knows both objects."""
+    from vidseg_cli.synthetic import frames
+
+    session, _ = _reuse_session(tau=0.5, mode=mode)
+    session.keep_probabilities = True
+    results = []
+    for index, (image, truth) in enumerate(frames(9, 64, 80, objects=2, seed=4)):
+        mask = {0: np.where(truth == 1, 1, 0), 3: np.where(truth == 2, 2, 0)}.get(index)
+        results.append(session.step(image, None if mask is None else mask.astype(np.uint8)))
+    assert any(r.reused for r in results[4:])  # the gate reuses after the newcomer, too
+    for result in results[3:]:
+        assert result.object_ids == (1, 2) and result.probabilities.shape[0] == 2
+    assert (results[3].labels == 2).any()
