@@ -24,6 +24,21 @@ settings.load_profile("quick")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", help="also run the tests marked slow (what CI runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``python -m pytest`` is the developer's quick run; the tests marked slow (each over
+    about 2 s: whole trainings, killed and resumed runs, ONNX exports, Ray) run with --all."""
+    if config.getoption("--all"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture(autouse=True)
 def ieee_floats_again():
     """vidseg's jobs flush denormal floats to zero for the whole process (use_all_cores), as a

@@ -51,6 +51,7 @@ def _assert_rows_equal_separate_runs(vidseg, manifest: Path, tmp_path: Path, *op
             np.testing.assert_array_equal(_pngs(batch)[name], labels)
 
 
+@pytest.mark.slow
 def test_a_failing_row_is_reported_and_the_others_go_on_then_resume_skips(vidseg, manifest):
     start = time.perf_counter()
     run = vidseg("batch", manifest)
@@ -98,6 +99,7 @@ def test_shard_runs_only_its_rows(vidseg, manifest):
     assert sorted(r["row"] for r in _lines(run)) == [2, 4]
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_same_outputs(vidseg, manifest, tmp_path):
     run = vidseg("batch", manifest, "--jobs", "2")
     assert run.code == 1 and sorted(r["status"] for r in _lines(run)) == ["failed", "ok", "ok", "ok", "ok"]
@@ -153,6 +155,7 @@ def test_bad_json_line_and_bad_shard(vidseg, tmp_path):
     assert vidseg("batch", tmp_path / "none.csv").code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install -e '.[ray]')")
 def test_local_ray_cluster_gives_the_same_outputs(vidseg, manifest, tmp_path):
     run = vidseg("batch", manifest, "--ray", "local", "--jobs", "2")  # a local Ray instance, two actors

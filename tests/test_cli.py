@@ -44,6 +44,7 @@ def test_version_and_help(vidseg):
         assert option in help_text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["segment", "--help"], ["bench", "--help"], ["train"]])
 def test_help_and_completion_do_not_import_torch(args):
     """What keeps `vidseg --help` and Tab completion near 0.3 s instead of 4 s."""

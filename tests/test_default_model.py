@@ -28,6 +28,7 @@ def _ious(masks: Path, truths: list[np.ndarray]) -> dict[int, list[float]]:
     return scores
 
 
+@pytest.mark.slow
 def test_default_model_tracks_every_object_of_the_demo_clip(vidseg, tmp_path):
     """The README's main job: `python -m vidseg_cli.synthetic demo`, then segment it."""
     clip, mask = write_clip(tmp_path / "demo", 60, *DEMO_SIZE, objects=2, seed=0, style="scene")
@@ -39,6 +40,7 @@ def test_default_model_tracks_every_object_of_the_demo_clip(vidseg, tmp_path):
     assert all(np.mean(s) >= 0.8 for s in scores.values()), {k: round(float(np.mean(s)), 3) for k, s in scores.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["sprites", "scene"])
 def test_default_model_keeps_the_mask_of_an_unchanging_frame(vidseg, tmp_path, style):
     """A tripod shot of nothing moving: the mask given on frame 0 holds on every frame."""

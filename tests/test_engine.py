@@ -69,6 +69,7 @@ def test_frames_before_the_first_mask_are_background(model):
     assert s.step(clip[1][0], clip[1][1]).labels.any()
 
 
+@pytest.mark.slow
 def test_stremn_bank_is_flat_over_a_long_clip(model):
     """1000 frames: never more than 5 slots, and constant bytes once full."""
     s = session(model, size=32, memory="stremn", slots=5)
@@ -107,6 +108,7 @@ def test_rotation_metadata_turns_frames_upright():
     assert _upright(image, 0) is image
 
 
+@pytest.mark.slow
 def test_segment_json_summary_on_stdout(vidseg, tmp_path, clip):
     out = tmp_path / "out"
     run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--json", "--format", "all", "--size", "64")

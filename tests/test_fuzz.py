@@ -154,6 +154,7 @@ def _corpus(folder: Path) -> dict[str, bytes]:
     return corpus
 
 
+@pytest.mark.slow
 def test_damaged_videos_through_segment(vidseg, tmp_path, clip):
     sources = tmp_path / "sources"
     sources.mkdir()

@@ -118,6 +118,7 @@ def test_overlay_of_odd_sized_video_keeps_timestamps(tmp_path):
     assert times == pytest.approx([p / 90000 for p in pts], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_segment_variable_frame_rate_video_to_label_video(vidseg, tmp_path, write_mask):
     """End to end: a VFR input's timestamps reach the label video unchanged."""
     tb = Fraction(1, 1000)
@@ -162,6 +163,7 @@ def _rotate_mp4(data: bytes) -> bytes:
     return data[:matrix_at] + matrix + data[matrix_at + 36 :]
 
 
+@pytest.mark.slow
 def test_rotation_metadata_is_applied_end_to_end(vidseg, tmp_path, write_mask):
     clip = tmp_path / "flat.mp4"
     with av.open(str(clip), "w") as container:

@@ -125,6 +125,7 @@ def test_load_davis_layout(tmp_path):
         load_davis(tmp_path / "JPEGImages")
 
 
+@pytest.mark.slow
 def test_bench_runs_a_sweep_on_a_dataset(vidseg, tmp_path):
     write_davis(tmp_path, sequences=2, length=6, height=48, width=64)
     run = vidseg("bench", "--data", tmp_path, "--size", "48", "--memory", "stremn,stm", "--device", "cpu", "--json")
@@ -157,6 +158,7 @@ def test_flops_count_what_is_computed():
     assert second["aten.mm"] == 2 * pixels * pixels * channels
 
 
+@pytest.mark.slow
 def test_bench_writes_json_and_plot_files_and_keeps_existing_ones(vidseg, tmp_path):
     write_davis(tmp_path / "data", sequences=1, length=4, height=32, width=48)
     report, figure = tmp_path / "out" / "report.json", tmp_path / "out" / "bench.png"
@@ -195,6 +197,7 @@ def test_bench_csv_rows(vidseg, tmp_path):
     assert len(lines) == 3  # header + one row per size
 
 
+@pytest.mark.slow
 def test_bench_sparse_needs_gates_and_a_known_mode(vidseg):
     run = vidseg("bench", "--sparse", "triple", "--sparse-gates", "no-such-gates")
     assert run.code == 2 and "no sparse gates named 'no-such-gates'" in run.stderr
@@ -217,6 +220,7 @@ def test_bench_flip_tta_runs_both_views_and_refuses_skipping_work(vidseg, tmp_pa
     assert run.code == 2 and "unknown --tta 'mirror'" in run.stderr
 
 
+@pytest.mark.slow
 def test_bench_reuse_needs_reuse_heads(vidseg):
     run = vidseg("bench", "--model", "propagate", "--reuse", "0.7")
     assert run.code == 2 and "learned memory network" in run.stderr

@@ -70,6 +70,7 @@ def test_digits_split_400_of_each_500_for_training(tmp_path):
         load_digits(path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST.is_file(), reason="../shared/data is not available")
 def test_the_held_out_test_set_is_the_same_on_every_machine():
     assert checksum(held_out_set(MNIST)) == "9c0e0a8749ad618b910d3d0529f0dc7aeb8b4b0b95a085479b93ec148dffe8ef"

@@ -21,6 +21,7 @@ def cache(tmp_path, monkeypatch):
     return folder / "onnx"
 
 
+@pytest.mark.slow
 def test_onnx_masks_equal_torch_masks_and_the_graph_is_cached(vidseg, clip, tmp_path, cache):
     video, mask = clip
     runs = {}
@@ -42,6 +43,7 @@ def test_onnx_masks_equal_torch_masks_and_the_graph_is_cached(vidseg, clip, tmp_
         assert (labels[0] != labels[1]).mean() < 0.001 and (labels[1] == labels[2]).all()
 
 
+@pytest.mark.slow
 def test_bench_runs_both_runtimes_side_by_side(vidseg, tmp_path):
     run = vidseg("bench", "--runtime", "torch,onnx", "--size", "96", "--sequences", "synthetic-0", "--json")
     assert run.code == 0, run.stderr
@@ -64,6 +66,7 @@ def test_what_onnx_cannot_run_is_one_line(vidseg, clip, tmp_path, args, text):
     assert run.code == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
+@pytest.mark.slow
 def test_semseg_onnx_labels_equal_torch_labels_in_the_command_and_the_bench(vidseg, camvid, clip, tmp_path, cache):
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
                      "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
@@ -85,6 +88,7 @@ def test_semseg_onnx_labels_equal_torch_labels_in_the_command_and_the_bench(vids
     assert results[1]["miou"] == pytest.approx(results[0]["miou"], abs=0.005)
 
 
+@pytest.mark.slow
 def test_int8_graph_is_quantized_once_and_its_masks_stay_close(vidseg, clip, tmp_path, cache):
     video, mask = clip
     folders = {}
@@ -106,6 +110,7 @@ def test_int8_graph_is_quantized_once_and_its_masks_stay_close(vidseg, clip, tmp
     assert min(ious) > 0.9, np.round(ious, 3)
 
 
+@pytest.mark.slow
 def test_auto_runs_learned_models_on_onnx_runtime_and_others_on_torch(vidseg, clip, tmp_path):
     video, mask = clip
     chosen = {}

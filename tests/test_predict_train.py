@@ -77,6 +77,7 @@ def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
 
 
+@pytest.mark.slow
 def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
     config = PredictTrainConfig(steps=4, model=TINY, val_sequences=2)
     whole = PredictTrainer(MovingMnist(digits_file), config, tmp_path / "a", torch.device("cpu"))
@@ -96,6 +97,7 @@ def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
     assert set(scores) == {"mse", "mae", "ssim", "copy_last_mse"} and scores["mse"] >= 0
 
 
+@pytest.mark.slow
 def test_train_predict_command_writes_the_averaged_model(vidseg, digits_file, tmp_path):
     out = tmp_path / "run"
     run = vidseg("train", "predict", "--digits", digits_file, "--out", out, "--steps", "2", "--width", "8",
@@ -110,7 +112,7 @@ def test_train_predict_command_writes_the_averaged_model(vidseg, digits_file, tm
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        (("--digits", "missing.csv.gz"), "cannot read MNIST digits"),
+        (("--digits", "missing.csv.gz"), "MNIST digits not found"),
         (("--memory", "lru"), "lru"),
         (("--lr", "0"), "--lr must be positive"),
         (("--loss", "l3"), "unknown --loss 'l3'"),
@@ -149,6 +151,7 @@ def test_train_predict_on_a_folder_of_videos_then_predict_with_it(vidseg, tmp_pa
     assert predicted.mode == "RGB" and predicted.size == (44, 32)
 
 
+@pytest.mark.slow
 def test_resuming_a_run_started_before_a_setting_existed(vidseg, digits_file, tmp_path):
     """config.json of an older run lacks the settings added since; at their defaults the
     run resumes, a changed one is refused."""

@@ -36,6 +36,7 @@ def _commands(clip, digits_folder) -> dict[str, list]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["segment", "semseg", "predict"])
 def test_resume_of_a_complete_output_is_a_no_op(vidseg, clip, digits_folder, tmp_path, task):
     command = _commands(clip, digits_folder)[task]

@@ -46,6 +46,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_outputs(long_clip, tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run = subprocess.run(_command(long_clip, whole, tmp_path / "whole.jsonl"), capture_output=True, text=True,
@@ -80,6 +81,7 @@ def test_a_killed_run_resumes_to_the_same_outputs(long_clip, tmp_path):
     assert leftovers(tmp_path) == [] and not staging.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_checkpoint_keeps_it_and_says_how_to_go_on(long_clip, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(_command(long_clip, out, tmp_path / "e.jsonl"), cwd=PROJECT,
@@ -117,6 +119,7 @@ def test_resume_without_a_checkpoint_starts_from_the_first_frame(vidseg, long_cl
     assert len(list((tmp_path / "out").glob("*.png"))) == 120
 
 
+@pytest.mark.slow
 def test_one_run_per_output(long_clip, tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen(_command(long_clip, out, tmp_path / "a.jsonl"), cwd=PROJECT,

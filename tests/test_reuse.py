@@ -189,6 +189,7 @@ def test_train_reuse_command_writes_heads_that_load_only_with_their_model(vidseg
     assert vidseg("train", "reuse", "--model", "propagate", "--data", str(data), "--out", str(tmp_path / "p")).code == 2
 
 
+@pytest.mark.slow
 def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
     import json
 

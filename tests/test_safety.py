@@ -91,6 +91,7 @@ def test_out_dot_force_is_one_line_not_a_traceback(vidseg, workdir, tmp_path, mo
     assert (empty / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_segment_dot_names_the_output_after_the_folder(vidseg, frame_folder, write_mask, monkeypatch):
     folder, labels = frame_folder
     mask = write_mask(labels[0])
@@ -120,7 +121,7 @@ def test_a_failed_run_removes_the_parent_folders_it_made(vidseg, tmp_path, frame
     folder, labels = frame_folder
     Image.new("RGB", (10, 10)).save(folder / "frame7.png")  # the last frame fails, mid-run
     out = tmp_path / "new" / "deeper" / "out"
-    run = vidseg("segment", folder, "--mask", write_mask(labels[0]), "--out", out, "--size", "64")
+    run = vidseg("segment", folder, "--mask", write_mask(labels[0]), "--out", out, "--size", "64", "--runtime", "torch")  # no export line
     assert "frame7.png is 10x10" in one_line_error(run)
     assert not (tmp_path / "new").exists()
 
@@ -135,6 +136,7 @@ def _limited(limit: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_file_too_large_fails_the_run_and_publishes_nothing(tmp_path, clip):
     out = tmp_path / "efbig"
     run = subprocess.run(
@@ -166,6 +168,7 @@ def test_disk_full_fails_the_run_and_publishes_nothing(vidseg, tmp_path, clip, m
 # --- interruption -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_with_one_line_and_leaves_nothing(tmp_path):
     from vidseg_cli.synthetic import write_clip
 

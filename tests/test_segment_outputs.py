@@ -41,6 +41,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 # --- both directions --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_mask_of_frame_20_only_segments_frames_0_to_19_backwards(vidseg, tmp_path):
     folder, truths = _frame_folder(tmp_path, 24)
     mask = tmp_path / "mask20.png"
@@ -131,6 +132,7 @@ def three_objects(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     return _frame_folder(tmp_path_factory.mktemp("three"), 12, objects=3, seed=11)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), direction=st.sampled_from(["both", "forward", "backward"]))
 def test_no_named_object_vanishes_from_a_frame_where_it_is_visible(vidseg, tmp_path_factory, three_objects, data, direction):
@@ -166,6 +168,7 @@ def test_no_named_object_vanishes_from_a_frame_where_it_is_visible(vidseg, tmp_p
             assert events[t][str(object_id)]["area"] == int(found.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "examples" / "masks" / "judo").is_dir(), reason="needs ../shared/data")
 def test_judo_objects_annotated_as_they_enter_are_on_every_frame(vidseg, tmp_path):
     """The shared judo clip names object 1 on frame 0, 2 on 5, 3 on 8 and 4 on 13, each mask

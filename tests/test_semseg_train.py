@@ -40,6 +40,7 @@ def test_memory_stage_needs_a_single_frame_model(vidseg, camvid, tmp_path):
     assert run.code == 2 and "give --init" in run.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_semseg_labels_a_video_with_the_trained_model(vidseg, camvid, clip, tmp_path):
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
                      "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
@@ -84,6 +85,7 @@ def test_checkpoints_of_other_tasks_are_refused(vidseg, camvid, clip, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_bench_semseg_reports_miou_speed_and_consistency(vidseg, camvid, clip, tmp_path):
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
                      "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
@@ -178,6 +180,7 @@ def test_unknown_class_weights_are_one_line(vidseg, camvid, tmp_path):
     assert run.code == 2 and "unknown --class-weights 'median'" in run.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_generic_layout_with_own_classes(vidseg, clip, tmp_path):
     """images/<seq>/ and labels/<seq>/ with three classes of the user's and void 255."""
     root = tmp_path / "street"

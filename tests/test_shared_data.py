@@ -44,6 +44,7 @@ def test_judo_mask_of_wrong_width_is_refused_without_resize(vidseg, tmp_path):
     assert run.code == 2 and "is 853x480 but the frames are 854x480" in run.stderr
 
 
+@pytest.mark.slow
 def test_semseg_labels_the_example_clip_with_the_shipped_model(vidseg, tmp_path):
     """The README's semseg job: the default model on example.mp4, every format."""
     out = tmp_path / "example_semseg"

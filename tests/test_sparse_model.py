@@ -296,6 +296,7 @@ def _tiny_model_files(tmp_path):
     return base, other
 
 
+@pytest.mark.slow
 def test_train_sparse_writes_gates_that_segment_and_bench_run(vidseg, tmp_path, clip):
     from vidseg_cli.models.registry import create_sparse_model
     from vidseg_cli.synthetic import write_davis

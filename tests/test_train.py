@@ -191,6 +191,7 @@ def test_training_reduces_the_loss_on_one_clip(dataset, tmp_path):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_train_command_writes_a_model_that_segment_loads(vidseg, dataset, tmp_path, clip):
     run = tmp_path / "run"
     args = ("train", "vos", "--data", dataset, "--out", run, "--steps", "2", "--crop", "48x64", "--clip-length", "4",
