@@ -111,7 +111,7 @@ class SegmentOptions:
     sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
     tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)
-    direction: str = "both"  # forward, backward, or both (each frame from the nearer mask)
+    direction: str = "both"  # forward, backward, or both (each object from the nearer mask naming it)
     events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
     event_options: EventOptions = EventOptions()
     resume: bool = False  # go on from the checkpoint in the output's staging folder

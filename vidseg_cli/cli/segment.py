@@ -94,7 +94,7 @@ def segment_command(
     sparse_gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Sparse gates from weights.toml or vidseg train sparse (default: MODEL-MODE).")] = None,
     write_every: Annotated[Optional[int], typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1; 5 with --sparse).")] = None,
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip also segments the mirrored video (with its own memory) and averages the two; about half the speed.")] = Tta.none,
-    direction: Annotated[Direction, typer.Option(help="forward: from each mask on; backward: from each mask back; both: each frame from the nearer mask.")] = Direction.both,
+    direction: Annotated[Direction, typer.Option(help="forward: from each mask on; backward: from each mask back; both: each object from the nearer mask that names it.")] = Direction.both,
     runtime: Annotated[Runtime, typer.Option(help=f'What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; {install_hint("onnx")}); onnx-int8 (8-bit weights and activations: faster still, slightly less accurate); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
     events: Annotated[Optional[str], typer.Option(metavar="FILE|-", help="Per-frame objects (area, box, centroid, confidence) and events (appeared, lost, reappeared) as JSON lines, to FILE or stdout.")] = None,
     lost_after: Annotated[int, typer.Option(metavar="N", min=1, help="Events: an object absent for N frames is lost.")] = EventOptions.after,
