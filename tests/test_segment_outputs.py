@@ -65,7 +65,7 @@ def test_between_two_masks_each_frame_takes_the_nearer_pass():
         {1: "backward"}, {1: "backward"}, {1: "forward"}, {1: "forward"}, {1: "forward"}, {1: "backward"},
         {1: "forward"}, {1: "forward"},
     ]
-    assert plan.needs_backward and not plan.mixes and plan.forward_runs(5) and not plan.forward_runs(4)
+    assert plan.needs_backward and not plan.fuses and plan.forward_runs(5) and not plan.forward_runs(4)
     only_back = DirectionPlan("backward", {5: {1}, 15: {1}})
     assert [only_back.serving(t) for t in (0, 10, 15, 16)] == [{1: "backward"}, {1: "backward"}, {1: "backward"}, {}]
     assert not DirectionPlan("both", {0: {1, 2}}).needs_backward  # a first-frame mask: one forward pass, as before
@@ -79,7 +79,7 @@ def test_each_object_is_served_by_the_nearer_pass_that_knows_it():
     assert plan.serving(7) == {1: "forward", 2: "forward", 3: "backward", 4: "backward"}
     assert plan.serving(11) == {1: "forward", 2: "forward", 3: "forward", 4: "backward"}
     assert plan.serving(13) == dict.fromkeys((1, 2, 3, 4), "forward")
-    assert plan.mixes and plan.needs_backward
+    assert plan.fuses and plan.needs_backward
     forward_only = DirectionPlan("forward", {0: {1}, 5: {2}})
     assert forward_only.serving(3) == {1: "forward"} and not forward_only.needs_backward
     # an object named on frames 0 and 20 is served backward from 20 on frame 12, even though
@@ -100,6 +100,43 @@ def test_fuse_takes_each_object_from_its_pass_and_keeps_a_given_mask_exact():
     assert exact.labels.tolist() == [[0, 2, 1]] and exact.probabilities[:, 0, 2].tolist() == [255, 0]
     assert combine({1: "forward"}, forward, None, (1, 3)) is forward
     assert not combine({}, None, None, (1, 3)).labels.any()
+
+
+def test_an_ended_object_stays_out_until_a_mask_names_it_again():
+    plan = DirectionPlan("both", {0: {1, 2}, 12: {2}}, ends={2: 5})
+    assert [sorted(plan.serving(t)) for t in (4, 5, 11, 12, 13)] == [[1, 2], [1], [1], [1, 2], [1, 2]]
+    assert plan.fuses and not DirectionPlan("both", {0: {1, 2}}).fuses
+    forward = Prediction(np.array([[1, 2, 0]], np.uint8), np.array([[[200, 30, 10]], [[40, 220, 20]]], np.uint8), (1, 2))
+    without = combine({1: "forward"}, forward, None, (1, 3))  # object 2 ended: its pixel goes to the rest
+    assert without.object_ids == (1,) and without.labels.tolist() == [[1, 0, 0]]
+
+
+def test_end_removes_an_object_from_its_frame_on(vidseg, tmp_path):
+    folder, truths = _frame_folder(tmp_path, 10, objects=2, seed=5)
+    save_palette_png(truths[0], tmp_path / "m.png")
+    out = tmp_path / "out"
+    run = vidseg("segment", folder, "--mask", tmp_path / "m.png", "--end", "2:6", "--out", out, "--format", "all",
+                 "--events", tmp_path / "e.jsonl")
+    assert run.code == 0, run.stderr
+    present = [set(np.unique(_labels(out, t))) - {0} for t in range(10)]
+    assert present[:6] == [{1, 2}] * 6 and present[6:] == [{1}] * 4, present
+    records = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert {(r["frame"], e["event"]) for r in records for e in r["events"] if e["object"] == 2} == {(0, "appeared"), (6, "lost")}
+    assert not np.asarray(Image.open(out / "2" / "00007.png")).any()  # its matte is empty too
+
+
+@pytest.mark.parametrize(("end", "text"), [
+    ("2", "give an object id and a frame"),
+    ("7:3", "no mask names object 7"),
+    ("1:0", "it can only end after that"),
+    ("1:99", "the video has 10 frames"),
+])
+def test_bad_end_is_one_line(vidseg, tmp_path, end, text):
+    folder, truths = _frame_folder(tmp_path, 10, objects=2, seed=5)
+    save_palette_png(truths[0], tmp_path / "m.png")
+    run = vidseg("segment", folder, "--mask", tmp_path / "m.png", "--end", end, "--out", tmp_path / "out")
+    assert run.code == 2 and text in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 VISIBLE = 60  # pixels of truth (of 96x128) for an object to count as visible on a frame

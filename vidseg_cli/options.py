@@ -112,6 +112,7 @@ class SegmentOptions:
     tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     direction: str = "both"  # forward, backward, or both (each object from the nearer mask naming it)
+    ends: tuple[str, ...] = ()  # --end ID:FRAME: the object is gone from FRAME on (until a mask names it again)
     events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
     event_options: EventOptions = EventOptions()
     resume: bool = False  # go on from the checkpoint in the output's staging folder

@@ -48,12 +48,27 @@ from vidseg_cli.io.sinks import Prediction
 FORWARD, BACKWARD = "forward", "backward"
 
 
-class DirectionPlan:
-    """Which pass serves each object on frame t, given the objects each mask names and
-    ``--direction``."""
+def parse_ends(specs: Iterable[str]) -> dict[int, int]:
+    """``--end ID:FRAME`` values -> {object id: the first frame it is gone from}."""
+    ends: dict[int, int] = {}
+    for spec in specs:
+        object_id, _, frame = spec.partition(":")
+        if not (object_id.isdigit() and frame.isdigit()) or not 1 <= int(object_id) <= 255:
+            raise VidsegError(f"--end {spec}: give an object id and a frame, ID:FRAME (e.g. 2:120)")
+        if int(object_id) in ends:
+            raise VidsegError(f"--end {spec}: object {object_id} already ends on frame {ends[int(object_id)]}")
+        ends[int(object_id)] = int(frame)
+    return ends
 
-    def __init__(self, direction: str, named: Mapping[int, Iterable[int]]) -> None:
+
+class DirectionPlan:
+    """Which pass serves each object on frame t, given the objects each mask names,
+    ``--direction`` and ``--end`` (object -> the frame it is gone from: it stays out of the
+    outputs from there until a later mask names it again)."""
+
+    def __init__(self, direction: str, named: Mapping[int, Iterable[int]], ends: Mapping[int, int] | None = None) -> None:
         self.direction = direction
+        self.ends = dict(ends or {})
         self.masked = sorted(named)
         self.named = {frame: frozenset(named[frame]) for frame in self.masked}
         self._frames_of: dict[int, list[int]] = {}  # object -> the masked frames naming it, in order
@@ -67,6 +82,8 @@ class DirectionPlan:
         is absent."""
         serving = {}
         for object_id, frames in self._frames_of.items():
+            if self._ended(object_id, frame, frames):
+                continue
             nearer = self._nearer(frame, frames)
             if nearer is not None:
                 serving[object_id] = nearer
@@ -83,6 +100,10 @@ class DirectionPlan:
             return FORWARD
         return BACKWARD
 
+    def _ended(self, object_id: int, frame: int, frames: list[int]) -> bool:
+        end = self.ends.get(object_id)
+        return end is not None and end <= frame and not any(end <= named <= frame for named in frames)
+
     def backward_serves(self, frame: int) -> bool:
         return BACKWARD in self.serving(frame).values()
 
@@ -91,9 +112,10 @@ class DirectionPlan:
         return any(self.backward_serves(t) for t in range(self.masked[-1] + 1))
 
     @functools.cached_property
-    def mixes(self) -> bool:
-        """Some frame takes objects from both passes: both must keep probabilities to fuse."""
-        return any(len(set(self.serving(t).values())) == 2 for t in range(self.masked[-1] + 1))
+    def fuses(self) -> bool:
+        """Some frame takes objects from both passes, or leaves an ended one out: its labels
+        come from per-object probabilities, which the passes must then keep."""
+        return bool(self.ends) or any(len(set(self.serving(t).values())) == 2 for t in range(self.masked[-1] + 1))
 
     def forward_runs(self, frame: int) -> bool:
         """The forward session steps every frame from the first mask on (its memory needs
@@ -113,14 +135,14 @@ def combine(
     mask: np.ndarray | None = None,
 ) -> Prediction:
     """A frame's prediction from the passes that serve its objects (``serving``): one pass's
-    own when it serves them all, ``fuse`` when both do, empty when none does."""
+    own when it serves exactly the objects that pass knows, ``fuse`` when both passes serve
+    or an ended object is left out, empty when no pass serves any."""
     passes = set(serving.values())
     if not passes:
         return Prediction(np.zeros(shape, np.uint8))
-    if passes == {FORWARD}:
-        return forward
-    if passes == {BACKWARD}:
-        return backward
+    only = forward if passes == {FORWARD} else backward if passes == {BACKWARD} else None
+    if only is not None and set(only.object_ids) == set(serving):
+        return only
     return fuse(serving, forward, backward, mask)
 
 

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from vidseg_cli.engine import checkpoint
-from vidseg_cli.engine.directions import BACKWARD, BackwardPass, DirectionPlan, combine, prediction_of
+from vidseg_cli.engine.directions import (
+    BACKWARD,
+    BackwardPass,
+    DirectionPlan,
+    combine,
+    parse_ends,
+    prediction_of,
+)
 from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.session import StepResult, VOSSession
@@ -381,6 +388,22 @@ def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource)
     return named
 
 
+def _check_ends(specs: tuple[str, ...], named: dict[int, set[int]], source: FrameSource) -> dict[int, int]:
+    """``--end ID:FRAME``: an object some mask names, ending after its first mask."""
+    ends = parse_ends(specs)
+    for object_id, end in ends.items():
+        first = min((frame for frame, ids in named.items() if object_id in ids), default=None)
+        if first is None:
+            raise VidsegError(f"--end {object_id}:{end}: no mask names object {object_id}")
+        if end <= first:
+            raise VidsegError(
+                f"--end {object_id}:{end}: object {object_id} is first named on frame {first}; it can only end after that"
+            )
+        if source.count is not None and end >= source.count:
+            raise VidsegError(f"--end {object_id}:{end}: the video has {source.count} frames")
+    return ends
+
+
 class _Stats:
     """What the summary reports of every step, in either pass."""
 
@@ -424,9 +447,9 @@ def _run(
     )
     by_frame = {mask.frame: mask.path for mask in masks}
     objects = tuple(sorted(set().union(*named.values())))
-    plan = DirectionPlan(options.direction, named)
-    # mixed frames fuse the two passes' per-object probabilities, so both keep them
-    soft = needs_probabilities(options.format) or options.events is not None or plan.mixes
+    plan = DirectionPlan(options.direction, named, _check_ends(options.ends, named, source))
+    # frames fused from both passes, or without an ended object, need per-object probabilities
+    soft = needs_probabilities(options.format) or options.events is not None or plan.fuses
     summary = SegmentSummary(input=str(options.input), output="", runtime=runtime_of(model))
     start = time.perf_counter()
     saved = checkpoint.load(folder, options) if options.resume else None
