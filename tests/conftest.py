@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,19 @@ def scratch_cache(tmp_path_factory):
     the suite, not to the user's cache."""
     patch = pytest.MonkeyPatch()
     patch.setenv("VIDSEG_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def every_core_fixed():
+    """Jobs in the suite run on every core, fixed (as a job alone does), so that runs
+    compared with each other run with the same threads whatever else the machine does;
+    tests/test_threads.py checks the adaptive default in fresh processes without it."""
+    from vidseg_cli.cores import THREADS_VARIABLE, available_cores
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv(THREADS_VARIABLE, os.environ.get(THREADS_VARIABLE) or str(available_cores()))
     yield
     patch.undo()
 

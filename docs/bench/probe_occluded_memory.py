@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vidseg_cli.engine.segment import use_all_cores
+from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.semseg import samples
 from vidseg_cli.semseg.data import class_list, load_labelled
 from vidseg_cli.semseg.model import SemsegConfig, load_semseg

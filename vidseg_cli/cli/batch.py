@@ -79,7 +79,7 @@ def _results(work: list, jobs: int, ray: str | None):
 
         return run_here(work)
     from vidseg_cli.batch.runner import run_in_processes
-    from vidseg_cli.engine.segment import available_cores
+    from vidseg_cli.cores import available_cores
 
     if jobs > len(work):
         jobs = len(work)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from vidseg_cli.cli.main import say_interrupted
+from vidseg_cli.cores import THREADS_VARIABLE
 from vidseg_cli.errors import VidsegError, os_error_text
 from vidseg_cli.io.outputs import AlreadyComplete
 from vidseg_cli.options import RUNTIMES, UPDATE_RULES
@@ -30,6 +31,13 @@ for _console in (stderr, stdout):
         _console.width = 200  # logs and pipes: Rich's 80-column default would fold tables
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fix_threads(threads: int | None) -> None:
+    """``--threads N``: the same as ``VIDSEG_NUM_THREADS=N`` (vidseg_cli/cores.py), which
+    the job reads when it starts."""
+    if threads is not None:
+        os.environ[THREADS_VARIABLE] = str(threads)
 
 
 def install_hint(extra: str) -> str:

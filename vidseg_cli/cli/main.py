@@ -60,6 +60,7 @@ def say_interrupted(error: BaseException, what: str = "nothing was written") -> 
 
 def main(argv: Sequence[str] | None = None) -> None:
     install_signal_handlers(importing=True)
+    import vidseg_cli.cores  # noqa: F401 - its first look at the cores is the process's start
     try:
         from vidseg_cli.cli.app import run  # imports click, rich, numpy, torch...
 

@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, Update, print_json, print_json_line, stderr, user_errors
+from vidseg_cli.cli.common import (
+    Device,
+    Update,
+    fix_threads,
+    print_json,
+    print_json_line,
+    stderr,
+    user_errors,
+)
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import DEFAULT_PREDICT_MODEL, NO_MEMORY, POLICIES, MemoryOptions, PredictOptions
 
@@ -38,6 +46,7 @@ def predict_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")] = False,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Predict the frames that follow a video, from a memory of the frames before.
@@ -51,6 +60,7 @@ def predict_command(
         memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
         format=format.value, compare=compare, stream=stream, force=force, resume=resume, device=device.value,
     )
+    fix_threads(threads)
     from vidseg_cli.engine import predict as engine  # torch: imported when a command runs
 
     if stream:

@@ -12,6 +12,7 @@ from vidseg_cli.cli.common import (
     Device,
     Runtime,
     Update,
+    fix_threads,
     install_hint,
     print_json,
     print_json_line,
@@ -87,6 +88,7 @@ def segment_command(
     model: Annotated[str, typer.Option(help="VOS model: a name from weights.toml or a .safetensors file from vidseg train.")] = DEFAULT_VOS_MODEL,
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")] = None,
     reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS gate threshold: frames with P_gate >= TAU skip the heavy path (1: never).")] = 1.0,
     reuse_mode: Annotated[ReuseMode, typer.Option(help="What a reused frame gets: the last mask (copy), copy when very similar else refine (fusion), or the refine translator.")] = ReuseMode.refine,
     reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse (default: MODEL-reuse).")] = None,
@@ -139,6 +141,7 @@ def segment_command(
         checkpoint_every=checkpoint_every,
         checkpoint_seconds=checkpoint_seconds,
     )
+    fix_threads(threads)
     from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
 
     with progress_bar("segmenting") as advance:

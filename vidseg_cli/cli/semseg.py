@@ -13,6 +13,7 @@ from vidseg_cli.cli.common import (
     Device,
     Runtime,
     Update,
+    fix_threads,
     install_hint,
     print_json,
     progress_bar,
@@ -56,6 +57,7 @@ def semseg_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")] = False,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Label every pixel of every frame with a class, each frame reading a memory of the frames before.
@@ -67,6 +69,7 @@ def semseg_command(
         input=input, out=out, model=model, memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
         read=read.value if read else None, radius=radius, size=size, runtime=runtime.value, format=format.value, force=force, resume=resume, device=device.value,
     )
+    fix_threads(threads)
     from vidseg_cli.engine.semseg import semseg  # torch: imported when a command runs
 
     with progress_bar("labelling") as advance:

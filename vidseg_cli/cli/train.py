@@ -21,7 +21,8 @@ from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
 from vidseg_cli.cli.common import Device, comma_list, install_hint, stderr, user_errors
 from vidseg_cli.cli.main import Terminated, interrupted_code
-from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device, use_all_cores
+from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device
+from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import MARKER, refuse_existing, resolve_output
 from vidseg_cli.memory.policies import UPDATE_RULES

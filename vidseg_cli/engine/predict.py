@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidseg_cli.engine.segment import default_output, make_bank, pick_device, use_all_cores
+from vidseg_cli.engine.segment import default_output, make_bank, pick_device
+from vidseg_cli.engine.threads import adapt, threads_used, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, open_frames
 from vidseg_cli.io.outputs import StagedOutput, check_complete, run_fingerprint
@@ -59,6 +60,7 @@ class PredictSummary:
     bank_bytes: int
     metrics: dict[str, list[float] | dict[str, float]] | None = None  # --compare: per horizon, and means
     files: list[str] = field(default_factory=list)
+    threads: dict = field(default_factory=dict)  # what the model ran with (engine/threads.py)
 
 
 @dataclass
@@ -108,6 +110,7 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
         bank_bytes=sum(bank.nbytes for bank in banks or []),
         metrics=metrics,
         files=files,
+        threads=threads_used(),
     )
 
 
@@ -121,6 +124,7 @@ def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
     recent: deque[torch.Tensor] = deque(maxlen=STACK)
     frames = 0
     for frame in _frames(options.input):
+        adapt()
         image = to_model_input(frame.image, model).to(device)
         if len(recent) == STACK:
             with torch.no_grad():
@@ -130,7 +134,10 @@ def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
         frames += 1
     if frames <= STACK:
         raise VidsegError(f"{options.input} has {frames} frame(s); --stream predicts from the 3 before each, so it needs at least 4")
-    return {"frames": frames, "predicted": frames - STACK, "seconds": round(time.perf_counter() - began, 3)}
+    return {
+        "frames": frames, "predicted": frames - STACK, "seconds": round(time.perf_counter() - began, 3),
+        "threads": threads_used(),
+    }
 
 
 def _stream_record(frame: Frame, predicted: torch.Tensor, truth: torch.Tensor, last: torch.Tensor) -> dict:
@@ -151,7 +158,7 @@ def _prepare(options: PredictOptions) -> tuple[Predictor, torch.device]:
     if options.memory.update not in ("A", "B", "C", "D"):
         raise VidsegError(f"unknown --update {options.memory.update!r}; choose A, B, C or D")
     device = pick_device(options.device)
-    use_all_cores()
+    use_all_cores(adaptive=True)
     return create_predictor(options.model, device), device
 
 

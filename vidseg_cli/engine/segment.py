@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import resource
@@ -29,6 +28,7 @@ from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.session import StepResult, VOSSession
 from vidseg_cli.engine.sparse import SparseTracker
+from vidseg_cli.engine.threads import threads_used, use_all_cores
 from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame, FrameSource, open_frames
 from vidseg_cli.io.images import warn
@@ -94,6 +94,7 @@ class SegmentSummary:
     renumbered_ids: dict[str, int] = field(default_factory=dict)  # 16-bit mask id -> object id
     steps: int = 0  # frames the model ran on, over both directions
     events: dict[str, dict] | None = None  # per object: frames present, frames lost, where
+    threads: dict = field(default_factory=dict)  # what the model ran with (engine/threads.py)
 
 
 def default_output(input_path: Path, suffix: str = "masks") -> Path:
@@ -118,47 +119,6 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise VidsegError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
     return torch.device(name)
-
-
-THREADS_VARIABLE = "VIDSEG_NUM_THREADS"  # a share of the cores, set for each batch worker
-
-
-def available_cores() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def use_all_cores() -> None:
-    """PyTorch defaults to physical cores; use every core this process may run on (or the
-    share ``VIDSEG_NUM_THREADS`` gives it), and keep large freed buffers for reuse
-    (``keep_freed_buffers``). Denormal floats are flushed to zero, for the whole process (a
-    job is the process's one task; tests reset it): a softmax over thousands
-    of memory positions leaves most weights below 1e-38, and x86 computes with those up to
-    100x slower (the semseg global read's value matmul took 70 ms instead of 5 at 480x352)."""
-    share = os.environ.get(THREADS_VARIABLE, "")
-    torch.set_num_threads(int(share) if share.isdigit() and int(share) > 0 else available_cores())
-    torch.set_flush_denormal(True)
-    keep_freed_buffers()
-
-
-def keep_freed_buffers() -> None:
-    """Stop glibc from returning large blocks to the kernel on every free.
-
-    Above its mmap threshold (128 KiB, adapting up to 32 MiB) glibc maps each allocation
-    afresh and unmaps it on free, so large activation maps are page-faulted in again frame
-    after frame; in a VM a fault can cost more than the convolution that fills the page.
-    PyTorch's CPU allocator has no cache of its own, so the heap is the cache. Measured here:
-    a 25-frame loop of encode + segment at 360p, 90-115 ms per frame against 73-77 ms; over
-    DAVIS val-dev, where glibc's own threshold adapts after a while, 10.02 against 10.55 FPS
-    and a p90 latency of 115 against 98 ms (README)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return  # not glibc (musl): nothing to tune
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed threshold
-    mallopt(m_trim_threshold, 1 << 30)
 
 
 def make_bank(options: MemoryOptions, fusion: FusionCell | None = None) -> MemoryBank:
@@ -441,7 +401,7 @@ def _run(
     named: dict[int, set[int]],
     events: _EventsOut,
 ) -> SegmentSummary:
-    use_all_cores()
+    use_all_cores(adaptive=True)
     model = build_model(
         options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates, options.runtime
     )
@@ -567,6 +527,7 @@ def _finish(
     if device.type == "cuda":
         summary.peak_cuda_mb = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     summary.outputs = [name for sink in sinks for name in sink.outputs]
+    summary.threads = threads_used()
 
 
 def peak_rss_bytes() -> int:

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.engine.segment import default_output, make_bank, peak_rss_bytes, pick_device, use_all_cores
+from vidseg_cli.engine.segment import default_output, make_bank, peak_rss_bytes, pick_device
+from vidseg_cli.engine.threads import adapt, threads_used, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import open_frames
 from vidseg_cli.io.outputs import StagedOutput, check_complete, run_fingerprint
@@ -37,6 +38,7 @@ class SemsegSummary:
     slots: int  # the most the bank held
     bank_bytes: int
     class_share: dict[str, float]  # each class's share of all pixels of the video
+    threads: dict  # what the network ran with (engine/threads.py)
 
 
 def class_table(metadata: dict[str, str]) -> list[dict]:
@@ -61,7 +63,7 @@ SEMSEG_SINKS = tuple(name for name in SEMSEG_FORMATS if name != "all")  # no mat
 def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
     """Label every frame of INPUT; raises VidsegError on bad input, publishes atomically."""
     device = pick_device(options.device)
-    use_all_cores()
+    use_all_cores(adaptive=True)
     network, metadata = create_semseg(options.model, device)
     network = with_runtime(with_read(network, options.read, options.radius), options.runtime, device)
     classes = class_table(metadata)
@@ -81,6 +83,7 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
             options.format, staged.staging, source.time_base, class_ids, colours_of(classes), every=SEMSEG_SINKS
         ) as sinks:
             for frame in source:
+                adapt()
                 labels = label_frame(network, bank, frame.image, frame.index, size, device)
                 write_all(sinks, frame, Prediction(labels, None, ()))
                 counts += np.bincount(labels.ravel(), minlength=256)
@@ -105,7 +108,7 @@ def semseg(options: SemsegOptions, progress=None) -> SemsegSummary:
         input=str(options.input), output=str(staged.target), model=options.model, frames=frames,
         fps=round(frames / max(seconds, 1e-9), 2), peak_rss_mb=round(peak_rss_bytes() / 2**20, 1),
         memory=options.memory.memory, slots=most_slots, bank_bytes=most_bytes,
-        class_share={c["name"]: round(int(counts[c["id"]]) / total, 4) for c in classes},
+        class_share={c["name"]: round(int(counts[c["id"]]) / total, 4) for c in classes}, threads=threads_used(),
     )
 
 

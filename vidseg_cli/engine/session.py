@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.sparse import SparseTracker
+from vidseg_cli.engine.threads import adapt
 from vidseg_cli.memory.bank import MemoryBank, Slot
 from vidseg_cli.models.base import EncodedFrame, VOSModel
 
@@ -82,6 +83,7 @@ class VOSSession:
         """frame: (H, W, 3) uint8 RGB; mask: (H, W) integer ids (0 = background) or None.
         ``output_size``: the input resolution when ``frame`` was already brought to the
         processing size (``processing_image``), as the backward pass caches it."""
+        adapt()  # the job's threads follow the cores other processes leave (engine/threads.py)
         height, width = output_size or frame.shape[:2]
         image = self._preprocess(frame)
         if mask is None and self._repeats(image, (height, width)):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from vidseg_cli.cores import available_cores, fixed_threads
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.models.backbone import EfficientNetLite, Features
 
@@ -92,7 +93,9 @@ class _Graphs:
         self.module = module.eval()
         self.label = label
         self.name = f"{name}-{weights_digest(module)[:16]}"
-        self.threads = threads or torch.get_num_threads()
+        # every core (or the fixed count): ORT's workers sleep when they wait, so unlike
+        # PyTorch's they lose little to a contended core (vidseg_cli/cores.py)
+        self.threads = threads or fixed_threads() or available_cores()
         self.int8 = int8
         self._sessions: dict[tuple, object] = {}
 
