@@ -15,6 +15,7 @@ Markdown table on stdout; ``--json FILE`` keeps the numbers.
     python docs/bench/parallel.py segment --runs 2 --runs 4
     python docs/bench/parallel.py semseg
     python docs/bench/parallel.py predict
+    /path/to/another/venv/bin/python docs/bench/parallel.py segment   # another install of vidseg
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def clip(task: str, folder: Path, frames: int) -> list[str]:
     if task == "predict":
         video = folder / "mmnist.mp4"
         subprocess.run([sys.executable, "-m", "vidseg_cli.predict.data", str(video), "--index", "7", "--frames", str(frames)],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, cwd=folder)
         return ["predict", str(video), "--stream"]  # rolls through every frame
     source = SHARED / "davis16" / "val-dev"
     images = folder / "frames"
@@ -55,7 +56,9 @@ def start(command: list[str], out: Path | None, env: dict[str, str]) -> subproce
     argv = [sys.executable, "-m", "vidseg_cli", *command]
     if out is not None:
         argv += ["--out", str(out), "--json"]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # cwd: not the checkout, where `python -m vidseg_cli` would import its vidseg_cli whatever
+    # the interpreter has installed
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
 
 
 def finish(process: subprocess.Popen) -> dict:
@@ -99,6 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     env = dict(os.environ, **dict(pair.split("=", 1) for pair in args.env))
     rows: dict[str, float] = {}
+    spread: dict[str, list[float]] = {}  # each run of the --alone comparison
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         command = clip(args.task, folder, args.frames)
@@ -126,18 +130,22 @@ def main() -> None:
         if args.alone:
             fixed = dict(env, VIDSEG_NUM_THREADS=str(len(os.sched_getaffinity(0))))
             adaptive, every = [], []
-            for _ in range(args.alone):
-                adaptive.append(_speed(command, folder, env))
-                every.append(_speed(command, folder, fixed))
+            for turn in range(args.alone):  # ABBA: neither goes first every time
+                pair = [(adaptive, env), (every, fixed)]
+                for speeds, variables in pair if turn % 2 == 0 else pair[::-1]:
+                    speeds.append(_speed(command, folder, variables))
             rows[f"alone, median of {args.alone}: default (adaptive) {_unit(command)}"] = statistics.median(adaptive)
             rows[f"alone, median of {args.alone}: every core fixed {_unit(command)}"] = statistics.median(every)
             rows["alone: default / every core fixed"] = statistics.median(adaptive) / statistics.median(every)
+            # the machine's slow spells fall on both runs of a pair: the pairs' ratios are steadier
+            rows["alone: median of the pairs' ratios"] = statistics.median(a / b for a, b in zip(adaptive, every, strict=True))
+            spread["alone: default (adaptive)"], spread["alone: every core fixed"] = adaptive, every
     print(f"| {args.task} ({args.frames} frames{', ' + ' '.join(args.env) if args.env else ''}) | value |")
     print("|---|---|")
     for name, value in rows.items():
         print(f"| {name} | {value:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"task": args.task, "env": args.env, "frames": args.frames, **rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"task": args.task, "env": args.env, "frames": args.frames, **rows, "runs": spread}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
