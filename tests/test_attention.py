@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 from vidseg_cli.memory import readout
 from vidseg_cli.memory.attention import global_match, local_match, top_k
-from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import ReadConfig, read_memory
 from vidseg_cli.memory.similarity import template_similarity
+from vidseg_cli.memory.slot import Slot
 
 
 def unit(*shape):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import EfficientNetLite, MBConv, SameConv2d, conv_bn
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.refine import box_filter, refine_upsample

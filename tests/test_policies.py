@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from vidseg_cli.memory.bank import MemoryBank, Slot
+from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import FIFO, STM, FirstLast, STReMN, make_policy
+from vidseg_cli.memory.slot import Slot
 
 
 def slot(frame: int, permanent: bool = False) -> Slot:

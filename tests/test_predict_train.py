@@ -180,7 +180,7 @@ def test_moving_mnist_needs_its_digits_and_a_folder_needs_videos(vidseg, tmp_pat
 
 def test_sigterm_saves_the_checkpoint_and_the_model_at_that_step(vidseg, digits_file, tmp_path, monkeypatch):
     """A predictor is usable at any step (the averaged weights): a stopped run leaves one."""
-    from vidseg_cli.cli.main import Terminated
+    from vidseg_cli.signals import Terminated
     from vidseg_cli.train.predict import PredictTrainer
 
     def one_step_then_sigterm(trainer, log, *args, **kwargs):

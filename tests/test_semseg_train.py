@@ -113,7 +113,7 @@ def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
     beside others scores exactly as it does alone (here a stand-in network labels every pixel
     with the number of memory slots it read)."""
     from vidseg_cli.bench import semseg as bench
-    from vidseg_cli.memory.bank import Slot
+    from vidseg_cli.memory.slot import Slot
     from vidseg_cli.metrics.segmentation import ConfusionMatrix
     from vidseg_cli.options import MemoryOptions
 

@@ -168,7 +168,7 @@ def test_a_sparse_session_runs_memory_frames_dense_and_writes_only_them():
 
 
 def test_the_decoder_convolutions_are_gated_per_object_too():
-    from vidseg_cli.memory.bank import Slot
+    from vidseg_cli.memory.slot import Slot
 
     torch.manual_seed(0)
     base = MemoryNetwork(backbone(), TINY).eval()

@@ -10,8 +10,8 @@ from safetensors import safe_open
 
 from vidseg_cli.engine.segment import MemoryOptions, make_bank
 from vidseg_cli.engine.session import VOSSession
-from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.readout import attend
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion, fam
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone, create_vos_model
@@ -359,7 +359,7 @@ def test_every_validated_model_is_kept_and_the_best_is_named(dataset, tmp_path):
 @pytest.mark.parametrize(("signal_", "code", "word"), [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "terminated")])
 def test_ctrl_c_saves_a_checkpoint_that_resume_goes_on_from(vidseg, dataset, tmp_path, monkeypatch, signal_, code, word):
     import vidseg_cli.cli.train as train_cli
-    from vidseg_cli.cli.main import Terminated
+    from vidseg_cli.signals import Terminated
 
     def one_step_then_ctrl_c(trainer, log, *args, **kwargs):
         trainer.train_step()

@@ -79,8 +79,8 @@ def run_here(jobs: list[Job]) -> Iterator[dict]:
 
 
 def _worker_start(threads: int) -> None:
-    from vidseg_cli.cli.main import install_signal_handlers
     from vidseg_cli.cores import THREADS_VARIABLE
+    from vidseg_cli.signals import install_signal_handlers
 
     os.environ[THREADS_VARIABLE] = str(threads)
     install_signal_handlers(importing=False)  # SIGTERM cleans up the row's staging folder

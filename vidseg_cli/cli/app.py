@@ -175,9 +175,3 @@ def _one_line(error: Exception) -> int:
     hint = f" (see: {context.command_path} --help)" if context is not None else ""
     say_error(f"{message}{hint}")
     return error.exit_code
-
-
-def main() -> None:
-    from vidseg_cli.cli.main import main as entry
-
-    entry()

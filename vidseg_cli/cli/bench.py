@@ -59,7 +59,11 @@ def bench_command(
     runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: auto (as segment chooses), torch, onnx, onnx-int8 (ONNX Runtime on the CPU).")] = "auto",
 ) -> None:
     """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence (semseg: per frame)."""
-    from vidseg_cli.bench.job import bench, bench_predict, bench_semseg  # torch: imported when a command runs
+    from vidseg_cli.cli.bench_job import (  # torch: imported when a command runs
+        bench,
+        bench_predict,
+        bench_semseg,
+    )
 
     if task == Task.semseg:
         bench_semseg(

@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vidseg_cli.cli.main import say_interrupted
 from vidseg_cli.cores import THREADS_VARIABLE
 from vidseg_cli.errors import VidsegError, os_error_text
 from vidseg_cli.io.outputs import AlreadyComplete
 from vidseg_cli.options import RUNTIMES, UPDATE_RULES
+from vidseg_cli.signals import say_interrupted
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
 stderr = Console(stderr=True)

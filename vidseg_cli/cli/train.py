@@ -20,7 +20,6 @@ import typer
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
 from vidseg_cli.cli.common import Device, comma_list, install_hint, stderr, user_errors
-from vidseg_cli.cli.main import Terminated, interrupted_code
 from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -37,6 +36,7 @@ from vidseg_cli.models.registry import (
     with_settings,
 )
 from vidseg_cli.reuse.heads import ReuseConfig
+from vidseg_cli.signals import Terminated, interrupted_code
 from vidseg_cli.sparse.gates import POLICIES
 from vidseg_cli.sparse.network import TUNABLE_HEADS, SparseConfig
 from vidseg_cli.train.data import ClipSampler

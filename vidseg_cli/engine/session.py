@@ -18,7 +18,8 @@ from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.engine.threads import adapt
-from vidseg_cli.memory.bank import MemoryBank, Slot
+from vidseg_cli.memory.bank import MemoryBank
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.base import EncodedFrame, VOSModel
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.memnet import MemNetFrame
 from vidseg_cli.options import SPARSE_WRITE_EVERY, SparseOptions  # noqa: F401 - re-exported
 from vidseg_cli.sparse.model import SparseModel

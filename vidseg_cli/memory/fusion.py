@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.memory.attention import local_match
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.options import POLICIES, UPDATE_RULES  # noqa: F401 - re-exported
 
-if TYPE_CHECKING:
-    from vidseg_cli.memory.bank import Slot
-
 Similarity = Callable[[int, int], float]
-
 
 
 @dataclass(frozen=True)

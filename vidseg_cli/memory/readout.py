@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.memory.attention import global_match, local_match, top_k, window_covers_map
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 
 
 @dataclass(frozen=True)

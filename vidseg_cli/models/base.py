@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 
 
 class EncodedFrame(Protocol):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 
 
 def fam(anchor: torch.Tensor, other: torch.Tensor, key_dim: int, scale: torch.Tensor | float) -> torch.Tensor:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidseg_cli.memory.bank import Slot
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.readout import ReadConfig, read_memory
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import EfficientNetLite
 from vidseg_cli.models.refine import refine_upsample
 

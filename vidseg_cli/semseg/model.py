@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
 from vidseg_cli.models.backbone import EfficientNetLite, Features
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
 from vidseg_cli.sparse.network import (
     LayerState,

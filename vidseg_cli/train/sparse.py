@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.io.outputs import write_file_atomically
-from vidseg_cli.memory.bank import Slot
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import MemoryNetwork
 from vidseg_cli.sparse.gates import global_loss, layer_loss, relaxed_bounds

@@ -25,8 +25,9 @@ from safetensors.torch import save_file
 
 from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.io.outputs import write_file_atomically
-from vidseg_cli.memory.bank import MemoryBank, Slot
+from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import make_policy
+from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.train.data import Clip, ClipSampler

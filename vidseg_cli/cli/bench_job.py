@@ -1,4 +1,5 @@
-"""The bench job: build the sweep, run it over a dataset (or a long synthetic clip), report."""
+"""The bench command's body: build the sweep, run it over a dataset (or a long synthetic
+clip), print and write the report. The measuring itself is in bench/."""
 
 from __future__ import annotations
 
