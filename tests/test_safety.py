@@ -141,7 +141,7 @@ def test_file_too_large_fails_the_run_and_publishes_nothing(tmp_path, clip):
     out = tmp_path / "efbig"
     run = subprocess.run(
         [sys.executable, "-m", "vidseg_cli", "segment", str(clip[0]), "--mask", str(clip[1]), "--out", str(out),
-         "--format", "all", "--size", "64"],
+         "--format", "all", "--size", "64", "--runtime", "torch"],  # no ONNX export in the limit
         capture_output=True, text=True, preexec_fn=_limited(6_000), cwd=PROJECT, timeout=120,
     )
     assert run.returncode == 1, run.stderr
@@ -175,7 +175,7 @@ def test_sigterm_exits_143_with_one_line_and_leaves_nothing(tmp_path):
     video, mask = write_clip(tmp_path / "clip", length=400, height=96, width=128, objects=1, seed=2)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "vidseg_cli", "segment", str(video), "--mask", str(mask), "--out", str(out), "--size", "64"],
+        [sys.executable, "-m", "vidseg_cli", "segment", str(video), "--mask", str(mask), "--out", str(out), "--size", "64", "--runtime", "torch"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT,
     )
     deadline = time.monotonic() + 60
