@@ -23,6 +23,7 @@ MAX_SLOTS = 256
 
 POLICIES = ("stremn", "stm", "first-last", "fifo")  # memory update policies
 NO_MEMORY = "none"  # predict and semseg: the single-frame network, no memory read
+FORMATS = ("png", "video", "overlay", "alpha", "rle", "all")  # segment's
 PREDICT_FORMATS = ("png", "video", "all")
 SEMSEG_FORMATS = ("png", "video", "overlay", "rle", "all")  # rle: every class's mask
 SEMSEG_READS = ("local", "global")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,15 @@ import typer
 
 from vidseg_cli.cli.common import (
     Device,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    MemoryOrNone,
+    ResumeOption,
+    ThreadsOption,
     Update,
+    UpdateOption,
+    choices,
     fix_threads,
     print_json,
     print_json_line,
@@ -18,15 +25,14 @@ from vidseg_cli.cli.common import (
     user_errors,
 )
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.options import DEFAULT_PREDICT_MODEL, NO_MEMORY, POLICIES, MemoryOptions, PredictOptions
+from vidseg_cli.options import (
+    DEFAULT_PREDICT_MODEL,
+    PREDICT_FORMATS,
+    MemoryOptions,
+    PredictOptions,
+)
 
-PredictMemory = enum.Enum("PredictMemory", {name: name for name in (*POLICIES, NO_MEMORY)}, type=str)
-
-
-class PredictFormat(str, enum.Enum):
-    png = "png"
-    video = "video"
-    all = "all"
+PredictFormat = choices("PredictFormat", PREDICT_FORMATS)
 
 
 @user_errors
@@ -36,18 +42,18 @@ def predict_command(
     frames: Annotated[int, typer.Option(metavar="N", help="Frames to predict.")] = 10,
     start: Annotated[Optional[int], typer.Option(metavar="T", help="Observe frames T .. T+M-1 (default: the last M frames).")] = None,
     model: Annotated[str, typer.Option(help="Predictor: a name from weights.toml or a .safetensors file from vidseg train predict.")] = DEFAULT_PREDICT_MODEL,
-    memory: Annotated[PredictMemory, typer.Option(help="Memory update policy; none: no memory.")] = PredictMemory.stremn,
+    memory: Annotated[MemoryOrNone, typer.Option(help="Memory update policy; none: no memory.")] = MemoryOrNone.stremn,
     slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
-    update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
+    update: UpdateOption = Update.C,
     format: Annotated[PredictFormat, typer.Option("--format", "-f", help="png: one PNG per predicted frame, named by its index; video: prediction.mp4 (observed frames framed green, predicted red); all: both.")] = PredictFormat.all,
     compare: Annotated[bool, typer.Option("--compare", help="Score the prediction against the true frames (needs --start) and write comparison.mp4 (truth | prediction | error).")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Predict every frame from the ones before it and print its error as JSON lines on stdout (anomaly detection); writes no files.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_prediction beside the input).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")] = False,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
-    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    force: ForceOption = False,
+    resume: ResumeOption = False,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Predict the frames that follow a video, from a memory of the frames before.
 

@@ -10,8 +10,14 @@ import typer
 
 from vidseg_cli.cli.common import (
     Device,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
     Runtime,
+    ThreadsOption,
     Update,
+    UpdateOption,
+    choices,
     fix_threads,
     install_hint,
     print_json,
@@ -25,6 +31,7 @@ from vidseg_cli.options import (
     DEFAULT_SIZE,
     DEFAULT_VOS_MODEL,
     DIRECTIONS,
+    FORMATS,
     SPARSE_MODES,
     SPARSE_WRITE_EVERY,
     TTAS,
@@ -49,22 +56,16 @@ class ReuseMode(str, enum.Enum):
     refine = "refine"
 
 
-SparseMode = enum.Enum("SparseMode", {mode: mode for mode in SPARSE_MODES}, type=str)
+SparseMode = choices("SparseMode", SPARSE_MODES)
 
 
-Tta = enum.Enum("Tta", {name: name for name in TTAS}, type=str)
+Tta = choices("Tta", TTAS)
 
 
-class Format(str, enum.Enum):
-    png = "png"
-    video = "video"
-    overlay = "overlay"
-    alpha = "alpha"
-    rle = "rle"
-    all = "all"
+Format = choices("Format", FORMATS)
 
 
-Direction = enum.Enum("Direction", {name: name for name in DIRECTIONS}, type=str)
+Direction = choices("Direction", DIRECTIONS)
 
 
 @user_errors
@@ -79,16 +80,16 @@ def segment_command(
     ],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_masks beside the input).")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="png: palette PNG per frame; video: lossless FFV1 label video; overlay: colour mp4; alpha: soft matte per object (<id>/%05d.png); rle: COCO run-length JSON; all: every one.")] = Format.png,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    force: ForceOption = False,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize masks whose size differs from the frames (nearest).")] = False,
     memory: Annotated[Memory, typer.Option(help="Memory update policy.")] = Memory.stremn,
     slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
-    update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
+    update: UpdateOption = Update.C,
     every: Annotated[int, typer.Option(help="stm: keep every N-th frame.")] = 5,
     model: Annotated[str, typer.Option(help="VOS model: a name from weights.toml or a .safetensors file from vidseg train.")] = DEFAULT_VOS_MODEL,
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
-    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")] = None,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = None,
     reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS gate threshold: frames with P_gate >= TAU skip the heavy path (1: never).")] = 1.0,
     reuse_mode: Annotated[ReuseMode, typer.Option(help="What a reused frame gets: the last mask (copy), copy when very similar else refine (fusion), or the refine translator.")] = ReuseMode.refine,
     reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse (default: MODEL-reuse).")] = None,
@@ -105,7 +106,7 @@ def segment_command(
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the checkpoint an interrupted run of the same command left (in the output's hidden .NAME.partial folder); an output it already published is left as it is (one line, exit 0).")] = False,
     checkpoint_every: Annotated[int, typer.Option(metavar="N", min=0, help="Checkpoint every N frames (0: by time only).")] = 0,
     checkpoint_seconds: Annotated[float, typer.Option(metavar="S", min=0.0, help="Checkpoint every S seconds (0: by frames only).")] = 60.0,
-    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    json: JsonOption = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
 

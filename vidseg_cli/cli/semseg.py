@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,8 +10,16 @@ import typer
 
 from vidseg_cli.cli.common import (
     Device,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    MemoryOrNone,
+    ResumeOption,
     Runtime,
+    ThreadsOption,
     Update,
+    UpdateOption,
+    choices,
     fix_threads,
     install_hint,
     print_json,
@@ -22,43 +29,34 @@ from vidseg_cli.cli.common import (
 )
 from vidseg_cli.options import (
     DEFAULT_SEMSEG_MODEL,
-    NO_MEMORY,
-    POLICIES,
+    SEMSEG_FORMATS,
     SEMSEG_READS,
     MemoryOptions,
     SemsegOptions,
 )
 
-SemsegMemory = enum.Enum("SemsegMemory", {name: name for name in (*POLICIES, NO_MEMORY)}, type=str)
-Read = enum.Enum("Read", {name: name for name in SEMSEG_READS}, type=str)
-
-
-class SemsegFormat(str, enum.Enum):
-    png = "png"
-    video = "video"
-    overlay = "overlay"
-    rle = "rle"
-    all = "all"
+Read = choices("Read", SEMSEG_READS)
+SemsegFormat = choices("SemsegFormat", SEMSEG_FORMATS)
 
 
 @user_errors
 def semseg_command(
     input: Annotated[Path, typer.Argument(help="Video file or folder of frames.")],
     model: Annotated[str, typer.Option(help="Semseg model: a name from weights.toml or a .safetensors file from vidseg train semseg.")] = DEFAULT_SEMSEG_MODEL,
-    memory: Annotated[SemsegMemory, typer.Option(help="Memory update policy (fifo: the last --slots frames, the papers' memory); none: the single-frame network.")] = SemsegMemory.fifo,
+    memory: Annotated[MemoryOrNone, typer.Option(help="Memory update policy (fifo: the last --slots frames, the papers' memory); none: the single-frame network.")] = MemoryOrNone.fifo,
     slots: Annotated[int, typer.Option(help="Memory slots.")] = 3,
-    update: Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")] = Update.C,
+    update: UpdateOption = Update.C,
     read: Annotated[Optional[Read], typer.Option(help="Memory read: local (LMANet, a window around each position) or global (TMANet); default: the model's.")] = None,
     radius: Annotated[Optional[int], typer.Option(metavar="R", help="Local read radius in stride-16 positions (default: the model's).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Internal processing size (short side, pixels; default: the model's, 480 for semseg-camvid, 360 for a model file). Outputs keep the input size.")] = None,
     runtime: Annotated[Runtime, typer.Option(help=f'What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; {install_hint("onnx")}); onnx-int8 (8-bit weights and activations: faster, not measured for semseg accuracy); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
     format: Annotated[SemsegFormat, typer.Option("--format", "-f", help="png: palette PNG per frame (index = class id, the model's class colours); video: lossless FFV1 label video; overlay: colour mp4 with a legend; rle: rle.json, every class on every frame in COCO run-length encoding, keyed by class id; all: every one.")] = SemsegFormat.png,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_semseg beside the input).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")] = False,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
-    threads: Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    force: ForceOption = False,
+    resume: ResumeOption = False,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Label every pixel of every frame with a class, each frame reading a memory of the frames before.
 

@@ -19,7 +19,7 @@ import typer
 
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
-from vidseg_cli.cli.common import Device, comma_list, install_hint, stderr, user_errors
+from vidseg_cli.cli.common import Device, DeviceOption, comma_list, install_hint, stderr, user_errors
 from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -575,7 +575,7 @@ def train_calibrate_command(
     topk: Annotated[str | None, typer.Option(help="Comma list of top-k values to try (default: the model's).")] = None,
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="How the fusion cell uses its tensors (default: the model's).")] = None,
     size: Annotated[int, typer.Option(min=MIN_SIZE, max=MAX_SIZE, help="Internal size for validation.")] = 360,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    device: DeviceOption = Device.auto,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Choose the logit bias and the memory read's top-k by J&F on validation data, and write

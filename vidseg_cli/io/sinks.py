@@ -24,8 +24,8 @@ from PIL import Image
 from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame
 from vidseg_cli.io.palette import davis_palette
+from vidseg_cli.options import FORMATS
 
-FORMATS = ("png", "video", "overlay", "alpha", "rle", "all")
 LABEL_VIDEO = "labels.mkv"
 OVERLAY_VIDEO = "overlay.mp4"
 RLE_FILE = "rle.json"
