@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from vidseg_cli.engine.segment import MemoryOptions, make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.engine.session import VOSSession, aggregate
 from vidseg_cli.io.frames import _upright
 from vidseg_cli.models.registry import create_vos_model
+from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames
 
 

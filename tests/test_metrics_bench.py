@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import first_appearances, load_davis
 from vidseg_cli.bench.report import markdown, pivot
-from vidseg_cli.engine.segment import MemoryOptions, make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.davis import (
@@ -26,6 +26,7 @@ from vidseg_cli.metrics.davis import (
     statistics,
 )
 from vidseg_cli.models.registry import create_vos_model
+from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames, write_davis
 
 

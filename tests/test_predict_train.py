@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import MovingMnist

@@ -104,11 +104,12 @@ def test_full_gate_target_is_the_agreement_of_the_reused_mask_with_the_full_one(
 
 
 def _reuse_session(tau: float, mode: str = "refine", always: bool = True):
+    from vidseg_cli.engine.job import make_bank
     from vidseg_cli.engine.reuse import ReuseOptions, ReuseTracker
-    from vidseg_cli.engine.segment import MemoryOptions, make_bank
     from vidseg_cli.engine.session import VOSSession
     from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
     from vidseg_cli.models.registry import backbone
+    from vidseg_cli.options import MemoryOptions
     from vidseg_cli.reuse.model import ReuseModel
 
     torch.manual_seed(0)
@@ -138,8 +139,9 @@ def test_reused_frames_skip_the_heavy_path_and_memory():
 
 
 def test_tau_one_never_reuses_and_equals_the_plain_model():
-    from vidseg_cli.engine.segment import MemoryOptions, make_bank
+    from vidseg_cli.engine.job import make_bank
     from vidseg_cli.engine.session import VOSSession
+    from vidseg_cli.options import MemoryOptions
 
     session, model = _reuse_session(tau=1.0)
     reusing = _run(session)

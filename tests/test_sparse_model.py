@@ -145,9 +145,10 @@ def test_relaxed_blocks_equal_dense_when_computing_and_send_gradients_to_the_gat
 
 
 def test_a_sparse_session_runs_memory_frames_dense_and_writes_only_them():
-    from vidseg_cli.engine.segment import MemoryOptions, make_bank
+    from vidseg_cli.engine.job import make_bank
     from vidseg_cli.engine.session import VOSSession
     from vidseg_cli.engine.sparse import SparseTracker
+    from vidseg_cli.options import MemoryOptions
     from vidseg_cli.synthetic import frames
 
     torch.manual_seed(0)
@@ -242,9 +243,10 @@ def test_reuse_far_gates_never_reuse_within_32_pixels_of_an_object():
 
 
 def test_a_sparse_session_gives_the_gates_the_last_frames_objects():
-    from vidseg_cli.engine.segment import MemoryOptions, make_bank
+    from vidseg_cli.engine.job import make_bank
     from vidseg_cli.engine.session import VOSSession
     from vidseg_cli.engine.sparse import SparseTracker
+    from vidseg_cli.options import MemoryOptions
     from vidseg_cli.synthetic import frames
 
     torch.manual_seed(0)

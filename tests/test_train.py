@@ -8,13 +8,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from vidseg_cli.engine.segment import MemoryOptions, make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.memory.readout import attend
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion, fam
 from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone, create_vos_model
+from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames, write_davis
 from vidseg_cli.train.data import MAX_OBJECTS, Clip, ClipSampler
 from vidseg_cli.train.losses import bootstrapped_nll

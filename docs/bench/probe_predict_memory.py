@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.metrics.prediction import frame_mse
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import MovingMnist

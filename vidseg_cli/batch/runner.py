@@ -36,7 +36,7 @@ class Job:
 
     @property
     def out(self) -> Path:
-        from vidseg_cli.engine.segment import default_output  # torch: in the worker
+        from vidseg_cli.engine.job import default_output  # torch: in the worker
 
         return Path(os.path.abspath(self.options.out or default_output(self.options.input)))
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from vidseg_cli.bench.runner import Config
-from vidseg_cli.engine.segment import fusion_for, make_bank
+from vidseg_cli.engine.job import make_bank
+from vidseg_cli.engine.segment import fusion_for
 from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import LONG_HEIGHT, LONG_WIDTH

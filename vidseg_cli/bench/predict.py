@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
 from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions

@@ -19,13 +19,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.bench.dataset import Sequence
+from vidseg_cli.engine.job import peak_rss_bytes
 from vidseg_cli.engine.reuse import ReuseOptions
 from vidseg_cli.engine.segment import (
-    MemoryOptions,
     build_model,
     check_tta,
     make_session,
-    peak_rss_bytes,
     sparse_gates_name,
     validate_memory,
     validate_size,
@@ -36,6 +35,7 @@ from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.registry import runtime_of
+from vidseg_cli.options import MemoryOptions
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS, SEMSEG_COLUMN
 from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
 from vidseg_cli.bench.semseg import run_semseg_bench, semseg_configs
 from vidseg_cli.cli.common import comma_list, json_text, stderr
-from vidseg_cli.engine.segment import pick_device
+from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_atomically

@@ -20,7 +20,7 @@ import typer
 from vidseg_cli.bench.dataset import load_davis
 from vidseg_cli.bench.runner import Config, evaluate
 from vidseg_cli.cli.common import Device, DeviceOption, comma_list, install_hint, stderr, user_errors
-from vidseg_cli.engine.segment import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions, pick_device
+from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import MARKER, refuse_existing, resolve_output
@@ -35,6 +35,7 @@ from vidseg_cli.models.registry import (
     model_identity,
     with_settings,
 )
+from vidseg_cli.options import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions
 from vidseg_cli.reuse.heads import ReuseConfig
 from vidseg_cli.signals import Terminated, interrupted_code
 from vidseg_cli.sparse.gates import POLICIES
@@ -402,7 +403,7 @@ def train_predict_command(
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
-    from vidseg_cli.engine.segment import make_bank
+    from vidseg_cli.engine.job import make_bank
     from vidseg_cli.predict.model import PredictorConfig
     from vidseg_cli.train.predict import LOSSES, PredictTrainConfig, PredictTrainer
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vidseg_cli.engine.segment import default_output, make_bank, pick_device
+from vidseg_cli.engine.job import default_output, make_bank, pick_device
 from vidseg_cli.engine.threads import adapt, threads_used, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, open_frames

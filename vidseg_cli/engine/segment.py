@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from vidseg_cli.engine.directions import (
     prediction_of,
 )
 from vidseg_cli.engine.events import EventTracker
+from vidseg_cli.engine.job import default_output, make_bank, peak_rss_bytes, pick_device
 from vidseg_cli.engine.reuse import ReuseTracker
 from vidseg_cli.engine.session import StepResult, VOSSession
 from vidseg_cli.engine.sparse import SparseTracker
@@ -35,9 +34,8 @@ from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
 from vidseg_cli.io.outputs import StagedFile, StagedOutput, check_complete, refuse_existing, resolve_output
 from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
-from vidseg_cli.memory.bank import FusionCell, MemoryBank
+from vidseg_cli.memory.bank import FusionCell
 from vidseg_cli.memory.fusion import TrainingFreeFusion
-from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.registry import (
     create_reuse_model,
@@ -46,8 +44,7 @@ from vidseg_cli.models.registry import (
     runtime_of,
     with_runtime,
 )
-from vidseg_cli.options import (  # noqa: F401 - re-exported
-    DEFAULT_SIZE,
+from vidseg_cli.options import (
     DIRECTIONS,
     FUSIONS,
     MAX_SIZE,
@@ -95,39 +92,6 @@ class SegmentSummary:
     steps: int = 0  # frames the model ran on, over both directions
     events: dict[str, dict] | None = None  # per object: frames present, frames lost, where
     threads: dict = field(default_factory=dict)  # what the model ran with (engine/threads.py)
-
-
-def default_output(input_path: Path, suffix: str = "masks") -> Path:
-    """``clip.mp4`` -> ``clip_masks/`` beside it; ``frames/`` -> ``frames_masks/``, also
-    when the folder is given as ``.`` (its resolved name). Other tasks name their own suffix."""
-    resolved = input_path.resolve()
-    name = resolved.name if resolved.is_dir() else resolved.stem
-    return resolved.parent / f"{name}_{suffix}"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VidsegError("--device cuda: no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise VidsegError("--device mps: no MPS device is available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise VidsegError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-def make_bank(options: MemoryOptions, fusion: FusionCell | None = None) -> MemoryBank:
-    """A bank for one video; ``fusion`` is the model's cell (``model.fusion()``)."""
-    try:
-        policy = make_policy(options.memory, options.slots, options.update, options.every)
-    except ValueError as error:
-        raise VidsegError(str(error)) from None
-    return MemoryBank(policy=policy, fusion=fusion)
 
 
 def build_model(
@@ -528,9 +492,3 @@ def _finish(
         summary.peak_cuda_mb = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     summary.outputs = [name for sink in sinks for name in sink.outputs]
     summary.threads = threads_used()
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.engine.segment import default_output, make_bank, peak_rss_bytes, pick_device
+from vidseg_cli.engine.job import default_output, make_bank, peak_rss_bytes, pick_device
 from vidseg_cli.engine.threads import adapt, threads_used, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import open_frames

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from vidseg_cli.engine.segment import make_bank
+from vidseg_cli.engine.job import make_bank
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
