@@ -91,12 +91,12 @@ class CoreShare:
         self.threads = cores
         self.used: set[int] = set()
         self.look(force=True)
+        self.used.add(self.threads)  # also when no look could be taken (no /proc/stat)
 
     def look(self, force: bool = False) -> int | None:
         """The new thread count when it changed since the last look (at most one look per
         INTERVAL), else None."""
         if self.last is None or (not force and self.clock() - self.last.wall < INTERVAL):
-            self.used.add(self.threads)
             return None
         now = self.read()
         if now is None:

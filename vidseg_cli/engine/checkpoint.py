@@ -41,8 +41,8 @@ def save(folder: Path, state: dict) -> None:
     os.replace(staging, folder / CHECKPOINT)
 
 
-def load(folder: Path, options: SegmentOptions) -> dict | None:
-    """The checkpoint of this very run, or None when there is none."""
+def load(folder: Path, run: str) -> dict | None:
+    """The checkpoint of this very run (``run``: its ``fingerprint``), or None when there is none."""
     path = folder / CHECKPOINT
     if not path.is_file():
         return None
@@ -50,7 +50,7 @@ def load(folder: Path, options: SegmentOptions) -> dict | None:
         state = torch.load(path, weights_only=False)  # our own file, in our own staging folder
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint: say so, start over
         raise VidsegError(f"the checkpoint {path} cannot be read ({type(error).__name__}); run without --resume") from None
-    if state.get("fingerprint") != fingerprint(options):
+    if state.get("fingerprint") != run:
         raise Mismatch(
             "the checkpoint was made with other options or another input; "
             "run the same command as before with --resume, or run without --resume to start over"

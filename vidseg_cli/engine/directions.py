@@ -76,6 +76,11 @@ class DirectionPlan:
             for object_id in sorted(self.named[frame]):
                 self._frames_of.setdefault(object_id, []).append(frame)
 
+    @property
+    def objects(self) -> tuple[int, ...]:
+        """Every object some mask names, in id order."""
+        return tuple(sorted(self._frames_of))
+
     def serving(self, frame: int) -> dict[int, str]:
         """Object id -> ``forward`` or ``backward`` for every object some pass knows on this
         frame; an object no pass reaches here (before its first mask, going forward only)

@@ -188,6 +188,7 @@ def segment(
     with contextlib.closing(source):
         reader = MaskReader(source.size, resize=options.resize_mask)
         named = _check_masks(masks, reader, source)
+        plan = DirectionPlan(options.direction, named, _check_ends(options.ends, named, source))
         _say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
@@ -199,7 +200,7 @@ def segment(
         events_out = None
         try:
             events_out = _EventsOut(options, inputs, events)
-            summary = _run(options, source, masks, reader, staged.staging, device, progress, named, events_out)
+            summary = _run(options, run, source, masks, reader, staged.staging, device, progress, plan, events_out)
             staged.commit()
             events_out.commit()
         except BaseException as error:
@@ -356,13 +357,14 @@ class _Stats:
 
 def _run(
     options: SegmentOptions,
+    run: str,  # checkpoint.fingerprint(options), computed once: it stats every input
     source: FrameSource,
     masks: list[MaskFile],
     reader: MaskReader,
     folder: Path,
     device: torch.device,
     progress: Progress | None,
-    named: dict[int, set[int]],
+    plan: DirectionPlan,
     events: _EventsOut,
 ) -> SegmentSummary:
     use_all_cores(adaptive=True)
@@ -370,13 +372,12 @@ def _run(
         options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates, options.runtime
     )
     by_frame = {mask.frame: mask.path for mask in masks}
-    objects = tuple(sorted(set().union(*named.values())))
-    plan = DirectionPlan(options.direction, named, _check_ends(options.ends, named, source))
+    objects = plan.objects
     # frames fused from both passes, or without an ended object, need per-object probabilities
     soft = needs_probabilities(options.format) or options.events is not None or plan.fuses
     summary = SegmentSummary(input=str(options.input), output="", runtime=runtime_of(model))
     start = time.perf_counter()
-    saved = checkpoint.load(folder, options) if options.resume else None
+    saved = checkpoint.load(folder, run) if options.resume else None
     if options.resume and saved is None:
         warn(f"no checkpoint to resume in {folder.name}: starting from the first frame")
     stats = _Stats(progress, None if source.count is None else source.count + (plan.masked[-1] + 1) * plan.needs_backward)
@@ -406,7 +407,7 @@ def _run(
                     events(record)
             summary.frames += 1
             if schedule.due(summary.frames):
-                _checkpoint(folder, options, session, tracker, stats, sinks, events, summary)
+                _checkpoint(folder, run, session, tracker, stats, sinks, events, summary)
                 schedule.saved()
     late = [m for m in masks if m.frame >= summary.frames]
     if late:
@@ -425,13 +426,13 @@ def _run(
 
 
 def _checkpoint(
-    folder: Path, options: SegmentOptions, session: VOSSession, tracker: EventTracker | None, stats: _Stats,
+    folder: Path, run: str, session: VOSSession, tracker: EventTracker | None, stats: _Stats,
     sinks: list[Sink], events: _EventsOut, summary: SegmentSummary,
 ) -> None:
     """Everything needed to go on after frame ``summary.frames - 1``, saved atomically."""
     try:
         state = {
-            "fingerprint": checkpoint.fingerprint(options),
+            "fingerprint": run,
             "frames": summary.frames,
             "session": session.state(),
             "tracker": tracker,

@@ -78,11 +78,14 @@ def run_fingerprint(options: object, inputs: Iterable[Path]) -> str:
 def _stamp(path: Path) -> object:
     try:
         if path.is_dir():
-            entries = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(path))
+            entries = sorted((entry.name, *_size_and_time(entry.stat())) for entry in os.scandir(path))
             return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-        stat = path.stat()
+        return _size_and_time(path.stat())
     except OSError:
         return None  # gone or unreadable: the run itself says so
+
+
+def _size_and_time(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
