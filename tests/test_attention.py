@@ -136,9 +136,9 @@ def test_banks_written_together_equal_banks_written_one_by_one():
     """write_all (a training batch: one fusion call for every bank) keeps each bank's own
     policy choices and gives the same slots as writing each bank alone."""
     from vidseg_cli.memory.bank import MemoryBank, write_all
+    from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
     from vidseg_cli.memory.policies import STReMN
     from vidseg_cli.memory.readout import read_values, read_values_many
-    from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
 
     torch.manual_seed(0)
     fusion = LearnedFusion(FusionCell(8, 6, hidden=8))

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from vidseg_cli.engine.job import make_bank
-from vidseg_cli.engine.session import VOSSession, aggregate
 from vidseg_cli.io.frames import _upright
 from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames
+from vidseg_cli.vos.session import VOSSession, aggregate
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,8 +131,8 @@ def test_plain_run_prints_the_output_folder(vidseg, tmp_path, clip):
 def test_flip_tta_treats_a_video_and_its_mirror_alike(model):
     """Both views run and remember, so the mirrored video gives exactly the mirrored masks
     (a network alone is not flip-equivariant), and each view keeps its own memory."""
-    from vidseg_cli.engine.reuse import ReuseOptions
-    from vidseg_cli.engine.segment import make_session
+    from vidseg_cli.vos.reuse.state import ReuseOptions
+    from vidseg_cli.vos.segment import make_session
 
     clip = list(frames(8, 64, 96, objects=2, seed=3))
 

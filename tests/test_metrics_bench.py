@@ -9,10 +9,8 @@ from conftest import leftovers
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.bench.dataset import first_appearances, load_davis
 from vidseg_cli.bench.report import markdown, pivot
 from vidseg_cli.engine.job import make_bank
-from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.davis import (
     ObjectScore,
@@ -28,6 +26,8 @@ from vidseg_cli.metrics.davis import (
 from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames, write_davis
+from vidseg_cli.vos.davis import first_appearances, load_davis
+from vidseg_cli.vos.session import VOSSession
 
 
 def test_j_is_iou_and_one_when_both_empty():

@@ -153,7 +153,7 @@ def test_a_predictor_is_refused_by_segment(vidseg, model_file, clip, tmp_path):
 
 
 def test_bench_predict_reports_copy_last_and_each_memory(vidseg, model_file, tmp_path):
-    from vidseg_cli.bench.predict import test_sequences
+    from vidseg_cli.predict.bench import test_sequences
 
     run = vidseg("bench", "--task", "predict", "--model", model_file, "--memory", "stremn", "--slots", "3",
                  "--limit", "4", "--timed", "1", "--json", "--csv", tmp_path / "rows.csv", "--plot", tmp_path / "p.png")

@@ -16,7 +16,7 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
-from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer, scale_invariant_gradient, shrinkage
+from vidseg_cli.predict.train import PredictTrainConfig, PredictTrainer, scale_invariant_gradient, shrinkage
 
 TINY = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8)
 
@@ -180,8 +180,8 @@ def test_moving_mnist_needs_its_digits_and_a_folder_needs_videos(vidseg, tmp_pat
 
 def test_sigterm_saves_the_checkpoint_and_the_model_at_that_step(vidseg, digits_file, tmp_path, monkeypatch):
     """A predictor is usable at any step (the averaged weights): a stopped run leaves one."""
+    from vidseg_cli.predict.train import PredictTrainer
     from vidseg_cli.signals import Terminated
-    from vidseg_cli.train.predict import PredictTrainer
 
     def one_step_then_sigterm(trainer, log, *args, **kwargs):
         trainer.train_step()

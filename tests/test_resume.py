@@ -101,8 +101,8 @@ def test_sigterm_with_a_checkpoint_keeps_it_and_says_how_to_go_on(long_clip, tmp
 
 
 def test_resume_with_other_options_is_refused(vidseg, long_clip, tmp_path):
-    from vidseg_cli.engine import checkpoint
     from vidseg_cli.options import SegmentOptions
+    from vidseg_cli.vos import checkpoint
 
     staging = tmp_path / ".out.partial"
     staging.mkdir()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidseg_cli.reuse.heads import (
+from vidseg_cli.vos.reuse.heads import (
     GATE_START,
     ReuseConfig,
     ReuseHeads,
@@ -61,11 +61,11 @@ def test_backbone_halves_equal_the_full_pass():
 def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path):
     import numpy as np
 
-    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
     from vidseg_cli.models.registry import backbone
     from vidseg_cli.synthetic import write_davis
-    from vidseg_cli.train.data import ClipSampler
-    from vidseg_cli.train.reuse import reuse_loss
+    from vidseg_cli.vos.clips import ClipSampler
+    from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.vos.reuse.train import reuse_loss
 
     torch.manual_seed(0)
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
@@ -90,7 +90,7 @@ def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path)
 
 
 def test_full_gate_target_is_the_agreement_of_the_reused_mask_with_the_full_one():
-    from vidseg_cli.train.reuse import agreement
+    from vidseg_cli.vos.reuse.train import agreement
 
     full = torch.zeros(1, 4, 4, dtype=torch.bool)
     full[0, :2] = True
@@ -105,12 +105,12 @@ def test_full_gate_target_is_the_agreement_of_the_reused_mask_with_the_full_one(
 
 def _reuse_session(tau: float, mode: str = "refine", always: bool = True):
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.engine.reuse import ReuseOptions, ReuseTracker
-    from vidseg_cli.engine.session import VOSSession
-    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
     from vidseg_cli.models.registry import backbone
     from vidseg_cli.options import MemoryOptions
-    from vidseg_cli.reuse.model import ReuseModel
+    from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.vos.reuse.model import ReuseModel
+    from vidseg_cli.vos.reuse.state import ReuseOptions, ReuseTracker
+    from vidseg_cli.vos.session import VOSSession
 
     torch.manual_seed(0)
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
@@ -140,8 +140,8 @@ def test_reused_frames_skip_the_heavy_path_and_memory():
 
 def test_tau_one_never_reuses_and_equals_the_plain_model():
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.engine.session import VOSSession
     from vidseg_cli.options import MemoryOptions
+    from vidseg_cli.vos.session import VOSSession
 
     session, model = _reuse_session(tau=1.0)
     reusing = _run(session)
@@ -166,10 +166,10 @@ def test_a_gate_below_tau_computes():
 
 
 def test_train_reuse_command_writes_heads_that_load_only_with_their_model(vidseg, tmp_path):
-    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
     from vidseg_cli.models.registry import backbone, create_reuse_model
     from vidseg_cli.synthetic import write_davis
-    from vidseg_cli.train.vos import save_model
+    from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.vos.train import save_model
 
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
     base, other = tmp_path / "base.safetensors", tmp_path / "other.safetensors"
@@ -195,11 +195,11 @@ def test_train_reuse_command_writes_heads_that_load_only_with_their_model(vidseg
 def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
     import json
 
-    from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
     from vidseg_cli.models.registry import backbone
-    from vidseg_cli.reuse.heads import ReuseConfig, ReuseHeads
-    from vidseg_cli.train.reuse import save_heads
-    from vidseg_cli.train.vos import save_model
+    from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.vos.reuse.heads import ReuseConfig, ReuseHeads
+    from vidseg_cli.vos.reuse.train import save_heads
+    from vidseg_cli.vos.train import save_model
     from vidseg_cli.weights.registry import file_sha256
 
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)

@@ -353,8 +353,8 @@ def _sparse_dataset(root: Path, keep: set[int]) -> Path:
 
 
 def test_bench_pairs_annotations_by_frame_name(vidseg, tmp_path):
-    from vidseg_cli.bench.dataset import load_davis
     from vidseg_cli.metrics.davis import boundary_f_measure, region_similarity
+    from vidseg_cli.vos.davis import load_davis
 
     root = _sparse_dataset(tmp_path / "data", {0, 10, 19})
     [sequence] = load_davis(root)

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vidseg_cli.engine.directions import DirectionPlan, combine, fuse
-from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.io.sinks import Prediction, save_palette_png
 from vidseg_cli.options import EventOptions
 from vidseg_cli.synthetic import frames
+from vidseg_cli.vos.directions import DirectionPlan, combine, fuse
+from vidseg_cli.vos.events import EventTracker
 
 
 def _frame_folder(root: Path, length: int, objects: int = 1, seed: int = 5, size=(96, 128)) -> tuple[Path, list[np.ndarray]]:

@@ -112,10 +112,10 @@ def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
     """Configurations interleave frame by frame, each with its own bank: a configuration run
     beside others scores exactly as it does alone (here a stand-in network labels every pixel
     with the number of memory slots it read)."""
-    from vidseg_cli.bench import semseg as bench
     from vidseg_cli.memory.slot import Slot
     from vidseg_cli.metrics.segmentation import ConfusionMatrix
     from vidseg_cli.options import MemoryOptions
+    from vidseg_cli.semseg import bench
 
     def count_slots(network, bank, image, index, size, device):
         labels = np.full(image.shape[:2], len(bank.slots) if bank is not None else 0, np.uint8)
@@ -142,7 +142,7 @@ def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
 
 
 def test_each_model_labels_at_its_own_size_unless_told():
-    from vidseg_cli.bench.semseg import semseg_configs
+    from vidseg_cli.semseg.bench import semseg_configs
 
     models = ["semseg-camvid", "mine.safetensors"]
     own = semseg_configs(models, ["fifo"], [3], [None], [None], [None])
@@ -154,7 +154,7 @@ def test_each_model_labels_at_its_own_size_unless_told():
 
 def test_flow_warped_agreement_is_one_for_a_still_scene():
     cv2 = pytest.importorskip("cv2")
-    from vidseg_cli.bench.semseg import label_agreement, warp_labels
+    from vidseg_cli.semseg.bench import label_agreement, warp_labels
 
     rng = np.random.default_rng(0)
     grey = (rng.random((40, 60)) * 255).astype(np.uint8)
@@ -166,7 +166,7 @@ def test_flow_warped_agreement_is_one_for_a_still_scene():
 def test_enet_class_weights_favour_rare_classes():
     import torch
 
-    from vidseg_cli.train.semseg import _class_weights
+    from vidseg_cli.semseg.train import _class_weights
 
     labels = [[torch.tensor([[0, 0, 0, 0, 0, 0, 1, 3]]), torch.tensor([[0, 0, 3, 3]])]]
     assert _class_weights("none", labels, 3, void=3) is None

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.models.backbone import MBConv
-from vidseg_cli.sparse.blocks import block_geometry, mbconv_at
-from vidseg_cli.sparse.gather import conv_at, depthwise_at, needed_inputs, same_padding
+from vidseg_cli.vos.sparse.blocks import block_geometry, mbconv_at
+from vidseg_cli.vos.sparse.gather import conv_at, depthwise_at, needed_inputs, same_padding
 
 
 def _random_selection(size: tuple[int, int], share: float, seed: int = 0) -> torch.Tensor:
@@ -100,7 +100,7 @@ def test_counted_flops_scale_with_the_computed_share():
 
 
 def test_gates_start_dense_and_decide_only_their_policies():
-    from vidseg_cli.sparse.gates import COMPUTE, REUSE, SKIP, TripleGate
+    from vidseg_cli.vos.sparse.gates import COMPUTE, REUSE, SKIP, TripleGate
 
     x, previous = torch.randn(1, 8, 9, 10), torch.randn(1, 8, 9, 10)
     for mode, allowed in [("static", {SKIP, COMPUTE}), ("residual", {REUSE, COMPUTE}), ("triple", {SKIP, REUSE, COMPUTE})]:
@@ -115,7 +115,7 @@ def test_gates_start_dense_and_decide_only_their_policies():
 
 
 def test_gumbel_straight_through_is_one_hot_forward_and_soft_backward():
-    from vidseg_cli.sparse.gates import TripleGate, compose
+    from vidseg_cli.vos.sparse.gates import TripleGate, compose
 
     torch.manual_seed(0)
     gate = TripleGate(4, stride=1, mode="triple")
@@ -133,7 +133,7 @@ def test_gumbel_straight_through_is_one_hot_forward_and_soft_backward():
 
 
 def test_sparsity_losses():
-    from vidseg_cli.sparse.gates import global_loss, layer_loss, relaxed_bounds
+    from vidseg_cli.vos.sparse.gates import global_loss, layer_loss, relaxed_bounds
 
     assert relaxed_bounds(0.0, 0.4) == (0.4, 0.4) and relaxed_bounds(1.0, 0.4) == (0.0, 1.0)
     shares = [torch.tensor(0.2), torch.tensor(0.9)]
@@ -159,7 +159,7 @@ def _random_mbconv(kernel: int, stride: int, expand: int, cin: int, cout: int) -
     [(3, 1, 1, 8, 8), (3, 2, 6, 4, 6), (5, 2, 6, 6, 10), (3, 1, 6, 6, 6), (5, 1, 6, 10, 10)],
 )
 def test_mbconv_tiles_equal_the_dense_block_on_computed_tiles(kernel, stride, expand, cin, cout):
-    from vidseg_cli.sparse.tiles import mbconv_tiles, scatter_tiles, tile_grid
+    from vidseg_cli.vos.sparse.tiles import mbconv_tiles, scatter_tiles, tile_grid
 
     block = _random_mbconv(kernel, stride, expand, cin, cout)
     x = torch.randn(1, cin, 29, 37)
@@ -175,7 +175,7 @@ def test_mbconv_tiles_equal_the_dense_block_on_computed_tiles(kernel, stride, ex
 
 
 def test_tile_work_scales_with_the_computed_share():
-    from vidseg_cli.sparse.tiles import mbconv_tiles, tile_grid
+    from vidseg_cli.vos.sparse.tiles import mbconv_tiles, tile_grid
 
     block = _random_mbconv(3, 2, 6, 16, 24)
     x = torch.randn(1, 16, 64, 96)
@@ -195,7 +195,7 @@ def test_tile_work_scales_with_the_computed_share():
 
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_conv_tiles_equal_the_dense_conv_on_computed_tiles_of_a_batch(kernel):
-    from vidseg_cli.sparse.tiles import conv_tiles, scatter_tiles, tile_grid
+    from vidseg_cli.vos.sparse.tiles import conv_tiles, scatter_tiles, tile_grid
 
     torch.manual_seed(4)
     conv = torch.nn.Conv2d(5, 7, kernel, padding=kernel // 2)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone
-from vidseg_cli.sparse.gates import COMPUTE, REUSE, SKIP
-from vidseg_cli.sparse.model import SparseModel
-from vidseg_cli.sparse.network import (
+from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.sparse.gates import COMPUTE, REUSE, SKIP
+from vidseg_cli.vos.sparse.model import SparseModel
+from vidseg_cli.vos.sparse.network import (
     LayerState,
     Shares,
     SparseConfig,
@@ -146,10 +146,10 @@ def test_relaxed_blocks_equal_dense_when_computing_and_send_gradients_to_the_gat
 
 def test_a_sparse_session_runs_memory_frames_dense_and_writes_only_them():
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.engine.session import VOSSession
-    from vidseg_cli.engine.sparse import SparseTracker
     from vidseg_cli.options import MemoryOptions
     from vidseg_cli.synthetic import frames
+    from vidseg_cli.vos.session import VOSSession
+    from vidseg_cli.vos.sparse.state import SparseTracker
 
     torch.manual_seed(0)
     base = MemoryNetwork(backbone(), TINY)
@@ -244,10 +244,10 @@ def test_reuse_far_gates_never_reuse_within_32_pixels_of_an_object():
 
 def test_a_sparse_session_gives_the_gates_the_last_frames_objects():
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.engine.session import VOSSession
-    from vidseg_cli.engine.sparse import SparseTracker
     from vidseg_cli.options import MemoryOptions
     from vidseg_cli.synthetic import frames
+    from vidseg_cli.vos.session import VOSSession
+    from vidseg_cli.vos.sparse.state import SparseTracker
 
     torch.manual_seed(0)
     base = MemoryNetwork(backbone(), TINY)
@@ -289,7 +289,7 @@ def test_train_sparse_can_tune_the_heads_that_read_sparse_features(vidseg, tmp_p
 
 
 def _tiny_model_files(tmp_path):
-    from vidseg_cli.train.vos import save_model
+    from vidseg_cli.vos.train import save_model
 
     base, other = tmp_path / "base.safetensors", tmp_path / "other.safetensors"
     torch.manual_seed(0)

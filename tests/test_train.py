@@ -9,17 +9,17 @@ from PIL import Image
 from safetensors import safe_open
 
 from vidseg_cli.engine.job import make_bank
-from vidseg_cli.engine.session import VOSSession
+from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion, fam
 from vidseg_cli.memory.readout import attend
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion, fam
-from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone, create_vos_model
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames, write_davis
-from vidseg_cli.train.data import MAX_OBJECTS, Clip, ClipSampler
 from vidseg_cli.train.losses import bootstrapped_nll
-from vidseg_cli.train.vos import TrainConfig, Trainer, clip_loss, make_generator
+from vidseg_cli.vos.clips import MAX_OBJECTS, Clip, ClipSampler
+from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.session import VOSSession
+from vidseg_cli.vos.train import TrainConfig, Trainer, clip_loss, make_generator
 from vidseg_cli.weights.registry import file_sha256
 
 TINY = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
@@ -346,7 +346,7 @@ def test_calibrate_picks_a_bias_and_top_k_by_j_and_f_and_keeps_the_tuned_blocks(
 def test_every_validated_model_is_kept_and_the_best_is_named(dataset, tmp_path):
     from safetensors import safe_open as open_safetensors
 
-    from vidseg_cli.train.vos import run_training
+    from vidseg_cli.vos.train import run_training
 
     trainer = _trainer(dataset, tmp_path, steps=4)
     scores = iter([{"J&F": 0.5}, {"J&F": 0.7}, {"J&F": 0.6}, {"J&F": 0.4}])

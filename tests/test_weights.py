@@ -10,9 +10,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import backbone, create_vos_model
-from vidseg_cli.train.vos import save_model
+from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.train import save_model
 from vidseg_cli.weights import registry as weights_registry
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"

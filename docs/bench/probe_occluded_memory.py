@@ -12,7 +12,7 @@ from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.semseg import samples
 from vidseg_cli.semseg.data import class_list, load_labelled
 from vidseg_cli.semseg.model import SemsegConfig, load_semseg
-from vidseg_cli.train.semseg import SemsegTrainConfig, SemsegTrainer
+from vidseg_cli.semseg.train import SemsegTrainConfig, SemsegTrainer
 
 share = float(sys.argv[1]); out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
 original = samples.SemsegSampler.sample

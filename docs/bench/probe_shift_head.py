@@ -8,7 +8,7 @@ import torch
 
 from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.model import PredictorConfig
-from vidseg_cli.train.predict import PredictTrainConfig, PredictTrainer
+from vidseg_cli.predict.train import PredictTrainConfig, PredictTrainer
 
 radius, steps = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(2)

@@ -50,8 +50,8 @@ def jobs_for(rows: list[Row], defaults: SegmentOptions, resume: bool) -> list[Jo
 
 def run_job(job: Job) -> dict:
     """One row, start to end: its JSON result line, never an exception (but Ctrl-C)."""
-    from vidseg_cli.engine.segment import segment  # torch: loaded once per process
     from vidseg_cli.io.outputs import AlreadyComplete
+    from vidseg_cli.vos.segment import segment  # torch: loaded once per process
 
     result = {"row": job.row.number, "line": job.row.line, "input": str(job.options.input), "out": str(job.out)}
     start = time.perf_counter()

@@ -15,13 +15,8 @@ import torch
 from rich.table import Table
 
 from vidseg_cli import __version__
-from vidseg_cli.bench.dataset import load_davis
-from vidseg_cli.bench.long import long_run
 from vidseg_cli.bench.plots import plot_long, plot_prediction, plot_results, plot_semseg
-from vidseg_cli.bench.predict import predict_configs, run_predict_bench, test_sequences
 from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS, SEMSEG_COLUMNS
-from vidseg_cli.bench.runner import FLOP_EVERY, configs, run
-from vidseg_cli.bench.semseg import run_semseg_bench, semseg_configs
 from vidseg_cli.cli.common import comma_list, json_text, stderr
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
@@ -29,7 +24,12 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_atomically
 from vidseg_cli.models.registry import learned_runtime
 from vidseg_cli.options import DEFAULT_SIZE, FUSIONS, LONG_HEIGHT, LONG_WIDTH, POLICIES
+from vidseg_cli.predict.bench import predict_configs, run_predict_bench, test_sequences
+from vidseg_cli.semseg.bench import run_semseg_bench, semseg_configs
 from vidseg_cli.synthetic import write_davis
+from vidseg_cli.vos.bench import FLOP_EVERY, configs, run
+from vidseg_cli.vos.davis import load_davis
+from vidseg_cli.vos.long import long_run
 
 # the built-in benchmark: six synthetic scenes of 50 frames at 480x270, with 2 and 3 objects
 BENCH_SET = {"sequences": 6, "length": 50, "height": 270, "width": 480, "style": "scene"}

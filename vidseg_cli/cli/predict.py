@@ -67,7 +67,7 @@ def predict_command(
         format=format.value, compare=compare, stream=stream, force=force, resume=resume, device=device.value,
     )
     fix_threads(threads)
-    from vidseg_cli.engine import predict as engine  # torch: imported when a command runs
+    from vidseg_cli.predict import job as engine  # torch: imported when a command runs
 
     if stream:
         done = engine.stream(options, print_json_line)

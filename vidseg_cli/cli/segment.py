@@ -143,7 +143,7 @@ def segment_command(
         checkpoint_seconds=checkpoint_seconds,
     )
     fix_threads(threads)
-    from vidseg_cli.engine.segment import segment  # torch: imported when a command runs
+    from vidseg_cli.vos.segment import segment  # torch: imported when a command runs
 
     with progress_bar("segmenting") as advance:
         summary = segment(options, advance, events=print_json_line if events == "-" else None)

@@ -68,7 +68,7 @@ def semseg_command(
         read=read.value if read else None, radius=radius, size=size, runtime=runtime.value, format=format.value, force=force, resume=resume, device=device.value,
     )
     fix_threads(threads)
-    from vidseg_cli.engine.semseg import semseg  # torch: imported when a command runs
+    from vidseg_cli.semseg.job import semseg  # torch: imported when a command runs
 
     with progress_bar("labelling") as advance:
         summary = semseg(options, advance)

@@ -17,16 +17,13 @@ from typing import Annotated
 import torch
 import typer
 
-from vidseg_cli.bench.dataset import load_davis
-from vidseg_cli.bench.runner import Config, evaluate
 from vidseg_cli.cli.common import Device, DeviceOption, comma_list, install_hint, stderr, user_errors
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import MARKER, refuse_existing, resolve_output
+from vidseg_cli.memory.fusion_cell import FUSION_CANDIDATES
 from vidseg_cli.memory.policies import UPDATE_RULES
-from vidseg_cli.models.fusion_cell import FUSION_CANDIDATES
-from vidseg_cli.models.memnet import MemNetConfig, MemoryNetwork
 from vidseg_cli.models.registry import (
     DEFAULT_VOS_MODEL,
     backbone,
@@ -36,15 +33,18 @@ from vidseg_cli.models.registry import (
     with_settings,
 )
 from vidseg_cli.options import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions
-from vidseg_cli.reuse.heads import ReuseConfig
 from vidseg_cli.signals import Terminated, interrupted_code
-from vidseg_cli.sparse.gates import POLICIES
-from vidseg_cli.sparse.network import TUNABLE_HEADS, SparseConfig
-from vidseg_cli.train.data import ClipSampler
 from vidseg_cli.train.loop import CHECKPOINT
-from vidseg_cli.train.reuse import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
-from vidseg_cli.train.sparse import LAYER_COSTS, SparseTrainConfig, SparseTrainer
-from vidseg_cli.train.vos import (
+from vidseg_cli.vos.bench import Config, evaluate
+from vidseg_cli.vos.clips import ClipSampler
+from vidseg_cli.vos.davis import load_davis
+from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.reuse.heads import ReuseConfig
+from vidseg_cli.vos.reuse.train import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
+from vidseg_cli.vos.sparse.gates import POLICIES
+from vidseg_cli.vos.sparse.network import TUNABLE_HEADS, SparseConfig
+from vidseg_cli.vos.sparse.train import LAYER_COSTS, SparseTrainConfig, SparseTrainer
+from vidseg_cli.vos.train import (
     TRAINED_PARTS,
     TrainConfig,
     Trainer,
@@ -405,7 +405,7 @@ def train_predict_command(
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
     from vidseg_cli.predict.model import PredictorConfig
-    from vidseg_cli.train.predict import LOSSES, PredictTrainConfig, PredictTrainer
+    from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer
 
     if not lr > 0:
         raise VidsegError("--lr must be positive")
@@ -493,7 +493,7 @@ def train_semseg_command(
     from vidseg_cli.models.registry import backbone
     from vidseg_cli.semseg.data import class_list, load_labelled, load_splits
     from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, load_semseg
-    from vidseg_cli.train.semseg import CLASS_WEIGHTS, SemsegTrainConfig, SemsegTrainer
+    from vidseg_cli.semseg.train import CLASS_WEIGHTS, SemsegTrainConfig, SemsegTrainer
 
     class_table = class_list(classes)
     void = len(class_table) if void is None else void

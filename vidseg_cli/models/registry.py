@@ -14,14 +14,14 @@ from safetensors import SafetensorError, safe_open
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.models.backbone import LITE_REPEATS, EfficientNetLite
-from vidseg_cli.models.base import VOSModel
-from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
-from vidseg_cli.models.propagate import PropagateConfig, PropagationModel
 from vidseg_cli.options import DEFAULT_VOS_MODEL, RUNTIMES  # noqa: F401 - re-exported
-from vidseg_cli.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
-from vidseg_cli.reuse.model import ReuseModel
-from vidseg_cli.sparse.model import SparseModel
-from vidseg_cli.sparse.network import (
+from vidseg_cli.vos.base import VOSModel
+from vidseg_cli.vos.memnet import ARCH, MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.propagate import PropagateConfig, PropagationModel
+from vidseg_cli.vos.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
+from vidseg_cli.vos.reuse.model import ReuseModel
+from vidseg_cli.vos.sparse.model import SparseModel
+from vidseg_cli.vos.sparse.network import (
     SPARSE_ARCH,
     TUNED_PREFIX,
     SparseConfig,

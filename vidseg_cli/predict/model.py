@@ -35,9 +35,9 @@ from torch import nn
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.bank import MemoryBank, write_all
+from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.weights.registry import entry, resolve
 
 ARCH = "predict-stremn"

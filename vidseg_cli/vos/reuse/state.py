@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.options import REUSE_MODES, ReuseOptions  # noqa: F401 - re-exported
-from vidseg_cli.reuse.model import ReuseModel, Stride8Frame
+from vidseg_cli.vos.aggregate import aggregate
+from vidseg_cli.vos.reuse.model import ReuseModel, Stride8Frame
 
 
 class ReuseTracker:

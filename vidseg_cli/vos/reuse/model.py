@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.models.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
-from vidseg_cli.reuse.heads import ReuseHeads
+from vidseg_cli.vos.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
+from vidseg_cli.vos.reuse.heads import ReuseHeads
 
 
 @dataclass(frozen=True)

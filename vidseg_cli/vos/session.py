@@ -14,13 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidseg_cli.engine.aggregate import aggregate
-from vidseg_cli.engine.reuse import ReuseTracker
-from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.engine.threads import adapt
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.models.base import EncodedFrame, VOSModel
+from vidseg_cli.vos.aggregate import aggregate
+from vidseg_cli.vos.base import EncodedFrame, VOSModel
+from vidseg_cli.vos.reuse.state import ReuseTracker
+from vidseg_cli.vos.sparse.state import SparseTracker
 
 
 @dataclass

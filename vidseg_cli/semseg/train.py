@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vidseg_cli.engine.semseg import label_frame
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import FIFO
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.semseg.data import LabelledSequence, read_label
+from vidseg_cli.semseg.job import label_frame
 from vidseg_cli.semseg.model import ARCH, SemsegConfig, SemsegNetwork
 from vidseg_cli.semseg.samples import SemsegSampler, _rgb, batch
 from vidseg_cli.train.loop import load_run_state, run_steps, save_run_state

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.models.memnet import MemNetFrame
 from vidseg_cli.options import SPARSE_WRITE_EVERY, SparseOptions  # noqa: F401 - re-exported
-from vidseg_cli.sparse.model import SparseModel
-from vidseg_cli.sparse.network import LayerState, Shares, observe_objects
+from vidseg_cli.vos.memnet import MemNetFrame
+from vidseg_cli.vos.sparse.model import SparseModel
+from vidseg_cli.vos.sparse.network import LayerState, Shares, observe_objects
 
 
 class SparseTracker:

@@ -18,7 +18,7 @@ from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.memory.readout import ReadConfig, read_memory
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import EfficientNetLite
-from vidseg_cli.models.refine import refine_upsample
+from vidseg_cli.vos.refine import refine_upsample
 
 
 @dataclass(frozen=True)

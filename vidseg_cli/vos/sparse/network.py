@@ -47,9 +47,9 @@ from vidseg_cli.models.backbone import (
     Features,
     MBConv,
 )
-from vidseg_cli.models.memnet import Decoder
-from vidseg_cli.sparse.gates import COMPUTE, REUSE, TripleGate, compose, layer_policies
-from vidseg_cli.sparse.tiles import (
+from vidseg_cli.vos.memnet import Decoder
+from vidseg_cli.vos.sparse.gates import COMPUTE, REUSE, TripleGate, compose, layer_policies
+from vidseg_cli.vos.sparse.tiles import (
     conv_region,
     conv_tiles,
     mbconv_region,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.models.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
-from vidseg_cli.sparse.network import (
+from vidseg_cli.vos.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
+from vidseg_cli.vos.sparse.network import (
     LayerState,
     Shares,
     SparseGates,

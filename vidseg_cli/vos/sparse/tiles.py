@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.models.backbone import MBConv, conv_bn, folded
-from vidseg_cli.sparse.blocks import block_geometry
+from vidseg_cli.vos.sparse.blocks import block_geometry
 
 
 def tile_grid(out_size: tuple[int, int], tile: int) -> tuple[int, int]:

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.engine.semseg import _bank, class_table, label_frame
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import natural_key, open_frames
 from vidseg_cli.io.images import is_listed_image
@@ -36,6 +35,7 @@ from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.models.registry import with_runtime
 from vidseg_cli.options import NO_MEMORY, POLICIES, RUNTIMES, SEMSEG_READS, MemoryOptions, SemsegOptions
 from vidseg_cli.semseg.data import load_labelled, read_label
+from vidseg_cli.semseg.job import _bank, class_table, label_frame
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
 
 

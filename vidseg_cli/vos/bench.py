@@ -18,10 +18,16 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.bench.dataset import Sequence
 from vidseg_cli.engine.job import peak_rss_bytes
-from vidseg_cli.engine.reuse import ReuseOptions
-from vidseg_cli.engine.segment import (
+from vidseg_cli.io.frames import FolderSource
+from vidseg_cli.io.sinks import save_palette_png
+from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
+from vidseg_cli.models.registry import runtime_of
+from vidseg_cli.options import MemoryOptions
+from vidseg_cli.vos.base import VOSModel
+from vidseg_cli.vos.davis import Sequence
+from vidseg_cli.vos.reuse.state import ReuseOptions
+from vidseg_cli.vos.segment import (
     build_model,
     check_tta,
     make_session,
@@ -29,13 +35,7 @@ from vidseg_cli.engine.segment import (
     validate_memory,
     validate_size,
 )
-from vidseg_cli.engine.sparse import SPARSE_WRITE_EVERY, SparseOptions
-from vidseg_cli.io.frames import FolderSource
-from vidseg_cli.io.sinks import save_palette_png
-from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
-from vidseg_cli.models.base import VOSModel
-from vidseg_cli.models.registry import runtime_of
-from vidseg_cli.options import MemoryOptions
+from vidseg_cli.vos.sparse.state import SPARSE_WRITE_EVERY, SparseOptions
 
 
 @dataclass(frozen=True)

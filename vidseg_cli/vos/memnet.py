@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import EfficientNetLite, Features
-from vidseg_cli.models.fusion_cell import FusionCell, LearnedFusion
 
 ARCH = "memnet"
 

@@ -34,14 +34,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.models.memnet import MemoryNetwork
-from vidseg_cli.reuse.heads import (
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
+from vidseg_cli.vos.aggregate import aggregate
+from vidseg_cli.vos.clips import Clip, ClipSampler
+from vidseg_cli.vos.memnet import MemoryNetwork
+from vidseg_cli.vos.reuse.heads import (
     REUSE_ARCH,
     ReuseConfig,
     ReuseHeads,
@@ -50,9 +52,7 @@ from vidseg_cli.reuse.heads import (
     gate_target,
     mask_iou,
 )
-from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
-from vidseg_cli.train.vos import frame_at, on_grid
+from vidseg_cli.vos.train import frame_at, on_grid
 
 HEADS = "reuse.safetensors"
 

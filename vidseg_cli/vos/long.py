@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vidseg_cli.bench.runner import Config
 from vidseg_cli.engine.job import make_bank
-from vidseg_cli.engine.segment import fusion_for
-from vidseg_cli.engine.session import VOSSession
 from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import LONG_HEIGHT, LONG_WIDTH
 from vidseg_cli.synthetic import frames
+from vidseg_cli.vos.bench import Config
+from vidseg_cli.vos.segment import fusion_for
+from vidseg_cli.vos.session import VOSSession
 
 POINTS = 100  # samples kept per series
 # Small frames: stm's cost grows with every slot (10,000 frames -> 2,000 slots), and at

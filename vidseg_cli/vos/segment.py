@@ -13,20 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidseg_cli.engine import checkpoint
-from vidseg_cli.engine.directions import (
-    BACKWARD,
-    BackwardPass,
-    DirectionPlan,
-    combine,
-    parse_ends,
-    prediction_of,
-)
-from vidseg_cli.engine.events import EventTracker
 from vidseg_cli.engine.job import default_output, make_bank, peak_rss_bytes, pick_device
-from vidseg_cli.engine.reuse import ReuseTracker
-from vidseg_cli.engine.session import StepResult, VOSSession
-from vidseg_cli.engine.sparse import SparseTracker
 from vidseg_cli.engine.threads import threads_used, use_all_cores
 from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame, FrameSource, open_frames
@@ -36,7 +23,6 @@ from vidseg_cli.io.outputs import StagedFile, StagedOutput, check_complete, refu
 from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell
 from vidseg_cli.memory.fusion import TrainingFreeFusion
-from vidseg_cli.models.base import VOSModel
 from vidseg_cli.models.registry import (
     create_reuse_model,
     create_sparse_model,
@@ -56,6 +42,20 @@ from vidseg_cli.options import (
     SegmentOptions,
     SparseOptions,
 )
+from vidseg_cli.vos import checkpoint
+from vidseg_cli.vos.base import VOSModel
+from vidseg_cli.vos.directions import (
+    BACKWARD,
+    BackwardPass,
+    DirectionPlan,
+    combine,
+    parse_ends,
+    prediction_of,
+)
+from vidseg_cli.vos.events import EventTracker
+from vidseg_cli.vos.reuse.state import ReuseTracker
+from vidseg_cli.vos.session import StepResult, VOSSession
+from vidseg_cli.vos.sparse.state import SparseTracker
 
 Progress = Callable[[int, int | None], None]
 

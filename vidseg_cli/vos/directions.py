@@ -32,18 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidseg_cli.engine.aggregate import aggregate
-from vidseg_cli.engine.session import (
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.io.frames import FrameSource
+from vidseg_cli.io.masks import MaskReader
+from vidseg_cli.io.sinks import Prediction
+from vidseg_cli.vos.aggregate import aggregate
+from vidseg_cli.vos.session import (
     StepResult,
     VOSSession,
     argmax_channels,
     certain_where_given,
     keep_given_pixels,
 )
-from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.frames import FrameSource
-from vidseg_cli.io.masks import MaskReader
-from vidseg_cli.io.sinks import Prediction
 
 FORWARD, BACKWARD = "forward", "backward"
 

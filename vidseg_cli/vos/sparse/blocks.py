@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vidseg_cli.models.backbone import MBConv, bn_affine
-from vidseg_cli.sparse.gather import (
+from vidseg_cli.vos.sparse.gather import (
     conv_at,
     depthwise_at,
     needed_inputs,

@@ -30,13 +30,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.models.memnet import MemoryNetwork
-from vidseg_cli.sparse.gates import global_loss, layer_loss, relaxed_bounds
-from vidseg_cli.sparse.network import (
+from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
+from vidseg_cli.train.losses import bootstrapped_nll
+from vidseg_cli.vos.aggregate import aggregate
+from vidseg_cli.vos.clips import Clip, ClipSampler
+from vidseg_cli.vos.memnet import MemoryNetwork
+from vidseg_cli.vos.sparse.gates import global_loss, layer_loss, relaxed_bounds
+from vidseg_cli.vos.sparse.network import (
     SPARSE_ARCH,
     TUNED_PREFIX,
     LayerState,
@@ -48,10 +51,7 @@ from vidseg_cli.sparse.network import (
     relaxed_runner,
     run_backbone,
 )
-from vidseg_cli.train.data import Clip, ClipSampler
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
-from vidseg_cli.train.losses import bootstrapped_nll
-from vidseg_cli.train.vos import on_grid
+from vidseg_cli.vos.train import on_grid
 
 TUNED_LR_SCALE = 1 / 3  # tuned heads learn slower than the gates: they start trained
 GATES = "gates.safetensors"

@@ -23,16 +23,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vidseg_cli.engine.aggregate import aggregate
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.models.memnet import ARCH, MemNetConfig, MemoryNetwork
-from vidseg_cli.train.data import Clip, ClipSampler
 from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, polyak_decay, save_run_state
 from vidseg_cli.train.losses import bootstrapped_nll
+from vidseg_cli.vos.aggregate import aggregate
+from vidseg_cli.vos.clips import Clip, ClipSampler
+from vidseg_cli.vos.memnet import ARCH, MemNetConfig, MemoryNetwork
 
 MODEL = "model.safetensors"
 BEST_MODEL = "model-best.safetensors"  # the validated model with the highest J&F

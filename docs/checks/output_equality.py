@@ -1,0 +1,126 @@
+"""Are two installs of vidseg the same tool? Run the same jobs with each and compare.
+
+    python docs/checks/output_equality.py run  --vidseg /old/venv/bin/vidseg --out /tmp/before
+    python docs/checks/output_equality.py run  --vidseg vidseg               --out /tmp/after
+    python docs/checks/output_equality.py compare /tmp/before /tmp/after
+
+``run`` writes every output of segment, semseg, predict and bench on the shared data, then
+``manifest.json``: the sha256 of each output file, and each bench report with its timings
+(FPS, latency, memory: they differ from run to run) removed. ``compare`` lists what differs and
+exits 1 if anything does. Used for the refactor of issue 36; any change that claims to keep
+behaviour can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TIMING = ("fps", "latency", "ms", "rss", "memory_mb", "seconds", "time", "wall", "peak", "threads", "cpu")
+
+
+def jobs(out: Path, digits: Path) -> dict[str, list[str]]:
+    """Each job's arguments; outputs go under ``out``."""
+    examples = DATA / "examples"
+    return {
+        "segment": ["segment", str(examples / "images/judo"), "--mask", str(examples / "masks/judo"),
+                    "--resize-mask", "--out", str(out / "segment"), "--format", "all"],
+        "semseg": ["semseg", str(DATA / "camvid/val"), "--out", str(out / "semseg")],
+        "predict": ["predict", str(digits), "--context", "10", "--frames", "10", "--out", str(out / "predict")],
+        "bench-vos": ["bench", "--data", str(DATA / "davis16/val-dev"), "--sequences", "blackswan",
+                      "--memory", "stremn,first-last", "--json"],
+        "bench-semseg": ["bench", "--task", "semseg", "--data", str(DATA / "camvid"), "--split", "val", "--json"],
+        "bench-predict": ["bench", "--task", "predict", "--limit", "50", "--timed", "2", "--json"],
+    }
+
+
+def moving_digits(folder: Path) -> Path:
+    """A 20-frame 64x64 clip of two digits bouncing, the same for every install (fixed seed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = np.load(Path(__file__).resolve().parents[2] / "vidseg_cli/predict/example_digits.npz")
+    digits = images["digits"][:2]
+    position = rng.uniform(0, 36, (2, 2))
+    velocity = rng.uniform(-3, 3, (2, 2))
+    for t in range(20):
+        frame = np.zeros((64, 64), np.uint8)
+        for digit, (y, x) in zip(digits, position.astype(int)):
+            frame[y : y + 28, x : x + 28] = np.maximum(frame[y : y + 28, x : x + 28], digit)
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+        position += velocity
+        bounce = (position < 0) | (position > 36)
+        velocity[bounce] *= -1
+        position = position.clip(0, 36)
+    return folder
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not any(word in k.lower() for word in TIMING)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def run(vidseg: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=False)
+    digits = moving_digits(out / "inputs/digits")
+    manifest: dict[str, object] = {}
+    for name, args in jobs(out, digits).items():
+        print(f"{name}: {vidseg} {' '.join(args)}", file=sys.stderr)
+        done = subprocess.run([vidseg, *args], capture_output=True, text=True, cwd=out)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed ({done.returncode}): {done.stderr[-2000:]}")
+        if args[0] == "bench":
+            manifest[name] = without_timings(json.loads(done.stdout))
+        else:
+            folder = out / name
+            manifest[name] = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                              for p in sorted(folder.rglob("*")) if p.is_file()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def compare(before: Path, after: Path) -> int:
+    old = json.loads((before / "manifest.json").read_text())
+    new = json.loads((after / "manifest.json").read_text())
+    differences = 0
+    for job in sorted(set(old) | set(new)):
+        if old.get(job) == new.get(job):
+            print(f"{job}: identical ({len(old[job]) if isinstance(old[job], dict) else 'report'} entries)")
+            continue
+        differences += 1
+        a, b = old.get(job), new.get(job)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            print(f"{job}: DIFFERS in {len(changed)} entries, e.g. {changed[:5]}")
+        else:
+            print(f"{job}: DIFFERS")
+    return 1 if differences else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    runner = sub.add_parser("run")
+    runner.add_argument("--vidseg", default="vidseg")
+    runner.add_argument("--out", type=Path, required=True)
+    comparer = sub.add_parser("compare")
+    comparer.add_argument("before", type=Path)
+    comparer.add_argument("after", type=Path)
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.vidseg, args.out)
+    else:
+        sys.exit(compare(args.before, args.after))
+
+
+if __name__ == "__main__":
+    main()
