@@ -8,9 +8,9 @@ import torch
 
 from vidseg_cli.engine.job import make_bank
 from vidseg_cli.io.frames import _upright
-from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.session import VOSSession, aggregate
 
 

@@ -23,10 +23,10 @@ from vidseg_cli.metrics.davis import (
     region_similarity,
     statistics,
 )
-from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames, write_davis
 from vidseg_cli.vos.davis import first_appearances, load_davis
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.session import VOSSession
 
 

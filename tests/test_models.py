@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import EfficientNetLite, MBConv, SameConv2d, conv_bn
-from vidseg_cli.models.registry import VOS_MODELS, backbone, create_vos_model
+from vidseg_cli.models.registry import backbone
 from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.models import VOS_MODELS, create_vos_model
 from vidseg_cli.vos.refine import box_filter, refine_upsample
 from vidseg_cli.weights.registry import entry, registry, verify, weight_path
 

@@ -166,9 +166,10 @@ def test_a_gate_below_tau_computes():
 
 
 def test_train_reuse_command_writes_heads_that_load_only_with_their_model(vidseg, tmp_path):
-    from vidseg_cli.models.registry import backbone, create_reuse_model
+    from vidseg_cli.models.registry import backbone
     from vidseg_cli.synthetic import write_davis
     from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+    from vidseg_cli.vos.reuse.model import create_reuse_model
     from vidseg_cli.vos.train import save_model
 
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)

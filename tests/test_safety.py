@@ -320,7 +320,7 @@ def test_a_model_file_missing_tensors_of_a_tuned_block_is_refused(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from vidseg_cli.models.registry import load_memnet
+    from vidseg_cli.vos.models import load_memnet
     from vidseg_cli.weights.registry import resolve
 
     with safe_open(str(resolve("vos-effl0")), framework="pt") as handle:

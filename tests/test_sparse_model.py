@@ -266,8 +266,9 @@ def test_a_sparse_session_gives_the_gates_the_last_frames_objects():
 
 
 def test_train_sparse_can_tune_the_heads_that_read_sparse_features(vidseg, tmp_path):
-    from vidseg_cli.models.registry import create_sparse_model, create_vos_model
     from vidseg_cli.synthetic import write_davis
+    from vidseg_cli.vos.models import create_vos_model
+    from vidseg_cli.vos.sparse.model import create_sparse_model
 
     base, _ = _tiny_model_files(tmp_path)
     data = write_davis(tmp_path / "davis", sequences=1, length=8, height=64, width=96)
@@ -300,8 +301,8 @@ def _tiny_model_files(tmp_path):
 
 @pytest.mark.slow
 def test_train_sparse_writes_gates_that_segment_and_bench_run(vidseg, tmp_path, clip):
-    from vidseg_cli.models.registry import create_sparse_model
     from vidseg_cli.synthetic import write_davis
+    from vidseg_cli.vos.sparse.model import create_sparse_model
 
     base, other = _tiny_model_files(tmp_path)
     data = write_davis(tmp_path / "davis", sequences=1, length=8, height=64, width=96)

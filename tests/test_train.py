@@ -12,12 +12,13 @@ from vidseg_cli.engine.job import make_bank
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion, fam
 from vidseg_cli.memory.readout import attend
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.models.registry import backbone, create_vos_model
+from vidseg_cli.models.registry import backbone
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.synthetic import frames, write_davis
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.vos.clips import MAX_OBJECTS, Clip, ClipSampler
 from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.session import VOSSession
 from vidseg_cli.vos.train import TrainConfig, Trainer, clip_loss, make_generator
 from vidseg_cli.weights.registry import file_sha256

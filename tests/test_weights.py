@@ -10,8 +10,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from vidseg_cli.models.registry import backbone, create_vos_model
+from vidseg_cli.models.registry import backbone
 from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.train import save_model
 from vidseg_cli.weights import registry as weights_registry
 

@@ -21,11 +21,12 @@ import torch
 
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.io.frames import FolderSource
-from vidseg_cli.models.registry import create_sparse_model, create_vos_model
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.vos.bench import Config, Result, _run_one
 from vidseg_cli.vos.davis import load_davis
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.sparse.gates import COMPUTE, REUSE, TripleGate
+from vidseg_cli.vos.sparse.model import create_sparse_model
 from vidseg_cli.vos.sparse.state import SparseOptions
 
 SIZE, WRITE_EVERY = 360, 5

@@ -24,14 +24,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import MARKER, refuse_existing, resolve_output
 from vidseg_cli.memory.fusion_cell import FUSION_CANDIDATES
 from vidseg_cli.memory.policies import UPDATE_RULES
-from vidseg_cli.models.registry import (
-    DEFAULT_VOS_MODEL,
-    backbone,
-    create_vos_model,
-    load_memnet,
-    model_identity,
-    with_settings,
-)
+from vidseg_cli.models.registry import DEFAULT_VOS_MODEL, backbone
 from vidseg_cli.options import MAX_SIZE, MAX_SLOTS, MIN_SIZE, MemoryOptions
 from vidseg_cli.signals import Terminated, interrupted_code
 from vidseg_cli.train.loop import CHECKPOINT
@@ -39,6 +32,7 @@ from vidseg_cli.vos.bench import Config, evaluate
 from vidseg_cli.vos.clips import ClipSampler
 from vidseg_cli.vos.davis import load_davis
 from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
+from vidseg_cli.vos.models import create_vos_model, load_memnet, model_identity, with_settings
 from vidseg_cli.vos.reuse.heads import ReuseConfig
 from vidseg_cli.vos.reuse.train import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
 from vidseg_cli.vos.sparse.gates import POLICIES

@@ -38,7 +38,7 @@ from vidseg_cli.memory.bank import MemoryBank, write_all
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.weights.registry import entry, resolve
+from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
 STACK = 3  # frames per input step
@@ -217,13 +217,7 @@ def load_predictor(path: Path) -> Predictor:
 
 def create_predictor(name: str, device: torch.device | str = "cpu") -> Predictor:
     """A predictor by weights.toml name or .safetensors path, in eval mode on ``device``."""
-    if name.endswith(".safetensors"):
-        return load_predictor(Path(name)).to(device)
-    spec = entry(name)
-    if spec.task != "predict":
-        raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a video predictor")
-    model = load_predictor(resolve(name))
-    listed = spec.fields.get("config")  # weights.toml lists each learned model's architecture
-    if listed is None or PredictorConfig.from_json(json.dumps(listed)) != model.config:
-        raise VidsegError(f"{name}: the file's architecture {model.config} differs from weights.toml's {listed}")
+    spec = checkpoint(name, "predict")
+    model = load_predictor(spec.path)
+    spec.check_listed(model.config, lambda listed: PredictorConfig.from_json(json.dumps(listed)))
     return model.to(device)

@@ -286,20 +286,13 @@ def load_semseg(path: Path, new_memory: SemsegConfig | None = None) -> tuple[Sem
 
 def create_semseg(name: str, device: torch.device | str = "cpu") -> tuple[SemsegNetwork, dict[str, str]]:
     """A semseg network by weights.toml name or .safetensors path, in eval mode on ``device``."""
-    from vidseg_cli.weights.registry import entry, resolve
+    from vidseg_cli.weights.registry import checkpoint
 
-    if name.endswith(".safetensors"):
-        network, metadata = load_semseg(Path(name))
-        return network.to(device), metadata
-    spec = entry(name)
-    if spec.task != "semseg":
-        raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a semseg model")
-    network, metadata = load_semseg(resolve(name))
-    listed = spec.fields.get("config")  # weights.toml lists each learned model's architecture
-    if listed is None or _listed_config(listed) != network.config:
-        raise VidsegError(f"{name}: the file's architecture {network.config} differs from weights.toml's {listed}")
-    if spec.fields.get("backbone") != network.backbone.variant:
-        raise VidsegError(f"{name}: the file's trunk is {network.backbone.variant}, weights.toml lists {spec.fields.get('backbone')}")
+    spec = checkpoint(name, "semseg")
+    network, metadata = load_semseg(spec.path)
+    spec.check_listed(network.config, _listed_config)
+    if spec.entry is not None and spec.entry.fields.get("backbone") != network.backbone.variant:
+        raise VidsegError(f"{name}: the file's trunk is {network.backbone.variant}, weights.toml lists {spec.entry.fields.get('backbone')}")
     return network.to(device), metadata
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from vidseg_cli.engine.job import make_bank
-from vidseg_cli.models.registry import create_vos_model
 from vidseg_cli.options import LONG_HEIGHT, LONG_WIDTH
 from vidseg_cli.synthetic import frames
 from vidseg_cli.vos.bench import Config
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.segment import fusion_for
 from vidseg_cli.vos.session import VOSSession
 

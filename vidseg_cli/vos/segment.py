@@ -23,13 +23,7 @@ from vidseg_cli.io.outputs import StagedFile, StagedOutput, check_complete, refu
 from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell
 from vidseg_cli.memory.fusion import TrainingFreeFusion
-from vidseg_cli.models.registry import (
-    create_reuse_model,
-    create_sparse_model,
-    create_vos_model,
-    runtime_of,
-    with_runtime,
-)
+from vidseg_cli.models.registry import runtime_of, with_runtime
 from vidseg_cli.options import (
     DIRECTIONS,
     FUSIONS,
@@ -53,8 +47,11 @@ from vidseg_cli.vos.directions import (
     prediction_of,
 )
 from vidseg_cli.vos.events import EventTracker
+from vidseg_cli.vos.models import create_vos_model
+from vidseg_cli.vos.reuse.model import create_reuse_model
 from vidseg_cli.vos.reuse.state import ReuseTracker
 from vidseg_cli.vos.session import StepResult, VOSSession
+from vidseg_cli.vos.sparse.model import create_sparse_model
 from vidseg_cli.vos.sparse.state import SparseTracker
 
 Progress = Callable[[int, int | None], None]

@@ -13,7 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
@@ -53,6 +53,55 @@ def entry(name: str) -> Entry:
     except KeyError:
         known = ", ".join(sorted(registry()))
         raise VidsegError(f"unknown checkpoint {name!r}; known: {known}") from None
+
+
+TASK_NOUNS = {
+    "vos": "VOS model",
+    "semseg": "semseg model",
+    "predict": "video predictor",
+    "reuse": "set of reuse heads",
+    "sparse": "set of sparse gates",
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model name resolved once, handed down to whatever builds the model: its weights.toml
+    entry and verified file, or a .safetensors file given by path (``entry`` None). ``path`` is
+    None for an entry built from other entries (``propagate``)."""
+
+    name: str
+    path: Path | None
+    entry: Entry | None
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The file's sha256; a listed file was verified against its pin when resolved."""
+        return self.entry.sha256 if self.entry is not None else file_sha256(self.path)
+
+    def check_listed(self, actual: Any, parse: Callable[[dict], Any]) -> None:
+        """weights.toml lists each learned model's architecture; its file must carry the same."""
+        if self.entry is None:
+            return
+        listed = self.entry.fields.get("config")
+        if listed is None:
+            raise VidsegError(f"weights.toml entry {self.name!r} lacks its architecture config")
+        if parse(listed) != actual:
+            raise VidsegError(f"{self.name}: the file's architecture {actual} differs from weights.toml's {listed}")
+
+
+def checkpoint(name: str, task: str) -> Checkpoint:
+    """A weights.toml name of a ``task`` model, or a .safetensors file, resolved (downloaded
+    if needed) and verified."""
+    if name.endswith(".safetensors"):
+        path = Path(name)
+        if not path.is_file():
+            raise VidsegError(f"model file not found: {path}")
+        return Checkpoint(name, path, None)
+    spec = entry(name)
+    if spec.task != task:
+        raise VidsegError(f"checkpoint {name!r} is a {spec.task} model, not a {TASK_NOUNS[task]}")
+    return Checkpoint(name, None if spec.source == "builtin" else resolve(name), spec)
 
 
 def weight_path(name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,8 +11,10 @@ import torch.nn.functional as F
 
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
+from vidseg_cli.models.registry import load_strict
 from vidseg_cli.vos.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
-from vidseg_cli.vos.reuse.heads import ReuseHeads
+from vidseg_cli.vos.models import load_addon
+from vidseg_cli.vos.reuse.heads import REUSE_ARCH, ReuseConfig, ReuseHeads
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,11 @@ class ReuseModel(ExtendedMemoryNetwork):
     def to_stride8_grid(probs: torch.Tensor, partial: Stride8Frame) -> torch.Tensor:
         """(O, h4, w4) -> (O, 1, h8, w8): the score map S as the heads see it."""
         return F.interpolate(probs[:, None], size=partial.s8.shape[-2:], mode="area")
+
+
+def create_reuse_model(model: str, heads: str, device: torch.device | str = "cpu") -> ReuseModel:
+    """A learned VOS model with Reuse-VOS heads (a weights.toml name or a file from
+    ``vidseg train reuse``), which must have been trained on that very model."""
+    base, state, metadata, path = load_addon(model, heads, REUSE_ARCH, "reuse heads", "reuse", device)
+    module = load_strict(ReuseHeads(ReuseConfig(**json.loads(metadata["config"]))), state, path)
+    return ReuseModel(base, module).to(device).eval()

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.slot import Slot
+from vidseg_cli.models.registry import load_strict
 from vidseg_cli.vos.memnet import ExtendedMemoryNetwork, MemNetFrame, MemoryNetwork
+from vidseg_cli.vos.models import load_addon
 from vidseg_cli.vos.sparse.network import (
+    SPARSE_ARCH,
+    TUNED_PREFIX,
     LayerState,
     Shares,
+    SparseConfig,
     SparseGates,
     dense_runner,
     run_backbone,
@@ -55,3 +63,28 @@ class SparseModel(ExtendedMemoryNetwork):
 
     def _frame(self, features) -> MemNetFrame:
         return MemNetFrame(self.base.keys(features)[0], features)
+
+
+def create_sparse_model(model: str, gates: str, mode: str, device: torch.device | str = "cpu") -> SparseModel:
+    """A learned VOS model with SpVOS gates (a weights.toml name or a file from
+    ``vidseg train sparse``) trained on that very model for that mode."""
+    base, state, metadata, path = load_addon(model, gates, SPARSE_ARCH, "sparse gates", "sparse", device)
+    config = SparseConfig.from_dict(json.loads(metadata["config"]))
+    if config.mode != mode:
+        raise VidsegError(f"sparse gates {gates} are for --sparse {config.mode}, not {mode}")
+    tuned = {k[len(TUNED_PREFIX):]: v for k, v in state.items() if k.startswith(TUNED_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(TUNED_PREFIX)}
+    if config.tuned:
+        base = _with_tuned_heads(base, tuned, config.tuned, path)
+    module = load_strict(SparseGates(config, base.backbone, base.heads.decoder), state, path)
+    return SparseModel(base, module).to(device).eval()
+
+
+def _with_tuned_heads(model: MemoryNetwork, state: dict[str, torch.Tensor], names: tuple[str, ...], path: Path) -> MemoryNetwork:
+    """A copy of ``model`` whose named heads hold the tensors trained with the gates (the
+    registry's model is shared; its own heads stay as they are)."""
+    tuned = model.with_own_heads()
+    for name in names:
+        own = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        load_strict(getattr(tuned.heads, name), own, path)
+    return tuned
