@@ -360,7 +360,7 @@ def test_every_validated_model_is_kept_and_the_best_is_named(dataset, tmp_path):
 
 @pytest.mark.parametrize(("signal_", "code", "word"), [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "terminated")])
 def test_ctrl_c_saves_a_checkpoint_that_resume_goes_on_from(vidseg, dataset, tmp_path, monkeypatch, signal_, code, word):
-    import vidseg_cli.cli.train as train_cli
+    from vidseg_cli.cli.train import vos as train_cli
     from vidseg_cli.signals import Terminated
 
     def one_step_then_ctrl_c(trainer, log, *args, **kwargs):

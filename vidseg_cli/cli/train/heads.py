@@ -1,0 +1,149 @@
+"""`vidseg train reuse` and `vidseg train sparse`: add-ons trained on a frozen VOS model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vidseg_cli.cli.common import Device, comma_list, user_errors
+from vidseg_cli.cli.train.run_folder import (
+    CheckpointEvery,
+    Crop,
+    DavisData,
+    Resume,
+    Seed,
+    StartOver,
+    TrainDevice,
+    crop_size,
+    prepare,
+    train_in,
+)
+from vidseg_cli.engine.job import pick_device
+from vidseg_cli.engine.threads import use_all_cores
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.options import DEFAULT_VOS_MODEL
+from vidseg_cli.vos.clips import ClipSampler
+from vidseg_cli.vos.memnet import MemoryNetwork
+from vidseg_cli.vos.models import create_vos_model, model_identity
+from vidseg_cli.vos.reuse.heads import ReuseConfig
+from vidseg_cli.vos.reuse.train import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
+from vidseg_cli.vos.sparse.gates import POLICIES
+from vidseg_cli.vos.sparse.network import TUNABLE_HEADS, SparseConfig
+from vidseg_cli.vos.sparse.train import LAYER_COSTS, SparseTrainConfig, SparseTrainer
+from vidseg_cli.vos.train import make_generator
+
+GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
+SparseCost = Enum("SparseCost", {name: name for name in LAYER_COSTS}, type=str)
+SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=str)
+
+
+@user_errors
+def train_reuse_command(
+    data: DavisData,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, reuse.safetensors, config.json, train.log.")],
+    model: Annotated[str, typer.Option(help="The learned VOS model the heads serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
+    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = ReuseTrainConfig.steps,
+    seed: Seed = 0,
+    clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: memory, one full frame, then reused frames.")] = ReuseTrainConfig.clip_length,
+    crop: Crop = "256x384",
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = ReuseTrainConfig.lr,
+    max_gap: Annotated[int, typer.Option(min=1, help="Widest gap between clip frames.")] = ReuseTrainConfig.max_gap,
+    margin: Annotated[float, typer.Option(help="m1: the gate target's floor, reached halfway (eq 4).")] = ReuseTrainConfig.margin,
+    tolerance: Annotated[float, typer.Option(help="m2: gate errors below it cost the same (eq 5).")] = ReuseTrainConfig.tolerance,
+    gate_target: Annotated[GateTarget, typer.Option(help="What P_gate learns: IoU of the reused mask with the full network's (full) or of consecutive true masks (ground-truth, eq 4).")] = GateTarget.full,
+    strictness: Annotated[float, typer.Option(help="The full target's exponent: > 1 asks for closer agreement at a given tau.")] = ReuseTrainConfig.strictness,
+    checkpoint_every: CheckpointEvery = 250,
+    device: TrainDevice = Device.auto,
+    resume: Resume = False,
+    force: StartOver = False,
+) -> None:
+    """Train Reuse-VOS's heads (template matching, reuse gate, delta generator, refine translator)
+    on a frozen learned VOS model."""
+    if clip_length < 3:
+        raise VidsegError("--clip-length must be at least 3: a memory frame, a full frame and a reused one")
+    if not 0.0 <= margin <= 1.0 or not 0.0 <= tolerance <= 1.0:
+        raise VidsegError("--margin and --tolerance are probabilities in [0, 1]")
+    if strictness <= 0:
+        raise VidsegError("--strictness must be positive")
+    use_all_cores()
+    target = pick_device(device.value)
+    base = create_vos_model(model, target)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--model {model}: reuse heads need a learned memory network (arch memnet)")
+    heads = ReuseConfig(refined_dim=base.config.decoder_dims[1])  # the translator speaks the decoder's R8
+    config = ReuseTrainConfig(steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap,
+                              margin=margin, tolerance=tolerance, gate_target=gate_target.value,
+                              strictness=strictness, seed=seed, heads=heads)
+    prepare(out, resume, force, [data, model])
+    rng = make_generator(seed)
+    trainer = ReuseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
+
+    def run(log: Callable[[str], None]) -> Path:
+        trainer.run(log, checkpoint_every=checkpoint_every)
+        return trainer.save_heads(model_identity(model))
+
+    train_in(out, trainer, config, resume, lambda step: f"training reuse heads for {model}: {config.steps} steps from step {step} on {target} (seed {seed})", run)
+
+
+@user_errors
+def train_sparse_command(
+    data: DavisData,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, gates.safetensors, config.json, train.log.")],
+    mode: Annotated[SparseGateMode, typer.Option(help="static (skip or compute), residual (reuse or compute) or triple.")] = SparseGateMode.triple,
+    model: Annotated[str, typer.Option(help="The learned VOS model the gates serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
+    target: Annotated[float, typer.Option(help="t_s: the share of the gated work to compute (eqs 11-12).")] = SparseTrainConfig.target,
+    tile: Annotated[int, typer.Option(help="Output pixels per tile side: one gate decision per tile.")] = SparseConfig.tile,
+    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = SparseTrainConfig.steps,
+    seed: Seed = 0,
+    clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: two dense memory frames, then sparse ones.")] = SparseTrainConfig.clip_length,
+    crop: Crop = "256x384",
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = SparseTrainConfig.lr,
+    max_gap: Annotated[int, typer.Option(min=1, help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
+    gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
+    cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
+    object_aware: Annotated[bool, typer.Option(help="Gates also read where the objects were on the last frame (their probabilities, dilated by 32 and 96 pixels).")] = True,
+    reuse_far: Annotated[bool, typer.Option(help="Gates may reuse only farther than 32 pixels from the last frame's objects (needs --object-aware).")] = False,
+    tune: Annotated[str, typer.Option(help="Heads of the memory network to train with the gates, comma-separated: key, decoder (none by default). The gates file carries them.")] = "",
+    checkpoint_every: CheckpointEvery = 250,
+    device: TrainDevice = Device.auto,
+    resume: Resume = False,
+    force: StartOver = False,
+) -> None:
+    """Train SpVOS's triple gates (or a baseline's) in the backbone of a frozen learned VOS model."""
+    if clip_length < 3:
+        raise VidsegError("--clip-length must be at least 3: two memory frames and a sparse one")
+    if not 0.0 < target <= 1.0:
+        raise VidsegError("--target is a share of the work in (0, 1]")
+    if tile < 1:
+        raise VidsegError("--tile must be at least 1")
+    if reuse_far and not object_aware:
+        raise VidsegError("--reuse-far needs --object-aware: it reads where the objects were")
+    tuned = tuple(comma_list(tune, option="--tune"))
+    unknown = sorted(set(tuned) - set(TUNABLE_HEADS))
+    if unknown:
+        raise VidsegError(f"--tune {unknown[0]!r}: choose from {', '.join(TUNABLE_HEADS)}")
+    use_all_cores()
+    device_ = pick_device(device.value)
+    base = create_vos_model(model, device_)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
+    config = SparseTrainConfig(
+        steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
+        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, reuse_far=reuse_far, tuned=tuned), cost=cost.value,
+    )
+    prepare(out, resume, force, [data, model])
+    rng = make_generator(seed)
+    trainer = SparseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, device_)
+
+    def run(log: Callable[[str], None]) -> Path:
+        if trainer.layer_seconds is not None:
+            log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
+        trainer.run(log, checkpoint_every=checkpoint_every)
+        return trainer.save_gates(model_identity(model))
+
+    train_in(out, trainer, config, resume, lambda step: f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {step} on {device_} (seed {seed})", run)
+

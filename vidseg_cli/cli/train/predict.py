@@ -1,0 +1,98 @@
+"""`vidseg train predict`: the video predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vidseg_cli.cli.common import Device, user_errors
+from vidseg_cli.cli.train.run_folder import (
+    CheckpointEvery,
+    Resume,
+    Seed,
+    StartOver,
+    TrainDevice,
+    open_run,
+    train_in,
+)
+from vidseg_cli.errors import VidsegError
+from vidseg_cli.options import MAX_SLOTS, MemoryOptions
+
+
+@user_errors
+def train_predict_command(
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, predictor.safetensors, config.json, train.log.")],
+    data: Annotated[str, typer.Option(metavar="mmnist|DIR", help="mmnist: Moving MNIST generated from --digits; DIR: a folder of videos (or frame folders) to learn from.")] = "mmnist",
+    digits: Annotated[Path | None, typer.Option(help="MNIST digits for --data mmnist (mnist_5k.csv.gz: 784 pixels, then the label, 500 a class).")] = None,
+    val: Annotated[Path | None, typer.Option(help="DIR data: a folder of other videos to validate on (default: fixed windows of the training videos).")] = None,
+    size: Annotated[int, typer.Option(min=16, max=512, help="DIR data: the short side frames are brought to (a multiple of 4).")] = 64,
+    colour: Annotated[bool, typer.Option("--colour/--grey", help="DIR data: learn colour frames or grey ones.")] = False,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 20_000,
+    batch: Annotated[int, typer.Option(min=1, max=1024, help="Sequences per step, each with its own memory bank.")] = 16,
+    teacher_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps over which true future frames are phased out as inputs (scheduled sampling; 0: always the model's own).")] = 0.5,
+    seed: Seed = 0,
+    lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = 1e-3,
+    memory: Annotated[str, typer.Option(help="Memory policy while training: stremn, fifo, first-last, stm.")] = "stremn",
+    slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="Memory slots.")] = 5,
+    update: Annotated[str, typer.Option(help="stremn update rule.")] = "C",
+    loss: Annotated[str, typer.Option(metavar="shrinkage|mse", help="Main loss: STReMN's shrinkage loss on L1 and L2, or the squared error (what MSE scores; under uncertainty L1 prefers a blank frame, L2 a blur).")] = "shrinkage",
+    gradient_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss.")] = 0.1,
+    width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
+    blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
+    shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt per-patch distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
+    val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
+    checkpoint_every: CheckpointEvery = 250,
+    device: TrainDevice = Device.auto,
+    resume: Resume = False,
+    force: StartOver = False,
+) -> None:
+    """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
+    from vidseg_cli.engine.job import make_bank
+    from vidseg_cli.predict.model import PredictorConfig
+    from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer
+
+    if not lr > 0:
+        raise VidsegError("--lr must be positive")
+    if loss not in LOSSES:
+        raise VidsegError(f"unknown --loss {loss!r}; choose from {', '.join(LOSSES)}")
+    make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
+    source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
+    config = PredictTrainConfig(
+        steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
+        loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
+        model=PredictorConfig(
+            width=width, blocks=blocks, channels=source.channels, frame_height=source.height, frame_width=source.width,
+            shift_radius=shift_radius,
+        ),
+    )
+    target = open_run(out, resume, force, inputs, device)
+    trainer = PredictTrainer(source, config, out, target, val_source)
+    train_in(
+        out, trainer, config, resume,
+        lambda step: f"training the predictor: {config.steps} steps from step {step} on {target} (seed {seed})",
+        lambda log: trainer.run(log, val_every=val_every, checkpoint_every=checkpoint_every),
+        on_stop=trainer.save_model,  # the averaged model is usable at any step
+    )
+
+
+def _prediction_clips(data: str, digits: Path | None, val: Path | None, size: int, channels: int):
+    """(training source, validation source, input paths) for --data mmnist|DIR."""
+    from vidseg_cli.predict.clips import MovingMnist, VideoClips
+
+    if data == "mmnist":
+        if digits is None:
+            raise VidsegError("--data mmnist generates Moving MNIST from --digits FILE (mnist_5k.csv.gz)")
+        if val is not None:
+            raise VidsegError("--val is for --data DIR; Moving MNIST validates on its own sequences")
+        return MovingMnist(digits), None, [digits]
+    if size % 4:
+        raise VidsegError(f"--size {size}: the predictor works on 4x4 patches, so a multiple of 4")
+    source = VideoClips(Path(data), size, channels)
+    val_source = VideoClips(val, size, channels) if val is not None else None
+    if val_source is not None and (val_source.height, val_source.width) != (source.height, source.width):
+        raise VidsegError(f"--val videos come out {val_source.width}x{val_source.height}, training ones {source.width}x{source.height}: give videos of one aspect")
+    return source, val_source, [Path(data), *([val] if val is not None else [])]
+
