@@ -11,7 +11,9 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import Frame, natural_key, open_frames
 from vidseg_cli.io.masks import MaskReader, parse_mask_args
 from vidseg_cli.io.palette import davis_palette
-from vidseg_cli.io.sinks import LabelVideoSink, OverlaySink, Prediction, save_palette_png
+from vidseg_cli.io.sink import Prediction
+from vidseg_cli.io.sinks import save_palette_png
+from vidseg_cli.io.video_sinks import LabelVideoSink, OverlaySink
 
 
 def labels_image(h: int = 31, w: int = 45) -> np.ndarray:

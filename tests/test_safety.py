@@ -20,6 +20,7 @@ from conftest import leftovers
 from PIL import Image
 
 import vidseg_cli.io.sinks as sinks
+import vidseg_cli.io.video_sinks as video_sinks
 from vidseg_cli.cli.common import json_text
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FolderSource
@@ -158,7 +159,7 @@ def test_disk_full_fails_the_run_and_publishes_nothing(vidseg, tmp_path, clip, m
     if where == "png":
         monkeypatch.setattr(sinks, "save_palette_png", full)
     else:
-        monkeypatch.setattr(sinks.OverlaySink, "close", full)
+        monkeypatch.setattr(video_sinks.OverlaySink, "close", full)
     out = tmp_path / "out"
     run = vidseg("segment", clip[0], "--mask", clip[1], "--out", out, "--format", "all", "--size", "64")
     assert "No space left on device" in one_line_error(run, code=1)

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vidseg_cli.io.sinks import Prediction, save_palette_png
+from vidseg_cli.io.sink import Prediction
+from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.options import EventOptions
 from vidseg_cli.synthetic import frames
 from vidseg_cli.vos.directions import DirectionPlan, combine, fuse

@@ -16,7 +16,8 @@ from vidseg_cli.engine.threads import adapt, threads_used, use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import open_frames
 from vidseg_cli.io.outputs import StagedOutput, check_complete, run_fingerprint
-from vidseg_cli.io.sinks import Colours, Prediction, open_sinks, write_all, write_error
+from vidseg_cli.io.sink import Colours, Prediction
+from vidseg_cli.io.sinks import open_sinks, write_all, write_error
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.models.registry import with_runtime

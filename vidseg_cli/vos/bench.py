@@ -25,16 +25,10 @@ from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
 from vidseg_cli.models.registry import runtime_of
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.vos.base import VOSModel
+from vidseg_cli.vos.checks import check_tta, validate_memory, validate_size
 from vidseg_cli.vos.davis import Sequence
 from vidseg_cli.vos.reuse.state import ReuseOptions
-from vidseg_cli.vos.segment import (
-    build_model,
-    check_tta,
-    make_session,
-    sparse_gates_name,
-    validate_memory,
-    validate_size,
-)
+from vidseg_cli.vos.segment import build_model, make_session, sparse_gates_name
 from vidseg_cli.vos.sparse.state import SPARSE_WRITE_EVERY, SparseOptions
 
 

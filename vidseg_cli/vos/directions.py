@@ -35,7 +35,7 @@ import torch
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.frames import FrameSource
 from vidseg_cli.io.masks import MaskReader
-from vidseg_cli.io.sinks import Prediction
+from vidseg_cli.io.sink import Prediction
 from vidseg_cli.vos.aggregate import aggregate
 from vidseg_cli.vos.session import (
     StepResult,

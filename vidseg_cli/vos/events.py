@@ -16,13 +16,18 @@ lines that is late by a few frames but never wrong about where.
 
 from __future__ import annotations
 
+import json
+import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from vidseg_cli.io.sinks import Prediction
-from vidseg_cli.options import EventOptions
+from vidseg_cli.io.outputs import StagedFile
+from vidseg_cli.io.sink import Prediction
+from vidseg_cli.options import EventOptions, SegmentOptions
 
 
 @dataclass
@@ -123,3 +128,44 @@ def object_stats(labels: np.ndarray, prediction: Prediction, object_id: int) -> 
         "centroid": [round(float(xs.mean()), 2), round(float(ys.mean()), 2)],
         "confidence": confidence,
     }
+
+
+class EventsOut:
+    """Event records to a file (staged, resumable) or to the caller (``-``: stdout)."""
+
+    def __init__(self, options: SegmentOptions, inputs: list[Path], callback: Callable[[dict], None] | None) -> None:
+        self.callback, self.file, self.handle = callback, None, None
+        if options.events not in (None, "-"):
+            self.file = StagedFile(Path(options.events), force=options.force, inputs=inputs, resumable=True)
+            self.handle = open(self.file.staging, "r+" if options.resume else "w")  # noqa: SIM115
+            self.file.on_close(self.handle.close)
+
+    def __call__(self, record: dict) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record) + "\n")
+        elif self.callback is not None:
+            self.callback(record)
+
+    def checkpoint(self) -> int | None:
+        if self.handle is None:
+            return None
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        return self.handle.tell()
+
+    def resume(self, offset: int | None) -> None:
+        if self.handle is not None and offset is not None:
+            self.handle.truncate(offset)
+            self.handle.seek(offset)
+
+    def commit(self) -> None:
+        if self.file is not None:
+            self.file.commit()
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.abort()
+
+    def keep(self) -> None:
+        if self.file is not None:
+            self.file.keep()

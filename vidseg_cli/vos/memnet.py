@@ -6,7 +6,7 @@ stride-16 features joined with its mask through a light strided-conv path (as ST
 the key encoder's features instead of running a second backbone). Reading is STM attention
 (L2 affinity, top-k) over every slot; a decoder with stride-8 and stride-4 skips turns each
 object's readout into logits on the stride-4 grid, and the session's soft aggregation
-combines objects. The STReMN fusion cell is part of the model (models/fusion_cell.py).
+combines objects. The STReMN fusion cell is part of the model (memory/fusion_cell.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class MemNetConfig:
     mask_dim: int = 32
     decoder_dims: tuple[int, int, int] = (96, 48, 32)  # at strides 16, 8, 4
     fusion_hidden: int = 64
-    fusion_candidate: str = "tanh"  # eq 8 as published; "aligned" (models/fusion_cell.py)
+    fusion_candidate: str = "tanh"  # eq 8 as published; "aligned" (memory/fusion_cell.py)
     topk: int = 20  # memory pixels each query pixel reads from; 0 = all
     # Added to every object logit: a calibration chosen after training by `vidseg train
     # calibrate` on validation data (0 while training).
@@ -249,7 +249,7 @@ class MemoryNetwork(nn.Module):
         repeated = Features(*(t.repeat_interleave(o, dim=0) for t in (features.s4, features.s8, features.s16)))
         return self.heads.decoder(readout.flatten(0, 1), repeated, run).view(b, o, *features.s4.shape[-2:])
 
-    # -- the session's interface (models/base.py), one frame at a time --
+    # -- the session's interface (vos/base.py), one frame at a time --
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> MemNetFrame:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,18 +17,14 @@ from vidseg_cli.errors import OutputError, VidsegError, os_error_text
 from vidseg_cli.io.frames import Frame, FrameSource, open_frames
 from vidseg_cli.io.images import warn
 from vidseg_cli.io.masks import MaskFile, MaskReader, parse_mask_args
-from vidseg_cli.io.outputs import StagedFile, StagedOutput, check_complete, refuse_existing, resolve_output
-from vidseg_cli.io.sinks import Prediction, Sink, needs_probabilities, open_sinks, write_all
+from vidseg_cli.io.outputs import StagedOutput, check_complete, resolve_output
+from vidseg_cli.io.sink import Prediction, Sink
+from vidseg_cli.io.sinks import needs_probabilities, open_sinks, write_all
 from vidseg_cli.memory.bank import FusionCell
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.models.registry import runtime_of, with_runtime
 from vidseg_cli.options import (
-    DIRECTIONS,
     FUSIONS,
-    MAX_SIZE,
-    MAX_SLOTS,
-    MIN_SIZE,
-    TTAS,
     MemoryOptions,
     ReuseOptions,
     SegmentOptions,
@@ -38,15 +32,24 @@ from vidseg_cli.options import (
 )
 from vidseg_cli.vos import checkpoint
 from vidseg_cli.vos.base import VOSModel
+from vidseg_cli.vos.checks import (
+    check_ends,
+    check_events_file,
+    check_masks,
+    check_tta,
+    say_renumbered,
+    validate_direction,
+    validate_memory,
+    validate_size,
+)
 from vidseg_cli.vos.directions import (
     BACKWARD,
     BackwardPass,
     DirectionPlan,
     combine,
-    parse_ends,
     prediction_of,
 )
-from vidseg_cli.vos.events import EventTracker
+from vidseg_cli.vos.events import EventsOut, EventTracker
 from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.reuse.model import create_reuse_model
 from vidseg_cli.vos.reuse.state import ReuseTracker
@@ -82,7 +85,7 @@ class SegmentSummary:
     memory_slots_max: int = 0
     memory_bytes_max: int = 0
     reused_frames: int = 0
-    repeated_frames: int = 0  # frames that repeated the last computed one (engine/session.py)
+    repeated_frames: int = 0  # frames that repeated the last computed one (vos/session.py)
     computed_share: float | None = None  # SpVOS: mean share of the gated backbone work computed
     outputs: list[str] = field(default_factory=list)
     renumbered_ids: dict[str, int] = field(default_factory=dict)  # 16-bit mask id -> object id
@@ -144,32 +147,6 @@ def make_session(
     )
 
 
-def check_tta(tta: str, reuse: ReuseOptions, sparse: SparseOptions) -> None:
-    if tta not in TTAS:
-        raise VidsegError(f"unknown --tta {tta!r}; choose from {', '.join(TTAS)}")
-    if tta != "none" and (reuse.enabled or sparse.enabled):
-        raise VidsegError("--tta flip cannot be combined with --reuse or --sparse: they skip work, it doubles it")
-
-
-def validate_memory(options: MemoryOptions, permanent: int) -> None:
-    if options.update not in ("A", "B", "C", "D"):
-        raise VidsegError(f"unknown --update {options.update!r}; choose A, B, C or D")
-    if options.slots < 1 or options.every < 1 or options.write_every < 1:
-        raise VidsegError("--slots, --every and --write-every must be at least 1")
-    if options.slots > MAX_SLOTS:
-        raise VidsegError(f"--slots {options.slots}: at most {MAX_SLOTS} memory slots")
-    if options.memory == "stremn" and options.slots < permanent + 1:
-        raise VidsegError(
-            f"--slots {options.slots} leaves no room: {permanent} mask frame(s) are kept permanently, "
-            f"so stremn needs at least {permanent + 1} slots"
-        )
-
-
-def validate_size(size: int) -> None:
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise VidsegError(f"--size {size}: the processing size must be between {MIN_SIZE} and {MAX_SIZE} pixels")
-
-
 def segment(
     options: SegmentOptions, progress: Progress | None = None, events: Callable[[dict], None] | None = None
 ) -> SegmentSummary:
@@ -184,19 +161,19 @@ def segment(
     source = open_frames(options.input)
     with contextlib.closing(source):
         reader = MaskReader(source.size, resize=options.resize_mask)
-        named = _check_masks(masks, reader, source)
-        plan = DirectionPlan(options.direction, named, _check_ends(options.ends, named, source))
-        _say_renumbered(reader.renumbered)
+        named = check_masks(masks, reader, source)
+        plan = DirectionPlan(options.direction, named, check_ends(options.ends, named, source))
+        say_renumbered(reader.renumbered)
         target = options.out or default_output(options.input)
         inputs = [options.input, *(mask.path for mask in masks), *(mask.source for mask in masks)]
         run = checkpoint.fingerprint(options)
         if options.resume:
             check_complete(target, run, inputs)  # a re-run of finished work: nothing to do
-        _check_events_file(options, resolve_output(target, inputs), inputs)
+        check_events_file(options, resolve_output(target, inputs), inputs)
         staged = StagedOutput(target, force=options.force, inputs=inputs, resume=options.resume, run=run)
         events_out = None
         try:
-            events_out = _EventsOut(options, inputs, events)
+            events_out = EventsOut(options, inputs, events)
             summary = _run(options, run, source, masks, reader, staged.staging, device, progress, plan, events_out)
             staged.commit()
             events_out.commit()
@@ -207,7 +184,7 @@ def segment(
     return summary
 
 
-def _fail(error: BaseException, staged: StagedOutput, events_out: _EventsOut | None) -> None:
+def _fail(error: BaseException, staged: StagedOutput, events_out: EventsOut | None) -> None:
     """Remove what a failed run staged, or keep it for ``--resume`` when a checkpoint is
     there and the failure is one a later run can get past (Ctrl-C, SIGTERM, a full disk)."""
     if isinstance(error, checkpoint.Mismatch):  # another run's checkpoint: not ours to remove
@@ -228,102 +205,6 @@ def _fail(error: BaseException, staged: StagedOutput, events_out: _EventsOut | N
         raise OutputError(f"{error}; {note}") from None
     error.note = note
     raise error
-
-
-class _EventsOut:
-    """Event records to a file (staged, resumable) or to the caller (``-``: stdout)."""
-
-    def __init__(self, options: SegmentOptions, inputs: list[Path], callback: Callable[[dict], None] | None) -> None:
-        self.callback, self.file, self.handle = callback, None, None
-        if options.events not in (None, "-"):
-            self.file = StagedFile(Path(options.events), force=options.force, inputs=inputs, resumable=True)
-            self.handle = open(self.file.staging, "r+" if options.resume else "w")  # noqa: SIM115
-            self.file.on_close(self.handle.close)
-
-    def __call__(self, record: dict) -> None:
-        if self.handle is not None:
-            self.handle.write(json.dumps(record) + "\n")
-        elif self.callback is not None:
-            self.callback(record)
-
-    def checkpoint(self) -> int | None:
-        if self.handle is None:
-            return None
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        return self.handle.tell()
-
-    def resume(self, offset: int | None) -> None:
-        if self.handle is not None and offset is not None:
-            self.handle.truncate(offset)
-            self.handle.seek(offset)
-
-    def commit(self) -> None:
-        if self.file is not None:
-            self.file.commit()
-
-    def abort(self) -> None:
-        if self.file is not None:
-            self.file.abort()
-
-    def keep(self) -> None:
-        if self.file is not None:
-            self.file.keep()
-
-
-def validate_direction(options: SegmentOptions) -> None:
-    if options.direction not in DIRECTIONS:
-        raise VidsegError(f"unknown --direction {options.direction!r}; choose from {', '.join(DIRECTIONS)}")
-    event = options.event_options
-    if event.after < 1 or not 0.0 <= event.min_share < 1.0:
-        raise VidsegError("--lost-after must be at least 1 frame and --lost-below a share of the frame in [0, 1)")
-
-
-def _check_events_file(options: SegmentOptions, output: Path, inputs: list[Path]) -> None:
-    """Before anything is created: the events file is no input, not inside the output
-    folder (which the run replaces), and replaces an existing file only with --force."""
-    if options.events in (None, "-"):
-        return
-    path = Path(options.events)
-    resolved = resolve_output(path, inputs)
-    if resolved == output or output in resolved.parents:
-        raise VidsegError(f"--events {path} lies inside the output folder {output}: write it elsewhere")
-    refuse_existing(resolved, options.force)
-
-
-def _say_renumbered(renumbered: dict[int, int]) -> None:
-    if renumbered:
-        pairs = ", ".join(f"{wide} -> {id_}" for wide, id_ in renumbered.items())
-        warn(f"16-bit mask ids above 255 renumbered (the outputs use the new ids): {pairs}")
-
-
-def _check_masks(masks: list[MaskFile], reader: MaskReader, source: FrameSource) -> dict[int, set[int]]:
-    """Fail before any work: unreadable, empty, wrongly sized or out-of-range masks.
-    Returns the object ids each masked frame's mask names."""
-    named: dict[int, set[int]] = {}
-    for mask in masks:
-        if source.count is not None and mask.frame >= source.count:
-            raise VidsegError(
-                f"mask {mask.path} is for frame {mask.frame}, but the video has {source.count} frames"
-            )
-        named[mask.frame] = {int(i) for i in np.unique(reader.read(mask.path)) if i}
-    return named
-
-
-def _check_ends(specs: tuple[str, ...], named: dict[int, set[int]], source: FrameSource) -> dict[int, int]:
-    """``--end ID:FRAME``: an object some mask names, ending after its first mask."""
-    ends = parse_ends(specs)
-    for object_id, end in ends.items():
-        first = min((frame for frame, ids in named.items() if object_id in ids), default=None)
-        if first is None:
-            raise VidsegError(f"--end {object_id}:{end}: no mask names object {object_id}")
-        if end <= first:
-            raise VidsegError(
-                f"--end {object_id}:{end}: object {object_id} is first named on frame {first}; it can only end after that"
-            )
-        if source.count is not None and end >= source.count:
-            raise VidsegError(f"--end {object_id}:{end}: the video has {source.count} frames")
-    return ends
 
 
 class _Stats:
@@ -362,7 +243,7 @@ def _run(
     device: torch.device,
     progress: Progress | None,
     plan: DirectionPlan,
-    events: _EventsOut,
+    events: EventsOut,
 ) -> SegmentSummary:
     use_all_cores(adaptive=True)
     model = build_model(
@@ -424,7 +305,7 @@ def _run(
 
 def _checkpoint(
     folder: Path, run: str, session: VOSSession, tracker: EventTracker | None, stats: _Stats,
-    sinks: list[Sink], events: _EventsOut, summary: SegmentSummary,
+    sinks: list[Sink], events: EventsOut, summary: SegmentSummary,
 ) -> None:
     """Everything needed to go on after frame ``summary.frames - 1``, saved atomically."""
     try:
@@ -444,7 +325,7 @@ def _checkpoint(
 
 def _resume(
     saved: dict, session: VOSSession, tracker: EventTracker | None, stats: _Stats, sinks: list[Sink],
-    events: _EventsOut, summary: SegmentSummary,
+    events: EventsOut, summary: SegmentSummary,
 ) -> None:
     session.restore(saved["session"])
     if tracker is not None and saved["tracker"] is not None:
@@ -466,7 +347,7 @@ def _prediction_for(
     frame: Frame, serving: dict[int, str], result: StepResult | None, backward: BackwardPass | None,
     mask: np.ndarray | None,
 ) -> Prediction:
-    """Each object from the pass that serves it on this frame (engine/directions.py)."""
+    """Each object from the pass that serves it on this frame (vos/directions.py)."""
     forward = prediction_of(result) if result is not None else None
     behind = backward.take(frame.index) if backward is not None and BACKWARD in serving.values() else None
     return combine(serving, forward, behind, frame.image.shape[:2], mask)

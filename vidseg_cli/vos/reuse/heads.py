@@ -116,7 +116,7 @@ class ReuseHeads(nn.Module):
 
 def gate_target(iou: torch.Tensor, margin: float) -> torch.Tensor:
     """Eq 4: P_target = max(m, IoU), m growing from 0 to m1 over training (the IoU is
-    eq 4's IoU(y_t, y_{t-n}) or the agreement with the full network: train/reuse.py)."""
+    eq 4's IoU(y_t, y_{t-n}) or the agreement with the full network: vos/reuse/train.py)."""
     return torch.clamp(iou, min=margin)
 
 
