@@ -19,12 +19,8 @@ def plot_results(report: dict, path: Path) -> None:
     """Left: J&F against FPS per configuration. Right: bank size against frame index on
     the longest sequence."""
     results = report["results"]
-    figure, (accuracy, memory) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    for result in results:
-        accuracy.scatter(result["fps"], 100 * result["J&F"], s=30)
-        accuracy.annotate(result["config"], (result["fps"], 100 * result["J&F"]), fontsize=7,
-                          xytext=(4, 3), textcoords="offset points")
-    _style(accuracy, "frames per second (end to end)", "J&F", f"{report['dataset']}: accuracy against speed")
+    figure, (accuracy, memory) = _two_panels()
+    _accuracy_against_speed(accuracy, results, "J&F", report["dataset"])
     longest = max(report["sequences"], key=lambda name: len(results[0]["sequences"][name]["memory_bytes"]))
     for result in results:
         series = result["sequences"][longest]["memory_bytes"]
@@ -36,7 +32,7 @@ def plot_results(report: dict, path: Path) -> None:
 
 def plot_long(report: dict, path: Path) -> None:
     """Bank size and per-frame latency against frame index for each configuration."""
-    figure, (memory, latency) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    figure, (memory, latency) = _two_panels()
     for result in report["results"]:
         series = result["series"]
         memory.plot(series["frame"], [b / _MB for b in series["memory_bytes"]], label=result["config"])
@@ -50,7 +46,7 @@ def plot_long(report: dict, path: Path) -> None:
 
 def plot_prediction(report: dict, path: Path) -> None:
     """Per-horizon MSE and SSIM of every configuration (frame 1 .. 10 after the context)."""
-    figure, (mse, similarity) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    figure, (mse, similarity) = _two_panels()
     for result in report["results"]:
         curves = result["per_horizon"]
         horizons = range(1, len(curves["mse"]) + 1)
@@ -67,12 +63,8 @@ def plot_prediction(report: dict, path: Path) -> None:
 def plot_semseg(report: dict, path: Path) -> None:
     """mIoU against FPS per configuration; per-class IoU of each configuration."""
     results = report["results"]
-    figure, (accuracy, classes) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
-    for result in results:
-        accuracy.scatter(result["fps"], 100 * result["miou"], s=30)
-        accuracy.annotate(result["config"], (result["fps"], 100 * result["miou"]), fontsize=7,
-                          xytext=(4, 3), textcoords="offset points")
-    _style(accuracy, "frames per second (end to end)", "mIoU", f"{report['dataset']}: accuracy against speed")
+    figure, (accuracy, classes) = _two_panels(width=13)
+    _accuracy_against_speed(accuracy, results, "miou", report["dataset"], name="mIoU")
     names = list(results[0]["class_iou"])
     width = 0.8 / len(results)
     for i, result in enumerate(results):
@@ -82,6 +74,19 @@ def plot_semseg(report: dict, path: Path) -> None:
     _style(classes, "class", "IoU", "per class")
     classes.legend(fontsize=7)
     _save(figure, path)
+
+
+def _two_panels(width: float = 12):
+    return plt.subplots(1, 2, figsize=(width, 4.8), layout="constrained")
+
+
+def _accuracy_against_speed(axes, results: list[dict], key: str, dataset: str, name: str | None = None) -> None:
+    """One labelled point per configuration: ``key`` (a share, drawn in %) against FPS."""
+    for result in results:
+        point = (result["fps"], 100 * result[key])
+        axes.scatter(*point, s=30)
+        axes.annotate(result["config"], point, fontsize=7, xytext=(4, 3), textcoords="offset points")
+    _style(axes, "frames per second (end to end)", name or key, f"{dataset}: accuracy against speed")
 
 
 def _style(axes, xlabel: str, ylabel: str, title: str) -> None:

@@ -9,49 +9,55 @@ import argparse
 import json
 from pathlib import Path
 
+
+def _fixed(key: str, digits: int, scale: float = 1.0):
+    """A column of one number of each result, ``-`` where the result has none."""
+    return lambda r: "-" if r.get(key) is None else f"{scale * r[key]:.{digits}f}"
+
+
+def _latency(digits: int):
+    return lambda r: "-" if r.get("fps") is None else f"{r['latency_ms_median']:.{digits}f} / {r['latency_ms_p90']:.{digits}f}"
+
+
+# Columns every task's table has, defined once; each task's table adds its own.
+_CONFIG = {"configuration": lambda r: r["config"]}
+_BANK_KB = {"bank (KB)": lambda r: f"{r['bank_bytes'] / 1024:.0f}"}
+
 _RESULT_COLUMNS = {
-    "configuration": lambda r: r["config"],
-    "J&F": lambda r: f"{r['J&F']:.3f}",
-    "J": lambda r: f"{r['J']:.3f}",
-    "F": lambda r: f"{r['F']:.3f}",
-    "FPS": lambda r: f"{r['fps']:.2f}",
-    "model FPS": lambda r: f"{r['model_fps']:.2f}",
-    "latency median / p90 (ms)": lambda r: f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f}",
-    "GFLOPs / frame": lambda r: "-" if r.get("gflops") is None else f"{r['gflops']:.1f}",
+    **_CONFIG,
+    "J&F": _fixed("J&F", 3), "J": _fixed("J", 3), "F": _fixed("F", 3),
+    "FPS": _fixed("fps", 2), "model FPS": _fixed("model_fps", 2),
+    "latency median / p90 (ms)": _latency(0),
+    "GFLOPs / frame": _fixed("gflops", 1),
     "slots": lambda r: str(r["max_slots"]),
-    "peak bank (MB)": lambda r: f"{r['max_memory_mb']:.1f}",
+    "peak bank (MB)": _fixed("max_memory_mb", 1),
 }
 
 LONG_COLUMNS = {
-    "configuration": lambda r: r["config"],
+    **_CONFIG,
     "slots at end": lambda r: str(r["slots_end"]),
-    "bank MB at 10%": lambda r: f"{r['memory_mb_at_10pct']:.2f}",
-    "bank MB at end": lambda r: f"{r['memory_mb_end']:.2f}",
+    "bank MB at 10%": _fixed("memory_mb_at_10pct", 2), "bank MB at end": _fixed("memory_mb_end", 2),
     "latency ms, first / last 10%": lambda r: f"{r['latency_ms_first_10pct']:.0f} / {r['latency_ms_last_10pct']:.0f}",
 }
 
 PREDICT_COLUMNS = {
-    "configuration": lambda r: r["config"],
-    "MSE / frame": lambda r: f"{r['mse']:.1f}",
-    "MAE / frame": lambda r: f"{r['mae']:.1f}",
-    "SSIM": lambda r: f"{r['ssim']:.3f}",
-    "PSNR (dB)": lambda r: f"{r['psnr']:.2f}",
-    "FPS": lambda r: "-" if r["fps"] is None else f"{r['fps']:.1f}",
-    "latency median / p90 (ms)": lambda r: "-" if r["fps"] is None else f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f}",
-    "GFLOPs / frame": lambda r: "-" if r.get("gflops") is None else f"{r['gflops']:.3f}",
-    "bank (KB)": lambda r: f"{r['bank_bytes'] / 1024:.0f}",
+    **_CONFIG,
+    "MSE / frame": _fixed("mse", 1), "MAE / frame": _fixed("mae", 1),
+    "SSIM": _fixed("ssim", 3), "PSNR (dB)": _fixed("psnr", 2),
+    "FPS": _fixed("fps", 1),
+    "latency median / p90 (ms)": _latency(1),
+    "GFLOPs / frame": _fixed("gflops", 3),
+    **_BANK_KB,
 }
 
 SEMSEG_COLUMNS = {
-    "configuration": lambda r: r["config"],
-    "mIoU": lambda r: f"{100 * r['miou']:.1f}",
-    "pixel acc.": lambda r: f"{100 * r['pixel_accuracy']:.1f}",
-    "consistency": lambda r: "-" if r.get("consistency") is None else f"{100 * r['consistency']:.1f}",
-    "FPS": lambda r: f"{r['fps']:.1f}",
-    "model FPS": lambda r: f"{r['model_fps']:.1f}",
-    "latency median / p90 (ms)": lambda r: f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f}",
-    "GFLOPs / frame": lambda r: "-" if r.get("gflops") is None else f"{r['gflops']:.1f}",
-    "bank (KB)": lambda r: f"{r['bank_bytes'] / 1024:.0f}",
+    **_CONFIG,
+    "mIoU": _fixed("miou", 1, 100), "pixel acc.": _fixed("pixel_accuracy", 1, 100),
+    "consistency": _fixed("consistency", 1, 100),
+    "FPS": _fixed("fps", 1), "model FPS": _fixed("model_fps", 1),
+    "latency median / p90 (ms)": _latency(0),
+    "GFLOPs / frame": _fixed("gflops", 1),
+    **_BANK_KB,
 }
 
 

@@ -31,7 +31,15 @@ from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import ClipSource
 from vidseg_cli.predict.data import FRAMES, batches
 from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, polyak_decay, run_steps, save_run_state
+from vidseg_cli.train.loop import (
+    cosine_to_a_tenth,
+    load_run_state,
+    polyak_decay,
+    run_steps,
+    save_run_state,
+    set_learning_rate,
+    take_step,
+)
 
 MODEL = "predictor.safetensors"
 LOSSES = ("shrinkage", "mse")
@@ -113,8 +121,7 @@ class PredictTrainer:
         return max(0.0, 1.0 - self.step / horizon) if horizon > 0 else 0.0
 
     def train_step(self) -> dict[str, float]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
+        set_learning_rate(self.optimizer, cosine_to_a_tenth(self.config.lr, self.step, self.config.steps))
         frames = self._frames(self.source.sample(self.rng, self.config.batch))
         future = FRAMES - OBSERVED
         teacher = torch.from_numpy(self.rng.random((self.config.batch, future)) < self.teacher_probability())
@@ -128,10 +135,7 @@ class PredictTrainer:
         loss_shrink = shrinkage(error) if self.config.loss == "shrinkage" else error.pow(2).mean()
         loss_gradient = scale_invariant_gradient(predicted, truth)
         loss = loss_shrink + self.config.gradient_weight * loss_gradient
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        take_step(self.optimizer, loss)
         self._average()
         self.step += 1
         ahead = slice(OBSERVED - 3, None)

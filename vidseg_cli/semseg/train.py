@@ -31,7 +31,7 @@ from vidseg_cli.semseg.data import LabelledSequence, read_label
 from vidseg_cli.semseg.job import label_frame
 from vidseg_cli.semseg.model import ARCH, SemsegConfig, SemsegNetwork
 from vidseg_cli.semseg.samples import SemsegSampler, _rgb, batch
-from vidseg_cli.train.loop import load_run_state, run_steps, save_run_state
+from vidseg_cli.train.loop import load_run_state, run_steps, save_run_state, take_step
 
 MODEL = "model.safetensors"
 STAGES = ("single", "memory", "joint")
@@ -126,9 +126,7 @@ class SemsegTrainer:
         self._train_mode()
         logits = self.network(images, memory if memory.shape[1] else None)
         loss = F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=self.config.void)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        take_step(self.optimizer, loss, max_norm=None)
         self.step += 1
         return {"loss": loss.item()}
 

@@ -51,6 +51,22 @@ def run_steps(
             trainer.save_checkpoint()
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group at ``lr`` times its own ``scale`` (1 where a group has none)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("scale", 1.0)
+
+
+def take_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_norm: float | None = 1.0) -> None:
+    """Back-propagate ``loss`` from zeroed gradients, clip the gradient norm of everything the
+    optimiser updates to ``max_norm`` (None: no clipping), and step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
+    optimizer.step()
+
+
 def polyak_decay(limit: float, step: int) -> float:
     """The averaged weights' decay at a step: at most ``limit``, and less in the first steps,
     so that the average follows the training weights closely before it settles."""

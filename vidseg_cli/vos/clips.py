@@ -39,6 +39,9 @@ class Clip:
     images: torch.Tensor  # (T, 3, H, W) float RGB in [0, 255]
     masks: torch.Tensor  # (T, H, W) int64: 0 background, 1 the object
 
+    def to(self, device: torch.device) -> Clip:
+        return Clip(self.images.to(device), self.masks.to(device))
+
 
 @dataclass(frozen=True)
 class _Video:

@@ -28,7 +28,14 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, polyak_decay, save_run_state
+from vidseg_cli.train.loop import (
+    cosine_to_a_tenth,
+    load_run_state,
+    polyak_decay,
+    save_run_state,
+    set_learning_rate,
+    take_step,
+)
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.vos.aggregate import aggregate
 from vidseg_cli.vos.clips import Clip, ClipSampler
@@ -199,19 +206,14 @@ class Trainer:
             static = bool(still and rng.random() < c.static_share)
         if c.region_share:
             region = bool((still or scene) and rng.random() < c.region_share)
-        clip = self.sampler.sample(max_gap, still, extra, scene, static, region)
-        clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate() * group["scale"]
+        clip = self.sampler.sample(max_gap, still, extra, scene, static, region).to(self.device)
+        set_learning_rate(self.optimizer, self.learning_rate())
         self.model.heads.train()
         loss = clip_loss(self.model, clip, c.slots, rule, progress_at(self.step, c, c.top_p), c.fusion_distill)
         if not loss.requires_grad:  # only the fusion cell learns, and this clip fused nothing
             self.step += 1
             return loss.item()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
-        self.optimizer.step()
+        take_step(self.optimizer, loss)
         self.step += 1
         if self.average is not None:
             self._update_average()
@@ -240,6 +242,50 @@ class Trainer:
         with self.averaged() as model:
             save_model(model, path, {"steps": str(self.step), "seed": str(self.config.seed)})
         return path
+
+
+class AddonTrainer:
+    """What the reuse and sparse trainers share: a frozen memory network in eval mode, one
+    module that learns (``learner``), AdamW on a cosine schedule over clips of one sampler,
+    and run-state checkpoints. A subclass says its loss and what of its state to save."""
+
+    learner: torch.nn.Module
+
+    def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config, run_dir: Path, device: torch.device) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
+        self.step = 0
+        self.history: list[dict] = []
+
+    def loss(self, clip: Clip) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def own_state(self) -> dict:
+        """What this trainer checkpoints beside the optimizer, step and generators."""
+        raise NotImplementedError
+
+    def load_own_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def learning_rate(self) -> float:
+        return cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
+
+    def train_step(self) -> dict[str, float]:
+        clip = self.sampler.sample(self.config.max_gap, still=False).to(self.device)
+        set_learning_rate(self.optimizer, self.learning_rate())
+        self.learner.train()
+        loss, parts = self.loss(clip)
+        take_step(self.optimizer, loss)
+        self.step += 1
+        return {"loss": loss.item(), **parts}
+
+    def save_checkpoint(self) -> None:
+        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, self.own_state())
+
+    def load_checkpoint(self) -> None:
+        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
+        self.load_own_state(state)
+        self.step, self.history = state["step"], state["history"]
 
 
 def save_model(model: MemoryNetwork, path: Path, extra: dict[str, str] | None = None) -> None:

@@ -39,7 +39,9 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import make_policy
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
+from vidseg_cli.train.loop import (
+    run_steps,
+)
 from vidseg_cli.vos.aggregate import aggregate
 from vidseg_cli.vos.clips import Clip, ClipSampler
 from vidseg_cli.vos.memnet import MemoryNetwork
@@ -52,7 +54,7 @@ from vidseg_cli.vos.reuse.heads import (
     gate_target,
     mask_iou,
 )
-from vidseg_cli.vos.train import frame_at, on_grid
+from vidseg_cli.vos.train import AddonTrainer, frame_at, on_grid
 
 HEADS = "reuse.safetensors"
 
@@ -141,47 +143,27 @@ class ReuseTrainConfig:
     heads: ReuseConfig = field(default_factory=ReuseConfig)
 
 
-class ReuseTrainer:
+class ReuseTrainer(AddonTrainer):
     """AdamW on the reuse heads only; the memory network stays frozen and in eval mode."""
 
     def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: ReuseTrainConfig, run_dir: Path, device: torch.device) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.heads = ReuseHeads(config.heads).to(device)
-        self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
+        super().__init__(model, sampler, config, run_dir, device)
+        self.heads = self.learner = ReuseHeads(config.heads).to(device)
         self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.step = 0
-        self.history: list[dict] = []
 
     def margin(self) -> float:
         """Eq 4's m = m1 * progress, reaching m1 halfway through training."""
         return self.config.margin * min(1.0, 2.0 * self.step / max(1, self.config.steps))
 
-    def learning_rate(self) -> float:
-        return cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
-
-    def train_step(self) -> dict[str, float]:
-        clip = self.sampler.sample(self.config.max_gap, still=False)
-        clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
-        self.heads.train()
+    def loss(self, clip: Clip) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        loss, parts = reuse_loss(self.model, self.heads, clip, self.margin(), c.tolerance, c.gate_target, c.strictness)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.heads.parameters(), 1.0)
-        self.optimizer.step()
-        self.step += 1
-        return {"loss": loss.item(), **parts}
+        return reuse_loss(self.model, self.heads, clip, self.margin(), c.tolerance, c.gate_target, c.strictness)
 
-    def save_checkpoint(self) -> None:
-        own = {"heads": self.heads.state_dict()}
-        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, own)
+    def own_state(self) -> dict:
+        return {"heads": self.heads.state_dict()}
 
-    def load_checkpoint(self) -> None:
-        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
+    def load_own_state(self, state: dict) -> None:
         self.heads.load_state_dict(state["heads"])
-        self.step, self.history = state["step"], state["history"]
 
     def save_heads(self, base: str) -> Path:
         path = self.run_dir / HEADS

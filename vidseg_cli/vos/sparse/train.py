@@ -33,7 +33,9 @@ from safetensors.torch import save_file
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
-from vidseg_cli.train.loop import cosine_to_a_tenth, load_run_state, run_steps, save_run_state
+from vidseg_cli.train.loop import (
+    run_steps,
+)
 from vidseg_cli.train.losses import bootstrapped_nll
 from vidseg_cli.vos.aggregate import aggregate
 from vidseg_cli.vos.clips import Clip, ClipSampler
@@ -51,7 +53,7 @@ from vidseg_cli.vos.sparse.network import (
     relaxed_runner,
     run_backbone,
 )
-from vidseg_cli.vos.train import on_grid
+from vidseg_cli.vos.train import AddonTrainer, on_grid
 
 TUNED_LR_SCALE = 1 / 3  # tuned heads learn slower than the gates: they start trained
 GATES = "gates.safetensors"
@@ -162,60 +164,37 @@ def sparse_loss(
     return loss, {"seg": seg_loss.item(), "sparsity": sparsity_loss.item(), "computed": float(np.mean(computed))}
 
 
-class SparseTrainer:
+class SparseTrainer(AddonTrainer):
     """AdamW on the gates and the tuned heads; the rest of the memory network stays frozen
     (and in eval mode: BatchNorm statistics stay)."""
 
     def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config: SparseTrainConfig, run_dir: Path, device: torch.device) -> None:
         if config.gates.tuned:
             model = model.with_own_heads()  # the registry's model is shared
-        self.model = model.eval().requires_grad_(False)
-        self.gates = SparseGates(config.gates, model.backbone, model.heads.decoder).to(device)
-        self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
+        super().__init__(model, sampler, config, run_dir, device)
+        self.gates = self.learner = SparseGates(config.gates, model.backbone, model.heads.decoder).to(device)
         groups = [{"params": list(self.gates.parameters()), "scale": 1.0}]
         for head in self.tuned_heads().values():
             head.requires_grad_(True)
             groups.append({"params": list(head.parameters()), "scale": TUNED_LR_SCALE})
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
-        self.step = 0
-        self.history: list[dict] = []
         self.layer_seconds = measure_layer_seconds(model, self.gates, config.crop) if config.cost == "time" else None
 
     def tuned_heads(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self.model.heads, name) for name in self.config.gates.tuned}
 
-    def learning_rate(self) -> float:
-        return cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
-
-    def train_step(self) -> dict[str, float]:
-        clip = self.sampler.sample(self.config.max_gap, still=False)
-        clip = Clip(clip.images.to(self.device), clip.masks.to(self.device))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate() * group["scale"]
-        self.gates.train()
+    def loss(self, clip: Clip) -> tuple[torch.Tensor, dict[str, float]]:
         progress = self.step / max(1, self.config.steps)
-        loss, parts = sparse_loss(self.model, self.gates, clip, self.config, progress, self.layer_seconds)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], 1.0)
-        self.optimizer.step()
-        self.step += 1
-        return {"loss": loss.item(), **parts}
+        return sparse_loss(self.model, self.gates, clip, self.config, progress, self.layer_seconds)
 
-    def save_checkpoint(self) -> None:
-        own = {
-            "gates": self.gates.state_dict(),
-            "tuned": {name: head.state_dict() for name, head in self.tuned_heads().items()},
-            "layer_seconds": self.layer_seconds,
-        }
-        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, own)
+    def own_state(self) -> dict:
+        tuned = {name: head.state_dict() for name, head in self.tuned_heads().items()}
+        return {"gates": self.gates.state_dict(), "tuned": tuned, "layer_seconds": self.layer_seconds}
 
-    def load_checkpoint(self) -> None:
-        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
+    def load_own_state(self, state: dict) -> None:
         self.gates.load_state_dict(state["gates"])
         for name, head in self.tuned_heads().items():
             head.load_state_dict(state["tuned"][name])
-        self.step, self.history = state["step"], state["history"]
         self.layer_seconds = state.get("layer_seconds")  # the run's own measurement, not a new one
 
     def save_gates(self, base: str) -> Path:
