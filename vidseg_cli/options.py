@@ -52,6 +52,13 @@ class MemoryOptions:
     write_every: int = 1  # write a frame to memory every N frames (and every masked frame)
 
 
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    """One line naming the choices, for a value the CLI's own choice lists did not catch
+    (a batch manifest, the Python API)."""
+    if value not in choices:
+        raise VidsegError(f"unknown {option} {value!r}; choose from {', '.join(choices)}")
+
+
 @dataclass(frozen=True)
 class ReuseOptions:
     tau: float = 1.0  # reuse when P_gate >= tau for every object; 1 never reuses
@@ -60,8 +67,7 @@ class ReuseOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise VidsegError(f"--reuse takes a threshold tau in [0, 1], not {self.tau}")
-        if self.mode not in REUSE_MODES:
-            raise VidsegError(f"unknown --reuse-mode {self.mode!r}; choose from {', '.join(REUSE_MODES)}")
+        check_choice("--reuse-mode", self.mode, REUSE_MODES)
 
     @property
     def enabled(self) -> bool:
@@ -78,8 +84,7 @@ class SparseOptions:
     mode: str = "none"
 
     def __post_init__(self) -> None:
-        if self.mode not in SPARSE_MODES:
-            raise VidsegError(f"unknown --sparse {self.mode!r}; choose from {', '.join(SPARSE_MODES)}")
+        check_choice("--sparse", self.mode, SPARSE_MODES)
 
     @property
     def enabled(self) -> bool:
@@ -138,10 +143,8 @@ class PredictOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.format not in PREDICT_FORMATS:
-            raise VidsegError(f"unknown --format {self.format!r}; choose from {', '.join(PREDICT_FORMATS)}")
-        if self.memory.memory not in (*POLICIES, NO_MEMORY):
-            raise VidsegError(f"unknown --memory {self.memory.memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+        check_choice("--format", self.format, PREDICT_FORMATS)
+        check_choice("--memory", self.memory.memory, (*POLICIES, NO_MEMORY))
         if self.context < 3:
             raise VidsegError(f"--context {self.context}: the model sees 3 frames a step, so at least 3")
         if self.frames < 1:
@@ -172,12 +175,10 @@ class SemsegOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.format not in SEMSEG_FORMATS:
-            raise VidsegError(f"unknown --format {self.format!r}; choose from {', '.join(SEMSEG_FORMATS)}")
-        if self.memory.memory not in (*POLICIES, NO_MEMORY):
-            raise VidsegError(f"unknown --memory {self.memory.memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
-        if self.read is not None and self.read not in SEMSEG_READS:
-            raise VidsegError(f"unknown --read {self.read!r}; choose from {', '.join(SEMSEG_READS)}")
+        check_choice("--format", self.format, SEMSEG_FORMATS)
+        check_choice("--memory", self.memory.memory, (*POLICIES, NO_MEMORY))
+        if self.read is not None:
+            check_choice("--read", self.read, SEMSEG_READS)
         if self.radius is not None and not 1 <= self.radius <= 32:
             raise VidsegError(f"--radius {self.radius}: between 1 and 32")
         if self.size is not None and not MIN_SIZE <= self.size <= MAX_SIZE:

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.models.backbone import LITE_REPEATS, EfficientNetLite
-from vidseg_cli.options import DEFAULT_VOS_MODEL, RUNTIMES
+from vidseg_cli.options import DEFAULT_VOS_MODEL, RUNTIMES, check_choice
 from vidseg_cli.weights.registry import entry, load_state
 
 
@@ -33,8 +33,7 @@ def with_runtime(model, runtime: str, device: torch.device | str = "cpu"):
     onnx-int8 (ONNX Runtime on the CPU; models/onnx_trunk.py), or auto (``resolve_runtime``).
     Any network with a ``trunk`` slot takes it (the VOS memory network, the semseg network);
     one with a ``frame_decoder`` slot also gets its decoder run there."""
-    if runtime not in RUNTIMES:
-        raise VidsegError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    check_choice("--runtime", runtime, RUNTIMES)
     runtime = resolve_runtime(runtime, model, device)
     if runtime == "torch":
         return model

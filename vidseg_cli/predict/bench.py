@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vidseg_cli.engine.job import make_bank
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
-from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions
+from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions, check_choice
 from vidseg_cli.predict.data import (
     FRAMES,
     TEST_SEED,
@@ -98,8 +98,7 @@ def predict_configs(models: list[str], memories: list[str], slots: list[int], up
     """Copy-last first, then the cross product without duplicates that an option does not
     affect, and for each model its ``--memory none`` baseline (added when not listed)."""
     for memory in memories:
-        if memory not in (*POLICIES, NO_MEMORY):
-            raise VidsegError(f"unknown memory {memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+        check_choice("memory", memory, (*POLICIES, NO_MEMORY))
     for rule in updates:
         if rule not in ("A", "B", "C", "D"):
             raise VidsegError(f"unknown update rule {rule!r}; choose A, B, C or D")

@@ -33,7 +33,15 @@ from vidseg_cli.io.images import is_listed_image
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.models.registry import with_runtime
-from vidseg_cli.options import NO_MEMORY, POLICIES, RUNTIMES, SEMSEG_READS, MemoryOptions, SemsegOptions
+from vidseg_cli.options import (
+    NO_MEMORY,
+    POLICIES,
+    RUNTIMES,
+    SEMSEG_READS,
+    MemoryOptions,
+    SemsegOptions,
+    check_choice,
+)
 from vidseg_cli.semseg.data import load_labelled, read_label
 from vidseg_cli.semseg.job import _bank, class_table, label_frame
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
@@ -108,14 +116,12 @@ def semseg_configs(
     """Every configuration of the sweep, then the single-frame network beside each model; a
     size None is the model's own (``processing_size``)."""
     for memory in memories:
-        if memory not in (*POLICIES, NO_MEMORY):
-            raise VidsegError(f"unknown memory {memory!r}; choose from {', '.join((*POLICIES, NO_MEMORY))}")
+        check_choice("memory", memory, (*POLICIES, NO_MEMORY))
     for read in reads:
-        if read is not None and read not in SEMSEG_READS:
-            raise VidsegError(f"unknown read {read!r}; choose from {', '.join(SEMSEG_READS)}")
+        if read is not None:
+            check_choice("read", read, SEMSEG_READS)
     for runtime in runtimes:
-        if runtime not in RUNTIMES:
-            raise VidsegError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        check_choice("runtime", runtime, RUNTIMES)
     out: list[SemsegConfig] = []
     for model, runtime, size, memory, k, read, radius in itertools.product(models, runtimes, sizes, memories, slots, reads, radii):
         size = size or processing_size(model)

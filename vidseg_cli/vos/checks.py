@@ -22,13 +22,13 @@ from vidseg_cli.options import (
     ReuseOptions,
     SegmentOptions,
     SparseOptions,
+    check_choice,
 )
 from vidseg_cli.vos.directions import parse_ends
 
 
 def check_tta(tta: str, reuse: ReuseOptions, sparse: SparseOptions) -> None:
-    if tta not in TTAS:
-        raise VidsegError(f"unknown --tta {tta!r}; choose from {', '.join(TTAS)}")
+    check_choice("--tta", tta, TTAS)
     if tta != "none" and (reuse.enabled or sparse.enabled):
         raise VidsegError("--tta flip cannot be combined with --reuse or --sparse: they skip work, it doubles it")
 
@@ -53,8 +53,7 @@ def validate_size(size: int) -> None:
 
 
 def validate_direction(options: SegmentOptions) -> None:
-    if options.direction not in DIRECTIONS:
-        raise VidsegError(f"unknown --direction {options.direction!r}; choose from {', '.join(DIRECTIONS)}")
+    check_choice("--direction", options.direction, DIRECTIONS)
     event = options.event_options
     if event.after < 1 or not 0.0 <= event.min_share < 1.0:
         raise VidsegError("--lost-after must be at least 1 frame and --lost-below a share of the frame in [0, 1)")

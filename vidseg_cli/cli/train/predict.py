@@ -18,7 +18,7 @@ from vidseg_cli.cli.train.run_folder import (
     train_in,
 )
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.options import MAX_SLOTS, MemoryOptions
+from vidseg_cli.options import MAX_SLOTS, MemoryOptions, check_choice
 
 
 @user_errors
@@ -56,8 +56,7 @@ def train_predict_command(
 
     if not lr > 0:
         raise VidsegError("--lr must be positive")
-    if loss not in LOSSES:
-        raise VidsegError(f"unknown --loss {loss!r}; choose from {', '.join(LOSSES)}")
+    check_choice("--loss", loss, LOSSES)
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     config = PredictTrainConfig(

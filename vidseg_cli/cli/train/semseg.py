@@ -20,6 +20,7 @@ from vidseg_cli.cli.train.run_folder import (
     train_in,
 )
 from vidseg_cli.errors import VidsegError
+from vidseg_cli.options import check_choice
 
 
 class SemsegStage(str, Enum):
@@ -77,8 +78,7 @@ def train_semseg_command(
         raise VidsegError(str(error)) from None
     if not lr > 0 or not trunk_lr > 0:
         raise VidsegError("--lr and --trunk-lr must be positive")
-    if class_weights not in CLASS_WEIGHTS:
-        raise VidsegError(f"unknown --class-weights {class_weights!r}; choose from {', '.join(CLASS_WEIGHTS)}")
+    check_choice("--class-weights", class_weights, CLASS_WEIGHTS)
     train_sequences = load_splits(data, comma_list(splits) or ["train"])
     val_sequences = load_labelled(val, "val") if val is not None else None
     config = SemsegTrainConfig(
