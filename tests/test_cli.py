@@ -93,3 +93,28 @@ def test_every_bracketed_word_in_the_help_source_reaches_the_rendered_help(vidse
             checked += 1
         assert 'install "vidseg")' not in rendered and 'install "vidseg".' not in rendered
     assert checked >= 3  # segment and semseg name [onnx], train semseg [lite1]
+
+
+def test_a_bundle_of_flags_is_taken_one_by_one_and_handed_over_whole():
+    import typer
+    from typer.testing import CliRunner
+
+    from vidseg_cli.cli import flags
+
+    seen = {}
+    app = typer.Typer()
+
+    @app.command()
+    @flags.taking(flags.RunFlags, checkpoint_every=7)
+    def train(steps: int = 1, run: flags.RunFlags = flags.RunFlags()) -> None:
+        seen.update(steps=steps, run=run)
+
+    @app.command()
+    def other() -> None: ...
+
+    result = CliRunner().invoke(app, ["train", "--steps", "3", "--resume", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"steps": 3, "run": flags.RunFlags(checkpoint_every=7, device=flags.Device.cpu, resume=True)}
+    help_text = CliRunner().invoke(app, ["train", "--help"]).output
+    assert help_text.index("--steps") < help_text.index("--checkpoint-every") < help_text.index("--force")
+    assert "[default: 7]" in help_text

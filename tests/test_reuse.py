@@ -4,20 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from vidseg_cli.vos.reuse.heads import (
-    GATE_START,
-    ReuseConfig,
-    ReuseHeads,
-    delta_loss,
-    gate_probability_loss,
-    gate_target,
-    mask_iou,
-)
+from vidseg_cli.vos.reuse import heads as reuse
 
 
 def test_heads_shapes_and_gate_start():
     torch.manual_seed(0)
-    heads = ReuseHeads(ReuseConfig())
+    heads = reuse.ReuseHeads(reuse.ReuseConfig())
     features8 = torch.randn(1, 40, 11, 13)
     first = (torch.rand(2, 1, 11, 13) > 0.5).float()
     template = heads.matching.template(features8, first)
@@ -25,7 +17,7 @@ def test_heads_shapes_and_gate_start():
     torch.testing.assert_close(template.norm(dim=-1), torch.ones(2, 2))
     probability, delta = heads.gate_and_delta(features8, first, template)
     assert probability.shape == (2,) and delta.shape == (2, 1, 11, 13)
-    assert ((probability - GATE_START).abs() < 0.1).all()  # starts near the paper's 15%
+    assert ((probability - reuse.GATE_START).abs() < 0.1).all()  # starts near the paper's 15%
     assert delta.abs().max() <= 1.0
     refined = heads.translator(torch.randn(2, 48, 11, 13), delta)
     assert refined.shape == (2, 48, 11, 13)
@@ -33,18 +25,18 @@ def test_heads_shapes_and_gate_start():
 
 def test_gate_losses():
     iou = torch.tensor([0.2, 0.9])
-    assert torch.equal(gate_target(iou, 0.5), torch.tensor([0.5, 0.9]))  # the margin lifts low IoU
+    assert torch.equal(reuse.gate_target(iou, 0.5), torch.tensor([0.5, 0.9]))  # the margin lifts low IoU
     p = torch.tensor([0.5, 0.6])
-    assert gate_probability_loss(p, gate_target(iou, 0.5)).item() == pytest.approx((0 + 0.3**2) / 2)
-    assert gate_probability_loss(p, gate_target(iou, 0.5), tolerance=0.4).item() == pytest.approx(0.4**2)
+    assert reuse.gate_probability_loss(p, reuse.gate_target(iou, 0.5)).item() == pytest.approx((0 + 0.3**2) / 2)
+    assert reuse.gate_probability_loss(p, reuse.gate_target(iou, 0.5), tolerance=0.4).item() == pytest.approx(0.4**2)
     previous, target = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
-    assert delta_loss(torch.ones(1, 1, 2, 2), target, previous).item() == 0.0
+    assert reuse.delta_loss(torch.ones(1, 1, 2, 2), target, previous).item() == 0.0
 
 
 def test_mask_iou():
     a = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
     b = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 0]]])
-    torch.testing.assert_close(mask_iou(a, b), torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(reuse.mask_iou(a, b), torch.tensor([0.5, 1.0]))
 
 
 def test_backbone_halves_equal_the_full_pass():
@@ -70,7 +62,7 @@ def test_reuse_training_moves_only_the_reuse_heads_and_lowers_the_loss(tmp_path)
     torch.manual_seed(0)
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
     model = MemoryNetwork(backbone(), tiny).eval().requires_grad_(False)
-    heads = ReuseHeads(ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))
+    heads = reuse.ReuseHeads(reuse.ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))
     root = write_davis(tmp_path, sequences=1, length=8, height=64, width=96)
     clip = ClipSampler(root, 4, (64, 96), np.random.default_rng(0)).sample(max_gap=1, still=False)
     optimizer = torch.optim.Adam(heads.parameters(), lr=3e-3)
@@ -114,7 +106,7 @@ def _reuse_session(tau: float, mode: str = "refine", always: bool = True):
 
     torch.manual_seed(0)
     tiny = MemNetConfig(key_dim=16, value_dim=16, mask_dim=8, decoder_dims=(16, 8, 8), fusion_hidden=8, topk=4)
-    model = ReuseModel(MemoryNetwork(backbone(), tiny), ReuseHeads(ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))).eval()
+    model = ReuseModel(MemoryNetwork(backbone(), tiny), reuse.ReuseHeads(reuse.ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))).eval()
     if always:  # a gate that always says "similar"
         with torch.no_grad():
             model.heads.gate.second.bias.fill_(20.0)
@@ -198,7 +190,6 @@ def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
 
     from vidseg_cli.models.registry import backbone
     from vidseg_cli.vos.memnet import MemNetConfig, MemoryNetwork
-    from vidseg_cli.vos.reuse.heads import ReuseConfig, ReuseHeads
     from vidseg_cli.vos.reuse.train import save_heads
     from vidseg_cli.vos.train import save_model
     from vidseg_cli.weights.registry import file_sha256
@@ -207,7 +198,7 @@ def test_bench_and_segment_run_reuse_end_to_end(vidseg, tmp_path, clip):
     base, heads_file = tmp_path / "base.safetensors", tmp_path / "heads.safetensors"
     torch.manual_seed(0)
     save_model(MemoryNetwork(backbone(), tiny), base)
-    heads = ReuseHeads(ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))
+    heads = reuse.ReuseHeads(reuse.ReuseConfig(refined_dim=8, match_dim=8, gate_dim=4))
     with torch.no_grad():
         heads.gate.second.bias.fill_(20.0)  # always similar: every frame after the first full one reuses
     save_heads(heads, heads_file, file_sha256(base))

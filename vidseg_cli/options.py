@@ -99,17 +99,24 @@ class EventOptions:
     min_share: float = 0.0001
 
 
+@dataclass(frozen=True, kw_only=True)
+class OutputJob:
+    """What every job that publishes one output folder takes (segment, semseg, predict)."""
+
+    force: bool = False  # replace an existing output
+    resume: bool = False  # an output this very run already published: nothing to do (segment: and its checkpoint)
+    device: str = "auto"
+
+
 @dataclass(frozen=True)
-class SegmentOptions:
+class SegmentOptions(OutputJob):
     input: Path
     masks: list[str]
     out: Path | None = None
     format: str = "png"
-    force: bool = False
     resize_mask: bool = False
     model: str = DEFAULT_VOS_MODEL
     size: int = DEFAULT_SIZE
-    device: str = "auto"
     memory: MemoryOptions = MemoryOptions()
     reuse: ReuseOptions = ReuseOptions()
     reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
@@ -121,13 +128,12 @@ class SegmentOptions:
     ends: tuple[str, ...] = ()  # --end ID:FRAME: the object is gone from FRAME on (until a mask names it again)
     events: str | None = None  # JSON lines per frame to FILE, or "-" for stdout
     event_options: EventOptions = EventOptions()
-    resume: bool = False  # go on from the checkpoint in the output's staging folder
     checkpoint_every: int = 0  # frames between checkpoints (0: by time only)
     checkpoint_seconds: float = 60.0  # seconds between checkpoints (0: by frames only)
 
 
 @dataclass(frozen=True)
-class PredictOptions:
+class PredictOptions(OutputJob):
     input: Path
     out: Path | None = None
     context: int = 10  # observed frames, M
@@ -138,9 +144,6 @@ class PredictOptions:
     format: str = "all"
     compare: bool = False
     stream: bool = False
-    force: bool = False
-    resume: bool = False  # an output this very run already published: nothing to do
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("--format", self.format, PREDICT_FORMATS)
@@ -160,7 +163,7 @@ class PredictOptions:
 
 
 @dataclass(frozen=True)
-class SemsegOptions:
+class SemsegOptions(OutputJob):
     input: Path
     out: Path | None = None
     model: str = DEFAULT_SEMSEG_MODEL
@@ -170,9 +173,6 @@ class SemsegOptions:
     size: int | None = None  # processing size (short side); None: the model's (semseg.model.processing_size)
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     format: str = "png"
-    force: bool = False
-    resume: bool = False  # an output this very run already published: nothing to do
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("--format", self.format, SEMSEG_FORMATS)

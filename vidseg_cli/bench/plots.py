@@ -22,25 +22,21 @@ def plot_results(report: dict, path: Path) -> None:
     figure, (accuracy, memory) = _two_panels()
     _accuracy_against_speed(accuracy, results, "J&F", report["dataset"])
     longest = max(report["sequences"], key=lambda name: len(results[0]["sequences"][name]["memory_bytes"]))
-    for result in results:
-        series = result["sequences"][longest]["memory_bytes"]
-        memory.plot(range(len(series)), [b / _MB for b in series], label=result["config"])
-    _style(memory, "frame", "memory bank (MB)", f"memory on {longest}")
-    memory.legend(fontsize=7)
+    banks = {r["config"]: r["sequences"][longest]["memory_bytes"] for r in results}
+    _memory_against_frame(memory, {name: (range(len(b)), b) for name, b in banks.items()}, f"memory on {longest}")
     _save(figure, path)
 
 
 def plot_long(report: dict, path: Path) -> None:
     """Bank size and per-frame latency against frame index for each configuration."""
     figure, (memory, latency) = _two_panels()
-    for result in report["results"]:
-        series = result["series"]
-        memory.plot(series["frame"], [b / _MB for b in series["memory_bytes"]], label=result["config"])
-        latency.plot(series["frame"], series["latency_ms"], label=result["config"])
-    _style(memory, "frame", "memory bank (MB, log scale)", f"{report['long']}-frame synthetic clip: memory")
-    memory.set_yscale("log")  # flat policies sit far below a growing one
+    series = {r["config"]: r["series"] for r in report["results"]}
+    for name, one in series.items():
+        latency.plot(one["frame"], one["latency_ms"], label=name)
+    banks = {name: (one["frame"], one["memory_bytes"]) for name, one in series.items()}
+    # log scale: flat policies sit far below a growing one
+    _memory_against_frame(memory, banks, f"{report['long']}-frame synthetic clip: memory", log=True)
     _style(latency, "frame", "latency per frame (ms, median of each bin)", "latency")
-    memory.legend(fontsize=8)
     _save(figure, path)
 
 
@@ -87,6 +83,16 @@ def _accuracy_against_speed(axes, results: list[dict], key: str, dataset: str, n
         axes.scatter(*point, s=30)
         axes.annotate(result["config"], point, fontsize=7, xytext=(4, 3), textcoords="offset points")
     _style(axes, "frames per second (end to end)", name or key, f"{dataset}: accuracy against speed")
+
+
+def _memory_against_frame(axes, banks: dict[str, tuple], title: str, log: bool = False) -> None:
+    """One curve per configuration: (frame indices, bank bytes) drawn in MB."""
+    for name, (frames, sizes) in banks.items():
+        axes.plot(frames, [b / _MB for b in sizes], label=name)
+    _style(axes, "frame", "memory bank (MB, log scale)" if log else "memory bank (MB)", title)
+    if log:
+        axes.set_yscale("log")
+    axes.legend(fontsize=7)
 
 
 def _style(axes, xlabel: str, ylabel: str, title: str) -> None:

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import Device, stderr, user_errors
-from vidseg_cli.cli.segment import Direction, Format, Memory, Tta, Update
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import stderr, user_errors
+from vidseg_cli.cli.segment import Direction, Format, Memory, Tta
 from vidseg_cli.options import (
     DEFAULT_SIZE,
     DEFAULT_VOS_MODEL,
@@ -30,14 +31,14 @@ def batch_command(
     model: Annotated[str, typer.Option(help="Default VOS model for every row.")] = DEFAULT_VOS_MODEL,
     memory: Annotated[Memory, typer.Option(help="Default memory update policy.")] = Memory.stremn,
     slots: Annotated[int, typer.Option(help="Default memory slots.")] = 5,
-    update: Annotated[Update, typer.Option(help="Default stremn rule.")] = Update.C,
+    update: Annotated[flags.Update, typer.Option(help="Default stremn rule.")] = flags.Update.C,
     every: Annotated[int, typer.Option(help="Default stm interval.")] = 5,
     size: Annotated[int, typer.Option(help="Default processing size.")] = DEFAULT_SIZE,
     format: Annotated[Format, typer.Option("--format", "-f", help="Default output format.")] = Format.png,
     direction: Annotated[Direction, typer.Option(help="Default propagation direction.")] = Direction.both,
     tta: Annotated[Tta, typer.Option(help="Default test-time augmentation.")] = Tta.none,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize masks whose size differs from the frames.")] = False,
-    device: Annotated[Device, typer.Option(help="Where each worker runs.")] = Device.auto,
+    device: Annotated[flags.Device, typer.Option(help="Where each worker runs.")] = flags.Device.auto,
 ) -> None:
     """Segment every video of a manifest: one JSON line per row on stdout as it finishes.
 

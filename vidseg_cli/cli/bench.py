@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from vidseg_cli.cli.common import Device, DeviceOption, user_errors
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import user_errors
 from vidseg_cli.options import (
     DEFAULT_PREDICT_MODEL,
     DEFAULT_SEMSEG_MODEL,
@@ -42,7 +43,7 @@ def bench_command(
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
     fusion: Annotated[str, typer.Option(help="Comma list of stremn fusion cells: model (the model's own), training-free, none.")] = "model",
-    device: DeviceOption = Device.auto,
+    device: flags.DeviceOption = flags.Device.auto,
     json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
     report: Annotated[Path | None, typer.Option(metavar="FILE.json", help="Write the full report as JSON to FILE.")] = None,
     csv_path: Annotated[str | None, typer.Option("--csv", metavar="FILE|-", help="Write one CSV row per configuration to FILE ('-' for stdout).")] = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import json
 import math
@@ -11,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +19,6 @@ from rich.markup import escape
 from vidseg_cli.cores import THREADS_VARIABLE
 from vidseg_cli.errors import VidsegError, os_error_text
 from vidseg_cli.io.outputs import AlreadyComplete
-from vidseg_cli.options import NO_MEMORY, POLICIES, RUNTIMES, UPDATE_RULES
 from vidseg_cli.signals import say_interrupted
 
 # Data goes to stdout; messages, progress and tables go to stderr (as the `hf` CLI does).
@@ -40,23 +38,6 @@ def fix_threads(threads: int | None) -> None:
         os.environ[THREADS_VARIABLE] = str(threads)
 
 
-def install_hint(extra: str) -> str:
-    """``pip install "vidseg[EXTRA]"`` for a help text. Typer renders help as Rich markup,
-    where ``[onnx]`` is a style tag and vanishes: the bracket is escaped."""
-    return f'pip install "vidseg{escape(f"[{extra}]")}"'
-
-
-def choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
-    """An option's choices as the str Enum Typer lists in help and completion."""
-    return enum.Enum(name, {value: value for value in values}, type=str)
-
-
-Update = choices("Update", UPDATE_RULES)  # stremn's rules, every command
-Runtime = choices("Runtime", RUNTIMES)  # what runs the backbone
-MemoryOrNone = choices("MemoryOrNone", (*POLICIES, NO_MEMORY))  # semseg and predict: a policy, or no memory
-
-
-
 @contextlib.contextmanager
 def progress_bar(verb: str):
     """A Rich progress bar on stderr, only when stderr is a terminal; yields advance(done, total)."""
@@ -73,22 +54,6 @@ def progress_bar(verb: str):
             bar.update(task, completed=done, total=total)
 
         yield advance
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-# Options that several subcommands take, each defined once (defaults stay with each command).
-DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
-UpdateOption = Annotated[Update, typer.Option(help="stremn rule: A oldest, B newest, C least-similar pair, D most-similar pair.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")]
-ResumeOption = Annotated[bool, typer.Option("--resume", help="An output this command already published from the same input and options is left as it is (one line, exit 0): a re-run pipeline skips finished work.")]
-ThreadsOption = Annotated[Optional[int], typer.Option(metavar="N", min=1, max=1024, help="Threads to run on (default: the cores other processes leave free, looked at twice a second; VIDSEG_NUM_THREADS sets it too).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 
 
 def user_errors(command: F) -> F:

@@ -7,23 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import (
-    Device,
-    DeviceOption,
-    ForceOption,
-    JsonOption,
-    MemoryOrNone,
-    ResumeOption,
-    ThreadsOption,
-    Update,
-    UpdateOption,
-    choices,
-    fix_threads,
-    print_json,
-    print_json_line,
-    stderr,
-    user_errors,
-)
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import fix_threads, print_json, print_json_line, stderr, user_errors
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import (
     DEFAULT_PREDICT_MODEL,
@@ -32,41 +17,38 @@ from vidseg_cli.options import (
     PredictOptions,
 )
 
-PredictFormat = choices("PredictFormat", PREDICT_FORMATS)
+PredictFormat = flags.choices("PredictFormat", PREDICT_FORMATS)
 
 
 @user_errors
+@flags.taking(flags.JobFlags)
 def predict_command(
     input: Annotated[Path, typer.Argument(help="Video file or folder of frames.")],
     context: Annotated[int, typer.Option(metavar="M", help="Frames the model observes.")] = 10,
     frames: Annotated[int, typer.Option(metavar="N", help="Frames to predict.")] = 10,
     start: Annotated[Optional[int], typer.Option(metavar="T", help="Observe frames T .. T+M-1 (default: the last M frames).")] = None,
     model: Annotated[str, typer.Option(help="Predictor: a name from weights.toml or a .safetensors file from vidseg train predict.")] = DEFAULT_PREDICT_MODEL,
-    memory: Annotated[MemoryOrNone, typer.Option(help="Memory update policy; none: no memory.")] = MemoryOrNone.stremn,
+    memory: Annotated[flags.MemoryOrNone, typer.Option(help="Memory update policy; none: no memory.")] = flags.MemoryOrNone.stremn,
     slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
-    update: UpdateOption = Update.C,
+    update: flags.UpdateOption = flags.Update.C,
     format: Annotated[PredictFormat, typer.Option("--format", "-f", help="png: one PNG per predicted frame, named by its index; video: prediction.mp4 (observed frames framed green, predicted red); all: both.")] = PredictFormat.all,
     compare: Annotated[bool, typer.Option("--compare", help="Score the prediction against the true frames (needs --start) and write comparison.mp4 (truth | prediction | error).")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Predict every frame from the ones before it and print its error as JSON lines on stdout (anomaly detection); writes no files.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_prediction beside the input).")] = None,
-    force: ForceOption = False,
-    resume: ResumeOption = False,
-    device: DeviceOption = Device.auto,
-    threads: ThreadsOption = None,
-    json: JsonOption = False,
+    job: flags.JobFlags = flags.JobFlags(),
 ) -> None:
     """Predict the frames that follow a video, from a memory of the frames before.
 
     Prints the output folder on stdout (or a JSON summary with --json; JSON lines with --stream).
     """
-    if stream and json:
+    if stream and job.json:
         raise VidsegError("--stream writes JSON lines on stdout already: drop --json")
     options = PredictOptions(
         input=input, out=out, context=context, frames=frames, start=start, model=model,
         memory=MemoryOptions(memory=memory.value, slots=slots, update=update.value),
-        format=format.value, compare=compare, stream=stream, force=force, resume=resume, device=device.value,
+        format=format.value, compare=compare, stream=stream, **job.job_options(),
     )
-    fix_threads(threads)
+    fix_threads(job.threads)
     from vidseg_cli.predict import job as engine  # torch: imported when a command runs
 
     if stream:
@@ -74,7 +56,7 @@ def predict_command(
         stderr.print(f"{done['predicted']} frames predicted in {done['seconds']:.1f} s", highlight=False)
         return
     summary = engine.predict(options)
-    if json:
+    if job.json:
         print_json(engine.summary_dict(summary))
         return
     scores = summary.metrics["mean"] if summary.metrics else None

@@ -8,24 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vidseg_cli.cli.common import (
-    Device,
-    DeviceOption,
-    ForceOption,
-    JsonOption,
-    Runtime,
-    ThreadsOption,
-    Update,
-    UpdateOption,
-    choices,
-    fix_threads,
-    install_hint,
-    print_json,
-    print_json_line,
-    progress_bar,
-    stderr,
-    user_errors,
-)
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import fix_threads, print_json, print_json_line, progress_bar, stderr, user_errors
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import (
     DEFAULT_SIZE,
@@ -56,16 +40,16 @@ class ReuseMode(str, enum.Enum):
     refine = "refine"
 
 
-SparseMode = choices("SparseMode", SPARSE_MODES)
+SparseMode = flags.choices("SparseMode", SPARSE_MODES)
 
 
-Tta = choices("Tta", TTAS)
+Tta = flags.choices("Tta", TTAS)
 
 
-Format = choices("Format", FORMATS)
+Format = flags.choices("Format", FORMATS)
 
 
-Direction = choices("Direction", DIRECTIONS)
+Direction = flags.choices("Direction", DIRECTIONS)
 
 
 @user_errors
@@ -80,16 +64,16 @@ def segment_command(
     ],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: INPUT_masks beside the input).")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="png: palette PNG per frame; video: lossless FFV1 label video; overlay: colour mp4; alpha: soft matte per object (<id>/%05d.png); rle: COCO run-length JSON; all: every one.")] = Format.png,
-    force: ForceOption = False,
+    force: flags.ForceOption = False,
     resize_mask: Annotated[bool, typer.Option("--resize-mask", help="Resize masks whose size differs from the frames (nearest).")] = False,
     memory: Annotated[Memory, typer.Option(help="Memory update policy.")] = Memory.stremn,
     slots: Annotated[int, typer.Option(help="Memory slots (stremn, fifo).")] = 5,
-    update: UpdateOption = Update.C,
+    update: flags.UpdateOption = flags.Update.C,
     every: Annotated[int, typer.Option(help="stm: keep every N-th frame.")] = 5,
     model: Annotated[str, typer.Option(help="VOS model: a name from weights.toml or a .safetensors file from vidseg train.")] = DEFAULT_VOS_MODEL,
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
-    device: DeviceOption = Device.auto,
-    threads: ThreadsOption = None,
+    device: flags.DeviceOption = flags.Device.auto,
+    threads: flags.ThreadsOption = None,
     reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS gate threshold: frames with P_gate >= TAU skip the heavy path (1: never).")] = 1.0,
     reuse_mode: Annotated[ReuseMode, typer.Option(help="What a reused frame gets: the last mask (copy), copy when very similar else refine (fusion), or the refine translator.")] = ReuseMode.refine,
     reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse (default: MODEL-reuse).")] = None,
@@ -99,14 +83,14 @@ def segment_command(
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip also segments the mirrored video (with its own memory) and averages the two; about half the speed.")] = Tta.none,
     direction: Annotated[Direction, typer.Option(help="forward: from each mask on; backward: from each mask back; both: each object from the nearer mask that names it.")] = Direction.both,
     end: Annotated[Optional[list[str]], typer.Option("--end", metavar="ID:FRAME", help="Object ID is gone from FRAME on (a later mask that leaves an object out does not end it), until a later mask names it again. Repeatable.")] = None,
-    runtime: Annotated[Runtime, typer.Option(help=f'What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; {install_hint("onnx")}); onnx-int8 (8-bit weights and activations: faster still, slightly less accurate); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = Runtime.auto,
+    runtime: Annotated[flags.Runtime, typer.Option(help=f'What runs the backbone: torch; onnx (ONNX Runtime on the CPU, faster; {flags.install_hint("onnx")}); onnx-int8 (8-bit weights and activations: faster still, slightly less accurate); auto: onnx on a CPU where ONNX Runtime is installed, else torch. ONNX graphs are made once per model and size, and cached.')] = flags.Runtime.auto,
     events: Annotated[Optional[str], typer.Option(metavar="FILE|-", help="Per-frame objects (area, box, centroid, confidence) and events (appeared, lost, reappeared) as JSON lines, to FILE or stdout.")] = None,
     lost_after: Annotated[int, typer.Option(metavar="N", min=1, help="Events: an object absent for N frames is lost.")] = EventOptions.after,
     lost_below: Annotated[float, typer.Option(metavar="SHARE", min=0.0, max=0.99, help="Events: an object below this share of the frame counts as absent.")] = EventOptions.min_share,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the checkpoint an interrupted run of the same command left (in the output's hidden .NAME.partial folder); an output it already published is left as it is (one line, exit 0).")] = False,
     checkpoint_every: Annotated[int, typer.Option(metavar="N", min=0, help="Checkpoint every N frames (0: by time only).")] = 0,
     checkpoint_seconds: Annotated[float, typer.Option(metavar="S", min=0.0, help="Checkpoint every S seconds (0: by frames only).")] = 60.0,
-    json: JsonOption = False,
+    json: flags.JsonOption = False,
 ) -> None:
     """Segment objects through a video from their masks on some frames.
 

@@ -9,19 +9,9 @@ from typing import Annotated
 
 import typer
 
-from vidseg_cli.cli.common import Device, comma_list, user_errors
-from vidseg_cli.cli.train.run_folder import (
-    CheckpointEvery,
-    Crop,
-    DavisData,
-    Resume,
-    Seed,
-    StartOver,
-    TrainDevice,
-    crop_size,
-    prepare,
-    train_in,
-)
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import comma_list, user_errors
+from vidseg_cli.cli.train.run_folder import crop_size, prepare, train_in
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -42,24 +32,22 @@ SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=
 
 
 @user_errors
+@flags.taking(flags.RunFlags)
 def train_reuse_command(
-    data: DavisData,
+    data: flags.DavisData,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, reuse.safetensors, config.json, train.log.")],
     model: Annotated[str, typer.Option(help="The learned VOS model the heads serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
-    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = ReuseTrainConfig.steps,
-    seed: Seed = 0,
+    steps: flags.ClipSteps = ReuseTrainConfig.steps,
+    seed: flags.Seed = 0,
     clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: memory, one full frame, then reused frames.")] = ReuseTrainConfig.clip_length,
-    crop: Crop = "256x384",
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = ReuseTrainConfig.lr,
-    max_gap: Annotated[int, typer.Option(min=1, help="Widest gap between clip frames.")] = ReuseTrainConfig.max_gap,
+    crop: flags.Crop = "256x384",
+    lr: flags.AdamLR = ReuseTrainConfig.lr,
+    max_gap: flags.MaxGap = ReuseTrainConfig.max_gap,
     margin: Annotated[float, typer.Option(help="m1: the gate target's floor, reached halfway (eq 4).")] = ReuseTrainConfig.margin,
     tolerance: Annotated[float, typer.Option(help="m2: gate errors below it cost the same (eq 5).")] = ReuseTrainConfig.tolerance,
     gate_target: Annotated[GateTarget, typer.Option(help="What P_gate learns: IoU of the reused mask with the full network's (full) or of consecutive true masks (ground-truth, eq 4).")] = GateTarget.full,
     strictness: Annotated[float, typer.Option(help="The full target's exponent: > 1 asks for closer agreement at a given tau.")] = ReuseTrainConfig.strictness,
-    checkpoint_every: CheckpointEvery = 250,
-    device: TrainDevice = Device.auto,
-    resume: Resume = False,
-    force: StartOver = False,
+    run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train Reuse-VOS's heads (template matching, reuse gate, delta generator, refine translator)
     on a frozen learned VOS model."""
@@ -70,7 +58,7 @@ def train_reuse_command(
     if strictness <= 0:
         raise VidsegError("--strictness must be positive")
     use_all_cores()
-    target = pick_device(device.value)
+    target = pick_device(run.device.value)
     base = create_vos_model(model, target)
     if not isinstance(base, MemoryNetwork):
         raise VidsegError(f"--model {model}: reuse heads need a learned memory network (arch memnet)")
@@ -78,40 +66,38 @@ def train_reuse_command(
     config = ReuseTrainConfig(steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap,
                               margin=margin, tolerance=tolerance, gate_target=gate_target.value,
                               strictness=strictness, seed=seed, heads=heads)
-    prepare(out, resume, force, [data, model])
+    prepare(out, run, [data, model])
     rng = make_generator(seed)
     trainer = ReuseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, target)
 
-    def run(log: Callable[[str], None]) -> Path:
-        trainer.run(log, checkpoint_every=checkpoint_every)
+    def train_and_save(log: Callable[[str], None]) -> Path:
+        trainer.run(log, checkpoint_every=run.checkpoint_every)
         return trainer.save_heads(model_identity(model))
 
-    train_in(out, trainer, config, resume, lambda step: f"training reuse heads for {model}: {config.steps} steps from step {step} on {target} (seed {seed})", run)
+    train_in(out, trainer, config, run, lambda step: f"training reuse heads for {model}: {config.steps} steps from step {step} on {target} (seed {seed})", train_and_save)
 
 
 @user_errors
+@flags.taking(flags.RunFlags)
 def train_sparse_command(
-    data: DavisData,
+    data: flags.DavisData,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, gates.safetensors, config.json, train.log.")],
     mode: Annotated[SparseGateMode, typer.Option(help="static (skip or compute), residual (reuse or compute) or triple.")] = SparseGateMode.triple,
     model: Annotated[str, typer.Option(help="The learned VOS model the gates serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
     target: Annotated[float, typer.Option(help="t_s: the share of the gated work to compute (eqs 11-12).")] = SparseTrainConfig.target,
     tile: Annotated[int, typer.Option(help="Output pixels per tile side: one gate decision per tile.")] = SparseConfig.tile,
-    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = SparseTrainConfig.steps,
-    seed: Seed = 0,
+    steps: flags.ClipSteps = SparseTrainConfig.steps,
+    seed: flags.Seed = 0,
     clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: two dense memory frames, then sparse ones.")] = SparseTrainConfig.clip_length,
-    crop: Crop = "256x384",
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = SparseTrainConfig.lr,
-    max_gap: Annotated[int, typer.Option(min=1, help="Widest gap between clip frames.")] = SparseTrainConfig.max_gap,
+    crop: flags.Crop = "256x384",
+    lr: flags.AdamLR = SparseTrainConfig.lr,
+    max_gap: flags.MaxGap = SparseTrainConfig.max_gap,
     gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
     cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
     object_aware: Annotated[bool, typer.Option(help="Gates also read where the objects were on the last frame (their probabilities, dilated by 32 and 96 pixels).")] = True,
     reuse_far: Annotated[bool, typer.Option(help="Gates may reuse only farther than 32 pixels from the last frame's objects (needs --object-aware).")] = False,
     tune: Annotated[str, typer.Option(help="Heads of the memory network to train with the gates, comma-separated: key, decoder (none by default). The gates file carries them.")] = "",
-    checkpoint_every: CheckpointEvery = 250,
-    device: TrainDevice = Device.auto,
-    resume: Resume = False,
-    force: StartOver = False,
+    run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train SpVOS's triple gates (or a baseline's) in the backbone of a frozen learned VOS model."""
     if clip_length < 3:
@@ -127,7 +113,7 @@ def train_sparse_command(
     if unknown:
         raise VidsegError(f"--tune {unknown[0]!r}: choose from {', '.join(TUNABLE_HEADS)}")
     use_all_cores()
-    device_ = pick_device(device.value)
+    device_ = pick_device(run.device.value)
     base = create_vos_model(model, device_)
     if not isinstance(base, MemoryNetwork):
         raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
@@ -135,15 +121,15 @@ def train_sparse_command(
         steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
         seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, reuse_far=reuse_far, tuned=tuned), cost=cost.value,
     )
-    prepare(out, resume, force, [data, model])
+    prepare(out, run, [data, model])
     rng = make_generator(seed)
     trainer = SparseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, device_)
 
-    def run(log: Callable[[str], None]) -> Path:
+    def train_and_save(log: Callable[[str], None]) -> Path:
         if trainer.layer_seconds is not None:
             log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
-        trainer.run(log, checkpoint_every=checkpoint_every)
+        trainer.run(log, checkpoint_every=run.checkpoint_every)
         return trainer.save_gates(model_identity(model))
 
-    train_in(out, trainer, config, resume, lambda step: f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {step} on {device_} (seed {seed})", run)
+    train_in(out, trainer, config, run, lambda step: f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {step} on {device_} (seed {seed})", train_and_save)
 

@@ -7,21 +7,15 @@ from typing import Annotated
 
 import typer
 
-from vidseg_cli.cli.common import Device, user_errors
-from vidseg_cli.cli.train.run_folder import (
-    CheckpointEvery,
-    Resume,
-    Seed,
-    StartOver,
-    TrainDevice,
-    open_run,
-    train_in,
-)
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import user_errors
+from vidseg_cli.cli.train.run_folder import open_run, train_in
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import MAX_SLOTS, MemoryOptions, check_choice
 
 
 @user_errors
+@flags.taking(flags.RunFlags)
 def train_predict_command(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, predictor.safetensors, config.json, train.log.")],
     data: Annotated[str, typer.Option(metavar="mmnist|DIR", help="mmnist: Moving MNIST generated from --digits; DIR: a folder of videos (or frame folders) to learn from.")] = "mmnist",
@@ -32,7 +26,7 @@ def train_predict_command(
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 20_000,
     batch: Annotated[int, typer.Option(min=1, max=1024, help="Sequences per step, each with its own memory bank.")] = 16,
     teacher_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps over which true future frames are phased out as inputs (scheduled sampling; 0: always the model's own).")] = 0.5,
-    seed: Seed = 0,
+    seed: flags.Seed = 0,
     lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = 1e-3,
     memory: Annotated[str, typer.Option(help="Memory policy while training: stremn, fifo, first-last, stm.")] = "stremn",
     slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="Memory slots.")] = 5,
@@ -44,10 +38,7 @@ def train_predict_command(
     shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt per-patch distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
-    checkpoint_every: CheckpointEvery = 250,
-    device: TrainDevice = Device.auto,
-    resume: Resume = False,
-    force: StartOver = False,
+    run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
@@ -67,12 +58,12 @@ def train_predict_command(
             shift_radius=shift_radius,
         ),
     )
-    target = open_run(out, resume, force, inputs, device)
+    target = open_run(out, run, inputs)
     trainer = PredictTrainer(source, config, out, target, val_source)
     train_in(
-        out, trainer, config, resume,
+        out, trainer, config, run,
         lambda step: f"training the predictor: {config.steps} steps from step {step} on {target} (seed {seed})",
-        lambda log: trainer.run(log, val_every=val_every, checkpoint_every=checkpoint_every),
+        lambda log: trainer.run(log, val_every=val_every, checkpoint_every=run.checkpoint_every),
         on_stop=trainer.save_model,  # the averaged model is usable at any step
     )
 

@@ -10,27 +10,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
 
 import torch
 import typer
 
-from vidseg_cli.cli.common import Device, stderr
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import stderr
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import MARKER, resolve_output
 from vidseg_cli.signals import Terminated, interrupted_code
 from vidseg_cli.train.loop import CHECKPOINT
-
-# Options every trainer takes, with the same meaning (each command gives its own default).
-Seed = Annotated[int, typer.Option(help="Seeds every random draw.")]
-CheckpointEvery = Annotated[int, typer.Option(min=1, help="Write checkpoint.pt every N steps.")]
-TrainDevice = Annotated[Device, typer.Option(help="Where to train.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")]
-StartOver = Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")]
-DavisData = Annotated[Path, typer.Option(help="Training data in DAVIS layout.")]
-Crop = Annotated[str, typer.Option(help="Training crop HEIGHTxWIDTH.")]
 
 
 def crop_size(text: str) -> tuple[int, int]:
@@ -56,35 +47,36 @@ def pair(option: str, text: str, kind: type) -> tuple:
 
 
 
-def open_run(out: Path, resume: bool, force: bool, inputs: list[Path | str | None], device: Device) -> torch.device:
+def open_run(out: Path, run: flags.RunFlags, inputs: list[Path | str | None]) -> torch.device:
     """The run folder made ready (``prepare``), every core put to work, and the device to train on."""
-    prepare(out, resume, force, inputs)
+    prepare(out, run, inputs)
     use_all_cores()
-    return pick_device(device.value)
+    return pick_device(run.device.value)
 
 
-def train_in(out: Path, trainer, config, resume: bool, intro: Callable[[int], str], run: Callable, on_stop: Callable[[], Path] | None = None) -> None:
-    """Start or resume ``trainer`` in ``out``, log ``intro(step)``, ``run(log)`` it, and print
-    what it wrote on stdout."""
-    start_or_resume(trainer, out, config, resume)
+def train_in(
+    out: Path, trainer, config, run: flags.RunFlags, intro: Callable[[int], str], work: Callable,
+    on_stop: Callable[[], Path] | None = None,
+) -> None:
+    """Start or resume ``trainer`` in ``out``, log ``intro(step)``, train with ``work(log)``,
+    and print what it wrote on stdout."""
+    start_or_resume(trainer, out, config, run.resume)
     with training_log(out, trainer, on_stop) as log:
         log(intro(trainer.step))
-        path = run(log)
+        path = work(log)
     print(path)
-
-
-def prepare(out: Path, resume: bool, force: bool, inputs: list[Path | str | None]) -> None:
+def prepare(out: Path, run: flags.RunFlags, inputs: list[Path | str | None]) -> None:
     """A run folder that is no input and holds no input; --force empties only a folder
     that a vidseg training run made (marked, or holding its config.json and train.log)."""
     resolve_output(out, [Path(p) for p in inputs if p is not None and Path(p).exists()])
-    if resume:
+    if run.resume:
         if not (out / CHECKPOINT).is_file():
             raise VidsegError(f"nothing to resume: {out / CHECKPOINT} does not exist")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not is_run_folder(out):
             raise VidsegError(f"{out} exists and is not a vidseg run folder; choose another --out")
-        if not force:
+        if not run.force:
             raise VidsegError(f"run folder {out} is not empty; pass --resume to continue or --force to start over")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

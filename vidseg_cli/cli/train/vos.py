@@ -11,21 +11,9 @@ from typing import Annotated
 import torch
 import typer
 
-from vidseg_cli.cli.common import Device, DeviceOption, comma_list, stderr, user_errors
-from vidseg_cli.cli.train.run_folder import (
-    CheckpointEvery,
-    Crop,
-    DavisData,
-    Resume,
-    Seed,
-    StartOver,
-    TrainDevice,
-    crop_size,
-    open_run,
-    pair,
-    pair_text,
-    train_in,
-)
+from vidseg_cli.cli import flags
+from vidseg_cli.cli.common import comma_list, stderr, user_errors
+from vidseg_cli.cli.train.run_folder import crop_size, open_run, pair, pair_text, train_in
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
 from vidseg_cli.errors import VidsegError
@@ -47,17 +35,18 @@ FusionCandidate = Enum("FusionCandidate", {name: name for name in FUSION_CANDIDA
 
 
 @user_errors
+@flags.taking(flags.RunFlags)
 def train_vos_command(
-    data: DavisData,
+    data: flags.DavisData,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
     val: Annotated[Path | None, typer.Option(help="Validation data in DAVIS layout (J&F at intervals).")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Training clips (one optimiser step each).")] = TrainConfig.steps,
-    seed: Seed = 0,
+    steps: flags.ClipSteps = TrainConfig.steps,
+    seed: flags.Seed = 0,
     clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip.")] = TrainConfig.clip_length,
     slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="stremn slots during training (< clip length - 1 to fuse).")] = TrainConfig.slots,
     update: Annotated[str, typer.Option(help="stremn update rules drawn from per training clip, e.g. ABCD or C.")] = TrainConfig.rules,
-    crop: Crop = "256x384",
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = TrainConfig.lr,
+    crop: flags.Crop = "256x384",
+    lr: flags.AdamLR = TrainConfig.lr,
     finetune_blocks: Annotated[int, typer.Option(help="Also train the last N of the backbone's 11 blocks (0: frozen).")] = 0,
     max_gap: Annotated[str, typer.Option(help="Curriculum: widest frame gap at the start and the end, START,END.")] = pair_text(TrainConfig.max_gap),
     top_p: Annotated[str, typer.Option(help="Bootstrapped CE: share of hardest pixels kept at the start and the end, START,END.")] = pair_text(TrainConfig.top_p),
@@ -74,10 +63,7 @@ def train_vos_command(
     fusion_distill: Annotated[float, typer.Option(help="Weight of the fusion loss: a bank with fused slots should read like one that dropped nothing.")] = 0.0,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 2000,
     val_size: Annotated[int, typer.Option(min=MIN_SIZE, max=MAX_SIZE, help="Internal size for validation.")] = 360,
-    checkpoint_every: CheckpointEvery = 250,
-    device: TrainDevice = Device.auto,
-    resume: Resume = False,
-    force: StartOver = False,
+    run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train the memory network (keys, values, decoder, fusion cell) on a frozen backbone."""
     if clip_length < 2:
@@ -109,15 +95,15 @@ def train_vos_command(
         extra_share=extras, scene_share=scene_share, static_share=static_share, region_share=region_share, ema=ema, init=file_sha256(init) if init is not None else "", train=train.value, fusion_distill=fusion_distill,
         model=model.config,
     )
-    target = open_run(out, resume, force, [data, val, init, backgrounds], device)
+    target = open_run(out, run, [data, val, init, backgrounds])
     model = model.to(target)
     sampler = ClipSampler(data, config.clip_length, config.crop, rng, multi_object=True, backgrounds=backgrounds)
     trainer = Trainer(model, sampler, config, out, target)
     validate = _validator(model, val, val_size, target) if val is not None else None
     train_in(
-        out, trainer, config, resume,
+        out, trainer, config, run,
         lambda step: f"training {config.steps} steps from step {step} on {target} (seed {seed})",
-        lambda log: run_training(trainer, log, validate, checkpoint_every=checkpoint_every, validate_every=val_every),
+        lambda log: run_training(trainer, log, validate, checkpoint_every=run.checkpoint_every, validate_every=val_every),
     )
 
 
@@ -152,7 +138,7 @@ def train_calibrate_command(
     topk: Annotated[str | None, typer.Option(help="Comma list of top-k values to try (default: the model's).")] = None,
     fusion_candidate: Annotated[FusionCandidate | None, typer.Option(help="How the fusion cell uses its tensors (default: the model's).")] = None,
     size: Annotated[int, typer.Option(min=MIN_SIZE, max=MAX_SIZE, help="Internal size for validation.")] = 360,
-    device: DeviceOption = Device.auto,
+    device: flags.DeviceOption = flags.Device.auto,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Choose the logit bias and the memory read's top-k by J&F on validation data, and write
