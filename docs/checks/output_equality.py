@@ -4,6 +4,8 @@
     python docs/checks/output_equality.py run  --vidseg vidseg               --out /tmp/after
     python docs/checks/output_equality.py compare /tmp/before /tmp/after
 
+Run both with this checkout's script: each output's marker records its inputs' paths and
+times, so both runs must read the same shared data and the same generated clip.
 ``run`` writes every output of segment, semseg, predict and bench on the shared data, then
 ``manifest.json``: the sha256 of each output file, and each bench report with its timings
 (FPS, latency, memory: they differ from run to run) removed. ``compare`` lists what differs and
@@ -18,12 +20,16 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# Inputs made here stay at one path between runs: each output's marker records its inputs'
+# paths, sizes and times, and should match too (a re-run after an upgrade must see that).
+INPUTS = Path(tempfile.gettempdir()) / "vidseg-equality-inputs"
 TIMING = ("fps", "latency", "ms", "rss", "memory_mb", "seconds", "time", "wall", "peak", "threads", "cpu")
 
 
@@ -43,7 +49,10 @@ def jobs(out: Path, digits: Path) -> dict[str, list[str]]:
 
 
 def moving_digits(folder: Path) -> Path:
-    """A 20-frame 64x64 clip of two digits bouncing, the same for every install (fixed seed)."""
+    """A 20-frame 64x64 clip of two digits bouncing, the same for every install (fixed seed);
+    written once, so that later runs read the very same files."""
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == 20:
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     images = np.load(Path(__file__).resolve().parents[2] / "vidseg_cli/predict/example_digits.npz")
@@ -72,7 +81,7 @@ def without_timings(value):
 
 def run(vidseg: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=False)
-    digits = moving_digits(out / "inputs/digits")
+    digits = moving_digits(INPUTS / "digits")
     manifest: dict[str, object] = {}
     for name, args in jobs(out, digits).items():
         print(f"{name}: {vidseg} {' '.join(args)}", file=sys.stderr)
