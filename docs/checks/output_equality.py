@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,9 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # Inputs made here stay at one path between runs: each output's marker records its inputs'
 # paths, sizes and times, and should match too (a re-run after an upgrade must see that).
 INPUTS = Path(tempfile.gettempdir()) / "vidseg-equality-inputs"
+# Every job writes here, then its output moves under --out: the marker records the output
+# path too, so both runs write to the same one.
+WORK = Path(tempfile.gettempdir()) / "vidseg-equality-work"
 TIMING = ("fps", "latency", "ms", "rss", "memory_mb", "seconds", "time", "wall", "peak", "threads", "cpu")
 
 
@@ -71,6 +75,21 @@ def moving_digits(folder: Path) -> Path:
     return folder
 
 
+def fingerprint(path: Path) -> str:
+    """sha256 of a file; of a label video's decoded frames and timestamps (Matroska writes a
+    random segment id into every file's header)."""
+    if path.suffix != ".mkv":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    import av
+
+    digest = hashlib.sha256()
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            digest.update(str(frame.pts).encode())
+            digest.update(frame.to_ndarray().tobytes())
+    return "frames " + digest.hexdigest()
+
+
 def without_timings(value):
     if isinstance(value, dict):
         return {k: without_timings(v) for k, v in value.items() if not any(word in k.lower() for word in TIMING)}
@@ -81,9 +100,10 @@ def without_timings(value):
 
 def run(vidseg: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=False)
+    shutil.rmtree(WORK, ignore_errors=True)
     digits = moving_digits(INPUTS / "digits")
     manifest: dict[str, object] = {}
-    for name, args in jobs(out, digits).items():
+    for name, args in jobs(WORK, digits).items():
         print(f"{name}: {vidseg} {' '.join(args)}", file=sys.stderr)
         done = subprocess.run([vidseg, *args], capture_output=True, text=True, cwd=out)
         if done.returncode != 0:
@@ -91,9 +111,8 @@ def run(vidseg: str, out: Path) -> None:
         if args[0] == "bench":
             manifest[name] = without_timings(json.loads(done.stdout))
         else:
-            folder = out / name
-            manifest[name] = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-                              for p in sorted(folder.rglob("*")) if p.is_file()}
+            folder = Path(shutil.move(WORK / name, out / name))
+            manifest[name] = {str(p.relative_to(folder)): fingerprint(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
