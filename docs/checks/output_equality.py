@@ -9,7 +9,8 @@ times, so both runs must read the same shared data and the same generated clip.
 ``run`` writes every output of segment, semseg, predict and bench on the shared data, then
 ``manifest.json``: the sha256 of each output file, and each bench report with its timings
 (FPS, latency, memory: they differ from run to run) removed. ``compare`` lists what differs and
-exits 1 if anything does. Used for the refactor of issue 36; any change that claims to keep
+exits 1 if anything does, but for the lossy overlay preview (H.264, whose bytes vary between
+two runs of one install), which it lists apart. Used for the refactor of issue 36; any change that claims to keep
 behaviour can run it.
 """
 
@@ -34,6 +35,9 @@ INPUTS = Path(tempfile.gettempdir()) / "vidseg-equality-inputs"
 # Every job writes here, then its output moves under --out: the marker records the output
 # path too, so both runs write to the same one.
 WORK = Path(tempfile.gettempdir()) / "vidseg-equality-work"
+# The colour overlay is a lossy H.264 preview whose bytes vary between two runs of one
+# install (measured: two runs of the same commit gave two files): listed, never failed on.
+LOSSY = (".mp4",)
 TIMING = ("fps", "latency", "ms", "rss", "memory_mb", "seconds", "time", "wall", "peak", "threads", "cpu")
 
 
@@ -121,15 +125,18 @@ def compare(before: Path, after: Path) -> int:
     new = json.loads((after / "manifest.json").read_text())
     differences = 0
     for job in sorted(set(old) | set(new)):
-        if old.get(job) == new.get(job):
-            print(f"{job}: identical ({len(old[job]) if isinstance(old[job], dict) else 'report'} entries)")
-            continue
-        differences += 1
         a, b = old.get(job), new.get(job)
-        if isinstance(a, dict) and isinstance(b, dict):
+        if a == b:
+            print(f"{job}: identical ({len(a) if isinstance(a, dict) else 'report'} entries)")
+        elif isinstance(a, dict) and isinstance(b, dict):
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            print(f"{job}: DIFFERS in {len(changed)} entries, e.g. {changed[:5]}")
+            exact = [k for k in changed if not k.endswith(LOSSY)]
+            differences += bool(exact)
+            same = len(set(a) | set(b)) - len(changed)
+            print(f"{job}: {same} entries identical; differ: {exact or 'none'}"
+                  + (f"; lossy previews that differ: {sorted(set(changed) - set(exact))}" if len(exact) < len(changed) else ""))
         else:
+            differences += 1
             print(f"{job}: DIFFERS")
     return 1 if differences else 0
 
