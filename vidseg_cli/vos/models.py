@@ -71,11 +71,6 @@ def load_memnet(path: Path, fusion_candidate: str | None = None) -> MemoryNetwor
     return model
 
 
-def model_identity(name: str) -> str:
-    """What reuse heads and sparse gates record of the model they were trained on: its file's sha256."""
-    return checkpoint(name, "vos").sha256
-
-
 def load_addon(
     model: str, name: str, arch: str, kind: str, command: str, device: torch.device | str
 ) -> tuple[MemoryNetwork, dict[str, torch.Tensor], dict[str, str], Path]:

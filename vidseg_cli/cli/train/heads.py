@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from vidseg_cli.cli import flags
@@ -18,13 +19,14 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import DEFAULT_VOS_MODEL
 from vidseg_cli.vos.clips import ClipSampler
 from vidseg_cli.vos.memnet import MemoryNetwork
-from vidseg_cli.vos.models import create_vos_model, model_identity
+from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.reuse.heads import ReuseConfig
 from vidseg_cli.vos.reuse.train import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
 from vidseg_cli.vos.sparse.gates import POLICIES
 from vidseg_cli.vos.sparse.network import TUNABLE_HEADS, SparseConfig
 from vidseg_cli.vos.sparse.train import LAYER_COSTS, SparseTrainConfig, SparseTrainer
 from vidseg_cli.vos.train import make_generator
+from vidseg_cli.weights.registry import Checkpoint, checkpoint
 
 GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
 SparseCost = Enum("SparseCost", {name: name for name in LAYER_COSTS}, type=str)
@@ -57,11 +59,7 @@ def train_reuse_command(
         raise VidsegError("--margin and --tolerance are probabilities in [0, 1]")
     if strictness <= 0:
         raise VidsegError("--strictness must be positive")
-    use_all_cores()
-    target = pick_device(run.device.value)
-    base = create_vos_model(model, target)
-    if not isinstance(base, MemoryNetwork):
-        raise VidsegError(f"--model {model}: reuse heads need a learned memory network (arch memnet)")
+    base, spec, target = _frozen_base(model, run, "reuse heads")
     heads = ReuseConfig(refined_dim=base.config.decoder_dims[1])  # the translator speaks the decoder's R8
     config = ReuseTrainConfig(steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap,
                               margin=margin, tolerance=tolerance, gate_target=gate_target.value,
@@ -72,7 +70,7 @@ def train_reuse_command(
 
     def train_and_save(log: Callable[[str], None]) -> Path:
         trainer.run(log, checkpoint_every=run.checkpoint_every)
-        return trainer.save_heads(model_identity(model))
+        return trainer.save_heads(spec.sha256)
 
     train_in(out, trainer, config, run, lambda step: f"training reuse heads for {model}: {config.steps} steps from step {step} on {target} (seed {seed})", train_and_save)
 
@@ -112,11 +110,7 @@ def train_sparse_command(
     unknown = sorted(set(tuned) - set(TUNABLE_HEADS))
     if unknown:
         raise VidsegError(f"--tune {unknown[0]!r}: choose from {', '.join(TUNABLE_HEADS)}")
-    use_all_cores()
-    device_ = pick_device(run.device.value)
-    base = create_vos_model(model, device_)
-    if not isinstance(base, MemoryNetwork):
-        raise VidsegError(f"--model {model}: sparse gates need a learned memory network (arch memnet)")
+    base, spec, device_ = _frozen_base(model, run, "sparse gates")
     config = SparseTrainConfig(
         steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
         seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, reuse_far=reuse_far, tuned=tuned), cost=cost.value,
@@ -129,7 +123,18 @@ def train_sparse_command(
         if trainer.layer_seconds is not None:
             log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
         trainer.run(log, checkpoint_every=run.checkpoint_every)
-        return trainer.save_gates(model_identity(model))
+        return trainer.save_gates(spec.sha256)
 
     train_in(out, trainer, config, run, lambda step: f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {step} on {device_} (seed {seed})", train_and_save)
 
+
+def _frozen_base(model: str, run: flags.RunFlags, kind: str) -> tuple[MemoryNetwork, Checkpoint, torch.device]:
+    """The learned VOS model an add-on trains on, on the device to train on, and its
+    checkpoint (whose sha256 the add-on's file records), resolved once."""
+    use_all_cores()
+    device = pick_device(run.device.value)
+    spec = checkpoint(model, "vos")
+    base = create_vos_model(spec, device)
+    if not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--model {model}: {kind} need a learned memory network (arch memnet)")
+    return base, spec, device

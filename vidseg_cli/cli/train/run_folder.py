@@ -46,7 +46,6 @@ def pair(option: str, text: str, kind: type) -> tuple:
     return first, last
 
 
-
 def open_run(out: Path, run: flags.RunFlags, inputs: list[Path | str | None]) -> torch.device:
     """The run folder made ready (``prepare``), every core put to work, and the device to train on."""
     prepare(out, run, inputs)
