@@ -198,10 +198,9 @@ def test_bench_csv_rows(vidseg, tmp_path):
     assert len(lines) == 3  # header + one row per size
 
 
-@pytest.mark.slow
-def test_bench_sparse_needs_gates_and_a_known_mode(vidseg):
-    run = vidseg("bench", "--sparse", "triple", "--sparse-gates", "no-such-gates")
-    assert run.code == 2 and "no sparse gates named 'no-such-gates'" in run.stderr
+def test_bench_sparse_needs_a_learned_model_and_a_known_mode(vidseg):
+    run = vidseg("bench", "--sparse", "triple", "--model", "propagate")
+    assert run.code == 2 and "--sparse needs a learned memory network" in run.stderr
     run = vidseg("bench", "--sparse", "dense")
     assert run.code == 2 and "unknown --sparse 'dense'" in run.stderr
 

@@ -56,7 +56,7 @@ def test_bench_runs_both_runtimes_side_by_side(vidseg, tmp_path):
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        (("--reuse", "0.5"), "cannot be combined with --reuse or --sparse"),
+        (("--reuse", "0.5"), "cannot be combined with --reuse"),
         (("--model", "propagate"), "runs learned memory networks"),
     ],
 )

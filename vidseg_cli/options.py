@@ -33,7 +33,6 @@ TTAS = ("none", "flip")
 REUSE_MODES = ("copy", "fusion", "refine")
 SPARSE_GATE_MODES = ("static", "residual", "triple")
 SPARSE_MODES = ("none", *SPARSE_GATE_MODES)
-SPARSE_WRITE_EVERY = 5  # SpVOS's DAVIS schedule: a memory frame every five frames
 DIRECTIONS = ("forward", "backward", "both")
 # What runs the backbone: eager PyTorch, ONNX Runtime on the CPU (float32, or INT8 weights
 # and activations), or auto: onnx on a CPU where the onnx extra is installed, else torch
@@ -121,7 +120,6 @@ class SegmentOptions(OutputJob):
     reuse: ReuseOptions = ReuseOptions()
     reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
     sparse: SparseOptions = SparseOptions()
-    sparse_gates: str | None = None  # default: the weights.toml entry MODEL-MODE
     tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)
     direction: str = "both"  # forward, backward, or both (each object from the nearer mask naming it)

@@ -50,9 +50,8 @@ def bench_command(
     plot: Annotated[Path | None, typer.Option(metavar="FILE.png", help="Plot J&F against FPS and memory against frame index.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing report files.")] = False,
     long: Annotated[int | None, typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
-    sparse: Annotated[str, typer.Option(help="Comma list of SpVOS modes: none, static, residual, triple (frames written to memory run dense).")] = "none",
-    sparse_gates: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Sparse gates; {mode} stands for the mode (default: MODEL-{mode} from weights.toml).")] = None,
-    write_every: Annotated[int | None, typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1; 5 when --sparse lists a mode).")] = None,
+    sparse: Annotated[str, typer.Option(help="Comma list of region modes (SpVOS's): none, static, residual, triple.")] = "none",
+    write_every: Annotated[int | None, typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1).")] = None,
     reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of Reuse-VOS gate thresholds (1: never reuse).")] = "1",
     reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
     reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
@@ -83,6 +82,6 @@ def bench_command(
     bench(
         data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots or "5", update=update,
         every=every, fusion=fusion, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
-        force=force, long=long, sparse=sparse, sparse_gates=sparse_gates, write_every=write_every, reuse=reuse,
+        force=force, long=long, sparse=sparse, write_every=write_every, reuse=reuse,
         reuse_mode=reuse_mode, reuse_heads=reuse_heads, tta=tta, runtime=runtime,
     )

@@ -109,6 +109,34 @@ class _Graphs:
         suffix = f"-int8v{INT8_VERSION}" if int8 else ""
         return cache_dir() / f"{self.name}-{'x'.join(str(n) for n in shape)}-opset{OPSET}{suffix}.onnx"
 
+    def run_relaxed(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
+        """Run the graph exported for ``shape`` on inputs of other heights and widths.
+
+        Right only for a graph whose operators hold no size (the backbone's: convolutions
+        with their padding as attributes, activations, sums) and for inputs whose sizes pad
+        as ``shape`` does (vos/regions/boxes.py keeps crops so)."""
+        key = ("relaxed", *shape)
+        session = self._sessions.get(key)
+        if session is None:
+            self._open(shape, {name: torch.zeros(shape) for name in inputs}, outputs)
+            session = self._sessions[key] = self._session(_relaxed(self.graph_path(shape)))
+        arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
+        return [torch.from_numpy(a) for a in session.run(None, arrays)]
+
+    def run_any_size(self, inputs: dict[str, torch.Tensor], outputs: list[str], axes: dict[str, dict[int, str]]) -> list[torch.Tensor]:
+        """Run one graph, exported with every axis in ``axes`` left open, on inputs of any
+        such sizes. Traced by TorchScript: its graph computes sizes (the decoder's
+        upsampling targets) from its inputs, where torch.export's writes them in."""
+        session = self._sessions.get("any")
+        if session is None:
+            path = cache_dir() / f"{self.name}-any-opset{OPSET}.onnx"
+            if not path.exists():
+                print(f"exporting {self.label} for ONNX Runtime at any size (once; cached in {path.parent})", file=sys.stderr)
+                export(self.module, tuple(inputs.values()), list(inputs), outputs, path, axes)
+            session = self._sessions["any"] = self._session(str(path))
+        arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
+        return [torch.from_numpy(a) for a in session.run(None, arrays)]
+
     def _open(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]):
         path = self.graph_path(shape)
         where = f"{'x'.join(str(n) for n in shape)} (once; cached in {path.parent})"
@@ -120,6 +148,10 @@ class _Graphs:
         if self.int8 and not path.exists():
             print(f"quantizing {self.label} to INT8 at {where}", file=sys.stderr)
             quantize(full, path, dict(zip(inputs, (t.shape for t in inputs.values()), strict=True)))
+        session = self._sessions[shape] = self._session(str(path))
+        return session
+
+    def _session(self, graph: str | bytes):
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -127,9 +159,20 @@ class _Graphs:
         # ORT's workers spin-wait after each run by default; the rest then runs in PyTorch on
         # the same cores, and both runtimes' threads would fight for them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self._sessions[shape] = session
-        return session
+        return self._ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def _relaxed(path: Path) -> bytes:
+    """The graph at ``path`` with its inputs' and outputs' heights and widths left open and
+    no recorded intermediate shapes, so that ONNX Runtime takes any size."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for value in (*graph.graph.input, *graph.graph.output):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim[2:]):
+            dim.dim_param = f"{value.name}_{axis}"
+    del graph.graph.value_info[:]
+    return graph.SerializeToString()
 
 
 class OnnxTrunk:
@@ -144,6 +187,14 @@ class OnnxTrunk:
             return self.backbone(image)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         s4, s8, s16 = self._graphs.run(size, {"image": image}, ["s4", "s8", "s16"])
+        return Features(*(t.to(image.device) for t in (s4, s8, s16)))
+
+    def crop(self, image: torch.Tensor, frame_size: tuple[int, int]) -> Features:
+        """Features of a crop (1, 3, h, w) of a frame of ``frame_size``, by the frame's own
+        graph: the crop must pad as the frame does (vos/regions/boxes.py)."""
+        if _watched():
+            return self.backbone(image)
+        s4, s8, s16 = self._graphs.run_relaxed(frame_size, {"image": image}, ["s4", "s8", "s16"])
         return Features(*(t.to(image.device) for t in (s4, s8, s16)))
 
     @property
@@ -167,9 +218,16 @@ class _Decoding(torch.nn.Module):
         return self.decoder(readout, features)
 
 
+_DECODER_AXES = {
+    "readout": {0: "objects", 2: "h16", 3: "w16"}, "s16": {2: "h16", 3: "w16"},
+    "s8": {2: "h8", 3: "w8"}, "s4": {2: "h4", 3: "w4"}, "logits": {0: "objects", 1: "h4", 2: "w4"},
+}
+
+
 class OnnxDecoder:
     """Callable like the decoder on one frame's objects: readout (O, Cv, h, w) and the
-    frame's Features (batch of one) -> logits (O, H4, W4), on ONNX Runtime."""
+    frame's Features (batch of one) -> logits (O, H4, W4), on ONNX Runtime. ``crop`` runs
+    one graph for every size and object count (a region step decodes a new size each frame)."""
 
     def __init__(self, decoder: torch.nn.Module, threads: int | None = None) -> None:
         self.decoding = _Decoding(decoder.eval())
@@ -181,6 +239,13 @@ class OnnxDecoder:
             return self.decoding(readout, features.s4, features.s8, features.s16)
         inputs = {"readout": readout, "s4": features.s4, "s8": features.s8, "s16": features.s16}
         (logits,) = self._graphs.run((readout.shape[0], *features.s4.shape[-2:]), inputs, ["logits"])
+        return logits.to(readout.device)
+
+    def crop(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
+        if _watched():
+            return self.decoding(readout, features.s4, features.s8, features.s16)
+        inputs = {"readout": readout, "s4": features.s4, "s8": features.s8, "s16": features.s16}
+        (logits,) = self._graphs.run_any_size(inputs, ["logits"], _DECODER_AXES)
         return logits.to(readout.device)
 
 
@@ -195,8 +260,16 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
-def export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str], path: Path) -> None:
-    """Write a module's graph for one input shape, atomically (concurrent runs may race)."""
+def export(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    inputs: list[str],
+    outputs: list[str],
+    path: Path,
+    axes: dict[str, dict[int, str]] | None = None,
+) -> None:
+    """Write a module's graph for one input shape (or, with ``axes``, for any size of
+    those axes), atomically (concurrent runs may race)."""
     try:
         import onnx  # noqa: F401 - the exporter needs both
         import onnxscript  # noqa: F401
@@ -210,11 +283,17 @@ def export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], inputs: l
         # warnings about operators of other models (torchvision's)
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter's advice is for other models
-            program = torch.onnx.export(
-                module.eval(), example, input_names=inputs, output_names=outputs,
-                opset_version=OPSET, dynamo=True, verbose=False, external_data=False,
-            )
-            program.save(staging)
+            if axes is None:
+                program = torch.onnx.export(
+                    module.eval(), example, input_names=inputs, output_names=outputs,
+                    opset_version=OPSET, dynamo=True, verbose=False, external_data=False,
+                )
+                program.save(staging)
+            else:
+                torch.onnx.export(
+                    module.eval(), example, staging, input_names=inputs, output_names=outputs,
+                    opset_version=OPSET, dynamo=False, dynamic_axes=axes,
+                )
         os.replace(staging, path)
     except OSError as error:
         raise VidsegError(f"cannot write the ONNX trunk to {path.parent}: {error.strerror}") from None

@@ -23,13 +23,12 @@ from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
 from vidseg_cli.models.registry import runtime_of
-from vidseg_cli.options import MemoryOptions
+from vidseg_cli.options import MemoryOptions, SparseOptions
 from vidseg_cli.vos.base import VOSModel
 from vidseg_cli.vos.checks import check_tta, validate_memory, validate_size
 from vidseg_cli.vos.davis import Sequence
 from vidseg_cli.vos.reuse.state import ReuseOptions
-from vidseg_cli.vos.segment import build_model, make_session, sparse_gates_name
-from vidseg_cli.vos.sparse.state import SPARSE_WRITE_EVERY, SparseOptions
+from vidseg_cli.vos.segment import build_model, make_session
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,6 @@ class Config:
     reuse: ReuseOptions = ReuseOptions()
     reuse_heads: str | None = None
     sparse: SparseOptions = SparseOptions()
-    sparse_gates: str | None = None
     tta: str = "none"
     runtime: str = "torch"
 
@@ -60,14 +58,13 @@ class Config:
 
     @property
     def network(self) -> tuple[str, str | None, str | None, str]:
-        """Which model object runs it: the model, with reuse heads only when it may reuse and
-        sparse gates only when it runs sparse, on its runtime."""
+        """Which model object runs it: the model, with reuse heads only when it may reuse,
+        on its runtime (region steps run the model itself)."""
         heads = (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None
-        gates = sparse_gates_name(self.model, self.sparse.mode, self.sparse_gates) if self.sparse.enabled else None
-        return self.model, heads, gates, self.runtime
+        return self.model, heads, self.runtime
 
     def build(self, device: torch.device) -> VOSModel:
-        return build_model(self.model, device, self.reuse, self.reuse_heads, self.sparse, self.sparse_gates, self.runtime)
+        return build_model(self.model, device, self.reuse, self.reuse_heads, self.sparse, self.runtime)
 
 
 # FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
@@ -146,16 +143,13 @@ def configs(
     reuse_modes: tuple[str, ...] = ("refine",),
     reuse_heads: str | None = None,
     sparses: tuple[str, ...] = ("none",),
-    sparse_gates: str | None = None,
     write_every: int | None = None,
     ttas: tuple[str, ...] = ("none",),
     runtimes: tuple[str, ...] = ("torch",),
 ) -> list[Config]:
     """The cross product, without duplicates that an option does not affect. Memory is
-    written every ``write_every`` frames; by default every frame, or SpVOS's every fifth
-    when a sparse mode is listed (for every configuration, so they compare alike)."""
-    if write_every is None:
-        write_every = SPARSE_WRITE_EVERY if any(s != "none" for s in sparses) else 1
+    written every ``write_every`` frames (default: every frame)."""
+    write_every = write_every or 1
     seen, out = set(), []
     grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses, ttas, runtimes)
     for model, size, memory, k, rule, n, fusion, tau, mode, sparse, tta, runtime in grid:
@@ -171,7 +165,7 @@ def configs(
         sparsing = SparseOptions(sparse)
         config = Config(
             model, size, options, reuse, reuse_heads if reuse.enabled else None,
-            sparsing, sparse_gates if sparsing.enabled else None, tta, runtime,
+            sparsing, tta, runtime,
         )
         if config not in seen:
             seen.add(config)

@@ -264,6 +264,22 @@ class MemoryNetwork(nn.Module):
         return torch.sigmoid(self.decode(readout[None], frame.features)[0])
 
     @torch.inference_mode()
+    def crop_features(self, crop: torch.Tensor, frame_size: tuple[int, int]) -> Features:
+        """Backbone features of a crop (3, h, w) of a frame of ``frame_size``; the crop must
+        pad as the frame does (vos/regions/boxes.py)."""
+        crop_trunk = getattr(self.trunk, "crop", None)
+        return crop_trunk(crop[None], frame_size) if crop_trunk else self.backbone(crop[None])
+
+    @torch.inference_mode()
+    def segment_crop(self, key: torch.Tensor, features: Features, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        """``segment`` on part of a frame: its key (Ck, h, w) and features -> (O, h4, w4)."""
+        readout = self.read(key, slots, objects)
+        crop_decoder = getattr(self.frame_decoder, "crop", None)
+        if crop_decoder is not None:
+            return torch.sigmoid(crop_decoder(readout, features))
+        return torch.sigmoid(self.decode(readout[None], features)[0])
+
+    @torch.inference_mode()
     def memorize(self, frame: MemNetFrame, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return frame.key, self.values(frame.features, probs[None])[0]
 

@@ -50,12 +50,12 @@ from vidseg_cli.vos.directions import (
     prediction_of,
 )
 from vidseg_cli.vos.events import EventsOut, EventTracker
+from vidseg_cli.vos.memnet import MemoryNetwork
 from vidseg_cli.vos.models import create_vos_model
+from vidseg_cli.vos.regions.tracker import RegionSettings, RegionTracker
 from vidseg_cli.vos.reuse.model import create_reuse_model
 from vidseg_cli.vos.reuse.state import ReuseTracker
 from vidseg_cli.vos.session import StepResult, VOSSession
-from vidseg_cli.vos.sparse.model import create_sparse_model
-from vidseg_cli.vos.sparse.state import SparseTracker
 
 Progress = Callable[[int, int | None], None]
 
@@ -100,7 +100,6 @@ def build_model(
     reuse: ReuseOptions,
     heads: str | None = None,
     sparse: SparseOptions = SparseOptions(),
-    gates: str | None = None,
     runtime: str = "torch",
 ) -> VOSModel:
     """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1) or its
@@ -108,22 +107,16 @@ def build_model(
     (auto: where it can, models/registry.py)."""
     if reuse.enabled and sparse.enabled:
         raise VidsegError("--reuse and --sparse cannot be combined: pick one way to skip work")
-    if runtime == "auto" and (reuse.enabled or sparse.enabled):
-        runtime = "torch"  # reuse and sparse skip parts of the PyTorch backbone
-    if runtime != "torch":
-        if reuse.enabled or sparse.enabled:
-            raise VidsegError(f"--runtime {runtime} runs the whole backbone: it cannot be combined with --reuse or --sparse")
-        return with_runtime(create_vos_model(model, device), runtime, device)
+    if runtime == "auto" and reuse.enabled:
+        runtime = "torch"  # reuse skips parts of the PyTorch backbone
+    if runtime != "torch" and reuse.enabled:
+        raise VidsegError(f"--runtime {runtime} runs the whole backbone: it cannot be combined with --reuse")
     if reuse.enabled:
         return create_reuse_model(model, heads or f"{model}-reuse", device)
-    if sparse.enabled:
-        return create_sparse_model(model, sparse_gates_name(model, sparse.mode, gates), sparse.mode, device)
-    return create_vos_model(model, device)
-
-
-def sparse_gates_name(model: str, mode: str, gates: str | None) -> str:
-    """--sparse-gates NAME|FILE, where {mode} stands for the mode; default MODEL-MODE."""
-    return (gates or f"{model}-{{mode}}").replace("{mode}", mode)
+    base = create_vos_model(model, device)
+    if sparse.enabled and not isinstance(base, MemoryNetwork):
+        raise VidsegError(f"--sparse needs a learned memory network; {model!r} is not one")
+    return with_runtime(base, runtime, device)
 
 
 def make_session(
@@ -139,7 +132,7 @@ def make_session(
     flipping, that state."""
     check_tta(tta, reuse, sparse)
     reusing = ReuseTracker(model, reuse) if reuse.enabled else None
-    sparsing = SparseTracker(model) if sparse.enabled else None
+    sparsing = RegionTracker(model, RegionSettings(sparse.mode)) if sparse.enabled else None
     bank = make_bank(memory, fusion_for(model, memory))
     mirror = make_bank(memory, fusion_for(model, memory)) if tta == "flip" else None
     return VOSSession(
@@ -247,7 +240,7 @@ def _run(
 ) -> SegmentSummary:
     use_all_cores(adaptive=True)
     model = build_model(
-        options.model, device, options.reuse, options.reuse_heads, options.sparse, options.sparse_gates, options.runtime
+        options.model, device, options.reuse, options.reuse_heads, options.sparse, options.runtime
     )
     by_frame = {mask.frame: mask.path for mask in masks}
     objects = plan.objects

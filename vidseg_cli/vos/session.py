@@ -19,8 +19,8 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.vos.aggregate import aggregate
 from vidseg_cli.vos.base import EncodedFrame, VOSModel
+from vidseg_cli.vos.regions.tracker import RegionTracker
 from vidseg_cli.vos.reuse.state import ReuseTracker
-from vidseg_cli.vos.sparse.state import SparseTracker
 
 
 @dataclass
@@ -29,7 +29,8 @@ class StepResult:
     slots: int
     memory_bytes: int
     reused: bool = False  # Reuse-VOS skipped the heavy path on this frame
-    computed: float = 1.0  # SpVOS: share of the gated backbone work this frame computed
+    computed: float = 1.0  # the share of the frame computed afresh (region steps: its crop's cells)
+    skipped: float = 0.0  # region steps: the share set to background without work
     # with ``keep_probabilities``: (objects, H, W) uint8, each object's probability x 255
     # at the input resolution, channels in the order of ``object_ids``
     probabilities: np.ndarray | None = None
@@ -58,7 +59,7 @@ class VOSSession:
         size: int,
         device: torch.device,
         reuse: ReuseTracker | None = None,
-        sparse: SparseTracker | None = None,
+        sparse: RegionTracker | None = None,
         write_every: int = 1,
         mirror: MemoryBank | None = None,
     ) -> None:
@@ -91,11 +92,14 @@ class VOSSession:
             self.frame_index += 1
             return dataclasses.replace(self._last_computed[1], repeated=True, reused=False)
         writes = mask is not None or self._memory_frame()
-        computed = 1.0
-        if self.sparse is not None:  # SpVOS's mixed processing: memory frames run dense
-            encoded = self.sparse.encode(image, dense=writes)
-            probs = self._predict(encoded, self.sparse.segment)
-            computed = self.sparse.computed()
+        plan = None
+        if self.sparse is not None:
+            plan = self.sparse.plan(image, dense=mask is not None or not self.object_ids or not self.bank.slots)
+            if plan.idle:  # nothing changed where it matters: nothing runs, the memory stays
+                self.frame_index += 1
+                return dataclasses.replace(self._last_computed[1], repeated=False, computed=0.0, skipped=_skipped(plan))
+            encoded = self.sparse.encode(image, plan)
+            probs = self._predict(encoded, lambda frame, slots, objects: self.sparse.segment(frame, plan, slots, objects))
         elif self.reuse is None:
             encoded = self.model.encode(image)
             probs = self._predict(encoded)
@@ -111,16 +115,17 @@ class VOSSession:
             probs, refined8 = self._predict_refined(encoded)
         if mask is not None:
             probs = self._apply_mask(probs, mask, encoded.grid)
+        if plan is not None:
+            self.sparse.observe(plan, encoded, probs, tuple(image.shape[-2:]))
         probs = aggregate(probs)  # (1 + objects, h, w), background first
-        if self.sparse is not None:
-            self.sparse.observe(probs[1:])
         if writes:
             self._remember(encoded, probs[1:], self.bank, permanent=mask is not None)
             if self.mirror is not None:
                 self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
         if self.reuse is not None and self.object_ids:
             self.reuse.computed(partial, probs, refined8)
-        result = self._result(probs, image, (height, width), mask, reused=False, computed=computed)
+        computed, skipped = (self.sparse.computed_share, self.sparse.skipped_share) if plan is not None else (1.0, 0.0)
+        result = self._result(probs, image, (height, width), mask, reused=False, computed=computed, skipped=skipped)
         self._last_computed = (image, result)
         return result
 
@@ -143,6 +148,7 @@ class VOSSession:
         mask: np.ndarray | None,
         reused: bool,
         computed: float = 1.0,
+        skipped: float = 0.0,
     ) -> StepResult:
         full = self.model.upsample(probs, image, size)
         labels = self._labels(full, mask)
@@ -150,7 +156,7 @@ class VOSSession:
         memory_bytes = self.bank.nbytes + (self.mirror.nbytes if self.mirror is not None else 0)
         soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
         return StepResult(
-            labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed,
+            labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed, skipped=skipped,
             probabilities=soft, object_ids=tuple(self.object_ids),
         )
 
@@ -240,11 +246,15 @@ class VOSSession:
         return labels if mask is None else keep_given_pixels(labels, mask)
 
 
+def _skipped(plan) -> float:
+    return float(plan.skip.float().mean()) if plan.skip is not None else 0.0
+
+
 def _tracker_state(tracker: object | None) -> dict | None:
     """A reuse or sparse tracker's per-video fields (its model and options come anew)."""
     if tracker is None:
         return None
-    return {name: value for name, value in vars(tracker).items() if name not in ("model", "options")}
+    return {name: value for name, value in vars(tracker).items() if name not in ("model", "options", "settings")}
 
 
 def keep_given_pixels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:

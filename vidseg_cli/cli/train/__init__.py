@@ -9,7 +9,6 @@ train_app = typer.Typer(help="Train the learned parts of vidseg.", no_args_is_he
 # The order here is the order `vidseg train --help` lists them in.
 train_app.command("vos")(vos.train_vos_command)
 train_app.command("reuse")(heads.train_reuse_command)
-train_app.command("sparse")(heads.train_sparse_command)
 train_app.command("predict")(predict.train_predict_command)
 train_app.command("semseg")(semseg.train_semseg_command)
 train_app.command("calibrate")(vos.train_calibrate_command)

@@ -1,4 +1,4 @@
-"""`vidseg train reuse` and `vidseg train sparse`: add-ons trained on a frozen VOS model."""
+"""`vidseg train reuse`: add-ons trained on a frozen VOS model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import typer
 
 from vidseg_cli.cli import flags
-from vidseg_cli.cli.common import comma_list, user_errors
+from vidseg_cli.cli.common import user_errors
 from vidseg_cli.cli.train.run_folder import crop_size, prepare, train_in
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
@@ -22,15 +22,10 @@ from vidseg_cli.vos.memnet import MemoryNetwork
 from vidseg_cli.vos.models import create_vos_model
 from vidseg_cli.vos.reuse.heads import ReuseConfig
 from vidseg_cli.vos.reuse.train import GATE_TARGETS, ReuseTrainConfig, ReuseTrainer
-from vidseg_cli.vos.sparse.gates import POLICIES
-from vidseg_cli.vos.sparse.network import TUNABLE_HEADS, SparseConfig
-from vidseg_cli.vos.sparse.train import LAYER_COSTS, SparseTrainConfig, SparseTrainer
 from vidseg_cli.vos.train import make_generator
 from vidseg_cli.weights.registry import Checkpoint, checkpoint
 
 GateTarget = Enum("GateTarget", {name.replace("-", "_"): name for name in GATE_TARGETS}, type=str)
-SparseCost = Enum("SparseCost", {name: name for name in LAYER_COSTS}, type=str)
-SparseGateMode = Enum("SparseGateMode", {name: name for name in POLICIES}, type=str)
 
 
 @user_errors
@@ -73,59 +68,6 @@ def train_reuse_command(
         return trainer.save_heads(spec.sha256)
 
     train_in(out, trainer, config, run, lambda step: f"training reuse heads for {model}: {config.steps} steps from step {step} on {target} (seed {seed})", train_and_save)
-
-
-@user_errors
-@flags.taking(flags.RunFlags)
-def train_sparse_command(
-    data: flags.DavisData,
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, gates.safetensors, config.json, train.log.")],
-    mode: Annotated[SparseGateMode, typer.Option(help="static (skip or compute), residual (reuse or compute) or triple.")] = SparseGateMode.triple,
-    model: Annotated[str, typer.Option(help="The learned VOS model the gates serve: a name or a .safetensors file.")] = DEFAULT_VOS_MODEL,
-    target: Annotated[float, typer.Option(help="t_s: the share of the gated work to compute (eqs 11-12).")] = SparseTrainConfig.target,
-    tile: Annotated[int, typer.Option(help="Output pixels per tile side: one gate decision per tile.")] = SparseConfig.tile,
-    steps: flags.ClipSteps = SparseTrainConfig.steps,
-    seed: flags.Seed = 0,
-    clip_length: Annotated[int, typer.Option(min=2, max=1000, help="Frames per clip: two dense memory frames, then sparse ones.")] = SparseTrainConfig.clip_length,
-    crop: flags.Crop = "256x384",
-    lr: flags.AdamLR = SparseTrainConfig.lr,
-    max_gap: flags.MaxGap = SparseTrainConfig.max_gap,
-    gamma: Annotated[float, typer.Option(help="Weight of the sparsity loss (eq 10).")] = SparseTrainConfig.gamma,
-    cost: Annotated[SparseCost, typer.Option(help="What the global sparsity loss weighs layers by: FLOPs (eq 12) or their dense time measured on this machine at the start.")] = SparseCost.flops,
-    object_aware: Annotated[bool, typer.Option(help="Gates also read where the objects were on the last frame (their probabilities, dilated by 32 and 96 pixels).")] = True,
-    reuse_far: Annotated[bool, typer.Option(help="Gates may reuse only farther than 32 pixels from the last frame's objects (needs --object-aware).")] = False,
-    tune: Annotated[str, typer.Option(help="Heads of the memory network to train with the gates, comma-separated: key, decoder (none by default). The gates file carries them.")] = "",
-    run: flags.RunFlags = flags.RunFlags(),
-) -> None:
-    """Train SpVOS's triple gates (or a baseline's) in the backbone of a frozen learned VOS model."""
-    if clip_length < 3:
-        raise VidsegError("--clip-length must be at least 3: two memory frames and a sparse one")
-    if not 0.0 < target <= 1.0:
-        raise VidsegError("--target is a share of the work in (0, 1]")
-    if tile < 1:
-        raise VidsegError("--tile must be at least 1")
-    if reuse_far and not object_aware:
-        raise VidsegError("--reuse-far needs --object-aware: it reads where the objects were")
-    tuned = tuple(comma_list(tune, option="--tune"))
-    unknown = sorted(set(tuned) - set(TUNABLE_HEADS))
-    if unknown:
-        raise VidsegError(f"--tune {unknown[0]!r}: choose from {', '.join(TUNABLE_HEADS)}")
-    base, spec, device_ = _frozen_base(model, run, "sparse gates")
-    config = SparseTrainConfig(
-        steps=steps, clip_length=clip_length, crop=crop_size(crop), lr=lr, max_gap=max_gap, target=target, gamma=gamma,
-        seed=seed, gates=SparseConfig(mode=mode.value, tile=tile, object_aware=object_aware, reuse_far=reuse_far, tuned=tuned), cost=cost.value,
-    )
-    prepare(out, run, [data, model])
-    rng = make_generator(seed)
-    trainer = SparseTrainer(base, ClipSampler(data, config.clip_length, config.crop, rng), config, out, device_)
-
-    def train_and_save(log: Callable[[str], None]) -> Path:
-        if trainer.layer_seconds is not None:
-            log("layer costs (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in trainer.layer_seconds.items()))
-        trainer.run(log, checkpoint_every=run.checkpoint_every)
-        return trainer.save_gates(spec.sha256)
-
-    train_in(out, trainer, config, run, lambda step: f"training {mode.value} sparse gates for {model}: {config.steps} steps from step {step} on {device_} (seed {seed})", train_and_save)
 
 
 def _frozen_base(model: str, run: flags.RunFlags, kind: str) -> tuple[MemoryNetwork, Checkpoint, torch.device]:

@@ -1,0 +1,42 @@
+"""The low-resolution change test: how much each stride-16 cell differs from its reference.
+
+A fixed camera never gives two equal frames: sensor noise, compression and a slow drift of
+exposure change every pixel a little. So the test compares 4x4 averages (the noise's
+sigma / 4), takes out one gain for the whole frame (a drift of brightness scales every
+pixel alike) and keeps, per cell, its largest remaining difference (a small object moving
+changes few pixels, but by much).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+POOL = 4  # the thumbnail's stride: one value per 4x4 pixels
+MIN_LEVEL = 16.0  # grey levels: darker thumbnail pixels say little about the frame's gain
+
+
+def thumbnail(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) float in [0, 255] -> (3, H/4, W/4), rounded up like the backbone's grids."""
+    return F.avg_pool2d(image[None], POOL, ceil_mode=True)[0]
+
+
+def frame_gain(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The one factor that best turns ``reference`` into ``current`` (a median of ratios:
+    objects that moved are a minority of the pixels and do not move it)."""
+    lit = reference > MIN_LEVEL
+    if not bool(lit.any()):
+        return current.new_tensor(1.0)
+    return (current[lit] / reference[lit]).median()
+
+
+def change_map(current: torch.Tensor, reference: torch.Tensor, gain: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Thumbnails (3, h4, w4) -> (h16, w16): each cell's largest difference once the
+    frame's ``gain`` is taken out, in grey levels (mean over the three colours).
+
+    Pitfall: a reference pieced together from cells computed on different frames holds as
+    many exposures; so it is kept divided by each frame's gain (``RegionTracker``), or the
+    drift since a cell was last computed would read as change."""
+    residual = (current - gain * reference).abs().mean(0)
+    cells = F.max_pool2d(residual[None, None], 16 // POOL, ceil_mode=True)[0, 0]
+    return cells[: grid[0], : grid[1]]

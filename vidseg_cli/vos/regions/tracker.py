@@ -1,0 +1,163 @@
+"""Region steps: compute only the part of a frame that changed, on dense kernels.
+
+SpVOS gates every layer per 8x8 tile. On a CPU, gathering tiles costs about three times
+more per pixel than a dense convolution, and the layers a gate cannot skip (the stem, the
+memory read, the decoder) stay. So the decision here is made once per frame, on the
+stride-16 grid, before any network runs:
+
+- each cell is *computed* (fresh output), *reused* (the last output it computed) or
+  *skipped* (background, no work), by the mode and the change test (change.py);
+- a frame with no computed cell runs nothing: its result is the last one, and the memory
+  is not written;
+- otherwise the backbone runs on one crop around the computed cells, with a halo for its
+  receptive field, is pasted into the last frame's feature maps, the memory is read for the
+  crop's cells only and the decoder runs on the crop.
+
+Modes, as in SpVOS (skip = no work, reuse = previous output, compute = fresh):
+``static`` computes near the objects and skips the rest (it looks at the current frame
+only); ``residual`` computes where the frame changed and reuses the rest; ``triple``
+computes where it changed near the objects, reuses where it did not, and skips far from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vidseg_cli.memory.slot import Slot
+from vidseg_cli.models.backbone import Features
+from vidseg_cli.vos.memnet import MemNetFrame, MemoryNetwork
+from vidseg_cli.vos.regions.boxes import Box, bounding_box, cells_of, dilate
+from vidseg_cli.vos.regions.change import change_map, frame_gain, thumbnail
+
+MODES = ("static", "residual", "triple")
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    mode: str = "triple"
+    threshold: float = 8.0  # grey levels: a cell whose change test exceeds it changed
+    near: int = 3  # cells: how far from the last frame's objects counts as near them
+    halo: int = 3  # cells of context the decoder gets around its output, and the backbone around that
+    most: float = 0.6  # a crop larger than this share of the frame runs the whole frame
+
+
+@dataclass
+class Plan:
+    thumb: torch.Tensor  # (3, h4, w4) this frame's thumbnail, divided by its gain
+    box: Box | None  # the cells computed fresh; None: none (with ``dense``: all)
+    skip: torch.Tensor | None = None  # (h16, w16) bool: cells whose output is background
+    dense: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return self.box is None and not self.dense
+
+
+class RegionTracker:
+    """Per video: the last feature maps, outputs and per-cell references region steps use."""
+
+    def __init__(self, model: MemoryNetwork, settings: RegionSettings) -> None:
+        self.model, self.settings = model, settings
+        self.features: Features | None = None  # the last computed maps, batch of one
+        self.probs: torch.Tensor | None = None  # (O, h4, w4) the last output, before aggregation
+        # (3, h4, w4) each cell's thumbnail when last computed, divided by that frame's gain
+        # relative to the first frame (change.py)
+        self.reference: torch.Tensor | None = None
+        self.size: tuple[int, int] | None = None
+        self.computed_share = self.skipped_share = 0.0
+
+    @torch.inference_mode()
+    def plan(self, image: torch.Tensor, dense: bool) -> Plan:
+        """What this frame computes: ``dense`` (a user mask, a first frame) runs everything."""
+        thumb = thumbnail(image)
+        size = tuple(image.shape[-2:])
+        if self.reference is None or self.reference.shape != thumb.shape:
+            return Plan(thumb, None, dense=True)
+        gain = frame_gain(thumb, self.reference)
+        if dense or self.features is None or self.probs is None or not self.probs.shape[0]:
+            return Plan(thumb / gain, None, dense=True)
+        grid = cells_of(size)
+        near = dilate(self._object_cells(grid), self.settings.near)
+        mode = self.settings.mode
+        if mode == "static":
+            compute = near
+        else:
+            changed = change_map(thumb, self.reference, gain, grid) > self.settings.threshold
+            compute = changed & near if mode == "triple" else changed
+        skip = ~near if mode in ("static", "triple") else None
+        box = bounding_box(compute)
+        if box is not None:
+            box = box.aligned(size)
+            if box.cells > self.settings.most * grid[0] * grid[1]:
+                return Plan(thumb / gain, None, skip, dense=True)
+        return Plan(thumb / gain, box, skip)
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor, plan: Plan) -> MemNetFrame:
+        """The frame's features: the backbone on a crop around ``plan.box``, pasted into the
+        last maps (or on the whole frame, for a dense plan)."""
+        if plan.dense:
+            return self.model.encode(image)
+        size = tuple(image.shape[-2:])
+        grid = cells_of(size)
+        context = plan.box.grown(self.settings.halo, grid).aligned(size)
+        crop = context.grown(self.settings.halo, grid).aligned(size)
+        rows, cols = crop.pixels(1, size)
+        fresh = self.model.crop_features(image[:, rows, cols], size)
+        crop_size = (rows.stop - rows.start, cols.stop - cols.start)
+        for stride, old, new in zip((4, 8, 16), _maps(self.features), _maps(fresh), strict=True):
+            inner = context.inside(crop).pixels(stride, crop_size)
+            old[0, :, *context.pixels(stride, size)] = new[0, :, *inner]
+        return MemNetFrame(self.model.keys(self.features)[0], self.features)
+
+    @torch.inference_mode()
+    def segment(self, frame: MemNetFrame, plan: Plan, slots: Sequence[Slot], objects: int) -> torch.Tensor:
+        """(O, h4, w4): fresh in the box (read and decoded with the halo around it), the
+        last output where reused, 0 where skipped."""
+        if plan.dense:
+            return self.model.segment(frame, slots, objects)
+        size = self.size
+        context = plan.box.grown(self.settings.halo, cells_of(size)).aligned(size)
+        key = frame.key[:, *context.pixels(16, size)]
+        features = Features(*(m[..., *context.pixels(s, size)] for s, m in zip((4, 8, 16), _maps(frame.features), strict=True)))
+        fresh = self.model.segment_crop(key, features, slots, objects)
+        probs = self.probs.clone()
+        probs[:, *plan.box.pixels(4, size)] = fresh[:, *plan.box.inside(context).pixels(4, context.size(size))]
+        if plan.skip is not None:
+            probs = probs * ~_to_grid(plan.skip, probs.shape[-2:])
+        return probs
+
+    @torch.inference_mode()
+    def observe(self, plan: Plan, frame: MemNetFrame, probs: torch.Tensor, size: tuple[int, int]) -> None:
+        """Keep what the next frame compares with: the maps, the output (O, h4, w4) and,
+        for the cells computed, this frame's thumbnail."""
+        grid = cells_of(size)
+        cells = Box(0, 0, *grid) if plan.dense else plan.box
+        self.computed_share = cells.cells / (grid[0] * grid[1]) if cells is not None else 0.0
+        skipped = plan.skip if plan.skip is not None and not plan.dense else None
+        self.skipped_share = float(skipped.float().mean()) if skipped is not None else 0.0
+        if cells is None:
+            return
+        self.features, self.probs, self.size = frame.features, probs, size
+        if plan.dense:
+            self.reference = plan.thumb
+        else:
+            self.reference[:, *cells.pixels(4, size)] = plan.thumb[:, *cells.pixels(4, size)]
+
+    def _object_cells(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(h16, w16) bool: cells where the last output holds an object."""
+        strongest = self.probs.amax(0)[None, None]
+        return F.max_pool2d(strongest, 4, ceil_mode=True)[0, 0, : grid[0], : grid[1]] > 0.5
+
+
+def _maps(features: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return features.s4, features.s8, features.s16
+
+
+def _to_grid(cells: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A (h16, w16) map on the stride-4 grid of ``shape``."""
+    return cells.repeat_interleave(4, 0).repeat_interleave(4, 1)[: shape[0], : shape[1]]
