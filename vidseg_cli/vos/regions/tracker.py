@@ -41,7 +41,7 @@ class RegionSettings:
     mode: str = "triple"
     threshold: float = 8.0  # grey levels: a cell whose change test exceeds it changed
     near: int = 3  # cells: how far from the last frame's objects counts as near them
-    halo: int = 3  # cells of context the decoder gets around its output, and the backbone around that
+    halo: int = 2  # cells of context the decoder gets around its output, and the backbone around that
     most: float = 0.6  # a crop larger than this share of the frame runs the whole frame
 
 
