@@ -257,13 +257,21 @@ def _new_table(title: str, columns: tuple[str, ...]) -> Table:
     return table
 
 
+def _shares(row: dict) -> tuple[str, ...]:
+    """Region steps: the share of frames that ran nothing, and of the area computed afresh,
+    handed on from the last output, and set to background without work."""
+    computed, skipped = row["computed_share"], row.get("skipped_share", 0.0)
+    shares = (row.get("idle_frames", 0.0), computed, max(0.0, 1 - computed - skipped), skipped)
+    return tuple(f"{share:.3f}" for share in shares)
+
+
 def _table(report: dict) -> None:
     title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames ({report['scored_frames']} scored)"
     cuda = report["device"].startswith("cuda")
     reusing = any(r["reuse"] < 1 for r in report["results"])
     sparse = any(r.get("sparse", "none") != "none" for r in report["results"])
     columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "GFLOPs", "slots", "bank MB")
-    extra = (("reuse rate",) if reusing else ()) + (("computed",) if sparse else ()) + (("CUDA peak MB",) if cuda else ())
+    extra = (("reuse rate",) if reusing else ()) + (("idle frames", "computed", "reused", "skipped") if sparse else ()) + (("CUDA peak MB",) if cuda else ())
     table = _new_table(title, columns + extra)
     for r in report["results"]:
         gflops = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
@@ -271,7 +279,7 @@ def _table(report: dict) -> None:
             r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
             f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", gflops, str(r["max_slots"]),
             f"{r['max_memory_mb']:.1f}", *((f"{r['reuse_rate']:.3f}",) if reusing else ()),
-            *((f"{r['computed_share']:.3f}",) if sparse else ()),
+            *(_shares(r) if sparse else ()),
             *((f"{r['peak_cuda_mb']:.0f}",) if cuda else ()),
         )
     stderr.print(table)

@@ -87,7 +87,8 @@ class Result:
     max_memory_bytes: int = 0
     peak_cuda_bytes: int | None = None
     reused_frames: int = 0  # over every frame of every sequence, counted or timed
-    computed: list[float] = field(default_factory=list)  # per frame: share of gated work done
+    computed: list[float] = field(default_factory=list)  # per frame: share of the frame computed afresh
+    skipped: list[float] = field(default_factory=list)  # per frame: share set to background without work
     all_frames: int = 0
 
     @property
@@ -111,6 +112,8 @@ class Result:
             "tta": self.config.tta,
             "runtime": self.config.runtime,
             "computed_share": round(float(np.mean(self.computed)), 4) if self.computed else 1.0,
+            "skipped_share": round(float(np.mean(self.skipped)), 4) if self.skipped else 0.0,
+            "idle_frames": round(float(np.mean([c == 0 for c in self.computed])), 4) if self.computed else 0.0,
             **{name: round(value, 4) for name, value in overall.items()},
             "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
             "J_decay": round(float(np.mean([o.j.decay for o in objects])), 4),
@@ -256,6 +259,7 @@ def _run_one(
         result.max_slots = max(result.max_slots, step.slots)
         result.reused_frames += step.reused
         result.computed.append(step.computed)
+        result.skipped.append(step.skipped)
         result.all_frames += 1
         result.max_memory_bytes = max(result.max_memory_bytes, step.memory_bytes)
         memory.append(step.memory_bytes)
