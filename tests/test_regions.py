@@ -126,3 +126,22 @@ def test_a_region_step_writes_the_memory_only_when_it_computes(model):
         assert (session._last_write == t) == (result.computed > 0)
         idle += result.computed == 0
     assert idle > 0
+
+
+@pytest.mark.slow
+def test_region_steps_on_onnx_runtime_give_the_masks_torch_gives(model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from vidseg_cli.models.registry import with_runtime
+
+    monkeypatch.setenv("VIDSEG_CACHE", str(tmp_path))
+    frames, masks = _still_clip(20)
+    runs = {}
+    for runtime in ("torch", "onnx"):
+        net = with_runtime(model, runtime)
+        session = make_session(net, MemoryOptions(), 144, torch.device("cpu"), ReuseOptions(), SparseOptions("triple"))
+        runs[runtime] = [session.step(frame, masks[0] if t == 0 else None) for t, frame in enumerate(frames)]
+    assert any(0 < r.computed < 1 for r in runs["onnx"])  # crops ran on ONNX Runtime
+    for a, b in zip(runs["torch"], runs["onnx"], strict=True):
+        assert a.computed == b.computed
+        assert (a.labels != b.labels).mean() < 0.001
