@@ -249,7 +249,7 @@ def test_markdown_tables_from_a_report():
     assert grid[2:] == ["| A | 0.500 |", "| C | 0.750 |"]
     sparse = {"results": [{**row, "sparse": "none", "computed_share": 1.0}, {**row, "sparse": "triple", "computed_share": 0.3}]}
     lines = markdown(sparse).splitlines()
-    assert lines[0].endswith("| gated work computed |") and lines[3].endswith("| 0.300 |")
+    assert lines[0].endswith("| area computed |") and lines[3].endswith("| 0.300 |")
 
 
 def test_bench_compares_fusion_cells(vidseg, tmp_path):

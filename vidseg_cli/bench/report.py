@@ -71,7 +71,7 @@ def markdown(report: dict) -> str:
     if any(r.get("reuse", 1) < 1 for r in report["results"]):
         columns["reuse rate"] = lambda r: f"{r['reuse_rate']:.3f}"
     if any(r.get("sparse", "none") != "none" for r in report["results"]):
-        columns["gated work computed"] = lambda r: f"{r['computed_share']:.3f}"
+        columns["area computed"] = lambda r: f"{r['computed_share']:.3f}"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for result in report["results"]:
         lines.append("| " + " | ".join(cell(result) for cell in columns.values()) + " |")

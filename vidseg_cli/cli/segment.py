@@ -133,7 +133,7 @@ def segment_command(
     else:
         stderr.print(
             f"{summary.frames} frames{f' ({summary.reused_frames} reused)' if reuse < 1 else ''}"
-            f"{f' ({summary.computed_share:.0%} of the gated work computed)' if summary.computed_share is not None else ''}, "
+            f"{f' ({summary.computed_share:.0%} of the frame area computed afresh)' if summary.computed_share is not None else ''}, "
             f"objects {summary.objects}, {summary.fps:.2f} fps, "
             f"peak memory {summary.peak_rss_mb:.0f} MB",
             highlight=False,

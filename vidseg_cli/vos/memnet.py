@@ -90,21 +90,8 @@ class ValueEncoder(nn.Module):
         return v.view(b, o, *v.shape[1:])
 
 
-ConvRunner = Callable[[str, nn.Conv2d, torch.Tensor], torch.Tensor]
-
-
-def run_conv(name: str, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """The plain way to run one of the decoder's 3x3 convolutions (SpVOS gates them)."""
-    return conv(x)
-
-
 class Decoder(nn.Module):
-    """Readout + query features -> one logit per pixel of the stride-4 grid.
-
-    Its 3x3 convolutions are called through a ``ConvRunner`` by name (``GATED_CONVS``), so
-    a sparse session can run them on selected tiles only."""
-
-    GATED_CONVS = ("enter0", "enter2", "refine8", "refine4")
+    """Readout + query features -> one logit per pixel of the stride-4 grid."""
 
     def __init__(self, channels: dict[str, int], value_dim: int, dims: tuple[int, int, int], bias: float = 0.0) -> None:
         super().__init__()
@@ -117,31 +104,26 @@ class Decoder(nn.Module):
         self.up4, self.skip4, self.refine4 = _conv(d8, d4, 1), _conv(channels["s4"], d4, 1), _conv(d4, d4)
         self.out = _conv(d4, 1, 1)
 
-    def gated_convs(self) -> dict[str, nn.Conv2d]:
-        return {"enter0": self.enter[0], "enter2": self.enter[2], "refine8": self.refine8, "refine4": self.refine4}
-
-    def forward(self, readout: torch.Tensor, features: Features, run: ConvRunner = run_conv) -> torch.Tensor:
+    def forward(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
         """readout (B*O, Cv, h16, w16), features repeated per object -> logits (B*O, H4, W4)."""
-        return self.finish(self.refined8(readout, features, run), features.s4, run)
+        return self.finish(self.refined8(readout, features), features.s4)
 
-    def refined8(self, readout: torch.Tensor, features: Features, run: ConvRunner = run_conv) -> torch.Tensor:
+    def refined8(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
         """The refined stride-8 map R8 (Reuse-VOS's name): what a reused frame translates."""
-        x = F.relu(run("enter0", self.enter[0], torch.cat([readout, features.s16], dim=1)))
-        x = F.relu(run("enter2", self.enter[2], x))
-        return self._merge(x, features.s8, self.up8, self.skip8, "refine8", self.refine8, run)
+        x = F.relu(self.enter[0](torch.cat([readout, features.s16], dim=1)))
+        x = F.relu(self.enter[2](x))
+        return self._merge(x, features.s8, self.up8, self.skip8, self.refine8)
 
-    def finish(self, refined8: torch.Tensor, s4: torch.Tensor, run: ConvRunner = run_conv) -> torch.Tensor:
+    def finish(self, refined8: torch.Tensor, s4: torch.Tensor) -> torch.Tensor:
         """R8 and the stride-4 features -> logits (B*O, H4, W4)."""
-        x = self._merge(refined8, s4, self.up4, self.skip4, "refine4", self.refine4, run)
+        x = self._merge(refined8, s4, self.up4, self.skip4, self.refine4)
         return self.out(x)[:, 0] + self.bias
 
     @staticmethod
-    def _merge(
-        x: torch.Tensor, skip: torch.Tensor, up: nn.Module, lateral: nn.Module, name: str, refine: nn.Conv2d, run: ConvRunner
-    ) -> torch.Tensor:
+    def _merge(x: torch.Tensor, skip: torch.Tensor, up: nn.Module, lateral: nn.Module, refine: nn.Conv2d) -> torch.Tensor:
         x = F.interpolate(up(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
         x = F.relu(x + lateral(skip))
-        return F.relu(run(name, refine, x))
+        return F.relu(refine(x))
 
 
 class MemNetHeads(nn.Module):
@@ -243,11 +225,11 @@ class MemoryNetwork(nn.Module):
     def values(self, features: Features, masks: torch.Tensor) -> torch.Tensor:
         return self.heads.value(features.s16, masks)
 
-    def decode(self, readout: torch.Tensor, features: Features, run: ConvRunner = run_conv) -> torch.Tensor:
+    def decode(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
         """readout (B, O, Cv, h, w) -> logits (B, O, H4, W4)."""
         b, o = readout.shape[:2]
         repeated = Features(*(t.repeat_interleave(o, dim=0) for t in (features.s4, features.s8, features.s16)))
-        return self.heads.decoder(readout.flatten(0, 1), repeated, run).view(b, o, *features.s4.shape[-2:])
+        return self.heads.decoder(readout.flatten(0, 1), repeated).view(b, o, *features.s4.shape[-2:])
 
     # -- the session's interface (vos/base.py), one frame at a time --
 

@@ -86,7 +86,7 @@ class SegmentSummary:
     memory_bytes_max: int = 0
     reused_frames: int = 0
     repeated_frames: int = 0  # frames that repeated the last computed one (vos/session.py)
-    computed_share: float | None = None  # SpVOS: mean share of the gated backbone work computed
+    computed_share: float | None = None  # --sparse: mean share of the frame area computed afresh
     outputs: list[str] = field(default_factory=list)
     renumbered_ids: dict[str, int] = field(default_factory=dict)  # 16-bit mask id -> object id
     steps: int = 0  # frames the model ran on, over both directions
