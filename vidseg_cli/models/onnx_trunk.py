@@ -100,17 +100,18 @@ class _Graphs:
         self._sessions: dict[tuple, object] = {}
 
     def run(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
-        session = self._sessions.get(shape) or self._open(shape, inputs, outputs)
-        arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
-        return [torch.from_numpy(a) for a in session.run(None, arrays)]
+        return _feed(self._sessions.get(shape) or self._open(shape, inputs, outputs), inputs)
 
     def graph_path(self, shape: tuple, int8: bool | None = None) -> Path:
         int8 = self.int8 if int8 is None else int8
         suffix = f"-int8v{INT8_VERSION}" if int8 else ""
         return cache_dir() / f"{self.name}-{'x'.join(str(n) for n in shape)}-opset{OPSET}{suffix}.onnx"
 
-    def run_relaxed(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
-        """Run the graph exported for ``shape`` on inputs of other heights and widths.
+    def run_relaxed(
+        self, shape: tuple, shapes: dict[str, tuple[int, ...]], inputs: dict[str, torch.Tensor], outputs: list[str]
+    ) -> list[torch.Tensor]:
+        """Run the graph exported for ``shape`` (inputs of ``shapes``) on inputs of other
+        heights and widths.
 
         Right only for a graph whose operators hold no size (the backbone's: convolutions
         with their padding as attributes, activations, sums) and for inputs whose sizes pad
@@ -118,10 +119,10 @@ class _Graphs:
         key = ("relaxed", *shape)
         session = self._sessions.get(key)
         if session is None:
-            self._open(shape, {name: torch.zeros(shape) for name in inputs}, outputs)
+            if shape not in self._sessions:  # exported, once
+                self._open(shape, {name: torch.zeros(dims) for name, dims in shapes.items()}, outputs)
             session = self._sessions[key] = self._session(_relaxed(self.graph_path(shape)))
-        arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
-        return [torch.from_numpy(a) for a in session.run(None, arrays)]
+        return _feed(session, inputs)
 
     def run_any_size(self, inputs: dict[str, torch.Tensor], outputs: list[str], axes: dict[str, dict[int, str]]) -> list[torch.Tensor]:
         """Run one graph, exported with every axis in ``axes`` left open, on inputs of any
@@ -134,8 +135,7 @@ class _Graphs:
                 print(f"exporting {self.label} for ONNX Runtime at any size (once; cached in {path.parent})", file=sys.stderr)
                 export(self.module, tuple(inputs.values()), list(inputs), outputs, path, axes)
             session = self._sessions["any"] = self._session(str(path))
-        arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
-        return [torch.from_numpy(a) for a in session.run(None, arrays)]
+        return _feed(session, inputs)
 
     def _open(self, shape: tuple, inputs: dict[str, torch.Tensor], outputs: list[str]):
         path = self.graph_path(shape)
@@ -160,6 +160,12 @@ class _Graphs:
         # the same cores, and both runtimes' threads would fight for them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self._ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def _feed(session, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Run an ONNX Runtime session on tensors, as float32 arrays on the CPU."""
+    arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in inputs.items()}
+    return [torch.from_numpy(a) for a in session.run(None, arrays)]
 
 
 def _relaxed(path: Path) -> bytes:
@@ -194,7 +200,8 @@ class OnnxTrunk:
         graph: the crop must pad as the frame does (vos/regions/boxes.py)."""
         if _watched():
             return self.backbone(image)
-        s4, s8, s16 = self._graphs.run_relaxed(frame_size, {"image": image}, ["s4", "s8", "s16"])
+        shapes = {"image": (1, 3, *frame_size)}
+        s4, s8, s16 = self._graphs.run_relaxed(frame_size, shapes, {"image": image}, ["s4", "s8", "s16"])
         return Features(*(t.to(image.device) for t in (s4, s8, s16)))
 
     @property

@@ -57,7 +57,7 @@ class Config:
         return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{tta}{runtime}"
 
     @property
-    def network(self) -> tuple[str, str | None, str | None, str]:
+    def network(self) -> tuple[str, str | None, str]:
         """Which model object runs it: the model, with reuse heads only when it may reuse,
         on its runtime (region steps run the model itself)."""
         heads = (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None

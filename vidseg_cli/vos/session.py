@@ -97,7 +97,7 @@ class VOSSession:
             plan = self.sparse.plan(image, dense=mask is not None or not self.object_ids or not self.bank.slots)
             if plan.idle:  # nothing changed where it matters: nothing runs, the memory stays
                 self.frame_index += 1
-                return dataclasses.replace(self._last_computed[1], repeated=False, computed=0.0, skipped=_skipped(plan))
+                return dataclasses.replace(self._last_computed[1], repeated=False, computed=0.0, skipped=plan.skipped_share)
             encoded = self.sparse.encode(image, plan)
             probs = self._predict(encoded, lambda frame, slots, objects: self.sparse.segment(frame, plan, slots, objects))
         elif self.reuse is None:
@@ -124,7 +124,7 @@ class VOSSession:
                 self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
         if self.reuse is not None and self.object_ids:
             self.reuse.computed(partial, probs, refined8)
-        computed, skipped = (self.sparse.computed_share, self.sparse.skipped_share) if plan is not None else (1.0, 0.0)
+        computed, skipped = (plan.computed_share, plan.skipped_share) if plan is not None else (1.0, 0.0)
         result = self._result(probs, image, (height, width), mask, reused=False, computed=computed, skipped=skipped)
         self._last_computed = (image, result)
         return result
@@ -244,10 +244,6 @@ class VOSSession:
         lut = np.array([0, *self.object_ids], dtype=np.uint8)
         labels = lut[index]
         return labels if mask is None else keep_given_pixels(labels, mask)
-
-
-def _skipped(plan) -> float:
-    return float(plan.skip.float().mean()) if plan.skip is not None else 0.0
 
 
 def _tracker_state(tracker: object | None) -> dict | None:

@@ -33,8 +33,6 @@ from vidseg_cli.vos.memnet import MemNetFrame, MemoryNetwork
 from vidseg_cli.vos.regions.boxes import Box, bounding_box, cells_of, dilate
 from vidseg_cli.vos.regions.change import change_map, frame_gain, thumbnail
 
-MODES = ("static", "residual", "triple")
-
 
 @dataclass(frozen=True)
 class RegionSettings:
@@ -48,13 +46,26 @@ class RegionSettings:
 @dataclass
 class Plan:
     thumb: torch.Tensor  # (3, h4, w4) this frame's thumbnail, divided by its gain
-    box: Box | None  # the cells computed fresh; None: none (with ``dense``: all)
+    cells: int  # of the frame's stride-16 grid
+    box: Box | None = None  # the cells computed fresh; None: none (with ``dense``: all)
     skip: torch.Tensor | None = None  # (h16, w16) bool: cells whose output is background
     dense: bool = False
+    context: Box | None = None  # the box and the decoder's halo: where the memory is read
+    crop: Box | None = None  # the context and the backbone's halo: where the backbone runs
 
     @property
     def idle(self) -> bool:
         return self.box is None and not self.dense
+
+    @property
+    def computed_share(self) -> float:
+        if self.dense:
+            return 1.0
+        return self.box.cells / self.cells if self.box is not None else 0.0
+
+    @property
+    def skipped_share(self) -> float:
+        return float(self.skip.float().mean()) if self.skip is not None and not self.dense else 0.0
 
 
 class RegionTracker:
@@ -68,19 +79,19 @@ class RegionTracker:
         # relative to the first frame (change.py)
         self.reference: torch.Tensor | None = None
         self.size: tuple[int, int] | None = None
-        self.computed_share = self.skipped_share = 0.0
 
     @torch.inference_mode()
     def plan(self, image: torch.Tensor, dense: bool) -> Plan:
         """What this frame computes: ``dense`` (a user mask, a first frame) runs everything."""
         thumb = thumbnail(image)
         size = tuple(image.shape[-2:])
+        grid = cells_of(size)
+        cells = grid[0] * grid[1]
         if self.reference is None or self.reference.shape != thumb.shape:
-            return Plan(thumb, None, dense=True)
+            return Plan(thumb, cells, dense=True)
         gain = frame_gain(thumb, self.reference)
         if dense or self.features is None or self.probs is None or not self.probs.shape[0]:
-            return Plan(thumb / gain, None, dense=True)
-        grid = cells_of(size)
+            return Plan(thumb / gain, cells, dense=True)
         near = dilate(self._object_cells(grid), self.settings.near)
         mode = self.settings.mode
         if mode == "static":
@@ -90,11 +101,14 @@ class RegionTracker:
             compute = changed & near if mode == "triple" else changed
         skip = ~near if mode in ("static", "triple") else None
         box = bounding_box(compute)
-        if box is not None:
-            box = box.aligned(size)
-            if box.cells > self.settings.most * grid[0] * grid[1]:
-                return Plan(thumb / gain, None, skip, dense=True)
-        return Plan(thumb / gain, box, skip)
+        if box is None:
+            return Plan(thumb / gain, cells, skip=skip)
+        box = box.aligned(size)
+        if box.cells > self.settings.most * cells:
+            return Plan(thumb / gain, cells, skip=skip, dense=True)
+        context = box.grown(self.settings.halo, grid).aligned(size)
+        crop = context.grown(self.settings.halo, grid).aligned(size)
+        return Plan(thumb / gain, cells, box, skip, context=context, crop=crop)
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor, plan: Plan) -> MemNetFrame:
@@ -102,10 +116,7 @@ class RegionTracker:
         last maps (or on the whole frame, for a dense plan)."""
         if plan.dense:
             return self.model.encode(image)
-        size = tuple(image.shape[-2:])
-        grid = cells_of(size)
-        context = plan.box.grown(self.settings.halo, grid).aligned(size)
-        crop = context.grown(self.settings.halo, grid).aligned(size)
+        size, context, crop = tuple(image.shape[-2:]), plan.context, plan.crop
         rows, cols = crop.pixels(1, size)
         fresh = self.model.crop_features(image[:, rows, cols], size)
         crop_size = (rows.stop - rows.start, cols.stop - cols.start)
@@ -120,8 +131,7 @@ class RegionTracker:
         last output where reused, 0 where skipped."""
         if plan.dense:
             return self.model.segment(frame, slots, objects)
-        size = self.size
-        context = plan.box.grown(self.settings.halo, cells_of(size)).aligned(size)
+        size, context = self.size, plan.context
         key = frame.key[:, *context.pixels(16, size)]
         features = Features(*(m[..., *context.pixels(s, size)] for s, m in zip((4, 8, 16), _maps(frame.features), strict=True)))
         fresh = self.model.segment_crop(key, features, slots, objects)
@@ -135,18 +145,12 @@ class RegionTracker:
     def observe(self, plan: Plan, frame: MemNetFrame, probs: torch.Tensor, size: tuple[int, int]) -> None:
         """Keep what the next frame compares with: the maps, the output (O, h4, w4) and,
         for the cells computed, this frame's thumbnail."""
-        grid = cells_of(size)
-        cells = Box(0, 0, *grid) if plan.dense else plan.box
-        self.computed_share = cells.cells / (grid[0] * grid[1]) if cells is not None else 0.0
-        skipped = plan.skip if plan.skip is not None and not plan.dense else None
-        self.skipped_share = float(skipped.float().mean()) if skipped is not None else 0.0
-        if cells is None:
-            return
         self.features, self.probs, self.size = frame.features, probs, size
         if plan.dense:
             self.reference = plan.thumb
         else:
-            self.reference[:, *cells.pixels(4, size)] = plan.thumb[:, *cells.pixels(4, size)]
+            cells = plan.box.pixels(4, size)
+            self.reference[:, *cells] = plan.thumb[:, *cells]
 
     def _object_cells(self, grid: tuple[int, int]) -> torch.Tensor:
         """(h16, w16) bool: cells where the last output holds an object."""
