@@ -131,7 +131,7 @@ def test_plain_run_prints_the_output_folder(vidseg, tmp_path, clip):
 def test_flip_tta_treats_a_video_and_its_mirror_alike(model):
     """Both views run and remember, so the mirrored video gives exactly the mirrored masks
     (a network alone is not flip-equivariant), and each view keeps its own memory."""
-    from vidseg_cli.vos.reuse.state import ReuseOptions
+    from vidseg_cli.options import ReuseOptions
     from vidseg_cli.vos.segment import make_session
 
     clip = list(frames(8, 64, 96, objects=2, seed=3))

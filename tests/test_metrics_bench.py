@@ -221,9 +221,9 @@ def test_bench_flip_tta_runs_both_views_and_refuses_skipping_work(vidseg, tmp_pa
 
 
 @pytest.mark.slow
-def test_bench_reuse_needs_reuse_heads(vidseg):
+def test_bench_reuse_needs_region_gates(vidseg):
     run = vidseg("bench", "--model", "propagate", "--reuse", "0.7")
-    assert run.code == 2 and "learned memory network" in run.stderr
+    assert run.code == 2 and "--reuse needs region gates and none ship for propagate" in run.stderr
 
 
 def test_bench_long_shows_stremn_flat_and_stm_growing(vidseg, tmp_path):
@@ -247,9 +247,10 @@ def test_markdown_tables_from_a_report():
     assert len(table) == 4 and table[2].startswith("| c | 0.500 | 0.600 | 0.400 | 3.00 |") and "9.4" in table[2]
     grid = pivot(report, "update", "slots", "J&F").splitlines()
     assert grid[2:] == ["| A | 0.500 |", "| C | 0.750 |"]
-    sparse = {"results": [{**row, "sparse": "none", "computed_share": 1.0}, {**row, "sparse": "triple", "computed_share": 0.3}]}
+    sparse = {"results": [{**row, "sparse": "none", "computed_share": 1.0, "reuse_rate": 0.0},
+                          {**row, "sparse": "triple", "computed_share": 0.3, "reuse_rate": 0.25}]}
     lines = markdown(sparse).splitlines()
-    assert lines[0].endswith("| area computed |") and lines[3].endswith("| 0.300 |")
+    assert lines[0].endswith("| frames reused | area computed |") and lines[3].endswith("| 0.250 | 0.300 |")
 
 
 def test_bench_compares_fusion_cells(vidseg, tmp_path):

@@ -56,8 +56,8 @@ def test_bench_runs_both_runtimes_side_by_side(vidseg, tmp_path):
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        (("--reuse", "0.5"), "cannot be combined with --reuse"),
         (("--model", "propagate"), "runs learned memory networks"),
+        (("--model", "propagate", "--sparse", "triple"), "--sparse needs a learned memory network"),
     ],
 )
 def test_what_onnx_cannot_run_is_one_line(vidseg, clip, tmp_path, args, text):

@@ -30,7 +30,6 @@ SEMSEG_READS = ("local", "global")
 UPDATE_RULES = ("A", "B", "C", "D")  # stremn: which slot a full bank drops
 FUSIONS = ("model", "training-free", "none")  # stremn's fusion cell
 TTAS = ("none", "flip")
-REUSE_MODES = ("copy", "fusion", "refine")
 SPARSE_GATE_MODES = ("static", "residual", "triple")
 SPARSE_MODES = ("none", *SPARSE_GATE_MODES)
 DIRECTIONS = ("forward", "backward", "both")
@@ -60,22 +59,15 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class ReuseOptions:
-    tau: float = 1.0  # reuse when P_gate >= tau for every object; 1 never reuses
-    mode: str = "refine"  # copy the last mask, fusion (copy when very similar), or refine-translate
+    tau: float = 1.0  # a frame whose P_gate reaches tau keeps the last result; 1 never reuses
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise VidsegError(f"--reuse takes a threshold tau in [0, 1], not {self.tau}")
-        check_choice("--reuse-mode", self.mode, REUSE_MODES)
 
     @property
     def enabled(self) -> bool:
         return self.tau < 1.0
-
-    @property
-    def copy_above(self) -> float:
-        """fusion mode's second threshold tau_2 > tau: above it the last mask is copied."""
-        return (1.0 + self.tau) / 2.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class SegmentOptions(OutputJob):
     size: int = DEFAULT_SIZE
     memory: MemoryOptions = MemoryOptions()
     reuse: ReuseOptions = ReuseOptions()
-    reuse_heads: str | None = None  # default: the weights.toml entry MODEL-reuse
+    gates: str | None = None  # region gates; default: the weights.toml entry MODEL-gates
     sparse: SparseOptions = SparseOptions()
     tta: str = "none"  # test-time augmentation: none, or flip (the mirrored video too)
     runtime: str = "auto"  # what runs the backbone (RUNTIMES)

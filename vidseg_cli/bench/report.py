@@ -68,9 +68,8 @@ def markdown(report: dict) -> str:
         columns = dict(PREDICT_COLUMNS)
     else:
         columns = LONG_COLUMNS if "long" in report else dict(_RESULT_COLUMNS)
-    if any(r.get("reuse", 1) < 1 for r in report["results"]):
-        columns["reuse rate"] = lambda r: f"{r['reuse_rate']:.3f}"
-    if any(r.get("sparse", "none") != "none" for r in report["results"]):
+    if any(r.get("reuse", 1) < 1 or r.get("sparse", "none") != "none" for r in report["results"]):
+        columns["frames reused"] = lambda r: f"{r['reuse_rate']:.3f}"
         columns["area computed"] = lambda r: f"{r['computed_share']:.3f}"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for result in report["results"]:

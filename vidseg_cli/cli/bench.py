@@ -52,9 +52,8 @@ def bench_command(
     long: Annotated[int | None, typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
     sparse: Annotated[str, typer.Option(help="Comma list of region modes (SpVOS's): none, static, residual, triple.")] = "none",
     write_every: Annotated[int | None, typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1).")] = None,
-    reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of Reuse-VOS gate thresholds (1: never reuse).")] = "1",
-    reuse_mode: Annotated[str, typer.Option(help="Comma list of reuse modes: copy, fusion, refine.")] = "refine",
-    reuse_heads: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Reuse heads (default: MODEL-reuse from weights.toml).")] = None,
+    reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of frame gate thresholds: a frame whose P_gate reaches tau keeps the last result (1: never).")] = "1",
+    gates: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Region gates for --reuse and --sparse (default: MODEL-gates from weights.toml).")] = None,
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
     runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: auto (as segment chooses), torch, onnx, onnx-int8 (ONNX Runtime on the CPU).")] = "auto",
 ) -> None:
@@ -83,5 +82,5 @@ def bench_command(
         data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots or "5", update=update,
         every=every, fusion=fusion, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
         force=force, long=long, sparse=sparse, write_every=write_every, reuse=reuse,
-        reuse_mode=reuse_mode, reuse_heads=reuse_heads, tta=tta, runtime=runtime,
+        gates=gates, tta=tta, runtime=runtime,
     )

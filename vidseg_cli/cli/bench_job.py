@@ -30,6 +30,7 @@ from vidseg_cli.synthetic import write_davis
 from vidseg_cli.vos.bench import FLOP_EVERY, configs, run
 from vidseg_cli.vos.davis import load_davis
 from vidseg_cli.vos.long import long_run
+from vidseg_cli.vos.oracle import oracle_bound
 
 # the built-in benchmark: six synthetic scenes of 50 frames at 480x270, with 2 and 3 objects
 BENCH_SET = {"sequences": 6, "length": 50, "height": 270, "width": 480, "style": "scene"}
@@ -39,7 +40,7 @@ def bench(
     *, data: Path | None, sequences: str | None, model: str, size: str | None, memory: str | None, slots: str,
     update: str, every: str, fusion: str, device: str, json: bool, report: Path | None, csv_path: str | None,
     plot: Path | None, force: bool, long: int | None, sparse: str, write_every: int | None,
-    reuse: str, reuse_mode: str, reuse_heads: str | None, tta: str, runtime: str = "torch",
+    reuse: str, gates: str | None, tta: str, runtime: str = "torch",
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
     outputs = _Outputs(json, report, csv_path, plot, force, inputs=[data] if data is not None else [])
@@ -55,7 +56,7 @@ def bench(
         raise VidsegError(f"unknown fusion {sorted(unknown)[0]!r}; choose from {', '.join(FUSIONS)}")
     sweep = configs(
         comma_list(model), comma_list(size, int), comma_list(memory), comma_list(slots, int), comma_list(update), comma_list(every, int), fusions,
-        tuple(comma_list(reuse, float)), tuple(comma_list(reuse_mode)), reuse_heads,
+        tuple(comma_list(reuse, float)), gates,
         tuple(comma_list(sparse)), write_every, tuple(comma_list(tta)), tuple(comma_list(runtime)),
     )
     if long is not None:
@@ -78,7 +79,11 @@ def bench(
         "peak_rss_mb": round(peak / 2**20, 1),
         "results": [r.summary() for r in results],
     }
+    if any(r.config.reuse.enabled or r.config.sparse.enabled for r in results):
+        bound = oracle_bound(loaded)
+        summary["oracle"] = {"threshold": bound.threshold, "reuse_rate": round(bound.reused, 4), "loss": round(bound.loss, 2), "speedup": round(bound.speedup, 2)}
     _table(summary)
+    _say_oracle(summary.get("oracle"))
     _say_sparse_annotations(loaded)
     outputs.write(summary, plot_results)
 
@@ -152,6 +157,17 @@ def _predict_table(report: dict) -> None:
     for r in report["results"]:
         table.add_row(*(cell(r) for cell in PREDICT_COLUMNS.values()))
     stderr.print(table)
+
+
+def _say_oracle(oracle: dict | None) -> None:
+    """The most a reuse gate could reuse within 1 J&F point, knowing the true masks (vos/oracle.py)."""
+    if oracle is not None:
+        stderr.print(
+            f"oracle bound: a gate that knows the true masks reuses {oracle['reuse_rate']:.3f} of the frames "
+            f"(copying while IoU >= {oracle['threshold']:.2f}, {oracle['loss']:.1f} J&F points lost): "
+            f"at most {oracle['speedup']:.2f}x even if a reused frame cost nothing",
+            highlight=False,
+        )
 
 
 def _say_sparse_annotations(loaded: list) -> None:
@@ -258,28 +274,27 @@ def _new_table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def _shares(row: dict) -> tuple[str, ...]:
-    """Region steps: the share of frames that ran nothing, and of the area computed afresh,
-    handed on from the last output, and set to background without work."""
+    """Region steps and reuse: the share of frames that ran nothing (the last result handed
+    on), and of the area computed afresh, handed on from the last output, and set to
+    background without work."""
     computed, skipped = row["computed_share"], row.get("skipped_share", 0.0)
-    shares = (row.get("idle_frames", 0.0), computed, max(0.0, 1 - computed - skipped), skipped)
+    shares = (row["reuse_rate"], computed, max(0.0, 1 - computed - skipped), skipped)
     return tuple(f"{share:.3f}" for share in shares)
 
 
 def _table(report: dict) -> None:
     title = f"{report['dataset']}: {len(report['sequences'])} sequences, {report['frames']} frames ({report['scored_frames']} scored)"
     cuda = report["device"].startswith("cuda")
-    reusing = any(r["reuse"] < 1 for r in report["results"])
-    sparse = any(r.get("sparse", "none") != "none" for r in report["results"])
+    sparse = any(r.get("sparse", "none") != "none" or r["reuse"] < 1 for r in report["results"])
     columns = ("configuration", "J&F", "J", "F", "FPS", "model FPS", "median ms", "p90 ms", "GFLOPs", "slots", "bank MB")
-    extra = (("reuse rate",) if reusing else ()) + (("idle frames", "computed", "reused", "skipped") if sparse else ()) + (("CUDA peak MB",) if cuda else ())
+    extra = (("frames reused", "area computed", "reused", "skipped") if sparse else ()) + (("CUDA peak MB",) if cuda else ())
     table = _new_table(title, columns + extra)
     for r in report["results"]:
         gflops = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
         table.add_row(
             r["config"], f"{r['J&F']:.3f}", f"{r['J']:.3f}", f"{r['F']:.3f}", f"{r['fps']:.2f}", f"{r['model_fps']:.2f}",
             f"{r['latency_ms_median']:.0f}", f"{r['latency_ms_p90']:.0f}", gflops, str(r["max_slots"]),
-            f"{r['max_memory_mb']:.1f}", *((f"{r['reuse_rate']:.3f}",) if reusing else ()),
-            *(_shares(r) if sparse else ()),
+            f"{r['max_memory_mb']:.1f}", *(_shares(r) if sparse else ()),
             *((f"{r['peak_cuda_mb']:.0f}",) if cuda else ()),
         )
     stderr.print(table)

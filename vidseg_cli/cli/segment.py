@@ -33,12 +33,6 @@ class Memory(str, enum.Enum):
     fifo = "fifo"
 
 
-class ReuseMode(str, enum.Enum):
-    copy = "copy"
-    fusion = "fusion"
-    refine = "refine"
-
-
 SparseMode = flags.choices("SparseMode", SPARSE_MODES)
 
 
@@ -73,9 +67,8 @@ def segment_command(
     size: Annotated[int, typer.Option(help="Internal processing size (short side, pixels). Outputs keep the input size.")] = DEFAULT_SIZE,
     device: flags.DeviceOption = flags.Device.auto,
     threads: flags.ThreadsOption = None,
-    reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS gate threshold: frames with P_gate >= TAU skip the heavy path (1: never).")] = 1.0,
-    reuse_mode: Annotated[ReuseMode, typer.Option(help="What a reused frame gets: the last mask (copy), copy when very similar else refine (fusion), or the refine translator.")] = ReuseMode.refine,
-    reuse_heads: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Reuse heads from weights.toml or vidseg train reuse (default: MODEL-reuse).")] = None,
+    reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS's frame gate: a frame whose P_gate (the chance that the last mask still holds) reaches TAU keeps it, and nothing runs (1: never).")] = 1.0,
+    gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Region gates for --reuse and --sparse, from weights.toml or vidseg train gates (default: MODEL-gates).")] = None,
     sparse: Annotated[SparseMode, typer.Option(help="Compute only where it matters, per 16x16 cell (SpVOS's modes): static computes near the objects and skips the rest; residual computes where the frame changed and reuses the rest; triple computes where it changed near the objects, reuses where it did not and skips far from them. A frame with nothing to compute runs nothing.")] = SparseMode.none,
     write_every: Annotated[Optional[int], typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1).")] = None,
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip also segments the mirrored video (with its own memory) and averages the two; about half the speed.")] = Tta.none,
@@ -110,8 +103,8 @@ def segment_command(
             memory=memory.value, slots=slots, update=update.value, every=every,
             write_every=write_every or 1,
         ),
-        reuse=ReuseOptions(tau=reuse, mode=reuse_mode.value),
-        reuse_heads=reuse_heads,
+        reuse=ReuseOptions(tau=reuse),
+        gates=gates,
         sparse=SparseOptions(sparse.value),
         tta=tta.value,
         runtime=runtime.value,

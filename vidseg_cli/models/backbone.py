@@ -166,7 +166,7 @@ class EfficientNetLite(nn.Module):
 
     def to_stride8(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first half (stem and the blocks to stride 8, 0-4 in Lite0): the stride-4 and
-        stride-8 maps. A frame that Reuse-VOS's gate reuses stops here."""
+        stride-8 maps."""
         s4, s8 = self._first_half(image)
         return s4.contiguous(), s8.contiguous()
 

@@ -66,7 +66,7 @@ def learned_runtime(device: torch.device | str) -> str:
 
 def runtime_of(model) -> str:
     """What runs this model's backbone (the name --runtime gives it)."""
-    trunk = getattr(model, "trunk", None)  # reuse and sparse models run on torch: they have none
+    trunk = getattr(model, "trunk", None)  # training-free propagation has none
     if trunk is None:
         return "torch"
     return "onnx-int8" if trunk.int8 else "onnx"

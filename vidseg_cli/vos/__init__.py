@@ -1,2 +1,2 @@
 """Video object segmentation: the memory network, the per-video session, the segment job, and
-its two modes, reuse/ (Reuse-VOS) and sparse/ (SpVOS)."""
+region steps (regions/: SpVOS's sparse modes and Reuse-VOS's frame reuse, on one tracker)."""

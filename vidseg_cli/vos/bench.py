@@ -23,11 +23,12 @@ from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
 from vidseg_cli.models.registry import runtime_of
-from vidseg_cli.options import MemoryOptions, SparseOptions
+from vidseg_cli.options import MemoryOptions, ReuseOptions, SparseOptions
 from vidseg_cli.vos.base import VOSModel
 from vidseg_cli.vos.checks import check_tta, validate_memory, validate_size
 from vidseg_cli.vos.davis import Sequence
-from vidseg_cli.vos.reuse.state import ReuseOptions
+from vidseg_cli.vos.regions.load import load_gates
+from vidseg_cli.vos.regions.tracker import LoadedGates
 from vidseg_cli.vos.segment import build_model, make_session
 
 
@@ -37,7 +38,7 @@ class Config:
     size: int
     memory: MemoryOptions
     reuse: ReuseOptions = ReuseOptions()
-    reuse_heads: str | None = None
+    gates: str | None = None  # region gates for --reuse and --sparse (default: MODEL-gates)
     sparse: SparseOptions = SparseOptions()
     tta: str = "none"
     runtime: str = "torch"
@@ -47,9 +48,7 @@ class Config:
         m = self.memory
         detail = {"stremn": f" K={m.slots} {m.update}", "fifo": f" K={m.slots}", "stm": f" every={m.every}"}
         fusion = f" fusion={m.fusion}" if m.fusion != "model" else ""
-        reuse = ""
-        if self.reuse.enabled:
-            reuse = f" reuse={self.reuse.tau:g}" + (f" {self.reuse.mode}" if self.reuse.mode != "refine" else "")
+        reuse = f" reuse={self.reuse.tau:g}" if self.reuse.enabled else ""
         writes = f" write/{m.write_every}" if m.write_every != 1 else ""
         sparse = f" sparse={self.sparse.mode}" if self.sparse.enabled else ""
         tta = f" tta={self.tta}" if self.tta != "none" else ""
@@ -57,14 +56,16 @@ class Config:
         return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{tta}{runtime}"
 
     @property
-    def network(self) -> tuple[str, str | None, str]:
-        """Which model object runs it: the model, with reuse heads only when it may reuse,
-        on its runtime (region steps run the model itself)."""
-        heads = (self.reuse_heads or f"{self.model}-reuse") if self.reuse.enabled else None
-        return self.model, heads, self.runtime
+    def network(self) -> tuple[str, str, bool]:
+        """Which model object runs it: the model on its runtime (region steps and reuse run
+        the model itself)."""
+        return self.model, self.runtime, self.sparse.enabled
 
     def build(self, device: torch.device) -> VOSModel:
-        return build_model(self.model, device, self.reuse, self.reuse_heads, self.sparse, self.runtime)
+        return build_model(self.model, device, self.sparse, self.runtime)
+
+    def load_gates(self) -> LoadedGates | None:
+        return load_gates(self.model, self.gates, self.reuse, self.sparse)
 
 
 # FLOPs are counted on every FLOP_EVERY-th frame (from the FLOP_OFFSET-th), under a
@@ -86,7 +87,7 @@ class Result:
     max_slots: int = 0
     max_memory_bytes: int = 0
     peak_cuda_bytes: int | None = None
-    reused_frames: int = 0  # over every frame of every sequence, counted or timed
+    reused_frames: int = 0  # that ran nothing, over every frame of every sequence, counted or timed
     computed: list[float] = field(default_factory=list)  # per frame: share of the frame computed afresh
     skipped: list[float] = field(default_factory=list)  # per frame: share set to background without work
     all_frames: int = 0
@@ -106,14 +107,12 @@ class Result:
             "size": self.config.size,
             **vars(self.config.memory),
             "reuse": self.config.reuse.tau,
-            "reuse_mode": self.config.reuse.mode,
             "reuse_rate": round(self.reused_frames / max(1, self.all_frames), 4),
             "sparse": self.config.sparse.mode,
             "tta": self.config.tta,
             "runtime": self.config.runtime,
             "computed_share": round(float(np.mean(self.computed)), 4) if self.computed else 1.0,
             "skipped_share": round(float(np.mean(self.skipped)), 4) if self.skipped else 0.0,
-            "idle_frames": round(float(np.mean([c == 0 for c in self.computed])), 4) if self.computed else 0.0,
             **{name: round(value, 4) for name, value in overall.items()},
             "J_recall": round(float(np.mean([o.j.recall for o in objects])), 4),
             "J_decay": round(float(np.mean([o.j.decay for o in objects])), 4),
@@ -143,8 +142,7 @@ def configs(
     every: list[int],
     fusions: tuple[str, ...] = ("model",),
     reuses: tuple[float, ...] = (1.0,),
-    reuse_modes: tuple[str, ...] = ("refine",),
-    reuse_heads: str | None = None,
+    gates: str | None = None,
     sparses: tuple[str, ...] = ("none",),
     write_every: int | None = None,
     ttas: tuple[str, ...] = ("none",),
@@ -154,8 +152,8 @@ def configs(
     written every ``write_every`` frames (default: every frame)."""
     write_every = write_every or 1
     seen, out = set(), []
-    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, reuse_modes, sparses, ttas, runtimes)
-    for model, size, memory, k, rule, n, fusion, tau, mode, sparse, tta, runtime in grid:
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, sparses, ttas, runtimes)
+    for model, size, memory, k, rule, n, fusion, tau, sparse, tta, runtime in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
@@ -164,12 +162,8 @@ def configs(
             fusion=fusion if memory == "stremn" else "model",
             write_every=write_every,
         )
-        reuse = ReuseOptions(tau, mode if tau < 1 else "refine")
-        sparsing = SparseOptions(sparse)
-        config = Config(
-            model, size, options, reuse, reuse_heads if reuse.enabled else None,
-            sparsing, tta, runtime,
-        )
+        reuse, sparsing = ReuseOptions(tau), SparseOptions(sparse)
+        config = Config(model, size, options, reuse, gates if reuse.enabled or sparsing.enabled else None, sparsing, tta, runtime)
         if config not in seen:
             seen.add(config)
             out.append(config)
@@ -192,6 +186,7 @@ def run(
         if config.network not in models:
             models[config.network] = config.build(device)
     configs = _resolved(configs, models)
+    gates = {config: config.load_gates() for config in configs}
     results = [Result(config) for config in configs]
     for sequence in sequences:
         start = time.perf_counter()
@@ -200,7 +195,8 @@ def run(
         for result in results:
             if progress:
                 progress(f"{sequence.name}: {result.config.label}")
-            _run_one(result, models[result.config.network], sequence, images, decode_per_frame, device, warm_up=True)
+            network = models[result.config.network], gates[result.config]
+            _run_one(result, network, sequence, images, decode_per_frame, device, warm_up=True)
     return results, peak_rss_bytes()
 
 
@@ -222,20 +218,21 @@ def evaluate(model: VOSModel, sequences: list[Sequence], config: Config, device:
     result = Result(config)
     for sequence in sequences:
         images = [frame.image for frame in FolderSource(sequence.frames)]
-        _run_one(result, model, sequence, images, 0.0, device)
+        _run_one(result, (model, None), sequence, images, 0.0, device)
     return _rounded(j_and_f(result.objects))
 
 
 def _run_one(
-    result: Result, model: VOSModel, sequence: Sequence, images: list[np.ndarray], decode: float, device: torch.device,
-    warm_up: bool = False,
+    result: Result, network: tuple[VOSModel, LoadedGates | None], sequence: Sequence, images: list[np.ndarray],
+    decode: float, device: torch.device, warm_up: bool = False,
 ) -> None:
     config = result.config
+    model, gates = network
     if warm_up:  # untimed: a runtime's first call at a size (ONNX: export, session) is set-up, not speed
-        warm = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta)
+        warm = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta, gates)
         for index, image in enumerate(images[:2]):
             warm.step(image, sequence.prompts.get(index))
-    session = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta)
+    session = make_session(model, config.memory, config.size, device, config.reuse, config.sparse, config.tta, gates)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -109,7 +109,7 @@ class Decoder(nn.Module):
         return self.finish(self.refined8(readout, features), features.s4)
 
     def refined8(self, readout: torch.Tensor, features: Features) -> torch.Tensor:
-        """The refined stride-8 map R8 (Reuse-VOS's name): what a reused frame translates."""
+        """The refined stride-8 map."""
         x = F.relu(self.enter[0](torch.cat([readout, features.s16], dim=1)))
         x = F.relu(self.enter[2](x))
         return self._merge(x, features.s8, self.up8, self.skip8, self.refine8)

@@ -1,5 +1,4 @@
-"""VOS models by name: the learned memory network, training-free propagation, and what the
-reuse and sparse add-ons (vos/reuse/model.py, vos/sparse/model.py) load on top of them."""
+"""VOS models by name: the learned memory network and training-free propagation."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from vidseg_cli.options import DEFAULT_VOS_MODEL
 from vidseg_cli.vos.base import VOSModel
 from vidseg_cli.vos.memnet import ARCH, MemNetConfig, MemoryNetwork
 from vidseg_cli.vos.propagate import PropagateConfig, PropagationModel
-from vidseg_cli.weights.registry import Checkpoint, checkpoint, registry
+from vidseg_cli.weights.registry import Checkpoint, checkpoint
 
 VOS_MODELS = ("vos-effl0-v2", "vos-effl0", "propagate")
 
@@ -69,25 +68,3 @@ def load_memnet(path: Path, fusion_candidate: str | None = None) -> MemoryNetwor
     except (RuntimeError, ValueError) as error:
         raise VidsegError(f"{path} does not fit its own config: {str(error).splitlines()[0]}") from None
     return model
-
-
-def load_addon(
-    model: str, name: str, arch: str, kind: str, command: str, device: torch.device | str
-) -> tuple[MemoryNetwork, dict[str, torch.Tensor], dict[str, str], Path]:
-    """The learned model and the tensors of an add-on trained for it (reuse heads, sparse
-    gates): a weights.toml name or a file, whose metadata must name that very model."""
-    spec = checkpoint(model, "vos")
-    base = create_vos_model(spec, device)
-    if not isinstance(base, MemoryNetwork):
-        raise VidsegError(f"--{command} needs a learned memory network; {model!r} is not one")
-    if not name.endswith(".safetensors") and name not in registry():
-        raise VidsegError(
-            f"no {kind} named {name!r}: train them with `vidseg train {command}` and pass --{kind.replace(' ', '-')} FILE"
-        )
-    path = checkpoint(name, command).path
-    state, metadata = read_safetensors(path)
-    if metadata.get("arch") != arch or "config" not in metadata:
-        raise VidsegError(f"{path} is not a vidseg {arch} checkpoint (arch {metadata.get('arch')!r})")
-    if metadata.get("base") != spec.sha256:
-        raise VidsegError(f"{kind} {name} were trained for another model than {model}")
-    return base, state, metadata, path

@@ -52,9 +52,8 @@ from vidseg_cli.vos.directions import (
 from vidseg_cli.vos.events import EventsOut, EventTracker
 from vidseg_cli.vos.memnet import MemoryNetwork
 from vidseg_cli.vos.models import create_vos_model
-from vidseg_cli.vos.regions.tracker import RegionSettings, RegionTracker
-from vidseg_cli.vos.reuse.model import create_reuse_model
-from vidseg_cli.vos.reuse.state import ReuseTracker
+from vidseg_cli.vos.regions.load import load_gates
+from vidseg_cli.vos.regions.tracker import LoadedGates, RegionSettings, RegionTracker
 from vidseg_cli.vos.session import StepResult, VOSSession
 
 Progress = Callable[[int, int | None], None]
@@ -94,25 +93,9 @@ class SegmentSummary:
     threads: dict = field(default_factory=dict)  # what the model ran with (engine/threads.py)
 
 
-def build_model(
-    model: str,
-    device: torch.device,
-    reuse: ReuseOptions,
-    heads: str | None = None,
-    sparse: SparseOptions = SparseOptions(),
-    runtime: str = "torch",
-) -> VOSModel:
-    """The named model, with its Reuse-VOS heads when the gate can reuse (tau < 1) or its
-    SpVOS gates when it runs sparse; ``runtime`` onnx runs its backbone on ONNX Runtime
-    (auto: where it can, models/registry.py)."""
-    if reuse.enabled and sparse.enabled:
-        raise VidsegError("--reuse and --sparse cannot be combined: pick one way to skip work")
-    if runtime == "auto" and reuse.enabled:
-        runtime = "torch"  # reuse skips parts of the PyTorch backbone
-    if runtime != "torch" and reuse.enabled:
-        raise VidsegError(f"--runtime {runtime} runs the whole backbone: it cannot be combined with --reuse")
-    if reuse.enabled:
-        return create_reuse_model(model, heads or f"{model}-reuse", device)
+def build_model(model: str, device: torch.device, sparse: SparseOptions = SparseOptions(), runtime: str = "torch") -> VOSModel:
+    """The named model; ``runtime`` onnx runs its networks on ONNX Runtime (auto: where it
+    can, models/registry.py)."""
     base = create_vos_model(model, device)
     if sparse.enabled and not isinstance(base, MemoryNetwork):
         raise VidsegError(f"--sparse needs a learned memory network; {model!r} is not one")
@@ -124,20 +107,21 @@ def make_session(
     memory: MemoryOptions,
     size: int,
     device: torch.device,
-    reuse: ReuseOptions,
+    reuse: ReuseOptions = ReuseOptions(),
     sparse: SparseOptions = SparseOptions(),
     tta: str = "none",
+    gates: LoadedGates | None = None,
 ) -> VOSSession:
     """A fresh per-video session: its own bank and, when reusing, running sparse or
     flipping, that state."""
     check_tta(tta, reuse, sparse)
-    reusing = ReuseTracker(model, reuse) if reuse.enabled else None
-    sparsing = RegionTracker(model, RegionSettings(sparse.mode)) if sparse.enabled else None
+    regions = None
+    if reuse.enabled or sparse.enabled:
+        mode = sparse.mode if sparse.enabled else "dense"
+        regions = RegionTracker(model, RegionSettings(mode, reuse=reuse.tau), gates)
     bank = make_bank(memory, fusion_for(model, memory))
     mirror = make_bank(memory, fusion_for(model, memory)) if tta == "flip" else None
-    return VOSSession(
-        model, bank, size, device, reuse=reusing, sparse=sparsing, write_every=memory.write_every, mirror=mirror
-    )
+    return VOSSession(model, bank, size, device, regions=regions, write_every=memory.write_every, mirror=mirror)
 
 
 def segment(
@@ -239,9 +223,8 @@ def _run(
     events: EventsOut,
 ) -> SegmentSummary:
     use_all_cores(adaptive=True)
-    model = build_model(
-        options.model, device, options.reuse, options.reuse_heads, options.sparse, options.runtime
-    )
+    model = build_model(options.model, device, options.sparse, options.runtime)
+    gates = load_gates(options.model, options.gates, options.reuse, options.sparse)
     by_frame = {mask.frame: mask.path for mask in masks}
     objects = plan.objects
     # frames fused from both passes, or without an ended object, need per-object probabilities
@@ -254,11 +237,11 @@ def _run(
     stats = _Stats(progress, None if source.count is None else source.count + (plan.masked[-1] + 1) * plan.needs_backward)
     backward = BackwardPass(folder / ".cache") if plan.needs_backward else None
     if backward is not None and saved is None:  # frames 0 .. last mask, cached, then walked from the end
-        backward.run(_session(model, options, device, soft), source, by_frame, reader, plan, stats)
+        backward.run(_session(model, gates, options, device, soft), source, by_frame, reader, plan, stats)
         source.close()
         source = open_frames(options.input)  # a video decodes forwards only: start again
     tracker = EventTracker(objects, options.event_options) if options.events is not None else None
-    session = _session(model, options, device, soft)
+    session = _session(model, gates, options, device, soft)
     schedule = checkpoint.Schedule(options.checkpoint_every, options.checkpoint_seconds, time.monotonic)
     with contextlib.closing(source), open_sinks(options.format, folder, source.time_base, objects) as sinks:
         if saved is not None:
@@ -330,8 +313,10 @@ def _resume(
     summary.frames = saved["frames"]
 
 
-def _session(model: VOSModel, options: SegmentOptions, device: torch.device, soft: bool) -> VOSSession:
-    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse, options.tta)
+def _session(
+    model: VOSModel, gates: LoadedGates | None, options: SegmentOptions, device: torch.device, soft: bool
+) -> VOSSession:
+    session = make_session(model, options.memory, options.size, device, options.reuse, options.sparse, options.tta, gates)
     session.keep_probabilities = soft
     return session
 

@@ -20,7 +20,6 @@ from vidseg_cli.memory.slot import Slot
 from vidseg_cli.vos.aggregate import aggregate
 from vidseg_cli.vos.base import EncodedFrame, VOSModel
 from vidseg_cli.vos.regions.tracker import RegionTracker
-from vidseg_cli.vos.reuse.state import ReuseTracker
 
 
 @dataclass
@@ -28,7 +27,7 @@ class StepResult:
     labels: np.ndarray  # (H, W) uint8 object ids at the input resolution
     slots: int
     memory_bytes: int
-    reused: bool = False  # Reuse-VOS skipped the heavy path on this frame
+    reused: bool = False  # nothing ran: the frame kept the last computed frame's result
     computed: float = 1.0  # the share of the frame computed afresh (region steps: its crop's cells)
     skipped: float = 0.0  # region steps: the share set to background without work
     # with ``keep_probabilities``: (objects, H, W) uint8, each object's probability x 255
@@ -58,8 +57,7 @@ class VOSSession:
         bank: MemoryBank,
         size: int,
         device: torch.device,
-        reuse: ReuseTracker | None = None,
-        sparse: RegionTracker | None = None,
+        regions: RegionTracker | None = None,
         write_every: int = 1,
         mirror: MemoryBank | None = None,
     ) -> None:
@@ -70,8 +68,7 @@ class VOSSession:
         self.mirror = mirror
         self.size = size
         self.device = device
-        self.reuse = reuse
-        self.sparse = sparse
+        self.regions = regions  # region steps and frame reuse (vos/regions/)
         self.write_every = write_every  # memory frames: one every N frames, and every masked frame
         self.object_ids: list[int] = []
         self.frame_index = 0
@@ -93,39 +90,31 @@ class VOSSession:
             return dataclasses.replace(self._last_computed[1], repeated=True, reused=False)
         writes = mask is not None or self._memory_frame()
         plan = None
-        if self.sparse is not None:
-            plan = self.sparse.plan(image, dense=mask is not None or not self.object_ids or not self.bank.slots)
+        if self.regions is not None:
+            plan = self.regions.plan(image, dense=mask is not None or not self.object_ids or not self.bank.slots)
             if plan.idle:  # nothing changed where it matters: nothing runs, the memory stays
                 self.frame_index += 1
-                return dataclasses.replace(self._last_computed[1], repeated=False, computed=0.0, skipped=plan.skipped_share)
-            encoded = self.sparse.encode(image, plan)
-            probs = self._predict(encoded, lambda frame, slots, objects: self.sparse.segment(frame, plan, slots, objects))
-        elif self.reuse is None:
+                last = self._last_computed[1]
+                return dataclasses.replace(last, repeated=False, reused=True, computed=0.0, skipped=plan.skipped_share)
+            encoded = self.regions.encode(image, plan)
+            probs = self._predict(encoded, lambda frame, slots, objects: self.regions.segment(frame, plan, slots, objects))
+        else:
             encoded = self.model.encode(image)
             probs = self._predict(encoded)
             if self.mirror is not None:
                 mirrored = self.model.encode(image.flip(-1))
                 probs = (probs + self._predict(mirrored, bank=self.mirror).flip(-1)) / 2
-        else:
-            partial = self.model.encode_stride8(image)
-            reused = None if mask is not None else self.reuse.try_reuse(partial, len(self.object_ids))
-            if reused is not None:  # Reuse-VOS: the rest of the network is skipped, memory untouched
-                return self._result(reused, image, (height, width), None, reused=True)
-            encoded = self.model.complete(partial)
-            probs, refined8 = self._predict_refined(encoded)
         if mask is not None:
             probs = self._apply_mask(probs, mask, encoded.grid)
         if plan is not None:
-            self.sparse.observe(plan, encoded, probs, tuple(image.shape[-2:]))
+            self.regions.observe(plan, encoded, probs, tuple(image.shape[-2:]))
         probs = aggregate(probs)  # (1 + objects, h, w), background first
         if writes:
             self._remember(encoded, probs[1:], self.bank, permanent=mask is not None)
             if self.mirror is not None:
                 self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
-        if self.reuse is not None and self.object_ids:
-            self.reuse.computed(partial, probs, refined8)
         computed, skipped = (plan.computed_share, plan.skipped_share) if plan is not None else (1.0, 0.0)
-        result = self._result(probs, image, (height, width), mask, reused=False, computed=computed, skipped=skipped)
+        result = self._result(probs, image, (height, width), mask, computed=computed, skipped=skipped)
         self._last_computed = (image, result)
         return result
 
@@ -146,7 +135,6 @@ class VOSSession:
         image: torch.Tensor,
         size: tuple[int, int],
         mask: np.ndarray | None,
-        reused: bool,
         computed: float = 1.0,
         skipped: float = 0.0,
     ) -> StepResult:
@@ -156,22 +144,20 @@ class VOSSession:
         memory_bytes = self.bank.nbytes + (self.mirror.nbytes if self.mirror is not None else 0)
         soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
         return StepResult(
-            labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, reused=reused, computed=computed, skipped=skipped,
+            labels=labels, slots=len(self.bank), memory_bytes=memory_bytes, computed=computed, skipped=skipped,
             probabilities=soft, object_ids=tuple(self.object_ids),
         )
 
     def state(self) -> dict:
         """Everything a resumed run needs to go on exactly where this one stopped: objects,
-        frame counters, the memory (and the mirror's) and the reuse or sparse trackers'
-        per-video state. Not the model: a resumed run builds it again from the same name."""
+        frame counters, the memory (and the mirror's) and the region tracker's per-video state. Not the model: a resumed run builds it again from the same name."""
         return {
             "object_ids": list(self.object_ids),
             "frame_index": self.frame_index,
             "last_write": self._last_write,
             "bank": list(self.bank.slots),
             "mirror": list(self.mirror.slots) if self.mirror is not None else None,
-            "reuse": _tracker_state(self.reuse),
-            "sparse": _tracker_state(self.sparse),
+            "regions": _tracker_state(self.regions),
             "last_computed": self._last_computed,
         }
 
@@ -184,9 +170,8 @@ class VOSSession:
         self.bank.slots = [dataclasses.replace(slot) for slot in state["bank"]]
         if self.mirror is not None:
             self.mirror.slots = [dataclasses.replace(slot) for slot in state["mirror"]]
-        for tracker, saved in ((self.reuse, state["reuse"]), (self.sparse, state["sparse"])):
-            if tracker is not None:
-                vars(tracker).update(saved)
+        if self.regions is not None and state.get("regions") is not None:
+            vars(self.regions).update(state["regions"])
 
     def processing_image(self, frame: np.ndarray) -> np.ndarray:
         """The frame at the processing size, (h, w, 3) uint8: what a cache keeps."""
@@ -209,12 +194,6 @@ class VOSSession:
         if not bank.slots or not self.object_ids:
             return encoded.key.new_zeros(len(self.object_ids), *encoded.grid)
         return (segment or self.model.segment)(encoded, bank.slots, len(self.object_ids))
-
-    def _predict_refined(self, encoded: EncodedFrame) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As ``_predict``, with the refined stride-8 maps a later reused frame translates."""
-        if not self.bank.slots or not self.object_ids:
-            return self._predict(encoded), None
-        return self.model.segment_refined(encoded, self.bank.slots, len(self.object_ids))
 
     def _apply_mask(self, probs: torch.Tensor, mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """Objects in the mask take its shape; others keep their prediction outside it."""
@@ -246,11 +225,11 @@ class VOSSession:
         return labels if mask is None else keep_given_pixels(labels, mask)
 
 
-def _tracker_state(tracker: object | None) -> dict | None:
-    """A reuse or sparse tracker's per-video fields (its model and options come anew)."""
+def _tracker_state(tracker: RegionTracker | None) -> dict | None:
+    """The region tracker's per-video fields (its model, settings and gates come anew)."""
     if tracker is None:
         return None
-    return {name: value for name, value in vars(tracker).items() if name not in ("model", "options", "settings")}
+    return {name: value for name, value in vars(tracker).items() if name not in ("model", "settings", "gates")}
 
 
 def keep_given_pixels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -244,50 +244,6 @@ class Trainer:
         return path
 
 
-class AddonTrainer:
-    """What the reuse and sparse trainers share: a frozen memory network in eval mode, one
-    module that learns (``learner``), AdamW on a cosine schedule over clips of one sampler,
-    and run-state checkpoints. A subclass says its loss and what of its state to save."""
-
-    learner: torch.nn.Module
-
-    def __init__(self, model: MemoryNetwork, sampler: ClipSampler, config, run_dir: Path, device: torch.device) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.sampler, self.config, self.run_dir, self.device = sampler, config, run_dir, device
-        self.step = 0
-        self.history: list[dict] = []
-
-    def loss(self, clip: Clip) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
-
-    def own_state(self) -> dict:
-        """What this trainer checkpoints beside the optimizer, step and generators."""
-        raise NotImplementedError
-
-    def load_own_state(self, state: dict) -> None:
-        raise NotImplementedError
-
-    def learning_rate(self) -> float:
-        return cosine_to_a_tenth(self.config.lr, self.step, self.config.steps)
-
-    def train_step(self) -> dict[str, float]:
-        clip = self.sampler.sample(self.config.max_gap, still=False).to(self.device)
-        set_learning_rate(self.optimizer, self.learning_rate())
-        self.learner.train()
-        loss, parts = self.loss(clip)
-        take_step(self.optimizer, loss)
-        self.step += 1
-        return {"loss": loss.item(), **parts}
-
-    def save_checkpoint(self) -> None:
-        save_run_state(self.run_dir, self.optimizer, self.step, self.sampler.rng, self.history, self.own_state())
-
-    def load_checkpoint(self) -> None:
-        state = load_run_state(self.run_dir, self.device, self.optimizer, self.sampler.rng)
-        self.load_own_state(state)
-        self.step, self.history = state["step"], state["history"]
-
-
 def save_model(model: MemoryNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
     """The heads as safetensors; the metadata carries what is needed to rebuild them."""
     metadata = {

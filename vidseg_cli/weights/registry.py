@@ -59,8 +59,7 @@ TASK_NOUNS = {
     "vos": "VOS model",
     "semseg": "semseg model",
     "predict": "video predictor",
-    "reuse": "set of reuse heads",
-    "sparse": "set of sparse gates",
+    "gates": "set of region gates",
 }
 
 

@@ -30,13 +30,18 @@ def frame_gain(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (current[lit] / reference[lit]).median()
 
 
-def change_map(current: torch.Tensor, reference: torch.Tensor, gain: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Thumbnails (3, h4, w4) -> (h16, w16): each cell's largest difference once the
-    frame's ``gain`` is taken out, in grey levels (mean over the three colours).
+def residual(current: torch.Tensor, reference: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """Thumbnails (3, h4, w4) -> (h4, w4): the difference once the frame's ``gain`` is taken
+    out, in grey levels (mean over the three colours).
 
     Pitfall: a reference pieced together from cells computed on different frames holds as
     many exposures; so it is kept divided by each frame's gain (``RegionTracker``), or the
     drift since a cell was last computed would read as change."""
-    residual = (current - gain * reference).abs().mean(0)
-    cells = F.max_pool2d(residual[None, None], 16 // POOL, ceil_mode=True)[0, 0]
+    return (current - gain * reference).abs().mean(0)
+
+
+def change_map(current: torch.Tensor, reference: torch.Tensor, gain: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Thumbnails (3, h4, w4) -> (h16, w16): each cell's largest ``residual``."""
+    difference = residual(current, reference, gain)
+    cells = F.max_pool2d(difference[None, None], 16 // POOL, ceil_mode=True)[0, 0]
     return cells[: grid[0], : grid[1]]

@@ -16,7 +16,12 @@ stride-16 grid, before any network runs:
 Modes, as in SpVOS (skip = no work, reuse = previous output, compute = fresh):
 ``static`` computes near the objects and skips the rest (it looks at the current frame
 only); ``residual`` computes where the frame changed and reuses the rest; ``triple``
-computes where it changed near the objects, reuses where it did not, and skips far from them.
+computes where it changed near the objects, reuses where it did not, and skips far from them;
+``dense`` computes every frame whole (what ``--reuse`` alone runs).
+
+"Changed" is the learned cell gate's verdict where gates are loaded (gate.py), else the
+change test against a fixed threshold. With a reuse threshold below 1, the frame gate may
+first decide that the whole frame keeps the last output: nothing runs (Reuse-VOS's reuse).
 """
 
 from __future__ import annotations
@@ -31,16 +36,27 @@ from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.vos.memnet import MemNetFrame, MemoryNetwork
 from vidseg_cli.vos.regions.boxes import Box, bounding_box, cells_of, dilate
-from vidseg_cli.vos.regions.change import change_map, frame_gain, thumbnail
+from vidseg_cli.vos.regions.change import frame_gain, residual, thumbnail
+from vidseg_cli.vos.regions.gate import RegionGates, cell_features, frame_features
 
 
 @dataclass(frozen=True)
 class RegionSettings:
     mode: str = "triple"
-    threshold: float = 8.0  # grey levels: a cell whose change test exceeds it changed
+    threshold: float = 8.0  # grey levels: without gates, a cell whose change test exceeds it changed
     near: int = 3  # cells: how far from the last frame's objects counts as near them
     halo: int = 2  # cells of context the decoder gets around its output, and the backbone around that
     most: float = 0.6  # a crop larger than this share of the frame runs the whole frame
+    reuse: float = 1.0  # the frame gate's tau: a frame whose P_gate reaches it runs nothing; 1: never
+
+
+@dataclass(frozen=True)
+class LoadedGates:
+    """A gates file's heads and the settings it was trained with."""
+
+    gates: RegionGates
+    threshold: float  # the cell gate's P(compute) above which a cell computes
+    near: int
 
 
 @dataclass
@@ -71,7 +87,7 @@ class Plan:
 class RegionTracker:
     """Per video: the last feature maps, outputs and per-cell references region steps use."""
 
-    def __init__(self, model: MemoryNetwork, settings: RegionSettings) -> None:
+    def __init__(self, model: MemoryNetwork, settings: RegionSettings, gates: LoadedGates | None = None) -> None:
         self.model, self.settings = model, settings
         self.features: Features | None = None  # the last computed maps, batch of one
         self.probs: torch.Tensor | None = None  # (O, h4, w4) the last output, before aggregation
@@ -79,6 +95,8 @@ class RegionTracker:
         # relative to the first frame (change.py)
         self.reference: torch.Tensor | None = None
         self.size: tuple[int, int] | None = None
+        self.age: torch.Tensor | None = None  # (h16, w16) frames since each cell was computed
+        self.gates = gates
 
     @torch.inference_mode()
     def plan(self, image: torch.Tensor, dense: bool) -> Plan:
@@ -92,13 +110,14 @@ class RegionTracker:
         gain = frame_gain(thumb, self.reference)
         if dense or self.features is None or self.probs is None or not self.probs.shape[0]:
             return Plan(thumb / gain, cells, dense=True)
-        near = dilate(self._object_cells(grid), self.settings.near)
+        self.age += 1
+        changed, near = self._changed(residual(thumb, self.reference, gain), grid)
+        if changed is None:  # the frame gate reuses the whole frame
+            return Plan(thumb / gain, cells)
         mode = self.settings.mode
-        if mode == "static":
-            compute = near
-        else:
-            changed = change_map(thumb, self.reference, gain, grid) > self.settings.threshold
-            compute = changed & near if mode == "triple" else changed
+        if mode == "dense":
+            return Plan(thumb / gain, cells, dense=True)
+        compute = {"static": near, "residual": changed, "triple": changed & near}[mode]
         skip = ~near if mode in ("static", "triple") else None
         box = bounding_box(compute)
         if box is None:
@@ -148,9 +167,26 @@ class RegionTracker:
         self.features, self.probs, self.size = frame.features, probs, size
         if plan.dense:
             self.reference = plan.thumb
+            self.age = torch.zeros(cells_of(size), dtype=torch.long)
         else:
             cells = plan.box.pixels(4, size)
             self.reference[:, *cells] = plan.thumb[:, *cells]
+            self.age[plan.box.pixels(16, size)] = 0
+
+    def _changed(self, difference: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(h16, w16) bool maps of the cells that changed (None: the frame gate reuses the
+        whole frame) and of those near the last output's objects."""
+        if self.gates is None:
+            near = dilate(self._object_cells(grid), self.settings.near)
+            changed = F.max_pool2d(difference[None, None], 4, ceil_mode=True)[0, 0, : grid[0], : grid[1]]
+            return changed > self.settings.threshold, near
+        features, near = cell_features(difference, self.probs, self.age, grid, self.gates.near)
+        gate = torch.sigmoid(self.gates.gates.cell_logits(features[None]))[0]
+        if self.settings.reuse < 1:
+            summary = frame_features(gate, features, near, self.gates.threshold)
+            if float(torch.sigmoid(self.gates.gates.frame_logits(summary[None]))[0]) >= self.settings.reuse:
+                return None, near
+        return gate > self.gates.threshold, near
 
     def _object_cells(self, grid: tuple[int, int]) -> torch.Tensor:
         """(h16, w16) bool: cells where the last output holds an object."""
