@@ -262,3 +262,17 @@ def test_bench_compares_fusion_cells(vidseg, tmp_path):
     assert labels == ["vos-effl0-v2 48p stremn K=3 A", "vos-effl0-v2 48p stremn K=3 A fusion=training-free",
                       "vos-effl0-v2 48p stremn K=3 A fusion=none", "vos-effl0-v2 48p fifo K=3"]  # the default model
     assert vidseg("bench", "--fusion", "magic").code == 2
+
+
+def test_bench_runs_sparse_and_reuse_with_what_ships(vidseg, tmp_path):
+    """No gate file to train first: the default model's gates ship in the package."""
+    write_davis(tmp_path, sequences=1, length=12, height=64, width=96)
+    run = vidseg("bench", "--data", tmp_path, "--size", "64", "--sparse", "none,triple", "--reuse", "1,0.7", "--json")
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    rows = {(r["sparse"], r["reuse"]): r for r in report["results"]}
+    assert set(rows) == {("none", 1.0), ("triple", 1.0), ("none", 0.7), ("triple", 0.7)}
+    assert rows[("none", 1.0)]["computed_share"] == 1.0 and rows[("none", 1.0)]["reuse_rate"] == 0.0
+    assert rows[("triple", 1.0)]["computed_share"] < 1.0
+    assert 0 <= report["oracle"]["reuse_rate"] <= 1 and report["oracle"]["loss"] <= 1.0
+    assert "oracle bound" in run.stderr

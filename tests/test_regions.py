@@ -74,12 +74,16 @@ def test_the_decoder_on_a_crop_gives_the_frames_masks_inside_it(model, size):
 def test_the_change_test_sees_a_moving_object_and_not_noise_or_drift():
     rng = np.random.default_rng(0)
     scene = _image((128, 192), seed=2)
-    noisy = lambda image, gain: (image * gain + torch.from_numpy(rng.normal(0, 2.0, image.shape)).float()).clamp(0, 255)  # noqa: E731
+
+    def noisy(image: torch.Tensor, gain: float) -> np.ndarray:
+        pixels = (image * gain + torch.from_numpy(rng.normal(0, 2.0, image.shape)).float()).clamp(0, 255)
+        return pixels.round().byte().permute(1, 2, 0).numpy()  # a decoded frame
+
     moved = scene.clone()
     moved[:, 40:72, 100:124] = 255 - moved[:, 40:72, 100:124]
-    reference = thumbnail(noisy(scene, 1.0))
+    reference = thumbnail(noisy(scene, 1.0), (128, 192))
     for current, changed in ((noisy(scene, 1.05), False), (noisy(moved, 0.97), True)):
-        thumb = thumbnail(current)
+        thumb = thumbnail(current, (128, 192))
         cells = change_map(thumb, reference, frame_gain(thumb, reference), cells_of((128, 192)))
         assert bool((cells > 8).any()) == changed
         if changed:
@@ -145,3 +149,121 @@ def test_region_steps_on_onnx_runtime_give_the_masks_torch_gives(model, tmp_path
     for a, b in zip(runs["torch"], runs["onnx"], strict=True):
         assert a.computed == b.computed
         assert (a.labels != b.labels).mean() < 0.001
+
+
+def _write_davis(root, name: str, frames: list[np.ndarray], masks: list[np.ndarray]) -> None:
+    from PIL import Image
+
+    from vidseg_cli.io.sinks import save_palette_png
+
+    (root / "JPEGImages" / name).mkdir(parents=True)
+    (root / "Annotations" / name).mkdir(parents=True)
+    for t, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
+        Image.fromarray(frame).save(root / "JPEGImages" / name / f"{t:05d}.jpg", quality=95)
+        save_palette_png(mask, root / "Annotations" / name / f"{t:05d}.png")
+
+
+@pytest.fixture(scope="module")
+def trained_gates(model, tmp_path_factory):
+    """Gates trained for a few steps on one recorded clip, saved as ``vidseg train gates`` saves them."""
+    from vidseg_cli.vos.davis import load_davis
+    from vidseg_cli.vos.regions.train import GateTrainConfig, GateTrainer, record
+    from vidseg_cli.weights.registry import checkpoint
+
+    root = tmp_path_factory.mktemp("gates")
+    frames, masks = _still_clip(16)
+    _write_davis(root / "data", "still", frames, masks)
+    recording = record(model, load_davis(root / "data")[0], 144, torch.device("cpu"))
+    assert recording.thumbs.shape[0] == 16 and recording.probs.shape[:2] == (16, 1)
+    trainer = GateTrainer([recording], GateTrainConfig(steps=20, pairs=4), root)
+    before = [p.detach().clone() for p in trainer.gates.parameters()]
+    trainer.run(lambda line: None, checkpoint_every=10)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.gates.parameters(), strict=True))
+    return trainer.save_gates("vos-effl0-v2", checkpoint("vos-effl0-v2", "vos").sha256)
+
+
+def test_gates_serve_the_model_they_were_trained_for_and_no_other(trained_gates):
+    from vidseg_cli.errors import VidsegError
+    from vidseg_cli.vos.regions.load import read_gates
+
+    loaded = read_gates("vos-effl0-v2", str(trained_gates))
+    assert 0 < loaded.threshold < loaded.trigger < 1
+    with pytest.raises(VidsegError, match="trained for vos-effl0-v2, not for vos-effl0$"):
+        read_gates("vos-effl0", str(trained_gates))
+
+
+def test_a_gate_file_for_another_model_is_one_line_and_exit_2(vidseg, clip, tmp_path, trained_gates):
+    video, mask = clip
+    run = vidseg("segment", video, "--mask", mask, "--out", tmp_path / "o", "--model", "vos-effl0", "--sparse", "triple", "--gates", trained_gates)
+    assert run.code == 2 and "trained for vos-effl0-v2, not for vos-effl0" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    run = vidseg("segment", video, "--mask", mask, "--out", tmp_path / "o", "--gates", trained_gates)
+    assert run.code == 2 and "--gates serves --reuse and --sparse" in run.stderr
+
+
+def test_a_reused_frame_runs_no_network_and_writes_no_memory(model, monkeypatch):
+    from vidseg_cli.vos.regions.load import read_gates
+
+    calls = {"encode": 0, "crop_features": 0, "segment": 0, "segment_crop": 0}
+    for name in calls:
+        method = getattr(model, name)
+
+        def counted(*args, _method=method, _name=name, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(model, name, counted)
+    frames, masks = _still_clip(30)
+    gates = read_gates("vos-effl0-v2", "vos-effl0-v2-gates")  # the shipped gates
+    session = make_session(model, MemoryOptions(), 144, torch.device("cpu"), ReuseOptions(0.5), gates=gates)
+    reused = 0
+    for t, frame in enumerate(frames):
+        before = dict(calls)
+        result = session.step(frame, masks[0] if t == 0 else None)
+        if result.reused:
+            reused += 1
+            assert calls == before and session._last_write < t  # nothing ran, nothing was written
+        else:
+            assert calls["encode"] == before["encode"] + 1 and session._last_write == t
+    assert reused >= 5
+
+
+def _leaving_clip(size=(144, 256)):
+    """A fixed camera: an object stands on the left, leaves the frame, and comes back on the right."""
+    from vidseg_cli.synthetic import scene_frames
+    from vidseg_cli.vos.fixedcam import Cutout
+
+    image, labels = next(scene_frames(1, *size, objects=1, seed=5))
+    actor = Cutout.of(image, labels == 1)
+    scene, _ = next(scene_frames(1, *size, objects=1, seed=6))
+    rng = np.random.default_rng(0)
+    frames, masks = [], []
+    for t in range(30):
+        frame, mask = scene.astype(np.float32), np.zeros(size, np.uint8)
+        left = None if 8 <= t < 16 else (10 if t < 8 else size[1] - actor.alpha.shape[1] - 10)
+        if left is not None:
+            h, w = actor.alpha.shape
+            top = size[0] - h - 4
+            alpha = actor.alpha[..., None]
+            frame[top : top + h, left : left + w] = frame[top : top + h, left : left + w] * (1 - alpha) + actor.image * alpha
+            mask[top : top + h, left : left + w][actor.alpha >= 0.5] = 1
+        frames.append(np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8))
+        masks.append(mask)
+    return frames, masks
+
+
+@pytest.mark.parametrize(("mode", "tau"), [("triple", 1.0), ("static", 1.0), ("none", 0.5)])
+def test_an_object_that_comes_back_elsewhere_is_found_again(model, mode, tau):
+    """It comes back on frame 16; region steps look where the frame changed, far from the
+    objects too, every 8th frame."""
+    from vidseg_cli.vos.regions.load import read_gates
+
+    frames, masks = _leaving_clip()
+    gates = read_gates("vos-effl0-v2", "vos-effl0-v2-gates") if tau < 1 else None
+    found = {}
+    for name, reuse, sparse in (("dense", 1.0, "none"), ("regions", tau, mode)):
+        session = make_session(model, MemoryOptions(), 144, torch.device("cpu"), ReuseOptions(reuse), SparseOptions(sparse), gates=gates)
+        labels = [session.step(frame, masks[0] if t == 0 else None).labels for t, frame in enumerate(frames)]
+        found[name] = [((labels[t] == 1) & (masks[t] == 1)).sum() / max(1, ((labels[t] == 1) | (masks[t] == 1)).sum()) for t in range(26, 30)]
+    assert min(found["dense"]) > 0.5  # the model finds it again on every frame
+    assert min(found["regions"]) > 0.5

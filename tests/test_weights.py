@@ -146,9 +146,14 @@ def test_every_embedded_checkpoint_matches_its_pin_and_builds():
     or config updated fails here, not in a user's run)."""
     from vidseg_cli.predict.model import Predictor, create_predictor
     from vidseg_cli.semseg.model import SemsegNetwork, create_semseg
+    from vidseg_cli.vos.regions.load import read_gates
+    from vidseg_cli.vos.regions.tracker import LoadedGates
 
-    builders = {"vos": create_vos_model, "predict": create_predictor, "semseg": lambda name: create_semseg(name)[0]}
-    kinds = {"vos": torch.nn.Module, "predict": Predictor, "semseg": SemsegNetwork}
+    builders = {
+        "vos": create_vos_model, "predict": create_predictor, "semseg": lambda name: create_semseg(name)[0],
+        "gates": lambda name: read_gates(weights_registry.entry(name).fields["model"], name),
+    }
+    kinds = {"vos": torch.nn.Module, "predict": Predictor, "semseg": SemsegNetwork, "gates": LoadedGates}
     embedded = [e for e in weights_registry.registry().values() if e.source == "package"]
     assert {e.task for e in embedded} == set(builders)  # one shipped model per task at least
     for spec in embedded:

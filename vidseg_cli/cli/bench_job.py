@@ -56,7 +56,7 @@ def bench(
         raise VidsegError(f"unknown fusion {sorted(unknown)[0]!r}; choose from {', '.join(FUSIONS)}")
     sweep = configs(
         comma_list(model), comma_list(size, int), comma_list(memory), comma_list(slots, int), comma_list(update), comma_list(every, int), fusions,
-        tuple(comma_list(reuse, float)), gates,
+        tuple(comma_list(reuse, float)), tuple(comma_list(gates)) if gates else (None,),
         tuple(comma_list(sparse)), write_every, tuple(comma_list(tta)), tuple(comma_list(runtime)),
     )
     if long is not None:

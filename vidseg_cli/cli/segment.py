@@ -68,7 +68,7 @@ def segment_command(
     device: flags.DeviceOption = flags.Device.auto,
     threads: flags.ThreadsOption = None,
     reuse: Annotated[float, typer.Option(metavar="TAU", help="Reuse-VOS's frame gate: a frame whose P_gate (the chance that the last mask still holds) reaches TAU keeps it, and nothing runs (1: never).")] = 1.0,
-    gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Region gates for --reuse and --sparse, from weights.toml or vidseg train gates (default: MODEL-gates).")] = None,
+    gates: Annotated[Optional[str], typer.Option(metavar="NAME|FILE", help="Region gates for --reuse and --sparse: a weights.toml name, a file from vidseg train gates, or 'fixed' (--sparse only: the change test's fixed threshold). Default: MODEL-gates.")] = None,
     sparse: Annotated[SparseMode, typer.Option(help="Compute only where it matters, per 16x16 cell (SpVOS's modes): static computes near the objects and skips the rest; residual computes where the frame changed and reuses the rest; triple computes where it changed near the objects, reuses where it did not and skips far from them. A frame with nothing to compute runs nothing.")] = SparseMode.none,
     write_every: Annotated[Optional[int], typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1).")] = None,
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip also segments the mirrored video (with its own memory) and averages the two; about half the speed.")] = Tta.none,
@@ -125,7 +125,7 @@ def segment_command(
         print_json(summary)
     else:
         stderr.print(
-            f"{summary.frames} frames{f' ({summary.reused_frames} reused)' if reuse < 1 else ''}"
+            f"{summary.frames} frames{f' ({summary.reused_frames} reused: nothing ran)' if reuse < 1 or sparse.value != 'none' else ''}"
             f"{f' ({summary.computed_share:.0%} of the frame area computed afresh)' if summary.computed_share is not None else ''}, "
             f"objects {summary.objects}, {summary.fps:.2f} fps, "
             f"peak memory {summary.peak_rss_mb:.0f} MB",

@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class Config:
     size: int
     memory: MemoryOptions
     reuse: ReuseOptions = ReuseOptions()
-    gates: str | None = None  # region gates for --reuse and --sparse (default: MODEL-gates)
+    gates: str | None = None  # region gates for --reuse and --sparse (default: MODEL-gates; NO_GATES: none)
     sparse: SparseOptions = SparseOptions()
     tta: str = "none"
     runtime: str = "torch"
@@ -49,11 +50,12 @@ class Config:
         detail = {"stremn": f" K={m.slots} {m.update}", "fifo": f" K={m.slots}", "stm": f" every={m.every}"}
         fusion = f" fusion={m.fusion}" if m.fusion != "model" else ""
         reuse = f" reuse={self.reuse.tau:g}" if self.reuse.enabled else ""
+        gates = f" gates={Path(self.gates).stem}" if self.gates is not None else ""
         writes = f" write/{m.write_every}" if m.write_every != 1 else ""
         sparse = f" sparse={self.sparse.mode}" if self.sparse.enabled else ""
         tta = f" tta={self.tta}" if self.tta != "none" else ""
         runtime = f" {self.runtime}" if self.runtime != "torch" else ""
-        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{tta}{runtime}"
+        return f"{self.model} {self.size}p {m.memory}{detail.get(m.memory, '')}{fusion}{writes}{reuse}{sparse}{gates}{tta}{runtime}"
 
     @property
     def network(self) -> tuple[str, str, bool]:
@@ -88,6 +90,7 @@ class Result:
     max_memory_bytes: int = 0
     peak_cuda_bytes: int | None = None
     reused_frames: int = 0  # that ran nothing, over every frame of every sequence, counted or timed
+    reused_seconds: list[float] = field(default_factory=list)  # per timed reused frame: decode + step + PNG
     computed: list[float] = field(default_factory=list)  # per frame: share of the frame computed afresh
     skipped: list[float] = field(default_factory=list)  # per frame: share set to background without work
     all_frames: int = 0
@@ -119,6 +122,9 @@ class Result:
             "F_recall": round(float(np.mean([o.f.recall for o in objects])), 4),
             "F_decay": round(float(np.mean([o.f.decay for o in objects])), 4),
             "fps": round(self.frames / self.total_seconds, 2),
+            # end to end, decode and PNG encode included: the mean frame, and the median reused one
+            "frame_ms": round(1000 * self.total_seconds / self.frames, 1),
+            "reused_frame_ms": round(1000 * statistics.median(self.reused_seconds), 1) if self.reused_seconds else None,
             "model_fps": round(len(steps) / sum(steps), 2),
             "latency_ms_median": round(1000 * statistics.median(steps), 1),
             "latency_ms_p90": round(1000 * steps[int(0.9 * (len(steps) - 1))], 1),
@@ -142,7 +148,7 @@ def configs(
     every: list[int],
     fusions: tuple[str, ...] = ("model",),
     reuses: tuple[float, ...] = (1.0,),
-    gates: str | None = None,
+    gates: tuple[str | None, ...] = (None,),
     sparses: tuple[str, ...] = ("none",),
     write_every: int | None = None,
     ttas: tuple[str, ...] = ("none",),
@@ -152,8 +158,8 @@ def configs(
     written every ``write_every`` frames (default: every frame)."""
     write_every = write_every or 1
     seen, out = set(), []
-    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, sparses, ttas, runtimes)
-    for model, size, memory, k, rule, n, fusion, tau, sparse, tta, runtime in grid:
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, sparses, gates, ttas, runtimes)
+    for model, size, memory, k, rule, n, fusion, tau, sparse, gate, tta, runtime in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
@@ -163,7 +169,7 @@ def configs(
             write_every=write_every,
         )
         reuse, sparsing = ReuseOptions(tau), SparseOptions(sparse)
-        config = Config(model, size, options, reuse, gates if reuse.enabled or sparsing.enabled else None, sparsing, tta, runtime)
+        config = Config(model, size, options, reuse, gate if reuse.enabled or sparsing.enabled else None, sparsing, tta, runtime)
         if config not in seen:
             seen.add(config)
             out.append(config)
@@ -252,6 +258,8 @@ def _run_one(
             end = time.perf_counter()
             result.step_seconds.append(middle - start)
             result.total_seconds += decode + end - start
+            if step.reused:
+                result.reused_seconds.append(decode + end - start)
             result.frames += 1
         result.max_slots = max(result.max_slots, step.slots)
         result.reused_frames += step.reused

@@ -84,18 +84,20 @@ class VOSSession:
         processing size (``processing_image``), as the backward pass caches it."""
         adapt()  # the job's threads follow the cores other processes leave (engine/threads.py)
         height, width = output_size or frame.shape[:2]
-        image = self._preprocess(frame)
-        if mask is None and self._repeats(image, (height, width)):
-            self.frame_index += 1
-            return dataclasses.replace(self._last_computed[1], repeated=True, reused=False)
         writes = mask is not None or self._memory_frame()
         plan = None
-        if self.regions is not None:
-            plan = self.regions.plan(image, dense=mask is not None or not self.object_ids or not self.bank.slots)
+        if self.regions is not None:  # its gates see repeated frames too: no repeat test
+            dense = mask is not None or not self.object_ids or not self.bank.slots
+            plan = self.regions.plan(frame, self._processing_size(frame), dense)
             if plan.idle:  # nothing changed where it matters: nothing runs, the memory stays
                 self.frame_index += 1
                 last = self._last_computed[1]
                 return dataclasses.replace(last, repeated=False, reused=True, computed=0.0, skipped=plan.skipped_share)
+        image = self._preprocess(frame)
+        if plan is None and mask is None and self._repeats(image, (height, width)):
+            self.frame_index += 1
+            return dataclasses.replace(self._last_computed[1], repeated=True, reused=False)
+        if plan is not None:
             encoded = self.regions.encode(image, plan)
             probs = self._predict(encoded, lambda frame, slots, objects: self.regions.segment(frame, plan, slots, objects))
         else:
@@ -182,12 +184,19 @@ class VOSSession:
         # float32, not torch's faster uint8 resize: its rounding to whole grey levels cost
         # 0.0017 J&F on val-dev (0.8193 -> 0.8176)
         image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float()
-        h, w = image.shape[-2:]
-        scale = self.size / min(h, w)
-        if abs(scale - 1) > 1e-3:
-            target = (max(1, round(h * scale)), max(1, round(w * scale)))
+        target = self._processing_size(frame)
+        if target != tuple(image.shape[-2:]):
+            scale = self.size / min(frame.shape[:2])
             image = F.interpolate(image[None], size=target, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
         return image
+
+    def _processing_size(self, frame: np.ndarray) -> tuple[int, int]:
+        """(h, w): the frame scaled to a short side of ``size`` (within 0.1%: as it is)."""
+        h, w = frame.shape[:2]
+        scale = self.size / min(h, w)
+        if abs(scale - 1) <= 1e-3:
+            return h, w
+        return max(1, round(h * scale)), max(1, round(w * scale))
 
     def _predict(self, encoded: EncodedFrame, segment=None, bank: MemoryBank | None = None) -> torch.Tensor:
         bank = self.bank if bank is None else bank  # an empty bank is falsy

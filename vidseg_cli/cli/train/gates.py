@@ -32,13 +32,14 @@ def train_gates_command(
     pairs: Annotated[int, typer.Option(min=1, help="Frame pairs per step.")] = GateTrainConfig.pairs,
     max_gap: flags.MaxGap = GateTrainConfig.max_gap,
     lr: flags.AdamLR = GateTrainConfig.lr,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="The cell gate's P(compute) above which a cell computes.")] = GateTrainConfig.threshold,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="The cell gate's P(compute) above which a cell computes, on a frame that runs.")] = GateTrainConfig.threshold,
+    trigger: Annotated[float, typer.Option(min=0.0, max=1.0, help="The P(compute) some cell must pass for a frame to run at all.")] = GateTrainConfig.trigger,
     seed: flags.Seed = 0,
     run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train the region gates (which cells to compute, whether a frame needs any) with the
     VOS model frozen: it runs once over the data, densely, and the gates learn from that."""
-    config = GateTrainConfig(steps=steps, pairs=pairs, max_gap=max_gap, lr=lr, threshold=threshold, seed=seed)
+    config = GateTrainConfig(steps=steps, pairs=pairs, max_gap=max_gap, lr=lr, threshold=threshold, trigger=trigger, seed=seed)
     device = open_run(out, run, [*data, model])
     torch.manual_seed(seed)
     spec = checkpoint(model, "vos")

@@ -9,21 +9,29 @@ changes few pixels, but by much).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 POOL = 4  # the thumbnail's stride: one value per 4x4 pixels
 MIN_LEVEL = 16.0  # grey levels: darker thumbnail pixels say little about the frame's gain
 
 
-def thumbnail(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) float in [0, 255] -> (3, H/4, W/4), rounded up like the backbone's grids."""
-    return F.avg_pool2d(image[None], POOL, ceil_mode=True)[0]
+def thumbnail(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """A decoded frame (H, W, 3) uint8 -> (3, h/4, w/4) float for the processing size (h, w),
+    rounded up like the backbone's grids: box averages straight from the frame (PIL's, on
+    bytes: 1 ms at 480p against 2 ms for torch's on floats), so a frame that runs nothing is
+    never resized whole."""
+    height, width = -(-size[0] // POOL), -(-size[1] // POOL)
+    small = np.array(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), Image.BOX))
+    return torch.from_numpy(small).permute(2, 0, 1).float()
 
 
 def frame_gain(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """The one factor that best turns ``reference`` into ``current`` (a median of ratios:
     objects that moved are a minority of the pixels and do not move it)."""
+    current, reference = current[:, ::2, ::2], reference[:, ::2, ::2]  # a quarter is plenty for a median
     lit = reference > MIN_LEVEL
     if not bool(lit.any()):
         return current.new_tensor(1.0)

@@ -53,7 +53,8 @@ class GateTrainConfig:
     max_gap: int = 10  # frames between a pair's reference and its frame
     lr: float = 3e-3
     positive_weight: float = 4.0  # a missed change leaves a stale mask; an extra cell costs a little time
-    threshold: float = 0.5  # the cell gate's P(compute) above which a cell computes
+    threshold: float = 0.1  # the cell gate's P(compute) above which a cell computes, on a frame that runs
+    trigger: float = 0.5  # the P(compute) some cell must pass for the frame to run (tracker.py)
     hidden: int = 16
     size: int = 360
     near: int = 3
@@ -124,7 +125,7 @@ class GateTrainer:
         frame_loss = F.binary_cross_entropy_with_logits(self.gates.frame_logits(frames), agrees)
         take_step(self.optimizer, cell_loss + frame_loss)
         self.step += 1
-        return {"cell": float(cell_loss), "frame": float(frame_loss)}
+        return {"cell": cell_loss.item(), "frame": frame_loss.item()}
 
     def _draw(self) -> dict[str, torch.Tensor]:
         recording = self.recordings[self.rng.integers(len(self.recordings))]
@@ -147,7 +148,7 @@ class GateTrainer:
     def save_gates(self, model: str, base_sha256: str) -> Path:
         """OUT/gates.safetensors, naming the model (and its sha256) it was trained for."""
         path = self.out / "gates.safetensors"
-        config = {"hidden": self.config.hidden, "threshold": self.config.threshold, "near": self.config.near}
+        config = {name: getattr(self.config, name) for name in ("hidden", "threshold", "trigger", "near")}
         metadata = {
             "arch": GATE_ARCH, "base": base_sha256, "model": model, "config": json.dumps(config),
             "steps": str(self.step), "seed": str(self.config.seed),
