@@ -63,8 +63,10 @@ def _recordings(model, data: list[Path], folder: Path, config: GateTrainConfig, 
     for root in data:
         for sequence in load_davis(root):
             path = folder / f"{root.name}-{sequence.name}.pt"
-            if not path.is_file():
-                typer.echo(f"recording {root.name}/{sequence.name}", err=True)
-                torch.save(vars(record(model, sequence, config.size, device)), path)
-            recordings.append(Recording(**torch.load(path, weights_only=True)))
+            if path.is_file():
+                recordings.append(Recording(**torch.load(path, weights_only=True)))
+                continue
+            typer.echo(f"recording {root.name}/{sequence.name}", err=True)
+            recordings.append(record(model, sequence, config.size, device))
+            torch.save(vars(recordings[-1]), path)
     return recordings

@@ -50,6 +50,16 @@ def residual(current: torch.Tensor, reference: torch.Tensor, gain: torch.Tensor)
 
 def change_map(current: torch.Tensor, reference: torch.Tensor, gain: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Thumbnails (3, h4, w4) -> (h16, w16): each cell's largest ``residual``."""
-    difference = residual(current, reference, gain)
-    cells = F.max_pool2d(difference[None, None], 16 // POOL, ceil_mode=True)[0, 0]
-    return cells[: grid[0], : grid[1]]
+    return per_cell(residual(current, reference, gain), "max", grid)
+
+
+def per_cell(values: torch.Tensor, how: str, grid: tuple[int, int]) -> torch.Tensor:
+    """A thumbnail-grid map (h4, w4) -> (h16, w16) by max, min or mean over each cell."""
+    x, side = values[None, None].float(), 16 // POOL
+    if how == "max":
+        pooled = F.max_pool2d(x, side, ceil_mode=True)
+    elif how == "min":
+        pooled = -F.max_pool2d(-x, side, ceil_mode=True)
+    else:
+        pooled = F.avg_pool2d(x, side, ceil_mode=True)
+    return pooled[0, 0, : grid[0], : grid[1]]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidseg_cli.vos.regions.boxes import dilate
+from vidseg_cli.vos.regions.change import per_cell
 
 GATE_ARCH = "region-gates"
 AGREE = 0.95  # the IoU with the network's output at which a reused mask counts as agreeing
@@ -55,14 +56,14 @@ def cell_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (F, h16, w16), near (h16, w16) bool) from the change test's residual
     (h4, w4), the last output ``probs`` (O, h4, w4) and each cell's ``age`` (h16, w16)."""
-    change = _cells(residual, "max", grid)
+    change = per_cell(residual, "max", grid)
     strongest = probs.amax(0) if probs.shape[0] else residual.new_zeros(residual.shape)
-    top, low = _cells(strongest, "max", grid), _cells(strongest, "min", grid)
+    top, low = per_cell(strongest, "max", grid), per_cell(strongest, "min", grid)
     objects = top > 0.5
     features = torch.stack(
         [
             change / SCALE,
-            _cells(residual, "mean", grid) / SCALE,
+            per_cell(residual, "mean", grid) / SCALE,
             F.max_pool2d(change[None, None], 3, stride=1, padding=1)[0, 0] / SCALE,
             top,
             top - low,
@@ -76,8 +77,9 @@ def cell_features(
 def frame_features(cell_gate: torch.Tensor, features: torch.Tensor, near: torch.Tensor, threshold: float) -> torch.Tensor:
     """(G,) from the cell gate's P(compute) (h16, w16), the cell features and the cells near
     the objects."""
-    gate = cell_gate[near] if bool(near.any()) else cell_gate.new_zeros(1)
-    change = features[0][near] if bool(near.any()) else cell_gate.new_zeros(1)
+    watched = bool(near.any())
+    gate = cell_gate[near] if watched else cell_gate.new_zeros(1)
+    change = features[0][near] if watched else cell_gate.new_zeros(1)
     return torch.stack(
         [
             gate.max(),
@@ -128,16 +130,5 @@ def cell_targets(last: torch.Tensor, now: torch.Tensor, grid: tuple[int, int]) -
     if not last.shape[0]:
         return last.new_zeros(grid)
     flipped = ((last > 0.5) != (now > 0.5)).any(0).float()
-    return (_cells(flipped, "mean", grid) * 4).clamp(max=1)
+    return (per_cell(flipped, "mean", grid) * 4).clamp(max=1)
 
-
-def _cells(values: torch.Tensor, how: str, grid: tuple[int, int]) -> torch.Tensor:
-    """(h4, w4) -> (h16, w16) by max, min or mean over each cell's 4x4."""
-    x = values[None, None].float()
-    if how == "max":
-        pooled = F.max_pool2d(x, 4, ceil_mode=True)
-    elif how == "min":
-        pooled = -F.max_pool2d(-x, 4, ceil_mode=True)
-    else:
-        pooled = F.avg_pool2d(x, 4, ceil_mode=True)
-    return pooled[0, 0, : grid[0], : grid[1]]

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import Features
 from vidseg_cli.vos.memnet import MemNetFrame, MemoryNetwork
 from vidseg_cli.vos.regions.boxes import Box, bounding_box, cells_of, dilate
-from vidseg_cli.vos.regions.change import frame_gain, residual, thumbnail
+from vidseg_cli.vos.regions.change import frame_gain, per_cell, residual, thumbnail
 from vidseg_cli.vos.regions.gate import RegionGates, cell_features, frame_features
 
 
@@ -192,8 +191,7 @@ class RegionTracker:
         gate watches every cell, not only those near the objects."""
         if self.gates is None:
             near = dilate(self._object_cells(grid), self.settings.near)
-            changed = F.max_pool2d(difference[None, None], 4, ceil_mode=True)[0, 0, : grid[0], : grid[1]]
-            return changed > self.settings.threshold, near
+            return per_cell(difference, "max", grid) > self.settings.threshold, near
         features, near = cell_features(difference, self.probs, self.age, grid, self.gates.near)
         gate = torch.sigmoid(self.gates.gates.cell_logits(features[None]))[0]
         if self.settings.reuse < 1:
@@ -215,8 +213,7 @@ class RegionTracker:
 
     def _object_cells(self, grid: tuple[int, int]) -> torch.Tensor:
         """(h16, w16) bool: cells where the last output holds an object."""
-        strongest = self.probs.amax(0)[None, None]
-        return F.max_pool2d(strongest, 4, ceil_mode=True)[0, 0, : grid[0], : grid[1]] > 0.5
+        return per_cell(self.probs.amax(0), "max", grid) > 0.5
 
 
 def _maps(features: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
