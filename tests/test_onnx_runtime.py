@@ -69,7 +69,7 @@ def test_what_onnx_cannot_run_is_one_line(vidseg, clip, tmp_path, args, text):
 @pytest.mark.slow
 def test_semseg_onnx_labels_equal_torch_labels_in_the_command_and_the_bench(vidseg, camvid, clip, tmp_path, cache):
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
-                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+                     "--out", tmp_path / "run", "--device", "cpu")
     assert trained.code == 0, trained.stderr
     model = tmp_path / "run" / "model.safetensors"
     video, _ = clip

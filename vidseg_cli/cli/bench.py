@@ -29,10 +29,11 @@ class Task(str, enum.Enum):
 def bench_command(
     task: Annotated[Task, typer.Option(help="vos: video object segmentation (DAVIS J&F); semseg: semantic segmentation (CamVid mIoU); predict: video prediction (Moving MNIST MSE, MAE, SSIM, PSNR).")] = Task.vos,
     data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; semseg: labelled video in CamVid's layout (or images/, labels/); predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set (vos, predict: default a built-in synthetic one).")] = None,
-    split: Annotated[str, typer.Option(help="semseg: the split of a CamVid layout (tune on val; test is for reported tables).")] = "val",
+    split: Annotated[str, typer.Option(help="semseg: comma list of splits of a CamVid layout, each scored (tune on val; test is for reported tables).")] = "val",
+    corrupt: Annotated[bool, typer.Option("--corrupt", help="semseg: also score each split with every third frame degraded (blur, noise, occluder, glare; seed 0), on those frames.")] = False,
     read: Annotated[str | None, typer.Option(help="semseg: comma list of memory reads: local, global (default: the model's).")] = None,
     radius: Annotated[str | None, typer.Option(help="semseg: comma list of local read radii (default: the model's).")] = None,
-    consistency: Annotated[Path | None, typer.Option(metavar="DIR", help="semseg: also measure temporal consistency (flow-warped label IoU) on the unlabelled videos in DIR.")] = None,
+    consistency: Annotated[Path | None, typer.Option(metavar="PATH", help="semseg: also measure temporal consistency (the share of pixels agreeing with the previous frame's labels moved by optical flow) on unlabelled video: a file, a frame folder, or a folder of either.")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run (vos).")] = None,
     limit: Annotated[int | None, typer.Option(metavar="N", min=1, help="predict: the first N of the 10,000 held-out test sequences.")] = None,
     timed: Annotated[int, typer.Option(metavar="N", min=1, help="predict: sequences timed at batch 1 for FPS and latency.")] = 20,
@@ -67,7 +68,7 @@ def bench_command(
     if task == Task.semseg:
         bench_semseg(
             data=data, split=split, model=model or DEFAULT_SEMSEG_MODEL, memory=memory or "fifo", slots=slots or "3",
-            read=read, radius=radius, size=size, runtime=runtime, consistency=consistency, device=device.value, json=json,
+            read=read, radius=radius, size=size, runtime=runtime, consistency=consistency, corrupt=corrupt, device=device.value, json=json,
             report=report, csv_path=csv_path, plot=plot, force=force,
         )
         return

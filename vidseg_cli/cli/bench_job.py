@@ -16,7 +16,7 @@ from rich.table import Table
 
 from vidseg_cli import __version__
 from vidseg_cli.bench.plots import plot_long, plot_prediction, plot_results, plot_semseg
-from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS, SEMSEG_COLUMNS
+from vidseg_cli.bench.report import LONG_COLUMNS, PREDICT_COLUMNS, semseg_columns
 from vidseg_cli.cli.common import comma_list, json_text, stderr
 from vidseg_cli.engine.job import pick_device
 from vidseg_cli.engine.threads import use_all_cores
@@ -25,7 +25,7 @@ from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_at
 from vidseg_cli.models.registry import learned_runtime
 from vidseg_cli.options import DEFAULT_SIZE, FUSIONS, LONG_HEIGHT, LONG_WIDTH, POLICIES
 from vidseg_cli.predict.bench import predict_configs, run_predict_bench, test_sequences
-from vidseg_cli.semseg.bench import run_semseg_bench, semseg_configs
+from vidseg_cli.semseg.bench import consistency_videos, memory_cost, run_semseg_bench, semseg_configs
 from vidseg_cli.synthetic import write_davis
 from vidseg_cli.vos.bench import FLOP_EVERY, configs, run
 from vidseg_cli.vos.davis import load_davis
@@ -114,14 +114,18 @@ def bench_predict(
 
 def bench_semseg(
     *, data: Path | None, split: str, model: str, memory: str, slots: str, read: str | None, radius: str | None,
-    size: str | None, runtime: str, consistency: Path | None, device: str, json: bool, report: Path | None, csv_path: str | None,
-    plot: Path | None, force: bool,
+    size: str | None, runtime: str, consistency: Path | None, corrupt: bool, device: str, json: bool, report: Path | None,
+    csv_path: str | None, plot: Path | None, force: bool,
 ) -> None:
-    """Semantic segmentation: mIoU over a labelled split, speed, and temporal consistency."""
+    """Semantic segmentation: mIoU per split (and on corrupted frames), temporal consistency, speed."""
     if data is None:
         raise VidsegError("--task semseg needs --data: labelled video in CamVid's layout (or images/, labels/)")
     if not data.exists():
         raise VidsegError(f"dataset not found: {data}")
+    splits = comma_list(split)
+    if not splits:
+        raise VidsegError("--split names at least one split, e.g. val or val,test")
+    videos = consistency_videos(consistency)
     inputs = [p for p in (data, consistency) if p is not None]
     outputs = _Outputs(json, report, csv_path, plot, force, inputs=inputs)
     use_all_cores()
@@ -134,21 +138,31 @@ def bench_semseg(
         list(dict.fromkeys(runtimes)),
     )
     with stderr.status("benchmarking") as status:
-        results = run_semseg_bench(sweep, data, split, target, consistency, progress=lambda text: status.update(text))
+        results = run_semseg_bench(sweep, data, splits, target, videos, corrupt, progress=lambda text: status.update(text))
     summary = {
         "task": "semseg",
-        "dataset": f"{data} ({split})",
-        "consistency_videos": str(consistency) if consistency else None,
+        "dataset": f"{data} ({', '.join(splits)})",
+        "corrupted": "every third frame, seed 0 (vidseg_cli/semseg/corrupt.py), scored on those frames" if corrupt else None,
+        "consistency_videos": [str(v) for v in videos],
         "device": str(target),
         "machine": _machine(),
         "results": [r.summary() for r in results],
     }
-    table = _new_table(summary["dataset"], tuple(SEMSEG_COLUMNS))
+    memory_cost(summary["results"])
+    columns = semseg_columns(summary)
+    table = _new_table(summary["dataset"], tuple(columns))
     for r in summary["results"]:
-        table.add_row(*(cell(r) for cell in SEMSEG_COLUMNS.values()))
+        table.add_row(*(cell(r) for cell in columns.values()))
     stderr.print(table)
-    rows = [{k: v for k, v in r.items() if k != "class_iou"} | {f"iou_{k}": v for k, v in r["class_iou"].items()} for r in summary["results"]]
-    outputs.write(summary, plot_semseg, rows=rows)
+    outputs.write(summary, plot_semseg, rows=[_semseg_row(r) for r in summary["results"]])
+
+
+def _semseg_row(result: dict) -> dict:
+    """One flat CSV row: every score and consistency under its own column."""
+    row = {k: v for k, v in result.items() if k not in ("class_iou", "scores", "consistency")}
+    row |= {f"iou_{k}": v for k, v in result["class_iou"].items()}
+    row |= {f"miou_{source}": s["miou"] for source, s in result["scores"].items()}
+    return row | {f"consistency_{source}": v for source, v in result["consistency"].items()}
 
 
 def _predict_table(report: dict) -> None:

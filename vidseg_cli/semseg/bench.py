@@ -1,16 +1,23 @@
-"""`vidseg bench --task semseg`: mIoU, speed and temporal consistency of semseg configurations.
+"""`vidseg bench --task semseg`: mIoU, robustness, temporal consistency and speed of semseg
+configurations, side by side in one run.
 
-Accuracy by the CamVid protocol: one confusion matrix over every labelled frame of the
-split (void ignored), per-class IoU and their mean, pixel accuracy. Each sequence is
-streamed in frame order with a fresh memory, so a frame's memory is the frames of its
-sequence before it (in this copy of CamVid, the previous labelled frames). Configurations
-are interleaved frame by frame; each model's ``--memory none`` (the single-frame network)
-is always in the table.
+Accuracy by the CamVid protocol: one confusion matrix over every labelled frame of a split
+(void ignored), per-class IoU and their mean, pixel accuracy. Each sequence is streamed in
+frame order with a fresh memory, so a frame's memory is the frames of its sequence before
+it: in CamVid val the video frames 66 ms before (15 Hz), in train and test the labelled
+frames 1 s before. Configurations are interleaved frame by frame; each model's
+``--memory none`` (the single-frame network) is always in the table.
 
-Temporal consistency (``--consistency DIR``, unlabelled video at its own frame rate): the
-mean IoU between frame t's labels and frame t-1's labels warped to t by the optical flow
-between the two frames (OpenCV's Farneback; ``pip install "vidseg[flow]"``). A per-frame
-segmenter flickers where the memory should hold steady.
+What each run measures, per configuration:
+- per split (``--split val,test``): mIoU and pixel accuracy, and temporal consistency (the
+  split's consecutive frames; meaningful where they are near, as in val);
+- ``--corrupt``: each split again with every third frame degraded (``semseg/corrupt.py``,
+  seed 0), scored on the degraded frames only: what a memory carries through a bad frame;
+- ``--consistency PATH``: temporal consistency on unlabelled video (a file, a frame folder,
+  or a folder of either): ``metrics/consistency.py``, the share of pixels whose class
+  agrees with the previous frame's labels moved by optical flow;
+- speed on the clean splits: FPS end to end (decode, network, PNG encode), the model's
+  latency, GFLOPs, and the memory's cost against the same model without it.
 """
 
 from __future__ import annotations
@@ -27,10 +34,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.frames import natural_key, open_frames
-from vidseg_cli.io.images import is_listed_image
 from vidseg_cli.io.sinks import save_palette_png
+from vidseg_cli.metrics.consistency import TemporalConsistency
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.models.registry import with_runtime
 from vidseg_cli.options import (
@@ -42,9 +47,12 @@ from vidseg_cli.options import (
     SemsegOptions,
     check_choice,
 )
-from vidseg_cli.semseg.data import load_labelled, read_label
+from vidseg_cli.semseg.corrupt import corrupt_clip
+from vidseg_cli.semseg.data import load_labelled, read_label, read_video, unlabelled_videos
 from vidseg_cli.semseg.job import _bank, class_table, label_frame
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
+
+CORRUPTED = "corrupted"  # a split's degraded twin is named "<split> corrupted"
 
 
 @dataclass(frozen=True)
@@ -76,16 +84,19 @@ class SemsegResult:
     config: SemsegConfig
     classes: list[dict]
     void: int
-    confusion: ConfusionMatrix | None = None
+    scores: dict[str, ConfusionMatrix] = field(default_factory=dict)  # by source: a split, or "<split> corrupted"
+    consistency: dict[str, TemporalConsistency] = field(default_factory=dict)  # by source: a split or a video
     latency: list[float] = field(default_factory=list)  # model seconds per frame
     total_seconds: float = 0.0  # image decode + model + PNG encode
     frames: int = 0
     flops: list[int] = field(default_factory=list)
     bank_bytes: int = 0
-    consistency: list[float] = field(default_factory=list)  # per frame pair
+
+    def confusion(self, source: str) -> ConfusionMatrix:
+        return self.scores.setdefault(source, ConfusionMatrix(len(self.classes), ignore_index=self.void))
 
     def summary(self) -> dict:
-        iou = self.confusion.iou()
+        first = next(iter(self.scores.values()))
         timed = self.latency or [float("nan")]
         return {
             "config": self.config.label,
@@ -96,17 +107,34 @@ class SemsegResult:
             "radius": self.config.radius,
             "size": self.config.size,
             "runtime": self.config.runtime,
-            "miou": round(float(np.nanmean(iou)), 4),
-            "class_iou": {c["name"]: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(self.classes, iou, strict=True)},
-            "pixel_accuracy": round(self.confusion.pixel_accuracy(), 4),
+            "miou": round(first.miou(), 4),  # the first split's, as plots and CSV rows read it
+            "class_iou": _class_iou(first, self.classes),
+            "pixel_accuracy": round(first.pixel_accuracy(), 4),
+            "scores": {
+                source: {"miou": round(m.miou(), 4), "pixel_accuracy": round(m.pixel_accuracy(), 4), "class_iou": _class_iou(m, self.classes)}
+                for source, m in self.scores.items()
+            },
+            "consistency": {source: round(c.score(), 2) for source, c in self.consistency.items() if c.score() is not None},
             "fps": round(self.frames / max(self.total_seconds, 1e-9), 2),
             "model_fps": round(len(self.latency) / max(sum(self.latency), 1e-9), 2),
             "latency_ms_median": round(1000 * statistics.median(timed), 1),
             "latency_ms_p90": round(1000 * float(np.percentile(timed, 90)), 1),
             "gflops": round(statistics.mean(self.flops) / 1e9, 2) if self.flops else None,
             "bank_bytes": self.bank_bytes,
-            "consistency": round(float(np.mean(self.consistency)), 4) if self.consistency else None,
         }
+
+
+def _class_iou(confusion: ConfusionMatrix, classes: list[dict]) -> dict[str, float | None]:
+    return {c["name"]: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(classes, confusion.iou(), strict=True)}
+
+
+def memory_cost(summaries: list[dict]) -> None:
+    """Each configuration's model latency against its model's ``--memory none`` at the same
+    size and runtime, as ``memory_cost`` (0.12: 12% slower), in place."""
+    alone = {(s["model"], s["size"], s["runtime"]): s["latency_ms_median"] for s in summaries if s["memory"] == NO_MEMORY}
+    for s in summaries:
+        base = alone.get((s["model"], s["size"], s["runtime"]))
+        s["memory_cost"] = None if not base else round(s["latency_ms_median"] / base - 1, 3)
 
 
 def semseg_configs(
@@ -140,7 +168,7 @@ def semseg_configs(
 
 
 def run_semseg_bench(
-    configs: list[SemsegConfig], data: Path, split: str, device: torch.device, consistency: Path | None, progress
+    configs: list[SemsegConfig], data: Path, splits: Sequence[str], device: torch.device, videos: Sequence[Path], corrupt: bool, progress
 ) -> list[SemsegResult]:
     loaded = {model: create_semseg(model, device) for model in {c.model: None for c in configs}}
     networks = {
@@ -148,26 +176,29 @@ def run_semseg_bench(
     }
     results = []
     for config in configs:
-        network, metadata = networks[config.model, config.runtime]
-        classes = class_table(metadata)
-        void = int(metadata.get("void", len(classes)))
-        result = SemsegResult(config, classes, void, ConfusionMatrix(len(classes), ignore_index=void))
-        results.append(result)
-    sequences = load_labelled(data, split)
-    for sequence in sequences:
-        start = time.perf_counter()
-        images = [_decode(frame.image) for frame in sequence.frames]
-        decode = (time.perf_counter() - start) / len(images)  # decoded once, charged to every configuration
-        truths = [read_label(frame.label, len(results[0].classes), results[0].void) for frame in sequence.frames]
-        progress(f"{sequence.name}: {len(images)} frames x {len(results)} configurations")
-        _score_sequence(results, networks, images, truths, decode, device)
-    if consistency is not None:
-        for video in _videos(consistency):
-            images = _read_video(video)
-            for result in results:
-                progress(f"consistency {video.name}: {result.config.label}")
-                _consistency(result, networks[result.config.model, result.config.runtime][0], images, device)
+        classes = class_table(networks[config.model, config.runtime][1])
+        results.append(SemsegResult(config, classes, int(networks[config.model, config.runtime][1].get("void", len(classes)))))
+    for split in splits:
+        for sequence in load_labelled(data, split):
+            start = time.perf_counter()
+            images = [_decode(frame.image) for frame in sequence.frames]
+            decode = (time.perf_counter() - start) / len(images)  # decoded once, charged to every configuration
+            truths = [read_label(frame.label, len(results[0].classes), results[0].void) for frame in sequence.frames]
+            progress(f"{split} {sequence.name}: {len(images)} frames x {len(results)} configurations")
+            _stream(results, networks, images, device, split, truths=truths, decode=decode)
+            if corrupt:
+                degraded, kinds = corrupt_clip(images, seed=0)
+                progress(f"{split} {sequence.name} corrupted: {len(kinds)} degraded frames")
+                _stream(results, networks, degraded, device, f"{split} {CORRUPTED}", truths=truths, scored=set(kinds))
+    for video in videos:
+        images = read_video(video)
+        progress(f"consistency {video.name}: {len(images)} frames x {len(results)} configurations")
+        _stream(results, networks, images, device, video.stem)
     return results
+
+
+def consistency_videos(path: Path | None) -> list[Path]:
+    return [] if path is None else unlabelled_videos(path)
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -177,26 +208,35 @@ def _decode(path: Path) -> np.ndarray:
         return np.array(image.convert("RGB"))
 
 
-def _score_sequence(
-    results: list[SemsegResult], networks: dict, images: list[np.ndarray], truths: list[np.ndarray], decode: float, device
+def _stream(
+    results: list[SemsegResult], networks: dict, images: list[np.ndarray], device, source: str,
+    truths: list[np.ndarray] | None = None, decode: float | None = None, scored: set[int] | None = None,
 ) -> None:
-    """Every configuration streams the sequence with its own memory, interleaved frame by
-    frame: a slow spell of the machine (seconds, on a shared 2-core CPU) then lands on every
-    configuration alike instead of on whichever one held the sequence, so ratios such as the
-    memory's cost hold within a run."""
+    """Every configuration streams the clip with its own memory, interleaved frame by frame:
+    a slow spell of the machine (seconds, on a shared 2-core CPU) then lands on every
+    configuration alike instead of on whichever one held the clip, so ratios such as the
+    memory's cost hold within a run. ``truths``: score the frames (those in ``scored``,
+    default all); ``decode`` given: time them; consistency is measured on clean clips."""
     streams = []
     for result in results:
         network = with_read(networks[result.config.model, result.config.runtime][0], result.config.read, result.config.radius)
-        streams.append((result, network, _bank(result.config.options(Path(".")))))
-    for index, (image, truth) in enumerate(zip(images, truths, strict=True)):
-        for result, network, bank in streams:
-            _score_frame(result, network, bank, image, truth, index, decode, device)
+        consistency = result.consistency.setdefault(source, TemporalConsistency()) if scored is None else None
+        if consistency is not None:
+            consistency.reset()
+        streams.append((result, network, _bank(result.config.options(Path("."))), consistency))
+    for index, image in enumerate(images):
+        for result, network, bank, consistency in streams:
+            labels = _label(result, network, bank, image, index, decode, device)
+            if truths is not None and (scored is None or index in scored):
+                result.confusion(source).update(labels, truths[index])
+            if consistency is not None:
+                consistency.add(image, labels)
 
 
-def _score_frame(
-    result: SemsegResult, network: SemsegNetwork, bank, image: np.ndarray, truth: np.ndarray, index: int, decode: float, device
-) -> None:
+def _label(result: SemsegResult, network: SemsegNetwork, bank, image: np.ndarray, index: int, decode: float | None, device) -> np.ndarray:
     size = result.config.size
+    if decode is None:
+        return label_frame(network, bank, image, index, size, device)
     if index == 0:  # untimed warm-up: a runtime's first call at a size (ONNX: export, session) is set-up, not speed
         label_frame(network, bank.copy() if bank is not None else None, image, index, size, device)
     if index == 1:  # one frame a sequence with a memory to read: FLOPs
@@ -210,58 +250,6 @@ def _score_frame(
     result.total_seconds += decode + time.perf_counter() - start
     result.latency.append(middle - start)
     result.frames += 1
-    result.confusion.update(labels, truth)
     if bank is not None:
         result.bank_bytes = max(result.bank_bytes, bank.nbytes)
-
-
-def _videos(root: Path) -> list[Path]:
-    """Frame folders (DAVIS's JPEGImages/<seq>/ or <seq>/) or video files under ``root``."""
-    base = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
-    entries = sorted((p for p in base.iterdir() if not p.name.startswith(".")), key=natural_key)
-    videos = [p for p in entries if p.is_dir() or not is_listed_image(p)]
-    if not videos:
-        raise VidsegError(f"--consistency {root}: no videos or frame folders")
-    return videos
-
-
-def _read_video(path: Path) -> list[np.ndarray]:
-    source = open_frames(path)
-    try:
-        return [frame.image for frame in source]
-    finally:
-        source.close()
-
-
-def _consistency(result: SemsegResult, network: SemsegNetwork, images: list[np.ndarray], device) -> None:
-    try:
-        import cv2
-    except ImportError:
-        raise VidsegError('--consistency needs OpenCV for optical flow: pip install "vidseg[flow]"') from None
-    config = result.config
-    network = with_read(network, config.read, config.radius)
-    bank = _bank(config.options(Path(".")))
-    previous_grey, previous_labels = None, None
-    for index, image in enumerate(images):
-        labels = label_frame(network, bank, image, index, config.size, device)
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        if previous_grey is not None:
-            warped = warp_labels(cv2, previous_labels, previous_grey, grey)
-            result.consistency.append(label_agreement(labels, warped, len(result.classes)))
-        previous_grey, previous_labels = grey, labels
-
-
-def warp_labels(cv2, labels: np.ndarray, previous_grey: np.ndarray, grey: np.ndarray) -> np.ndarray:
-    """Frame t-1's labels carried to frame t: the flow from t to t-1 says where each pixel
-    of t was; nearest sampling keeps labels labels."""
-    flow = cv2.calcOpticalFlowFarneback(grey, previous_grey, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    h, w = grey.shape
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(labels, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-
-
-def label_agreement(labels: np.ndarray, warped: np.ndarray, classes: int) -> float:
-    """Mean IoU over the classes present in either map."""
-    confusion = ConfusionMatrix(classes, ignore_index=None)
-    confusion.update(labels, warped)
-    return float(np.nanmean(confusion.iou()))
+    return labels

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.io.frames import natural_key
+from vidseg_cli.io.frames import natural_key, open_frames
 from vidseg_cli.io.images import is_listed_image
 
 
@@ -159,3 +159,27 @@ def read_label(path: Path, classes: int, void: int) -> np.ndarray:
     if bad.any():
         raise VidsegError(f"{path}: class id {int(label[bad][0])} is neither 0..{classes - 1} nor void ({void})")
     return label
+
+
+def unlabelled_videos(root: Path) -> list[Path]:
+    """The videos under ``root``: a video file or frame folder itself, or the frame folders
+    (DAVIS's JPEGImages/<seq>/ or <seq>/) and video files in it."""
+    if root.is_file() or (root.is_dir() and any(is_listed_image(p) for p in root.iterdir())):
+        return [root]
+    if not root.is_dir():
+        raise VidsegError(f"{root}: no such video or folder")
+    base = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
+    entries = sorted((p for p in base.iterdir() if not p.name.startswith(".")), key=natural_key)
+    videos = [p for p in entries if p.is_dir() or not is_listed_image(p)]
+    if not videos:
+        raise VidsegError(f"{root}: no videos or frame folders")
+    return videos
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file or frame folder, (H, W, 3) uint8 RGB."""
+    source = open_frames(path)
+    try:
+        return [frame.image for frame in source]
+    finally:
+        source.close()

@@ -22,7 +22,7 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.fusion import TrainingFreeFusion
 from vidseg_cli.models.registry import with_runtime
 from vidseg_cli.options import NO_MEMORY, SEMSEG_FORMATS, SemsegOptions
-from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
+from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read, work_size
 
 CLASSES_FILE = "classes.json"
 
@@ -128,10 +128,9 @@ def label_frame(
 ) -> np.ndarray:
     """(H, W) uint8 class ids of one frame, computed at ``size`` (short side)."""
     height, width = image.shape[:2]
-    scale = size / min(height, width)
-    work = (max(16, round(height * scale / 16) * 16), max(16, round(width * scale / 16) * 16))
+    work = work_size(height, width, size)
     pixels = torch.as_tensor(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
-    resized = F.interpolate(pixels[None], size=work, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
+    resized = F.interpolate(pixels[None], size=work, mode="bilinear", align_corners=False, antialias=work[0] < height)[0]
     probabilities, slot = network.step(resized, bank.slots if bank is not None else None, index, remember=bank is not None)
     if bank is not None:
         bank.write(slot)

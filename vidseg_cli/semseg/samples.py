@@ -1,14 +1,6 @@
-"""Training samples for the semseg memory: a labelled frame and T memory frames before it.
-
-Two kinds of memory, so that the memory layers learn both gaps they meet:
-- the previous labelled frames of the frame's sequence (in CamVid about 1 s apart; a
-  sequence's first frames have fewer, and the rest is filled as below);
-- a pseudo-clip made from the labelled frame itself: small random affine motion and
-  photometric change per memory frame, like neighbours a few frames apart at 30 fps.
-
-Then one augmentation for the whole sample: random scale (0.5-2), crop, left-right flip and
-colour jitter. The loss is on the labelled frame only.
-"""
+"""Training samples for the single-frame network (training step ``single``): a labelled
+frame under random scale (0.5-2), crop, left-right flip and colour jitter. ``moved`` makes
+the pseudo-clips of step ``memory`` (``semseg/memory_train.py``)."""
 
 from __future__ import annotations
 
@@ -26,7 +18,6 @@ from vidseg_cli.semseg.data import LabelledSequence, read_label
 @dataclass
 class Sample:
     image: torch.Tensor  # (3, H, W) float in [0, 255]
-    memory: torch.Tensor  # (T, 3, H, W), oldest first
     label: torch.Tensor  # (H, W) int64 class ids, void included
 
 
@@ -35,44 +26,21 @@ class SemsegSampler:
         self,
         sequences: list[LabelledSequence],
         crop: tuple[int, int],
-        memory_frames: int,
-        pseudo_share: float,
         classes: int,
         void: int,
         rng: np.random.Generator,
     ) -> None:
-        self.crop, self.memory_frames, self.pseudo_share, self.rng = crop, memory_frames, pseudo_share, rng
+        self.crop, self.rng = crop, rng
         self.void = void
         # decoded once: CamVid's 367 training frames are ~190 MB as uint8
-        self.images = [[_rgb(f.image) for f in s.frames] for s in sequences]
+        self.images = [[rgb(f.image) for f in s.frames] for s in sequences]
         self.labels = [[torch.from_numpy(read_label(f.label, classes, void).astype(np.int64)) for f in s.frames] for s in sequences]
         self.index = [(s, f) for s, seq in enumerate(sequences) for f in range(len(seq.frames))]
 
     def sample(self) -> Sample:
         s, f = self.index[self.rng.integers(len(self.index))]
-        image, label = self.images[s][f].float(), self.labels[s][f]
-        memory = self._memory(s, f, image)
-        stack, labels = self._augment(torch.cat([memory, image[None]]), label)
-        return Sample(stack[-1], stack[:-1], labels)
-
-    def _memory(self, s: int, f: int, image: torch.Tensor) -> torch.Tensor:
-        t = self.memory_frames
-        previous = [] if self.rng.random() < self.pseudo_share else [x.float() for x in self.images[s][max(0, f - t) : f]]
-        pseudo = [self._moved(image, steps=t - i) for i in range(t - len(previous))]
-        frames = pseudo + previous  # oldest first; the pseudo frames are furthest back
-        return torch.stack(frames) if frames else image.new_zeros(0, *image.shape)
-
-    def _moved(self, image: torch.Tensor, steps: int) -> torch.Tensor:
-        """The frame as it might have looked ``steps`` frames earlier: a small drift (shift,
-        zoom, turn) growing with ``steps``, and a slight change of light."""
-        shift = self.rng.normal(0, 0.01, size=2) * steps
-        zoom = 1 + self.rng.normal(0, 0.01) * steps
-        turn = math.radians(self.rng.normal(0, 0.3) * steps)
-        cos, sin = math.cos(turn) / zoom, math.sin(turn) / zoom
-        theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)
-        grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
-        moved = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        return (moved * self.rng.uniform(0.95, 1.05) + self.rng.uniform(-8, 8)).clamp(0, 255)
+        image, label = self._augment(self.images[s][f].float()[None], self.labels[s][f])
+        return Sample(image[0], label)
 
     def _augment(self, frames: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = self.crop
@@ -96,15 +64,24 @@ def _jitter(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return ((frames - mean) * rng.uniform(0.8, 1.2) + mean + rng.uniform(-20, 20)).clamp(0, 255)
 
 
-def _rgb(path) -> torch.Tensor:
+def moved(image: torch.Tensor, steps: int, rng: np.random.Generator) -> torch.Tensor:
+    """The frame (3, H, W) as it might have looked ``steps`` frames earlier: a small drift
+    (shift, zoom, turn) growing with ``steps``, and a slight change of light."""
+    shift = rng.normal(0, 0.01, size=2) * steps
+    zoom = 1 + rng.normal(0, 0.01) * steps
+    turn = math.radians(rng.normal(0, 0.3) * steps)
+    cos, sin = math.cos(turn) / zoom, math.sin(turn) / zoom
+    theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)
+    grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
+    drifted = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return (drifted * rng.uniform(0.95, 1.05) + rng.uniform(-8, 8)).clamp(0, 255)
+
+
+def rgb(path) -> torch.Tensor:
     with Image.open(path) as image:
         return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()  # uint8
 
 
-def batch(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images (B, 3, H, W), memory (B, T, 3, H, W), labels (B, H, W))."""
-    return (
-        torch.stack([s.image for s in samples]),
-        torch.stack([s.memory for s in samples]),
-        torch.stack([s.label for s in samples]),
-    )
+def batch(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (B, 3, H, W), labels (B, H, W))."""
+    return torch.stack([s.image for s in samples]), torch.stack([s.label for s in samples])

@@ -1,15 +1,14 @@
-"""`vidseg train semseg`: the semseg network in LMANet's steps (III-E).
+"""`vidseg train semseg`: the semseg network in two steps, as LMANet trains (III-E).
 
-- ``single``: the single-frame network (trunk and decoder; the trunk's top blocks are
-  fine-tuned from ImageNet, the rest stays frozen), no memory.
-- ``memory``: the memory layers and fusion alone, trunk and decoder frozen.
-- ``joint``: memory layers and decoder together (and the trunk's top blocks).
+- ``single`` (here): the single-frame network, trunk and decoder (the trunk's top blocks
+  fine-tuned from ImageNet, the rest frozen), on batches of augmented labelled frames
+  (``semseg/samples.py``); cross-entropy with void ignored; AdamW with a poly decay.
+- ``memory`` (``semseg/memory_train.py``): the label memory alone, the network frozen.
 
-Each step is a batch of labelled frames, each with T memory frames (``semseg/samples.py``:
-previous labelled frames or a pseudo-clip of the frame itself); cross-entropy on the
-labelled frame with void ignored; AdamW with a poly decay. Validation streams every
-``--val`` sequence through the network in frame order with a fifo memory of T frames, as
-inference does, and reports the dataset-level mIoU (one confusion matrix, void ignored).
+Validation (``stream_miou``) streams every ``--val`` sequence through the network in frame
+order, with a fifo memory of ``slots`` frames when the network has a trained memory,
+labelling frames exactly as `vidseg semseg` does, and reports the dataset-level mIoU (one
+confusion matrix, void ignored).
 """
 
 from __future__ import annotations
@@ -30,25 +29,22 @@ from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.semseg.data import LabelledSequence, read_label
 from vidseg_cli.semseg.job import label_frame
 from vidseg_cli.semseg.model import ARCH, SemsegConfig, SemsegNetwork
-from vidseg_cli.semseg.samples import SemsegSampler, _rgb, batch
+from vidseg_cli.semseg.samples import SemsegSampler, batch, rgb
 from vidseg_cli.train.loop import load_run_state, run_steps, save_run_state, take_step
 
 MODEL = "model.safetensors"
-STAGES = ("single", "memory", "joint")
+STAGES = ("single", "memory")
 CLASS_WEIGHTS = ("none", "enet")
 
 
 @dataclass(frozen=True)
 class SemsegTrainConfig:
-    stage: str = "single"
     steps: int = 2000
     batch: int = 4
     crop: tuple[int, int] = (256, 256)
     lr: float = 1e-3
     trunk_lr: float = 2e-4  # the fine-tuned trunk blocks move slower than the new layers
     finetune_blocks: int = 4
-    memory_frames: int = 3  # T, the fifo memory of the papers
-    pseudo_share: float = 0.5
     class_weights: str = "none"  # none | enet: 1 / ln(1.02 + class share), ENet's weighting
     seed: int = 0
     classes: int = 11
@@ -56,7 +52,7 @@ class SemsegTrainConfig:
     model: SemsegConfig = SemsegConfig()
 
 
-def _class_weights(kind: str, labels: list[list[torch.Tensor]], classes: int, void: int) -> torch.Tensor | None:
+def class_weights_of(kind: str, sequences: list[LabelledSequence], classes: int, void: int) -> torch.Tensor | None:
     """ENet's weights, 1 / ln(1.02 + share of the class among labelled pixels): thin, rare
     classes (pole, sign, pedestrian, bicyclist) count ~10x road, which plain cross-entropy
     leaves at a few percent IoU."""
@@ -64,12 +60,13 @@ def _class_weights(kind: str, labels: list[list[torch.Tensor]], classes: int, vo
         return None
     if kind not in CLASS_WEIGHTS:
         raise ValueError(f"unknown class weighting {kind!r}; choose from {', '.join(CLASS_WEIGHTS)}")
-    counts = torch.zeros(classes, dtype=torch.float64)
-    for sequence in labels:
-        for label in sequence:
-            counts += torch.bincount(label[label != void].flatten(), minlength=classes)[:classes].double()
-    share = counts / counts.sum().clamp(min=1)
-    return (1 / torch.log(1.02 + share)).float()
+    counts = np.zeros(classes, dtype=np.float64)
+    for sequence in sequences:
+        for frame in sequence.frames:
+            label = read_label(frame.label, classes, void)
+            counts += np.bincount(label[label != void].ravel(), minlength=classes)[:classes]
+    share = counts / max(counts.sum(), 1)
+    return torch.from_numpy(1 / np.log(1.02 + share)).float()
 
 
 def poly(peak: float, step: int, steps: int, power: float = 0.9) -> float:
@@ -81,16 +78,13 @@ class SemsegTrainer:
         self, network: SemsegNetwork, train: list[LabelledSequence], val: list[LabelledSequence] | None,
         config: SemsegTrainConfig, run_dir: Path, device: torch.device,
     ) -> None:
-        if config.stage not in STAGES:
-            raise ValueError(f"unknown stage {config.stage!r}; choose from {', '.join(STAGES)}")
         self.config, self.run_dir, self.device = config, run_dir, device
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.network = network.to(device)
-        frames = 0 if config.stage == "single" else config.memory_frames
-        self.sampler = SemsegSampler(train, config.crop, frames, config.pseudo_share, config.classes, config.void, self.rng)
+        self.sampler = SemsegSampler(train, config.crop, config.classes, config.void, self.rng)
         self.val = val
-        self.class_weights = _class_weights(config.class_weights, self.sampler.labels, config.classes, config.void)
+        self.class_weights = class_weights_of(config.class_weights, train, config.classes, config.void)
         if self.class_weights is not None:
             self.class_weights = self.class_weights.to(device)
         self.groups = self._trainable()
@@ -99,19 +93,15 @@ class SemsegTrainer:
         self.history: list[dict] = []
 
     def _trainable(self) -> list[dict]:
-        """The parameter groups of the stage; everything else is frozen."""
-        net, stage = self.network, self.config.stage
+        """The decoder and the trunk's top blocks; everything else is frozen."""
+        net = self.network
         net.requires_grad_(False)
         trunk = []
-        if stage != "memory" and self.config.finetune_blocks:
+        if self.config.finetune_blocks:
             for block in net.backbone._blocks[-self.config.finetune_blocks :]:
                 block.requires_grad_(True)
                 trunk.extend(block.parameters())
-        heads = []
-        if stage != "memory":
-            heads.extend(net.decoder.parameters())
-        if stage != "single":
-            heads.extend(net.memory.parameters())
+        heads = list(net.decoder.parameters())
         for p in heads:
             p.requires_grad_(True)
         groups = [{"params": heads, "lr": self.config.lr, "peak": self.config.lr}]
@@ -122,9 +112,9 @@ class SemsegTrainer:
     def train_step(self) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = poly(group["peak"], self.step, self.config.steps)
-        images, memory, labels = (t.to(self.device) for t in batch([self.sampler.sample() for _ in range(self.config.batch)]))
+        images, labels = (t.to(self.device) for t in batch([self.sampler.sample() for _ in range(self.config.batch)]))
         self._train_mode()
-        logits = self.network(images, memory if memory.shape[1] else None)
+        logits = self.network(images)
         loss = F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=self.config.void)
         take_step(self.optimizer, loss, max_norm=None)
         self.step += 1
@@ -135,26 +125,9 @@ class SemsegTrainer:
         the new layers learn theirs."""
         self.network.train()
         self.network.backbone.eval()
-        if self.config.stage == "memory":
-            self.network.decoder.eval()
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """mIoU over the --val sequences, streamed in order with a fifo memory of T frames and
-        labelled as `vidseg semseg` labels them (engine.semseg.label_frame), at the frames'
-        own size."""
-        if not self.val:
-            return {}
-        self.network.eval()
-        confusion = ConfusionMatrix(self.config.classes, ignore_index=self.config.void)
-        for sequence in self.val:
-            bank = MemoryBank(policy=FIFO(slots=self.config.memory_frames)) if self.config.stage != "single" else None
-            for number, frame in enumerate(sequence.frames):
-                image = _rgb(frame.image).permute(1, 2, 0).numpy()
-                labels = label_frame(self.network, bank, image, number, min(image.shape[:2]), self.device)
-                confusion.update(labels, read_label(frame.label, self.config.classes, self.config.void))
-        iou = confusion.iou()
-        return {"miou": round(float(np.nanmean(iou)), 4), "pixel_accuracy": round(confusion.pixel_accuracy(), 4)}
+        return stream_miou(self.network, self.val, None, self.config.classes, self.config.void, self.device) if self.val else {}
 
     def save_checkpoint(self) -> None:
         own = {"network": self.network.state_dict(), "config": json.dumps(asdict(self.config))}
@@ -171,7 +144,7 @@ class SemsegTrainer:
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.network.state_dict().items()}
         metadata = {
             "arch": ARCH, "config": self.network.config.to_json(), "backbone": self.network.backbone.variant, "classes": json.dumps(classes),
-            "void": str(self.config.void), "stage": self.config.stage, "steps": str(self.step), "seed": str(self.config.seed),
+            "void": str(self.config.void), "stage": "single", "steps": str(self.step), "seed": str(self.config.seed),
         }
         write_file_atomically(path, lambda staging: save_file(tensors, str(staging), metadata=metadata), force=True)
         return path
@@ -186,3 +159,23 @@ class SemsegTrainer:
                 log(f"validation at step {self.step}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
         self.save_checkpoint()
         return self.save_model(classes)
+
+
+@torch.no_grad()
+def stream_miou(
+    network: SemsegNetwork, sequences: list[LabelledSequence], slots: int | None, classes: int, void: int, device: torch.device,
+    size: int | None = None,
+) -> dict[str, float]:
+    """mIoU and pixel accuracy of ``sequences`` streamed in order, each with a fresh fifo
+    memory of ``slots`` frames (None: the single-frame network), labelled as `vidseg
+    semseg` labels them (``label_frame``), at ``size`` (None: the frames' own)."""
+    network.eval()
+    confusion = ConfusionMatrix(classes, ignore_index=void)
+    for sequence in sequences:
+        bank = MemoryBank(policy=FIFO(slots=slots)) if slots else None
+        for number, frame in enumerate(sequence.frames):
+            image = rgb(frame.image).permute(1, 2, 0).numpy()
+            labels = label_frame(network, bank, image, number, size or min(image.shape[:2]), device)
+            confusion.update(labels, read_label(frame.label, classes, void))
+    iou = confusion.iou()
+    return {"miou": round(float(np.nanmean(iou)), 4), "pixel_accuracy": round(confusion.pixel_accuracy(), 4)}

