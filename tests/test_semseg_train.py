@@ -36,9 +36,6 @@ def test_both_stages_train_and_validate(vidseg, camvid, clip, tmp_path):
                    "--size", "64", "--video", clip[0], "--radius", "2", "--resume")
     assert again.code == 0, again.stderr
     assert "recording" not in again.stderr  # a resumed run reads its recordings back
-    twice = vidseg("train", "semseg", *common, "--out", tmp_path / "twice", "--stage", "memory",
-                   "--init", tmp_path / "memory" / "model.safetensors", "--size", "64")
-    assert twice.code == 2 and "starts from one of stage single" in twice.stderr
 
 
 def test_a_missing_split_is_one_line(vidseg, camvid, tmp_path):

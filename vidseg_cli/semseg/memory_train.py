@@ -71,6 +71,7 @@ class Clip:
     bad_probs: torch.Tensor  # (L-1, C, h4, w4) on degraded copies of frames 1..
     bad_keys: torch.Tensor  # (L-1, K, h8, w8)
     target: torch.Tensor  # the last frame's labels (1, h4, w4) int64 with void, or teacher probabilities (L-1, C, h4, w4)
+    pseudo: bool = False  # memory frames made from the frame itself
 
     @property
     def labelled(self) -> bool:
@@ -95,10 +96,12 @@ def _degraded(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy(corrupt(pixels, KINDS[rng.integers(len(KINDS))], rng)).permute(2, 0, 1).float()
 
 
-def _record(network, frames: list[torch.Tensor], target: torch.Tensor, config: MemoryTrainConfig, rng, device) -> Clip:
+def _record(
+    network, frames: list[torch.Tensor], target: torch.Tensor, config: MemoryTrainConfig, rng, device, pseudo: bool = False
+) -> Clip:
     probs, keys = _run(network, frames, config.size, device)
     bad_probs, bad_keys = _run(network, [_degraded(f, rng) for f in frames[1:]], config.size, device)
-    return Clip(probs, keys, bad_probs, bad_keys, target)
+    return Clip(probs, keys, bad_probs, bad_keys, target, pseudo)
 
 
 def record_labelled(
@@ -111,14 +114,15 @@ def record_labelled(
     for index, frame in enumerate(sequence.frames):
         before = [i for i in range(max(0, index - config.pseudo_frames), index)
                   if frame.number - sequence.frames[i].number <= config.near * (index - i)]
-        if len(before) == config.pseudo_frames:
+        pseudo = len(before) < config.pseudo_frames
+        if not pseudo:
             memory = [images[i] for i in before]
         else:
             memory = [moved(images[index], config.pseudo_frames - i, rng) for i in range(config.pseudo_frames)]
         label = torch.from_numpy(read_label(frame.label, config.classes, config.void).astype(np.int64))
         h4, w4 = (s // 4 for s in work_size(*label.shape, config.size))
         target = F.interpolate(label[None, None].float(), size=(h4, w4), mode="nearest")[0].long()
-        clips.append(_record(network, [*memory, images[index]], target, config, rng, device))
+        clips.append(_record(network, [*memory, images[index]], target, config, rng, device, pseudo))
     return clips
 
 
@@ -214,7 +218,7 @@ class MemoryTrainer:
         for t in range(1, probs.shape[1]):
             # A pseudo-clip's memory is the frame itself, moved: it holds nothing a clean frame
             # lacks and teaches only distrust of moved labels, so its frame is always degraded.
-            share = 1.0 if clips[0].labelled else self.config.corrupt_share
+            share = 1.0 if clips[0].pseudo else self.config.corrupt_share
             bad = torch.from_numpy(self.rng.random(len(clips)) < share)
             own = torch.where(bad[:, None, None, None], bad_probs[:, t - 1], probs[:, t])
             key = torch.where(bad[:, None, None, None], bad_keys[:, t - 1], keys[:, t])
@@ -275,5 +279,5 @@ def _groups(clips: list[Clip]) -> list[list[Clip]]:
     """Clips that stack into one batch: same kind, length and size."""
     groups: dict[tuple, list[Clip]] = {}
     for clip in clips:
-        groups.setdefault((clip.labelled, tuple(clip.probs.shape), tuple(clip.keys.shape)), []).append(clip)
+        groups.setdefault((clip.labelled, clip.pseudo, tuple(clip.probs.shape), tuple(clip.keys.shape)), []).append(clip)
     return list(groups.values())

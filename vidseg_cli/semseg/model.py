@@ -44,6 +44,7 @@ ARCH = "semseg-lma"
 READS = ("local", "global")
 MEMORY_PREFIX = "memory."
 LEGACY_FIELDS = ("key_dim", "value_dim", "aggregation")  # the feature memory's, in older files
+LEGACY_MEMORY = ("memory.key.", "memory.value.", "memory.fusion.")
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,11 @@ def load_semseg(path: Path, fresh_memory: SemsegConfig | None = None) -> tuple[S
         if fresh_memory is not None:
             config = dataclasses.replace(fresh_memory, classes=config.classes, decoder_dim=config.decoder_dim)
             state = {name: t for name, t in state.items() if not name.startswith(MEMORY_PREFIX)}
+        elif any(name.startswith(LEGACY_MEMORY) for name in state):
+            raise VidsegError(
+                f"{path} holds the feature memory of earlier vidseg versions; give it a label memory with "
+                f"vidseg train semseg --stage memory --init {path} (docs/training.md)"
+            )
         network = SemsegNetwork(EfficientNetLite(metadata.get("backbone", "efficientnet-lite0")), config)
         missing, unexpected = network.load_state_dict(state, strict=False)
         if unexpected or any(fresh_memory is None or not name.startswith(MEMORY_PREFIX) for name in missing):

@@ -22,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.policies import FIFO
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
 from vidseg_cli.semseg.data import LabelledSequence, read_label
 from vidseg_cli.semseg.job import label_frame
-from vidseg_cli.semseg.model import ARCH, SemsegConfig, SemsegNetwork
+from vidseg_cli.semseg.model import ARCH, MEMORY_PREFIX, SemsegConfig, SemsegNetwork
 from vidseg_cli.semseg.samples import SemsegSampler, batch, rgb
 from vidseg_cli.train.loop import load_run_state, run_steps, save_run_state, take_step
 
@@ -135,7 +136,12 @@ class SemsegTrainer:
 
     def load_checkpoint(self) -> None:
         state = load_run_state(self.run_dir, self.device, self.optimizer, self.rng)
-        self.network.load_state_dict(state["network"])
+        # The memory is untrained here, so a checkpoint from before the label memory (whose
+        # memory layers differ) resumes too: the trunk and decoder must match, the memory stays fresh.
+        trained = {name: t for name, t in state["network"].items() if not name.startswith(MEMORY_PREFIX)}
+        missing, unexpected = self.network.load_state_dict(trained, strict=False)
+        if unexpected or any(not name.startswith(MEMORY_PREFIX) for name in missing):
+            raise VidsegError(f"{self.run_dir}: the checkpoint does not fit this network (missing {missing[:3]}, unexpected {unexpected[:3]})")
         self.step, self.history = state["step"], state["history"]
 
     def save_model(self, classes: list[dict]) -> Path:

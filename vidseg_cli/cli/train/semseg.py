@@ -31,7 +31,7 @@ def train_semseg_command(
     classes: Annotated[Path | None, typer.Option(metavar="FILE.json", help="The label maps' classes: a JSON list of {id, name, colour} with ids 0..N-1 (default: CamVid's 11).")] = None,
     void: Annotated[int | None, typer.Option(min=0, max=255, help="The label id to ignore (default: the number of classes; CamVid's 11).")] = None,
     stage: Annotated[SemsegStage, typer.Option(help="single: the single-frame network (trunk top and decoder); memory: the label memory on a frozen single-frame network (--init).")] = SemsegStage.single,
-    init: Annotated[Path | None, typer.Option(help="--stage memory: the single-frame model it starts from (model.safetensors of --stage single).")] = None,
+    init: Annotated[Path | None, typer.Option(help="--stage memory: the model whose single-frame network it starts from (any semseg model file; its memory, if any, is trained afresh).")] = None,
     video: Annotated[list[Path] | None, typer.Option(help="--stage memory: unlabelled video the single-frame network teaches on (a video file, a folder of frames, or a folder of either, e.g. DAVIS's JPEGImages/); repeat for more.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 2000,
     batch: Annotated[int, typer.Option(min=1, max=256, help="Labelled frames (single) or clips (memory) per step.")] = 4,
@@ -113,8 +113,6 @@ def _train_memory(init, model_config, backbone_name, train_sequences, videos, va
 
     network, metadata = load_semseg(init, fresh_memory=model_config)
     _check_init(init, network, model_config, backbone_name)
-    if metadata.get("stage") != "single":
-        raise VidsegError(f"--init {init} is a model of stage {metadata.get('stage')!r}; --stage memory starts from one of stage single")
     sources = [(f"video{r}-{path.name}", path) for r, root in enumerate(videos) for path in unlabelled_videos(root)]
     device = open_run(out, run, [init, *videos])
     records = out / "records"
