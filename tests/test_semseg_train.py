@@ -56,7 +56,7 @@ def test_semseg_labels_a_video_with_the_trained_model(vidseg, camvid, clip, tmp_
     model = tmp_path / "run" / "model.safetensors"
     video, _ = clip
     out = tmp_path / "labels"
-    run = vidseg("semseg", video, "--model", model, "--out", out, "--format", "all", "--size", "64", "--json")
+    run = vidseg("semseg", video, "--model", model, "--out", out, "--format", "all", "--size", "64", "--memory", "fifo", "--json")
     assert run.code == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["frames"] == 12 and summary["slots"] == 3 and summary["memory"] == "fifo"
