@@ -127,6 +127,25 @@ def test_a_failed_run_removes_the_parent_folders_it_made(vidseg, tmp_path, frame
     assert not (tmp_path / "new").exists()
 
 
+def test_a_parent_folder_another_run_makes_meanwhile_is_shared_not_a_failure(tmp_path, monkeypatch):
+    """batch --jobs 2: two rows into out/0 and out/1 both find out/ missing; the second
+    mkdir must take the first's folder, and a failure must not remove it."""
+    from vidseg_cli.io.outputs import StagedOutput
+
+    shared, mkdir = tmp_path / "out", Path.mkdir
+
+    def another_run_wins(self, *args, **kwargs):
+        if self == shared and not self.exists():
+            mkdir(self)
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", another_run_wins)
+    staged = StagedOutput(shared / "1", force=False)
+    assert staged.staging.is_dir()
+    staged.abort()
+    assert shared.is_dir() and not staged.staging.exists()
+
+
 # --- broken output reported as success --------------------------------------------------
 
 

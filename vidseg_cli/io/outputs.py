@@ -158,7 +158,10 @@ class _CreatedParents:
             parent = parent.parent
         self.made: list[Path] = []
         for folder in reversed(missing):
-            folder.mkdir()
+            try:
+                folder.mkdir()
+            except FileExistsError:  # a concurrent run (batch --jobs) made it first: theirs
+                continue
             self.made.append(folder)
 
     def remove(self) -> None:
@@ -186,6 +189,7 @@ class StagedOutput:
         _refuse_folder(self.target, force)
         self.staging = self.target.parent / f".{self.target.name}.partial"
         self._lock_file = None
+        self._parents: _CreatedParents | None = None
         try:
             self._parents = _CreatedParents(self.target.parent)
             fresh = not self.staging.is_dir()
@@ -246,7 +250,8 @@ class StagedOutput:
             self._lock_file.close()
             self._lock_file = None
         shutil.rmtree(self.staging, ignore_errors=True)
-        self._parents.remove()
+        if self._parents is not None:
+            self._parents.remove()
 
 
 def _empty(folder: Path, keep: str) -> None:
