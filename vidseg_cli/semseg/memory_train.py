@@ -6,8 +6,9 @@ single-frame network, in two parts that each resume.
    and degraded (``semseg/corrupt.py``), with a target:
    - labelled frames: the label. The memory frames are the labelled frames just before
      when they are near (CamVid val's 15 Hz stretch, when training on it), else a
-     pseudo-clip of the frame itself: the frame as a small camera drift would have shown it
-     a few frames earlier;
+     pseudo-clip of the frame itself (the frame as a small camera drift would have shown it
+     a few frames earlier) and a stale clip (the far labelled frames before it: without
+     it the gate never met a memory 1 s old and took it, -18 mIoU on CamVid test);
    - unlabelled video (DAVIS at 24 fps, any clip): the teacher, which is the single-frame
      network on the clean frames t-2..t+2, each moved to frame t by optical flow (OpenCV's
      DIS) and averaged. It sees the future, so it is steadier and more often right than the
@@ -50,6 +51,7 @@ class MemoryTrainConfig:
     corrupt_share: float = 1 / 3  # frames degraded when fitting (the bench degrades every third)
     near: int = 4  # labelled frames at most this many video frames apart are each other's memory
     pseudo_frames: int = 2  # memory frames of a pseudo-clip
+    stale: bool = True  # also a clip of the far labelled frames before (see record_labelled)
     segment: int = 5  # frames unrolled per video clip
     gap: int = 2  # video frames between a video clip's frames (24 fps -> 12 Hz, near CamVid val's 15)
     window: int = 2  # the teacher averages frames t-window..t+window
@@ -123,6 +125,11 @@ def record_labelled(
         h4, w4 = (s // 4 for s in work_size(*label.shape, config.size))
         target = F.interpolate(label[None, None].float(), size=(h4, w4), mode="nearest")[0].long()
         clips.append(_record(network, [*memory, images[index]], target, config, rng, device, pseudo))
+        if pseudo and config.stale and index >= config.pseudo_frames:
+            # the far labelled frames before it (CamVid train's and test's are 1 s apart): a
+            # memory of a scene that has moved on, which the gate must learn to refuse
+            stale = images[index - config.pseudo_frames : index + 1]
+            clips.append(_record(network, stale, target, config, rng, device))
     return clips
 
 
