@@ -84,3 +84,18 @@ def test_labels_that_move_with_the_scene_agree():
         left = 4 * step
         meter.add(np.ascontiguousarray(wide[:, left : left + 96]), ((columns[:, left : left + 96] // 24) % 3).astype(np.uint8))
     assert meter.score() > 90
+
+
+def test_far_deals_camvid_val_into_clips_1_s_apart():
+    """CamVid val is every second frame of a 30 fps video: --far 30 takes every 15th;
+    test's frames are already 30 apart, so it is left as it is."""
+    from types import SimpleNamespace
+
+    from vidseg_cli.semseg.bench import _far_deal
+
+    def numbered(numbers):
+        return SimpleNamespace(frames=[SimpleNamespace(number=n) for n in numbers])
+
+    assert _far_deal(numbered(range(7959, 8161, 2)), 30) == 15
+    assert _far_deal(numbered(range(0, 300, 30)), 30) == 1
+    assert _far_deal(numbered([5]), 30) == 1

@@ -18,7 +18,7 @@ from vidseg_cli.semseg.model import SemsegConfig, SemsegNetwork, pack, unpack
 def _brute_force_local(query, keys, values, radius, scale):
     """Eqs 3-5 by their letter: for each (i, j), softmax over (t, k, l) inside the frame."""
     b, t, _, h, w = keys.shape
-    out = torch.zeros(b, values.shape[2], h, w)
+    out, peak = torch.zeros(b, values.shape[2], h, w), torch.zeros(b, 1, h, w)
     for n, i, j in itertools.product(range(b), range(h), range(w)):
         candidates = [
             (s, i + k, j + l)
@@ -30,7 +30,8 @@ def _brute_force_local(query, keys, values, radius, scale):
         scores = torch.stack([(query[n, :, i, j] * keys[n, s, :, y, x]).sum() * scale for s, y, x in candidates])
         weights = torch.softmax(scores, 0)
         out[n, :, i, j] = sum(wgt * values[n, s, :, y, x] for wgt, (s, y, x) in zip(weights, candidates, strict=True))
-    return out
+        peak[n, 0, i, j] = scores.max()
+    return out, peak
 
 
 @pytest.mark.parametrize("tile", [(1, 1), (2, 4), (4, 8), (5, 6)], ids=["1x1", "2x4-padded", "4x8-clipped", "one-tile"])
@@ -38,7 +39,7 @@ def test_local_memory_attention_is_lmanet_eqs_3_to_5(tile):
     torch.manual_seed(0)
     query, keys, values = torch.randn(2, 4, 5, 6), torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 7, 5, 6)
     local = windowed_attention(query, keys, values, 1, 0.5, tile=tile)
-    torch.testing.assert_close(local, _brute_force_local(query, keys, values, 1, 0.5))
+    torch.testing.assert_close(local, _brute_force_local(query, keys, values, 1, 0.5))  # values and peak
     # a window that covers the whole map is TMANet's global read
     whole = windowed_attention(query, keys, values, 6, 0.5, tile=tile)
     torch.testing.assert_close(whole, global_attention(query, keys, values, 0.5))
@@ -65,9 +66,11 @@ def test_labels_follow_a_moving_scene(network):
     key = torch.nn.functional.normalize(torch.randn(1, 40, 6, 8), dim=1)
     labels = torch.softmax(10 * torch.randn(1, 5, 12, 16), dim=1)
     shifted_key = torch.roll(key, shifts=1, dims=-1)  # everything one position to the right
-    readout = network.read(shifted_key, key[:, None], pack(labels)[:, None])
+    readout, peak = network.read(shifted_key, key[:, None], pack(labels)[:, None])
     expected = torch.roll(labels, shifts=2, dims=-1)
     torch.testing.assert_close(unpack(readout)[..., 2:], expected[..., 2:], atol=0.02, rtol=0)
+    # where the pixel came from is in the window, so the best match is the pixel itself
+    torch.testing.assert_close(peak[..., 1:] / network.memory.log_scale.exp(), torch.ones(1, 1, 6, 7))
 
 
 def test_the_gate_mixes_frame_and_memory(network):
@@ -76,7 +79,8 @@ def test_the_gate_mixes_frame_and_memory(network):
     own = torch.softmax(torch.randn(1, 5, 8, 12), dim=1)
     memory = torch.softmax(torch.randn(1, 5, 8, 12), dim=1)
     key = torch.nn.functional.normalize(torch.randn(1, 40, 4, 6), dim=1)
-    mixed, gate = network.memory.mix(own, key, pack(memory), key)
+    alike = network.memory.log_scale.exp() * torch.ones(1, 1, 4, 6)  # the read's peak: every best match identical
+    mixed, gate = network.memory.mix(own, key, pack(memory), alike, key)
     torch.testing.assert_close(gate, torch.full_like(gate, 0.5))
     torch.testing.assert_close(mixed, (own + memory) / 2)
     torch.testing.assert_close(mixed.sum(1), torch.ones(1, 8, 12))
@@ -119,7 +123,7 @@ def test_a_window_mask_made_at_inference_serves_training():
     with torch.inference_mode():
         windowed_attention(query, keys, values, 2, 0.5)
     keys.requires_grad_(True)
-    windowed_attention(query, keys, values, 2, 0.5).sum().backward()
+    windowed_attention(query, keys, values, 2, 0.5)[0].sum().backward()
     assert keys.grad is not None and keys.grad.abs().sum() > 0
 
 
@@ -131,7 +135,25 @@ def test_gradients_through_a_padded_tile_are_the_brute_force_ones():
     grads = []
     for read in (lambda q, k, v: windowed_attention(q, k, v, 1, 0.5, tile=(4, 8)), lambda q, k, v: _brute_force_local(q, k, v, 1, 0.5)):
         leaves = [t.clone().requires_grad_() for t in tensors]
-        (read(*leaves) * torch.arange(30.0).view(5, 6)).sum().backward()
+        values, peak = read(*leaves)
+        (values * torch.arange(30.0).view(5, 6) + peak).sum().backward()
         grads.append([leaf.grad for leaf in leaves])
     for tiled, brute in zip(*grads, strict=True):
         torch.testing.assert_close(tiled, brute)
+
+
+def test_video_recordings_hold_near_clips_and_one_stale_clip(network):
+    """record_video: clips of frames `gap` apart, and one of frames `stale_gap` apart (a
+    memory of a scene that has moved on, which teaches the gate to refuse it)."""
+    import numpy as np
+
+    from vidseg_cli.semseg.memory_train import MemoryTrainConfig, record_video
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(40)]
+    config = MemoryTrainConfig(size=48, classes=5, segment=3, clips_per_video=2, stale_gap=12)
+    clips = record_video(network, frames, config, rng, "cpu")
+    assert [(c.stale, c.probs.shape[0]) for c in clips] == [(False, 3), (False, 3), (True, 3)]
+    assert all(c.target.shape == (2, 5, 12, 16) and not c.labelled for c in clips)
+    short = record_video(network, frames[:20], config, rng, "cpu")  # too short for frames 12 apart and the teacher
+    assert [c.stale for c in short] == [False, False]

@@ -56,7 +56,7 @@ def test_semseg_labels_a_video_with_the_trained_model(vidseg, camvid, clip, tmp_
     model = tmp_path / "run" / "model.safetensors"
     video, _ = clip
     out = tmp_path / "labels"
-    run = vidseg("semseg", video, "--model", model, "--out", out, "--format", "all", "--size", "64", "--memory", "fifo", "--json")
+    run = vidseg("semseg", video, "--model", model, "--out", out, "--format", "all", "--size", "64", "--memory", "fifo", "--slots", "3", "--json")
     assert run.code == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["frames"] == 12 and summary["slots"] == 3 and summary["memory"] == "fifo"
@@ -101,7 +101,7 @@ def test_bench_semseg_reports_every_measure_in_one_run(vidseg, camvid, clip, tmp
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "clip.mp4").write_bytes(clip[0].read_bytes())
-    run = vidseg("bench", "--task", "semseg", "--data", camvid, "--split", "val,train", "--corrupt",
+    run = vidseg("bench", "--task", "semseg", "--data", camvid, "--split", "val,train", "--corrupt", "--far", "60",
                  "--model", tmp_path / "run" / "model.safetensors", "--read", "local,global", "--size", "48",
                  "--consistency", videos, "--json", "--csv", tmp_path / "rows.csv")
     assert run.code == 0, run.stderr
@@ -109,7 +109,8 @@ def test_bench_semseg_reports_every_measure_in_one_run(vidseg, camvid, clip, tmp
     results = report["results"]
     assert [r["memory"] for r in results] == ["fifo", "fifo", "none"] and [r["read"] for r in results] == ["local", "global", None]
     for r in results:
-        assert list(r["scores"]) == ["val", "val corrupted", "train", "train corrupted"]
+        # --far 60: the tiny splits' frames are 30 apart, so each is dealt into 2 clips of frames 60 apart
+        assert list(r["scores"]) == ["val", "val corrupted", "val far", "train", "train corrupted", "train far"]
         assert r["miou"] == r["scores"]["val"]["miou"] and all(0 <= s["miou"] <= 1 for s in r["scores"].values())
         assert list(r["consistency"]) == ["val", "train", "clip"] and all(0 <= v <= 100 for v in r["consistency"].values())
         assert set(r["class_iou"]) == {"sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",

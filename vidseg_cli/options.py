@@ -157,7 +157,7 @@ class SemsegOptions(OutputJob):
     input: Path
     out: Path | None = None
     model: str = DEFAULT_SEMSEG_MODEL
-    memory: MemoryOptions = MemoryOptions(memory="fifo", slots=3)  # the papers' memory: the last 3 frames
+    memory: MemoryOptions = MemoryOptions(memory=NO_MEMORY, slots=1)  # as `vidseg semseg`: see its --memory
     read: str | None = None  # local | global; None: the model's own
     radius: int | None = None  # None: the model's own
     size: int | None = None  # processing size (short side); None: the model's (semseg.model.processing_size)

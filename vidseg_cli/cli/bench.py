@@ -31,6 +31,7 @@ def bench_command(
     data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; semseg: labelled video in CamVid's layout (or images/, labels/); predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set (vos, predict: default a built-in synthetic one).")] = None,
     split: Annotated[str, typer.Option(help="semseg: comma list of splits of a CamVid layout, each scored (tune on val; test is for reported tables).")] = "val",
     corrupt: Annotated[bool, typer.Option("--corrupt", help="semseg: also score each split with every third frame degraded (blur, noise, occluder, glare; seed 0), on those frames.")] = False,
+    far: Annotated[int | None, typer.Option(metavar="N", min=2, help="semseg: also score each split whose labelled frames are nearer, its frames dealt into clips of frames N video frames apart (CamVid: 30 is 1 s): what the memory costs when the scene has moved on.")] = None,
     read: Annotated[str | None, typer.Option(help="semseg: comma list of memory reads: local, global (default: the model's).")] = None,
     radius: Annotated[str | None, typer.Option(help="semseg: comma list of local read radii (default: the model's).")] = None,
     consistency: Annotated[Path | None, typer.Option(metavar="PATH", help="semseg: also measure temporal consistency (the share of pixels agreeing with the previous frame's labels moved by optical flow) on unlabelled video: a file, a frame folder, or a folder of either.")] = None,
@@ -40,7 +41,7 @@ def bench_command(
     model: Annotated[str | None, typer.Option(help=f"Comma list of models (default: {DEFAULT_VOS_MODEL}; semseg: {DEFAULT_SEMSEG_MODEL}; predict: {DEFAULT_PREDICT_MODEL}).")] = None,
     size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes (default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}).")] = None,
     memory: Annotated[str | None, typer.Option(help="Comma list of memory policies (default: stremn; with --long, all).")] = None,
-    slots: Annotated[str | None, typer.Option(help="Comma list of slot counts (default: 5; semseg: 3).")] = None,
+    slots: Annotated[str | None, typer.Option(help="Comma list of slot counts (default: 5; semseg: 1).")] = None,
     update: Annotated[str, typer.Option(help="Comma list of stremn update rules.")] = "C",
     every: Annotated[str, typer.Option(help="Comma list of stm intervals.")] = "5",
     fusion: Annotated[str, typer.Option(help="Comma list of stremn fusion cells: model (the model's own), training-free, none.")] = "model",
@@ -67,9 +68,9 @@ def bench_command(
 
     if task == Task.semseg:
         bench_semseg(
-            data=data, split=split, model=model or DEFAULT_SEMSEG_MODEL, memory=memory or "fifo", slots=slots or "3",
+            data=data, split=split, model=model or DEFAULT_SEMSEG_MODEL, memory=memory or "fifo", slots=slots or "1",
             read=read, radius=radius, size=size, runtime=runtime, consistency=consistency, corrupt=corrupt, device=device.value, json=json,
-            report=report, csv_path=csv_path, plot=plot, force=force,
+            report=report, csv_path=csv_path, plot=plot, force=force, far=far,
         )
         return
     if task == Task.predict:

@@ -115,7 +115,7 @@ def bench_predict(
 def bench_semseg(
     *, data: Path | None, split: str, model: str, memory: str, slots: str, read: str | None, radius: str | None,
     size: str | None, runtime: str, consistency: Path | None, corrupt: bool, device: str, json: bool, report: Path | None,
-    csv_path: str | None, plot: Path | None, force: bool,
+    csv_path: str | None, plot: Path | None, force: bool, far: int | None = None,
 ) -> None:
     """Semantic segmentation: mIoU per split (and on corrupted frames), temporal consistency, speed."""
     if data is None:
@@ -138,11 +138,12 @@ def bench_semseg(
         list(dict.fromkeys(runtimes)),
     )
     with stderr.status("benchmarking") as status:
-        results = run_semseg_bench(sweep, data, splits, target, videos, corrupt, progress=lambda text: status.update(text))
+        results = run_semseg_bench(sweep, data, splits, target, videos, corrupt, progress=lambda text: status.update(text), far=far)
     summary = {
         "task": "semseg",
         "dataset": f"{data} ({', '.join(splits)})",
         "corrupted": "every third frame, seed 0 (vidseg_cli/semseg/corrupt.py), scored on those frames" if corrupt else None,
+        "far": f"each split's frames dealt into clips of frames {far} video frames apart" if far else None,
         "consistency_videos": [str(v) for v in videos],
         "device": str(target),
         "machine": _machine(),

@@ -19,13 +19,15 @@ TILE = (4, 8)  # query positions a tile: each scores (4+2R)(8+2R) memory positio
 def windowed_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, radius: int, scale: float | torch.Tensor,
     tile: tuple[int, int] | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LMANet's local memory attention.
 
     query (B, C, H, W); keys (B, T, C, H, W); values (B, T, D, H, W). For each position,
     the (2R+1)^2 memory positions around it in each of the T frames are candidates (eq 3);
     one softmax over window and time (eq 4) weights their values (eq 5). Positions beyond
-    the border are not candidates. Returns (B, D, H, W).
+    the border are not candidates. Returns the values read (B, D, H, W) and each
+    position's best score (B, 1, H, W): how well its best candidate matched, which tells a
+    reader whether anything in the window is the same thing.
 
     Computed in tiles of ``tile`` query positions (default ``TILE``): a tile's candidates
     lie in its own positions and R either side, so each tile scores only that block of
@@ -48,10 +50,12 @@ def windowed_attention(
     memory_values = _blocks(values, radius, pad_h, pad_w, (th, tw), channels_last=True).reshape(tiles, t * kh * kw, d)
     affinity = torch.bmm(queries, memory_keys).view(b, rows * cols, th * tw, t * kh * kw)
     affinity.masked_fill_(_not_candidates(t, h, w, radius, th, tw, query.device), float("-inf"))
-    weights = torch.softmax(affinity.view(tiles, th * tw, -1), dim=-1)  # over window and time
+    affinity = affinity.view(tiles, th * tw, -1)
+    peak = affinity.amax(-1).view(b, rows, cols, th, tw).permute(0, 1, 3, 2, 4).reshape(b, 1, rows * th, cols * tw)
+    weights = torch.softmax(affinity, dim=-1)  # over window and time
     out = torch.bmm(weights, memory_values)  # (tiles, th*tw, D)
     out = out.view(b, rows, cols, th, tw, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, rows * th, cols * tw)
-    return out[:, :, :h, :w]
+    return out[:, :, :h, :w], peak[:, :, :h, :w]
 
 
 def _blocks(memory: torch.Tensor, radius: int, pad_h: int, pad_w: int, tile: tuple[int, int], channels_last: bool) -> torch.Tensor:
@@ -110,5 +114,7 @@ def global_attention(
     memory_keys = keys.permute(0, 2, 1, 3, 4).reshape(b, c, t * h * w).contiguous()  # (B, C, M)
     memory_values = values.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d).contiguous()  # (B, M, D)
     queries = (query * scale).permute(0, 2, 3, 1).reshape(b, h * w, c).contiguous()  # scale on the small factor
-    weights = torch.softmax(torch.bmm(queries, memory_keys), dim=-1)  # (B, N, M)
-    return torch.bmm(weights, memory_values).transpose(1, 2).reshape(b, d, h, w)
+    affinity = torch.bmm(queries, memory_keys)  # (B, N, M)
+    peak = affinity.amax(-1).reshape(b, 1, h, w)
+    weights = torch.softmax(affinity, dim=-1)
+    return torch.bmm(weights, memory_values).transpose(1, 2).reshape(b, d, h, w), peak

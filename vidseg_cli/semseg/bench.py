@@ -13,6 +13,10 @@ What each run measures, per configuration:
   split's consecutive frames; meaningful where they are near, as in val);
 - ``--corrupt``: each split again with every third frame degraded (``semseg/corrupt.py``,
   seed 0), scored on the degraded frames only: what a memory carries through a bad frame;
+- ``--far N``: each split whose labelled frames are nearer than N video frames again, its
+  frames dealt into clips of frames N apart (CamVid val at N=30: 15 clips of frames 1 s
+  apart, every frame scored once): what a memory costs when what it holds has moved on,
+  measured on val, where CamVid test's 1-s neighbours may not be tuned on;
 - ``--consistency PATH``: temporal consistency on unlabelled video (a file, a frame folder,
   or a folder of either): ``metrics/consistency.py``, the share of pixels whose class
   agrees with the previous frame's labels moved by optical flow;
@@ -53,6 +57,7 @@ from vidseg_cli.semseg.job import _bank, class_table, label_frame
 from vidseg_cli.semseg.model import SemsegNetwork, create_semseg, processing_size, with_read
 
 CORRUPTED = "corrupted"  # a split's degraded twin is named "<split> corrupted"
+FAR = "far"  # and its frames N apart "<split> far"
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,8 @@ def semseg_configs(
 
 
 def run_semseg_bench(
-    configs: list[SemsegConfig], data: Path, splits: Sequence[str], device: torch.device, videos: Sequence[Path], corrupt: bool, progress
+    configs: list[SemsegConfig], data: Path, splits: Sequence[str], device: torch.device, videos: Sequence[Path], corrupt: bool, progress,
+    far: int | None = None,
 ) -> list[SemsegResult]:
     loaded = {model: create_semseg(model, device) for model in {c.model: None for c in configs}}
     networks = {
@@ -190,11 +196,24 @@ def run_semseg_bench(
                 degraded, kinds = corrupt_clip(images, seed=0)
                 progress(f"{split} {sequence.name} corrupted: {len(kinds)} degraded frames")
                 _stream(results, networks, degraded, device, f"{split} {CORRUPTED}", truths=truths, scored=set(kinds))
+            deal = _far_deal(sequence, far) if far else 1
+            for first in range(deal if deal > 1 else 0):
+                picked = range(first, len(images), deal)
+                progress(f"{split} {sequence.name} far: clip {first + 1} of {deal}")
+                _stream(results, networks, [images[i] for i in picked], device, f"{split} {FAR}",
+                        truths=[truths[i] for i in picked], scored=set(range(len(picked))))
     for video in videos:
         images = read_video(video)
         progress(f"consistency {video.name}: {len(images)} frames x {len(results)} configurations")
         _stream(results, networks, images, device, video.stem)
     return results
+
+
+def _far_deal(sequence, far: int) -> int:
+    """Every how many labelled frames a clip takes, for its frames to be ``far`` video
+    frames apart (1: already that far)."""
+    steps = [b.number - a.number for a, b in itertools.pairwise(sequence.frames)]
+    return max(1, round(far / statistics.median(steps))) if steps else 1
 
 
 def consistency_videos(path: Path | None) -> list[Path]:

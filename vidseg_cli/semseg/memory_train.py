@@ -51,7 +51,8 @@ class MemoryTrainConfig:
     corrupt_share: float = 1 / 3  # frames degraded when fitting (the bench degrades every third)
     near: int = 4  # labelled frames at most this many video frames apart are each other's memory
     pseudo_frames: int = 2  # memory frames of a pseudo-clip
-    stale: bool = True  # also a clip of the far labelled frames before (see record_labelled)
+    stale: bool = True  # also clips whose memory is far: see record_labelled and record_video
+    stale_gap: int = 24  # video frames between a stale video clip's frames (1 s at 24 fps)
     segment: int = 5  # frames unrolled per video clip
     gap: int = 2  # video frames between a video clip's frames (24 fps -> 12 Hz, near CamVid val's 15)
     window: int = 2  # the teacher averages frames t-window..t+window
@@ -74,6 +75,7 @@ class Clip:
     bad_keys: torch.Tensor  # (L-1, K, h8, w8)
     target: torch.Tensor  # the last frame's labels (1, h4, w4) int64 with void, or teacher probabilities (L-1, C, h4, w4)
     pseudo: bool = False  # memory frames made from the frame itself
+    stale: bool = False  # memory frames far before the frame: a scene that has moved on
 
     @property
     def labelled(self) -> bool:
@@ -99,11 +101,12 @@ def _degraded(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def _record(
-    network, frames: list[torch.Tensor], target: torch.Tensor, config: MemoryTrainConfig, rng, device, pseudo: bool = False
+    network, frames: list[torch.Tensor], target: torch.Tensor, config: MemoryTrainConfig, rng, device, pseudo: bool = False,
+    stale: bool = False,
 ) -> Clip:
     probs, keys = _run(network, frames, config.size, device)
     bad_probs, bad_keys = _run(network, [_degraded(f, rng) for f in frames[1:]], config.size, device)
-    return Clip(probs, keys, bad_probs, bad_keys, target, pseudo)
+    return Clip(probs, keys, bad_probs, bad_keys, target, pseudo, stale)
 
 
 def record_labelled(
@@ -129,29 +132,52 @@ def record_labelled(
             # the far labelled frames before it (CamVid train's and test's are 1 s apart): a
             # memory of a scene that has moved on, which the gate must learn to refuse
             stale = images[index - config.pseudo_frames : index + 1]
-            clips.append(_record(network, stale, target, config, rng, device))
+            clips.append(_record(network, stale, target, config, rng, device, stale=True))
     return clips
 
 
 def record_video(
     network: SemsegNetwork, frames: list[np.ndarray], config: MemoryTrainConfig, rng: np.random.Generator, device
 ) -> list[Clip]:
-    """``clips_per_video`` clips of ``segment`` frames ``gap`` apart, from random starts;
-    each frame after the first is taught by the teacher (``teacher``)."""
+    """``clips_per_video`` clips of ``segment`` frames ``gap`` apart from random starts, and
+    (``stale``) one of ``pseudo_frames`` + 1 frames ``stale_gap`` apart; each frame after
+    the first is taught by the teacher (``teacher``) from its neighbours ``gap`` apart.
+
+    The stale clip is the negative that CamVid train's far labelled frames cannot give: on
+    its own training frames the frozen network is sure and right whatever the memory says,
+    so a gate learns there that mixing a memory 1 s old costs nothing (it cost 5 mIoU on
+    CamVid test); on video it never trained on, the teacher says what it costs."""
     reach = config.window * config.gap
-    span = (config.segment - 1) * config.gap + 2 * reach  # the frames a clip and its teacher need
-    if len(frames) <= span:
-        return []
+    shapes = [(config.segment, config.gap, config.clips_per_video)]
+    if config.stale:
+        shapes.append((config.pseudo_frames + 1, config.stale_gap, 1))
     clips = []
-    for start in sorted(rng.choice(len(frames) - span, size=min(config.clips_per_video, len(frames) - span), replace=False)):
-        numbers = list(range(start, start + span + 1, config.gap))  # the clip is numbers[window:-window]
-        images = [torch.from_numpy(np.ascontiguousarray(frames[n])).permute(2, 0, 1).float() for n in numbers]
-        probs, _ = _run(network, images, config.size, device)
-        greys = [_grey(frames[n], probs.shape[-2:]) for n in numbers]
-        targets = [teacher(probs, greys, t, config.window) for t in range(config.window + 1, len(numbers) - config.window)]
-        clip_images = images[config.window : len(numbers) - config.window]
-        clips.append(_record(network, clip_images, torch.stack(targets).to(STORE), config, rng, device))
+    for (length, gap, count), stale in zip(shapes, (False, True)):
+        last_start = len(frames) - 1 - (length - 1) * gap - reach  # the last frame's teacher needs frames up to +reach
+        if last_start < 0:
+            continue
+        for start in sorted(rng.choice(last_start + 1, size=min(count, last_start + 1), replace=False)):
+            clips.append(_video_clip(network, frames, [int(start) + k * gap for k in range(length)], config, rng, device, stale))
     return clips
+
+
+def _video_clip(
+    network: SemsegNetwork, frames: list[np.ndarray], numbers: list[int], config: MemoryTrainConfig, rng: np.random.Generator, device,
+    stale: bool,
+) -> Clip:
+    """The clip of frames ``numbers``, frames 1.. taught by the teacher."""
+
+    def image(n: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(frames[n])).permute(2, 0, 1).float()
+
+    window, gap = config.window, config.gap
+    around = {n: [min(len(frames) - 1, max(0, n + k * gap)) for k in range(-window, window + 1)] for n in numbers[1:]}
+    needed = sorted({m for ms in around.values() for m in ms})
+    probs, _ = _run(network, [image(m) for m in needed], config.size, device)
+    by_frame = dict(zip(needed, probs, strict=True))
+    greys = {m: _grey(frames[m], probs.shape[-2:]) for m in needed}
+    targets = [teacher(torch.stack([by_frame[m] for m in ms]), [greys[m] for m in ms], window, window) for ms in around.values()]
+    return _record(network, [image(n) for n in numbers], torch.stack(targets).to(STORE), config, rng, device, stale=stale)
 
 
 def _grey(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -225,7 +251,9 @@ class MemoryTrainer:
         for t in range(1, probs.shape[1]):
             # A pseudo-clip's memory is the frame itself, moved: it holds nothing a clean frame
             # lacks and teaches only distrust of moved labels, so its frame is always degraded.
-            share = 1.0 if clips[0].pseudo else self.config.corrupt_share
+            # A stale clip's frame is always clean: it teaches that a memory of another scene
+            # is refused, which a degraded frame (better off with any memory) would blur.
+            share = 1.0 if clips[0].pseudo else 0.0 if clips[0].stale else self.config.corrupt_share
             bad = torch.from_numpy(self.rng.random(len(clips)) < share)
             own = torch.where(bad[:, None, None, None], bad_probs[:, t - 1], probs[:, t])
             key = torch.where(bad[:, None, None, None], bad_keys[:, t - 1], keys[:, t])
@@ -286,5 +314,5 @@ def _groups(clips: list[Clip]) -> list[list[Clip]]:
     """Clips that stack into one batch: same kind, length and size."""
     groups: dict[tuple, list[Clip]] = {}
     for clip in clips:
-        groups.setdefault((clip.labelled, clip.pseudo, tuple(clip.probs.shape), tuple(clip.keys.shape)), []).append(clip)
+        groups.setdefault((clip.labelled, clip.pseudo, clip.stale, tuple(clip.probs.shape), tuple(clip.keys.shape)), []).append(clip)
     return list(groups.values())

@@ -9,15 +9,16 @@ probabilities at stride 8 (the value) under its trunk features at stride 8 (the 
 norm: no weights to learn). A frame reads the bank by local attention (LMANet eqs 3-5) at
 stride 8, which moves the remembered labels to where their pixels went, and a learned gate
 (LMANet's gated fusion, eq 6, on labels) mixes them into the frame's own probabilities
-pixel by pixel: near 1 where the frame is unsure or degraded and the memory agrees with
-its surroundings, near 0 where something new came into view. The mix is what the frame
-writes back, so a label carried through a bad frame stays carried.
+pixel by pixel: near 1 where the frame is unsure or degraded and the memory was sure, near
+0 where the memory shows a scene that has moved on (frames 1 s apart) or something new came
+into view. The mix is what the frame writes back, so one slot (the default) carries what
+the frames before it carried, and a label carried through a bad frame stays carried.
 
 Why labels and not features: the earlier design (TMANet/LMANet's feature memory at stride
 16, fused before the decoder) measured nothing, -0.1 mIoU on CamVid test and +0.3 on val
 (docs/results.md), because the decoder's stride-4 and -8 skips come from the frame alone
-and decide the boundaries. A temporal mix of moved labels measured +1.7 mIoU and +2.4
-points of consistency on val with a fixed gate before any training (docs/training.md).
+and decide the boundaries. A mix of moved labels reaches them: docs/results.md
+("Semseg results on CamVid") has what it measures.
 """
 
 from __future__ import annotations
@@ -117,7 +118,12 @@ def unpack(values: torch.Tensor) -> torch.Tensor:
 class LabelMemory(nn.Module):
     """The read's temperature and the gate: all the memory learns."""
 
-    GATE_INPUTS = 5  # agreement, both confidences, key similarity here and over the frame
+    # agreement, both confidences here and over the frame, the best match's similarity (the
+    # read's peak) here and over the frame, and the key similarity where the pixel stood.
+    # The peak alone cannot tell a memory of a scene 1 s gone from a degraded frame (both
+    # match their memory badly); the confidences can: a degraded frame is unsure where its
+    # memory was sure, a stale memory's frame is as sure as its memory.
+    GATE_INPUTS = 8
 
     def __init__(self, classes: int, hidden: int) -> None:
         super().__init__()
@@ -129,21 +135,28 @@ class LabelMemory(nn.Module):
         nn.init.zeros_(self.gate[2].bias)  # a new gate mixes half and half
 
     def mix(
-        self, probabilities: torch.Tensor, key: torch.Tensor, readout: torch.Tensor, last_key: torch.Tensor
+        self, probabilities: torch.Tensor, key: torch.Tensor, readout: torch.Tensor, peak: torch.Tensor, last_key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """probabilities (B, C, h4, w4) of the frame alone; key (B, K, h8, w8); readout
-        (B, 4C, h8, w8) the memory's labels moved here (``pack``ed); last_key the newest
-        slot's key. Returns the mixed probabilities at stride 4 and the gate (B, 1, h8, w8)."""
+        (B, 4C, h8, w8) the memory's labels moved here (``pack``ed); peak (B, 1, h8, w8)
+        the read's best score; last_key the newest slot's key. Returns the mixed
+        probabilities at stride 4 and the gate (B, 1, h8, w8)."""
         moved = unpack(readout)
         own, remembered = F.avg_pool2d(probabilities, 2), F.avg_pool2d(moved, 2)
+        best = peak / self.log_scale.exp()  # a cosine similarity again
         similarity = (key * last_key).sum(1, keepdim=True)  # where this pixel stands still, how alike it looks
+        sure, was_sure = own.amax(1, keepdim=True), remembered.amax(1, keepdim=True)
         inputs = torch.cat([
-            own, remembered, (own * remembered).sum(1, keepdim=True), own.amax(1, keepdim=True), remembered.amax(1, keepdim=True),
-            similarity, similarity.mean(dim=(2, 3), keepdim=True).expand_as(similarity),
+            own, remembered, (own * remembered).sum(1, keepdim=True), sure, was_sure, _frame_mean(sure), _frame_mean(was_sure),
+            best, _frame_mean(best), similarity,
         ], dim=1)
         gate = torch.sigmoid(self.gate(inputs))
         up = F.interpolate(gate, size=probabilities.shape[-2:], mode="bilinear", align_corners=False)
         return probabilities + up * (moved - probabilities), gate
+
+
+def _frame_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
 
 
 class SemsegNetwork(nn.Module):
@@ -166,8 +179,9 @@ class SemsegNetwork(nn.Module):
         """The single-frame network's class probabilities at stride 4 (B, C, h4, w4)."""
         return torch.softmax(self.decoder(features), dim=1)
 
-    def read(self, key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> torch.Tensor:
-        """key (B, K, h, w); memory (B, T, ., h, w) -> the memory's values moved here (B, ., h, w)."""
+    def read(self, key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """key (B, K, h, w); memory (B, T, ., h, w) -> the memory's values moved here (B, ., h, w)
+        and the read's best score (B, 1, h, w)."""
         scale = self.memory.log_scale.exp()
         if self.config.read == "local":
             return windowed_attention(key, memory_keys, memory_values, self.config.radius, scale)
@@ -178,8 +192,8 @@ class SemsegNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The frame's probabilities mixed with what the memory holds (memory (B, T, ., h8,
         w8), newest last), and the gate."""
-        readout = self.read(key, memory_keys, memory_values)
-        return self.memory.mix(probabilities, key, readout, memory_keys[:, -1])
+        readout, peak = self.read(key, memory_keys, memory_values)
+        return self.memory.mix(probabilities, key, readout, peak, memory_keys[:, -1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Training step ``single``: logits (B, C, H, W) of ``images`` (B, 3, H, W) in [0, 255]."""
