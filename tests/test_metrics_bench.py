@@ -1,6 +1,7 @@
 """J rules on hand-made masks; DAVIS-layout loading; the bench command end to end."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -276,3 +277,39 @@ def test_bench_runs_sparse_and_reuse_with_what_ships(vidseg, tmp_path):
     assert rows[("triple", 1.0)]["computed_share"] < 1.0
     assert 0 <= report["oracle"]["reuse_rate"] <= 1 and report["oracle"]["loss"] <= 1.0
     assert "oracle bound" in run.stderr
+
+
+def test_a_profile_adds_up_to_the_frame_and_costs_nothing_when_off():
+    from vidseg_cli.engine.profile import Profile, recording, stage
+
+    with stage("trunk"):  # no profile recording: nothing to record into, nothing fails
+        pass
+    profile = Profile()
+    for _ in range(3):
+        with recording(profile):
+            with stage("encode"):
+                pass
+            with stage("trunk"):  # twice in a frame (the mirrored pass of --tta): counted twice
+                time.sleep(0.002)
+            with stage("trunk"):
+                time.sleep(0.002)
+        profile.add("decode", 0.001)
+        profile.end_frame(0.010)
+    summary = profile.summary()
+    assert list(summary) == ["decode", "trunk", "encode", "other"]  # the frame's path, other last
+    assert summary["trunk"]["median_ms"] >= 4 and summary["decode"]["median_ms"] == 1.0
+    assert sum(s["median_ms"] for s in summary.values()) == pytest.approx(10, abs=0.05)
+
+
+def test_bench_profile_breaks_each_frame_down_by_stage(vidseg, tmp_path):
+    write_davis(tmp_path / "data", sequences=1, length=8, height=48, width=64)
+    run = vidseg("bench", "--data", tmp_path / "data", "--size", "48", "--profile", "--json", "--csv", tmp_path / "rows.csv")
+    assert run.code == 0, run.stderr
+    assert "trunk median ms" in (tmp_path / "rows.csv").read_text().splitlines()[0]
+    result = json.loads(run.stdout)["results"][0]
+    stages = result["profile"]
+    assert list(stages)[:3] == ["decode", "resize", "trunk"] and list(stages)[-1] == "other"
+    assert {"memory read", "decoder", "memory write", "upsample", "encode"} <= set(stages)
+    assert "by stage" in run.stderr
+    refused = vidseg("bench", "--task", "predict", "--profile")
+    assert refused.code == 2 and "--profile" in refused.stderr and "Traceback" not in refused.stderr

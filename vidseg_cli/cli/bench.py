@@ -10,6 +10,7 @@ import typer
 
 from vidseg_cli.cli import flags
 from vidseg_cli.cli.common import user_errors
+from vidseg_cli.errors import VidsegError
 from vidseg_cli.options import (
     DEFAULT_PREDICT_MODEL,
     DEFAULT_SEMSEG_MODEL,
@@ -58,6 +59,7 @@ def bench_command(
     gates: Annotated[str | None, typer.Option(metavar="NAMES", help="Comma list of region gates for --reuse and --sparse: weights.toml names or files, or 'fixed' for the change test's fixed threshold (default: MODEL-gates).")] = None,
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",
     runtime: Annotated[str, typer.Option(help="Comma list of backbone runtimes: auto (as segment chooses), torch, onnx, onnx-int8 (ONNX Runtime on the CPU).")] = "auto",
+    profile: Annotated[bool, typer.Option("--profile", help="vos: also break each timed frame down by stage (decode, resize, trunk, memory read, decoder, memory write, upsample, encode, other): median and p90 ms per frame, in the table and the report.")] = False,
 ) -> None:
     """Measure accuracy, speed, FLOPs and memory of every configuration, interleaved per sequence (semseg: per frame)."""
     from vidseg_cli.cli.bench_job import (  # torch: imported when a command runs
@@ -66,6 +68,8 @@ def bench_command(
         bench_semseg,
     )
 
+    if profile and (task != Task.vos or long is not None):
+        raise VidsegError("--profile breaks down the frames of --task vos on a dataset; leave it out here")
     if task == Task.semseg:
         bench_semseg(
             data=data, split=split, model=model or DEFAULT_SEMSEG_MODEL, memory=memory or "fifo", slots=slots or "1",
@@ -84,5 +88,5 @@ def bench_command(
         data=data, sequences=sequences, model=model or DEFAULT_VOS_MODEL, size=size, memory=memory, slots=slots or "5", update=update,
         every=every, fusion=fusion, device=device.value, json=json, report=report, csv_path=csv_path, plot=plot,
         force=force, long=long, sparse=sparse, write_every=write_every, reuse=reuse,
-        gates=gates, tta=tta, runtime=runtime,
+        gates=gates, tta=tta, runtime=runtime, profile=profile,
     )

@@ -40,7 +40,7 @@ def bench(
     *, data: Path | None, sequences: str | None, model: str, size: str | None, memory: str | None, slots: str,
     update: str, every: str, fusion: str, device: str, json: bool, report: Path | None, csv_path: str | None,
     plot: Path | None, force: bool, long: int | None, sparse: str, write_every: int | None,
-    reuse: str, gates: str | None, tta: str, runtime: str = "torch",
+    reuse: str, gates: str | None, tta: str, runtime: str = "torch", profile: bool = False,
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
     outputs = _Outputs(json, report, csv_path, plot, force, inputs=[data] if data is not None else [])
@@ -68,7 +68,7 @@ def bench(
             raise VidsegError(f"dataset not found: {root}")
         loaded = _select(load_davis(root), sequences)
         with stderr.status("benchmarking") as status:
-            results, peak = run(loaded, sweep, target, progress=lambda text: status.update(text))
+            results, peak = run(loaded, sweep, target, progress=lambda text: status.update(text), profile=profile)
     summary = {
         "dataset": str(data) if data else "synthetic",
         "sequences": [s.name for s in loaded],
@@ -83,9 +83,21 @@ def bench(
         bound = oracle_bound(loaded)
         summary["oracle"] = {"threshold": bound.threshold, "reuse_rate": round(bound.reused, 4), "loss": round(bound.loss, 2), "speedup": round(bound.speedup, 2)}
     _table(summary)
+    if profile:
+        _profile_table(summary)
     _say_oracle(summary.get("oracle"))
     _say_sparse_annotations(loaded)
     outputs.write(summary, plot_results)
+
+
+def _profile_table(report: dict) -> None:
+    """Stages as rows, configurations as columns: median / p90 ms per frame."""
+    stages = list(dict.fromkeys(name for r in report["results"] for name in r["profile"]))  # each in pipeline order
+    table = _new_table("per frame, by stage: median / p90 (ms)", ("stage", *(r["config"] for r in report["results"])))
+    for name in stages:
+        cells = [r["profile"].get(name) for r in report["results"]]
+        table.add_row(name, *("-" if c is None else f"{c['median_ms']:.1f} / {c['p90_ms']:.1f}" for c in cells))
+    stderr.print(table)
 
 
 def bench_predict(
@@ -260,8 +272,12 @@ def _long(sweep: list, length: int, device: torch.device, outputs: _Outputs) -> 
 
 
 def _csv_text(results: list[dict]) -> str:
-    """Flat rows: per-sequence breakdowns and series stay in the JSON."""
-    rows = [{k: v for k, v in r.items() if k not in ("sequences", "series")} for r in results]
+    """Flat rows: per-sequence breakdowns and series stay in the JSON; a profile's stages
+    become a median and a p90 column each."""
+    rows = [{k: v for k, v in r.items() if k not in ("sequences", "series", "profile")} for r in results]
+    for row, result in zip(rows, results, strict=True):
+        for name, stage in result.get("profile", {}).items():
+            row |= {f"{name} median ms": stage["median_ms"], f"{name} p90 ms": stage["p90_ms"]}
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -6,6 +6,7 @@ machine noise hits all of them alike and their ratios stay fair.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -20,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.engine.job import peak_rss_bytes
+from vidseg_cli.engine.profile import Profile, recording, stage
 from vidseg_cli.io.frames import FolderSource
 from vidseg_cli.io.sinks import save_palette_png
 from vidseg_cli.metrics.davis import ObjectScore, evaluate_sequence, j_and_f
@@ -94,6 +96,7 @@ class Result:
     computed: list[float] = field(default_factory=list)  # per frame: share of the frame computed afresh
     skipped: list[float] = field(default_factory=list)  # per frame: share set to background without work
     all_frames: int = 0
+    profile: Profile | None = None  # per-stage time of the timed frames (--profile)
 
     @property
     def objects(self) -> list[ObjectScore]:
@@ -136,6 +139,7 @@ class Result:
                 name: {**_rounded(j_and_f(scores)), "memory_bytes": self.memory[name]}
                 for name, scores in self.scores.items()
             },
+            **({"profile": self.profile.summary()} if self.profile is not None else {}),
         }
 
 
@@ -181,8 +185,10 @@ def run(
     configs: list[Config],
     device: torch.device = torch.device("cpu"),
     progress: Callable[[str], None] | None = None,
+    profile: bool = False,
 ) -> tuple[list[Result], int]:
-    """Returns the results and the peak RSS in bytes."""
+    """Returns the results and the peak RSS in bytes; with ``profile`` each result's
+    timed frames are broken down by stage (``engine/profile.py``)."""
     for config in configs:
         validate_size(config.size)
         validate_memory(config.memory, permanent=max(len(s.prompts) for s in sequences))
@@ -193,7 +199,7 @@ def run(
             models[config.network] = config.build(device)
     configs = _resolved(configs, models)
     gates = {config: config.load_gates() for config in configs}
-    results = [Result(config) for config in configs]
+    results = [Result(config, profile=Profile() if profile else None) for config in configs]
     for sequence in sequences:
         start = time.perf_counter()
         images = [frame.image for frame in FolderSource(sequence.frames)]
@@ -251,11 +257,16 @@ def _run_one(
                 step = session.step(image, mask)
             result.flops.append(counter.get_total_flops())
         else:
-            start = time.perf_counter()
-            step = session.step(image, mask)  # returns host labels, so the device has finished
-            middle = time.perf_counter()
-            save_palette_png(step.labels, io.BytesIO())
-            end = time.perf_counter()
+            with recording(result.profile) if result.profile is not None else contextlib.nullcontext():
+                start = time.perf_counter()
+                step = session.step(image, mask)  # returns host labels, so the device has finished
+                middle = time.perf_counter()
+                with stage("encode"):
+                    save_palette_png(step.labels, io.BytesIO())
+                end = time.perf_counter()
+            if result.profile is not None:
+                result.profile.add("decode", decode)  # the sequence's mean: frames are decoded up front
+                result.profile.end_frame(decode + end - start)
             result.step_seconds.append(middle - start)
             result.total_seconds += decode + end - start
             if step.reused:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidseg_cli.engine.profile import stage
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values
 from vidseg_cli.memory.slot import Slot
@@ -240,10 +241,12 @@ class MemoryNetwork(nn.Module):
 
     @torch.inference_mode()
     def segment(self, frame: MemNetFrame, slots: Sequence[Slot], objects: int) -> torch.Tensor:
-        readout = self.read(frame.key, slots, objects)  # (O, Cv, h, w)
-        if self.frame_decoder is not None:
-            return torch.sigmoid(self.frame_decoder(readout, frame.features))
-        return torch.sigmoid(self.decode(readout[None], frame.features)[0])
+        with stage("memory read"):
+            readout = self.read(frame.key, slots, objects)  # (O, Cv, h, w)
+        with stage("decoder"):
+            if self.frame_decoder is not None:
+                return torch.sigmoid(self.frame_decoder(readout, frame.features))
+            return torch.sigmoid(self.decode(readout[None], frame.features)[0])
 
     @torch.inference_mode()
     def crop_features(self, crop: torch.Tensor, frame_size: tuple[int, int]) -> Features:

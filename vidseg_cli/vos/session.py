@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidseg_cli.engine.profile import stage
 from vidseg_cli.engine.threads import adapt
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.memory.slot import Slot
@@ -93,18 +94,22 @@ class VOSSession:
                 self.frame_index += 1
                 last = self._last_computed[1]
                 return dataclasses.replace(last, repeated=False, reused=True, computed=0.0, skipped=plan.skipped_share)
-        image = self._preprocess(frame)
+        with stage("resize"):
+            image = self._preprocess(frame)
         if plan is None and mask is None and self._repeats(image, (height, width)):
             self.frame_index += 1
             return dataclasses.replace(self._last_computed[1], repeated=True, reused=False)
         if plan is not None:
-            encoded = self.regions.encode(image, plan)
+            with stage("trunk"):
+                encoded = self.regions.encode(image, plan)
             probs = self._predict(encoded, lambda frame, slots, objects: self.regions.segment(frame, plan, slots, objects))
         else:
-            encoded = self.model.encode(image)
+            with stage("trunk"):
+                encoded = self.model.encode(image)
             probs = self._predict(encoded)
             if self.mirror is not None:
-                mirrored = self.model.encode(image.flip(-1))
+                with stage("trunk"):
+                    mirrored = self.model.encode(image.flip(-1))
                 probs = (probs + self._predict(mirrored, bank=self.mirror).flip(-1)) / 2
         if mask is not None:
             probs = self._apply_mask(probs, mask, encoded.grid)
@@ -112,9 +117,10 @@ class VOSSession:
             self.regions.observe(plan, encoded, probs, tuple(image.shape[-2:]))
         probs = aggregate(probs)  # (1 + objects, h, w), background first
         if writes:
-            self._remember(encoded, probs[1:], self.bank, permanent=mask is not None)
-            if self.mirror is not None:
-                self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
+            with stage("memory write"):
+                self._remember(encoded, probs[1:], self.bank, permanent=mask is not None)
+                if self.mirror is not None:
+                    self._remember(mirrored, probs[1:].flip(-1), self.mirror, permanent=mask is not None)
         computed, skipped = (plan.computed_share, plan.skipped_share) if plan is not None else (1.0, 0.0)
         result = self._result(probs, image, (height, width), mask, computed=computed, skipped=skipped)
         self._last_computed = (image, result)
@@ -140,8 +146,9 @@ class VOSSession:
         computed: float = 1.0,
         skipped: float = 0.0,
     ) -> StepResult:
-        full = self.model.upsample(probs, image, size)
-        labels = self._labels(full, mask)
+        with stage("upsample"):
+            full = self.model.upsample(probs, image, size)
+            labels = self._labels(full, mask)
         self.frame_index += 1
         memory_bytes = self.bank.nbytes + (self.mirror.nbytes if self.mirror is not None else 0)
         soft = _soft(full, labels, self.object_ids, mask) if self.keep_probabilities else None
