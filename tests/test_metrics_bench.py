@@ -313,3 +313,10 @@ def test_bench_profile_breaks_each_frame_down_by_stage(vidseg, tmp_path):
     assert "by stage" in run.stderr
     refused = vidseg("bench", "--task", "predict", "--profile")
     assert refused.code == 2 and "--profile" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_write_every_is_swept_like_the_other_options():
+    from vidseg_cli.vos.bench import configs
+
+    sweep = configs(["propagate"], [64], ["stremn"], [5], ["C"], [5], write_everies=(1, 2))
+    assert [c.memory.write_every for c in sweep] == [1, 2] and sweep[1].label.endswith("write/2")

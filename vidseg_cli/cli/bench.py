@@ -54,7 +54,7 @@ def bench_command(
     force: Annotated[bool, typer.Option("--force", help="Replace existing report files.")] = False,
     long: Annotated[int | None, typer.Option("--long", help="Stream a synthetic N-frame clip; report memory and latency against frame index.")] = None,
     sparse: Annotated[str, typer.Option(help="Comma list of region modes (SpVOS's): none, static, residual, triple.")] = "none",
-    write_every: Annotated[int | None, typer.Option(metavar="N", help="Write a frame to memory every N frames (default: 1).")] = None,
+    write_every: Annotated[str | None, typer.Option(metavar="N", help="Comma list: write a frame to memory every N frames (default: 1).")] = None,
     reuse: Annotated[str, typer.Option(metavar="TAUS", help="Comma list of frame gate thresholds: a frame whose P_gate reaches tau keeps the last result (1: never).")] = "1",
     gates: Annotated[str | None, typer.Option(metavar="NAMES", help="Comma list of region gates for --reuse and --sparse: weights.toml names or files, or 'fixed' for the change test's fixed threshold (default: MODEL-gates).")] = None,
     tta: Annotated[str, typer.Option(help="Comma list of test-time augmentations: none, flip.")] = "none",

@@ -39,7 +39,7 @@ BENCH_SET = {"sequences": 6, "length": 50, "height": 270, "width": 480, "style":
 def bench(
     *, data: Path | None, sequences: str | None, model: str, size: str | None, memory: str | None, slots: str,
     update: str, every: str, fusion: str, device: str, json: bool, report: Path | None, csv_path: str | None,
-    plot: Path | None, force: bool, long: int | None, sparse: str, write_every: int | None,
+    plot: Path | None, force: bool, long: int | None, sparse: str, write_every: str | None,
     reuse: str, gates: str | None, tta: str, runtime: str = "torch", profile: bool = False,
 ) -> None:
     """Measure DAVIS J&F, speed, FLOPs and memory of every configuration, interleaved per sequence."""
@@ -57,7 +57,8 @@ def bench(
     sweep = configs(
         comma_list(model), comma_list(size, int), comma_list(memory), comma_list(slots, int), comma_list(update), comma_list(every, int), fusions,
         tuple(comma_list(reuse, float)), tuple(comma_list(gates)) if gates else (None,),
-        tuple(comma_list(sparse)), write_every, tuple(comma_list(tta)), tuple(comma_list(runtime)),
+        tuple(comma_list(sparse)), tuple(comma_list(write_every, int)) if write_every else (1,), tuple(comma_list(tta)),
+        tuple(comma_list(runtime)),
     )
     if long is not None:
         _long(sweep, long, target, outputs)

@@ -154,16 +154,15 @@ def configs(
     reuses: tuple[float, ...] = (1.0,),
     gates: tuple[str | None, ...] = (None,),
     sparses: tuple[str, ...] = ("none",),
-    write_every: int | None = None,
+    write_everies: tuple[int, ...] = (1,),
     ttas: tuple[str, ...] = ("none",),
     runtimes: tuple[str, ...] = ("torch",),
 ) -> list[Config]:
     """The cross product, without duplicates that an option does not affect. Memory is
-    written every ``write_every`` frames (default: every frame)."""
-    write_every = write_every or 1
+    written every ``write_everies`` frames (default: every frame)."""
     seen, out = set(), []
-    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, sparses, gates, ttas, runtimes)
-    for model, size, memory, k, rule, n, fusion, tau, sparse, gate, tta, runtime in grid:
+    grid = itertools.product(models, sizes, memories, slots, updates, every, fusions, reuses, sparses, gates, ttas, runtimes, write_everies)
+    for model, size, memory, k, rule, n, fusion, tau, sparse, gate, tta, runtime, write_every in grid:
         options = MemoryOptions(
             memory=memory,
             slots=k if memory in ("stremn", "fifo") else 5,
