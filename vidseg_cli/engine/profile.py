@@ -36,10 +36,6 @@ class Profile:
         self.frames.append(self._current)
         self._current = {}
 
-    def discard_frame(self) -> None:
-        """Forget a frame's stages (an untimed frame: warm-up, FLOP counting)."""
-        self._current = {}
-
     def summary(self) -> dict[str, dict[str, float]]:
         """Per stage: median and p90 milliseconds per frame (0 on frames it did not run)."""
         names = list(dict.fromkeys(name for frame in self.frames for name in frame))
@@ -52,9 +48,12 @@ class Profile:
 
 
 @contextlib.contextmanager
-def recording(profile: Profile) -> Iterator[Profile]:
-    """Record stages into ``profile`` while the block runs."""
+def recording(profile: Profile | None) -> Iterator[Profile | None]:
+    """Record stages into ``profile`` while the block runs (None: record nothing)."""
     global _recording
+    if profile is None:
+        yield None
+        return
     previous, _recording = _recording, profile
     try:
         yield profile

@@ -197,7 +197,7 @@ def run_semseg_bench(
                 progress(f"{split} {sequence.name} corrupted: {len(kinds)} degraded frames")
                 _stream(results, networks, degraded, device, f"{split} {CORRUPTED}", truths=truths, scored=set(kinds))
             deal = _far_deal(sequence, far) if far else 1
-            for first in range(deal if deal > 1 else 0):
+            for first in range(deal) if deal > 1 else ():  # 1: already that far apart
                 picked = range(first, len(images), deal)
                 progress(f"{split} {sequence.name} far: clip {first + 1} of {deal}")
                 _stream(results, networks, [images[i] for i in picked], device, f"{split} {FAR}",

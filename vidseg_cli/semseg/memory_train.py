@@ -148,11 +148,11 @@ def record_video(
     so a gate learns there that mixing a memory 1 s old costs nothing (it cost 5 mIoU on
     CamVid test); on video it never trained on, the teacher says what it costs."""
     reach = config.window * config.gap
-    shapes = [(config.segment, config.gap, config.clips_per_video)]
+    shapes = [(config.segment, config.gap, config.clips_per_video, False)]  # frames, apart, clips, stale
     if config.stale:
-        shapes.append((config.pseudo_frames + 1, config.stale_gap, 1))
+        shapes.append((config.pseudo_frames + 1, config.stale_gap, 1, True))
     clips = []
-    for (length, gap, count), stale in zip(shapes, (False, True)):
+    for length, gap, count, stale in shapes:
         last_start = len(frames) - 1 - (length - 1) * gap - reach  # the last frame's teacher needs frames up to +reach
         if last_start < 0:
             continue
