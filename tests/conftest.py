@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -167,3 +168,14 @@ def tiny_camvid(tmp_path):
                 Image.fromarray(image).save(tmp_path / split / f"{sequence}_{number * 30:06d}.jpg")
                 Image.fromarray(label).save(tmp_path / f"{split}annot" / f"{sequence}_{number * 30:06d}.png")
     return tmp_path
+
+
+@pytest.fixture
+def digits_file(tmp_path) -> Path:
+    """1,000 random "digits" in the mnist_5k layout (two classes of 500)."""
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.integers(0, 256, (1000, 784)), (np.arange(1000) // 500)[:, None]], axis=1)
+    path = tmp_path / "digits.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        np.savetxt(handle, rows, fmt="%d", delimiter=",")
+    return path

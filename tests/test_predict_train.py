@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,6 @@ from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
 from vidseg_cli.predict.train import PredictTrainConfig, PredictTrainer, scale_invariant_gradient, shrinkage
 
 TINY = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8)
-
-
-@pytest.fixture
-def digits_file(tmp_path) -> Path:
-    """1,000 random "digits" in the mnist_5k layout (two classes of 500)."""
-    rng = np.random.default_rng(0)
-    rows = np.concatenate([rng.integers(0, 256, (1000, 784)), (np.arange(1000) // 500)[:, None]], axis=1)
-    path = tmp_path / "digits.csv.gz"
-    with gzip.open(path, "wt") as handle:
-        np.savetxt(handle, rows, fmt="%d", delimiter=",")
-    return path
 
 
 def test_losses():

@@ -5,8 +5,10 @@ MAE summed over the frame's pixels (values in [0, 1]), SSIM and PSNR, averaged o
 sequences; the mean over frames is the headline. The accuracy pass runs sequences in
 batches (each with its own memory bank, so the numbers are those of one video at a time);
 speed is timed separately at batch 1, one sequence at a time with the configurations
-interleaved, as a user runs `vidseg predict`. Two baselines are always in the table:
-copying the last observed frame, and each model without its memory (`--memory none`).
+interleaved, as a user runs `vidseg predict`; every architecture is timed over a whole
+10-from-10 rollout. Two baselines are always in the table: copying the last observed frame,
+and each model without its memory (`--memory none`). A peer baseline (`vidseg train predict
+--arch convlstm|simvp`, predict/peers) keeps no memory bank and has that one row.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.engine.job import make_bank
@@ -35,7 +38,7 @@ from vidseg_cli.predict.data import (
     load_digits,
     sequences,
 )
-from vidseg_cli.predict.model import STACK, Predictor, create_predictor
+from vidseg_cli.predict.model import create_predictor, has_memory
 
 OBSERVED = 10
 FUTURE = FRAMES - OBSERVED
@@ -62,9 +65,9 @@ class PredictConfig:
 class PredictResult:
     config: PredictConfig
     horizon: dict[str, list[list[float]]] = field(default_factory=lambda: {k: [] for k in ("mse", "mae", "ssim", "psnr")})
-    latency_ms: list[float] = field(default_factory=list)  # per step, batch 1
+    latency_ms: list[float] = field(default_factory=list)  # per output frame of a rollout, batch 1 (one entry a sequence)
     bank_bytes: int = 0
-    flops: int | None = None  # per step
+    flops: int | None = None  # per output frame of a rollout
 
     def add(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
         """predicted, truth: (B, N, H, W) in [0, 1]."""
@@ -141,7 +144,8 @@ def run_predict_bench(
 ) -> list[PredictResult]:
     """Accuracy over every sequence (batched), then speed on the first ``timed`` (batch 1)."""
     models = {c.model: create_predictor(c.model, device) for c in configs if c.model != COPY_LAST}
-    results = [PredictResult(c) for c in configs]
+    configs = [c for c in configs if c.model == COPY_LAST or c.memory.memory == NO_MEMORY or has_memory(models[c.model])]
+    results = [PredictResult(c) for c in configs]  # a peer keeps no memory: its one row is "none"
     first: list[np.ndarray] = []
     done = 0
     for chunk in batches(stream, BATCH):
@@ -161,7 +165,7 @@ def run_predict_bench(
 
 
 @torch.no_grad()
-def _rollout(config: PredictConfig, models: dict[str, Predictor], frames: torch.Tensor) -> torch.Tensor:
+def _rollout(config: PredictConfig, models: dict[str, nn.Module], frames: torch.Tensor) -> torch.Tensor:
     """The 10 predicted frames (B, N, C, H, W) of a configuration."""
     if config.model == COPY_LAST:
         return frames[:, OBSERVED - 1 : OBSERVED].expand(-1, FUTURE, -1, -1, -1)
@@ -170,7 +174,7 @@ def _rollout(config: PredictConfig, models: dict[str, Predictor], frames: torch.
     return model.rollout(frames[:, :OBSERVED], FUTURE, banks)[:, -FUTURE:]
 
 
-def _banks(model: Predictor, memory: MemoryOptions, count: int):
+def _banks(model: nn.Module, memory: MemoryOptions, count: int):
     if memory.memory == NO_MEMORY:
         return None
     fusion = model.fusion()
@@ -178,23 +182,21 @@ def _banks(model: Predictor, memory: MemoryOptions, count: int):
 
 
 @torch.no_grad()
-def _time_one(result: PredictResult, models: dict[str, Predictor], frames: torch.Tensor, count_flops: bool) -> None:
-    """Per-step latency of one sequence (its 17 steps, observed ones included) at batch 1."""
+def _time_one(result: PredictResult, models: dict[str, nn.Module], frames: torch.Tensor, count_flops: bool) -> None:
+    """Latency per output frame of one sequence's rollout (10 observed, 10 predicted) at
+    batch 1: the rollout's time over the frames it returns (17 steps for ours, which starts
+    from three frames; 19 for ConvLSTM; 10 for SimVP's one pass), so every architecture is
+    timed the same way."""
     config = result.config
     if config.model == COPY_LAST:
         return
     model = models[config.model]
     banks = _banks(model, config.memory, 1)
-    inputs = list(frames[:, :OBSERVED].unbind(1))
-    for t in range(STACK, FRAMES):
-        stack = torch.stack(inputs[t - STACK : t], dim=1)
-        if count_flops and t == FRAMES - 1:  # a full bank: the costliest step
-            with FlopCounterMode(display=False) as counter:
-                model.step(stack, [b.copy() for b in banks] if banks else None, t)
-            result.flops = counter.get_total_flops()
-        started = time.perf_counter()
-        predicted = model.step(stack, banks, t)
-        result.latency_ms.append(1000 * (time.perf_counter() - started))
-        if t >= OBSERVED:
-            inputs.append(predicted)
+    if count_flops:
+        with FlopCounterMode(display=False) as counter:
+            model.rollout(frames[:, :OBSERVED], FUTURE, [b.copy() for b in banks] if banks else None)
+        result.flops = counter.get_total_flops() // (FRAMES - model.first_predicted)
+    started = time.perf_counter()
+    model.rollout(frames[:, :OBSERVED], FUTURE, banks)
+    result.latency_ms.append(1000 * (time.perf_counter() - started) / (FRAMES - model.first_predicted))
     result.bank_bytes = max(result.bank_bytes, sum(b.nbytes for b in banks or []))

@@ -35,7 +35,7 @@ from vidseg_cli.io.sinks import write_error
 from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
 from vidseg_cli.options import MAX_SLOTS, NO_MEMORY, PredictOptions
-from vidseg_cli.predict.model import STACK, Predictor, create_predictor
+from vidseg_cli.predict.model import STACK, Predictor, create_predictor, has_memory
 
 PREDICTION_VIDEO = "prediction.mp4"
 COMPARISON_VIDEO = "comparison.mp4"
@@ -78,6 +78,9 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
     if options.resume:
         check_complete(target, run, [options.input])  # a re-run of finished work: nothing to do
     model, device = _prepare(options)
+    needed = getattr(model.config, "frames_in", STACK)
+    if options.context < needed:
+        raise VidsegError(f"--context {options.context}: {options.model} reads the last {needed} frames, so at least {needed}")
     window = _read_window(options, model)
     staged = StagedOutput(target, force=options.force, inputs=[options.input], run=run)
     try:
@@ -85,7 +88,8 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
         banks = _banks(model, options)
         started = time.perf_counter()
         with torch.no_grad():
-            rolled = model.rollout(observed, options.frames, banks)[0, -options.frames :].cpu()
+            returned = model.rollout(observed, options.frames, banks)[0]
+        rolled = returned[-options.frames :].cpu()
         model_seconds = time.perf_counter() - started
         first_predicted = window.first + options.context
         files = _write_outputs(options, window, rolled, staged.staging, first_predicted)
@@ -94,19 +98,18 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
     except BaseException:
         staged.abort()
         raise
-    steps = options.context + options.frames - STACK
     return PredictSummary(
         input=str(options.input),
         output=str(staged.target),
         model=options.model,
-        memory=options.memory.memory,
+        memory=options.memory.memory if has_memory(model) else NO_MEMORY,
         slots=options.memory.slots,
         update=options.memory.update,
         size=(model.config.frame_height, model.config.frame_width),
         context=(window.first, first_predicted - 1),
         predicted=(first_predicted, first_predicted + options.frames - 1),
         seconds=round(time.perf_counter() - began, 3),
-        fps=round(steps / max(model_seconds, 1e-9), 2),
+        fps=round(len(returned) / max(model_seconds, 1e-9), 2),
         bank_bytes=sum(bank.nbytes for bank in banks or []),
         metrics=metrics,
         files=files,
@@ -120,6 +123,8 @@ def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
     pixels in [0, 1], SSIM, and copying the previous frame's MSE for scale)."""
     began = time.perf_counter()
     model, device = _prepare(options)
+    if not has_memory(model):
+        raise VidsegError(f"--stream predicts each frame from the three before it and the memory: {options.model} is a {model.arch} baseline without one")
     banks = _banks(model, options)
     recent: deque[torch.Tensor] = deque(maxlen=STACK)
     frames = 0
@@ -163,7 +168,7 @@ def _prepare(options: PredictOptions) -> tuple[Predictor, torch.device]:
 
 
 def _banks(model: Predictor, options: PredictOptions) -> list[MemoryBank] | None:
-    if options.memory.memory == NO_MEMORY:
+    if options.memory.memory == NO_MEMORY or not has_memory(model):
         return None
     return [make_bank(options.memory, model.fusion())]
 

@@ -38,6 +38,7 @@ from vidseg_cli.memory.bank import MemoryBank, write_all
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.memory.slot import Slot
+from vidseg_cli.predict.peers import PEERS
 from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
@@ -82,6 +83,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 class Predictor(nn.Module):
     """Stateless: the memory lives in a ``MemoryBank`` the caller owns (one per video)."""
+
+    arch = ARCH
+    first_predicted = STACK  # the first frame index a rollout returns
 
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
@@ -190,34 +194,49 @@ class Predictor(nn.Module):
         return torch.stack(predictions, dim=1)
 
 
-def predictor_file(model: Predictor, **facts: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def predictor_file(model: nn.Module, **facts: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a predictor's safetensors file (the metadata rebuilds
-    the architecture; ``facts`` record how it was made)."""
+    the architecture; ``facts`` record how it was made). Any of ``ARCHITECTURES``."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    return tensors, {"arch": ARCH, "config": model.config.to_json(), **facts}
+    return tensors, {"arch": model.arch, "config": model.config.to_json(), **facts}
 
 
-def load_predictor(path: Path) -> Predictor:
-    """A predictor from a safetensors file written by ``vidseg train predict``."""
+def build_predictor(arch: str, config_json: str) -> nn.Module:
+    """An untrained predictor of a registered architecture from its config's JSON."""
+    network, config = ARCHITECTURES[arch]
+    return network(config.from_json(config_json))
+
+
+def load_predictor(path: Path) -> nn.Module:
+    """A predictor (ours or a peer) from a safetensors file written by ``vidseg train predict``."""
     from vidseg_cli.models.registry import read_safetensors
 
     state, metadata = read_safetensors(path)
-    if metadata.get("arch") != ARCH or "config" not in metadata:
+    if metadata.get("arch") not in ARCHITECTURES or "config" not in metadata:
         raise VidsegError(
             f"{path} is not a video predictor (arch {metadata.get('arch')!r}; "
-            f"vidseg predict needs a {ARCH} file from vidseg train predict)"
+            f"vidseg predict needs a file from vidseg train predict: {', '.join(ARCHITECTURES)})"
         )
     try:
-        model = Predictor(PredictorConfig.from_json(metadata["config"]))
+        model = build_predictor(metadata["arch"], metadata["config"])
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as error:
         raise VidsegError(f"{path}: the weights do not fit the architecture they name: {str(error).splitlines()[0]}") from None
     return model.eval()
 
 
-def create_predictor(name: str, device: torch.device | str = "cpu") -> Predictor:
+def create_predictor(name: str, device: torch.device | str = "cpu") -> nn.Module:
     """A predictor by weights.toml name or .safetensors path, in eval mode on ``device``."""
     spec = checkpoint(name, "predict")
     model = load_predictor(spec.path)
-    spec.check_listed(model.config, lambda listed: PredictorConfig.from_json(json.dumps(listed)))
+    spec.check_listed(model.config, lambda listed: type(model.config).from_json(json.dumps(listed)))
     return model.to(device)
+
+
+def has_memory(model: nn.Module) -> bool:
+    """Whether a predictor reads a memory bank (ours) or keeps no memory (the peers)."""
+    return isinstance(model, Predictor)
+
+
+# every predictor file names one of these in its metadata: ours, then the peers
+ARCHITECTURES = {ARCH: (Predictor, PredictorConfig), **{net.arch: (net, config) for net, config in PEERS.values()}}

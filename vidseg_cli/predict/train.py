@@ -19,6 +19,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,14 @@ from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import ClipSource
 from vidseg_cli.predict.data import FRAMES, batches
-from vidseg_cli.predict.model import Predictor, PredictorConfig, predictor_file
+from vidseg_cli.predict.model import (
+    ARCH,
+    ARCHITECTURES,
+    Predictor,
+    PredictorConfig,
+    has_memory,
+    predictor_file,
+)
 from vidseg_cli.train.loop import (
     cosine_to_a_tenth,
     load_run_state,
@@ -60,7 +68,8 @@ class PredictTrainConfig:
     gradient_weight: float = 0.1  # the scale-invariant gradient loss beside the main loss
     ema: float = 0.999  # Polyak averaging of the weights
     val_sequences: int = 200
-    model: PredictorConfig = PredictorConfig()
+    arch: str = ARCH  # ours, or a peer baseline trained on the same data and budget (predict/peers)
+    model: PredictorConfig | Any = PredictorConfig()  # the config class of ``arch``
 
 
 def shrinkage(error: torch.Tensor, a: float = 10.0, c: float = 0.2) -> torch.Tensor:
@@ -99,7 +108,7 @@ class PredictTrainer:
         self.source, self.val_source = source, val_source or source
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
-        self.model = Predictor(config.model).to(device)
+        self.model = ARCHITECTURES[config.arch][0](config.model).to(device)
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.memory = MemoryOptions(config.memory, config.slots, config.update)
@@ -110,7 +119,9 @@ class PredictTrainer:
         """uint8 clips (B, T, C, H, W) -> floats in [0, 1] on the device."""
         return torch.from_numpy(np.ascontiguousarray(np.stack(clips))).to(self.device).float().div(255)
 
-    def _banks(self, model: Predictor, count: int) -> list:
+    def _banks(self, model: Predictor, count: int) -> list | None:
+        if not has_memory(model):
+            return None
         fusion = model.fusion()  # one cell object for the batch: write_all fuses in one call
         return [make_bank(self.memory, fusion) for _ in range(count)]
 
@@ -130,7 +141,8 @@ class PredictTrainer:
             frames[:, :OBSERVED], future, self._banks(self.model, self.config.batch),
             truth=frames[:, OBSERVED:], teacher=teacher.to(self.device),
         )
-        truth = frames[:, 3:]
+        first = self.model.first_predicted
+        truth = frames[:, first:]
         error = (predicted - truth).abs()
         loss_shrink = shrinkage(error) if self.config.loss == "shrinkage" else error.pow(2).mean()
         loss_gradient = scale_invariant_gradient(predicted, truth)
@@ -138,7 +150,7 @@ class PredictTrainer:
         take_step(self.optimizer, loss)
         self._average()
         self.step += 1
-        ahead = slice(OBSERVED - 3, None)
+        ahead = slice(OBSERVED - first, None)
         mse = frame_mse(predicted[:, ahead].detach().flatten(0, 1), truth[:, ahead].flatten(0, 1)).mean().item()
         return {"loss": loss.item(), "shrink": loss_shrink.item(), "gradient": loss_gradient.item(), "mse": mse}
 
@@ -160,7 +172,7 @@ class PredictTrainer:
         for chunk in batches(stream, self.config.batch):
             clips = self._frames(chunk)
             banks = self._banks(self.average, len(chunk))
-            future = self.average.rollout(clips[:, :OBSERVED], FRAMES - OBSERVED, banks)[:, OBSERVED - 3 :]
+            future = self.average.rollout(clips[:, :OBSERVED], FRAMES - OBSERVED, banks)[:, OBSERVED - self.average.first_predicted :]
             future, frames = future.flatten(2, 3), clips.flatten(2, 3)  # channels stacked: scores over every pixel
             truth = frames[:, OBSERVED:]
             for mine, true, last in zip(future, truth, frames[:, OBSERVED - 1], strict=True):
