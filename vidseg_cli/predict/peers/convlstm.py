@@ -3,8 +3,9 @@
 Frames are folded into 4x4 patches (64x64x1 -> 16x16x16); a stack of ConvLSTM layers reads
 frame t and predicts frame t+1, one step at a time, from frame 0 on. After the observed
 frames its own predictions are fed back (or, in training, the true frame where ``teacher``
-says so: PredRNN's scheduled sampling). No peepholes, as in OpenSTL; a sigmoid output, as
-the paper's cross-entropy set-up for Moving MNIST has.
+says so: PredRNN's scheduled sampling). No peepholes, and the output as
+OpenSTL has: a linear output, clipped to [0, 1] outside training (a sigmoid cannot
+reach an exact-zero background under a squared loss, which costs it MAE and SSIM).
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class ConvLstm(nn.Module):
             for index, cell in enumerate(self.cells):
                 state[index] = cell(x, *state[index])
                 x = state[index][0]
-            predicted = torch.sigmoid(F.pixel_shuffle(self.out(x), p))
+            predicted = F.pixel_shuffle(self.out(x), p)
+            if not self.training:
+                predicted = predicted.clamp(0, 1)
             predictions.append(predicted)
             frame = observed[:, t] if t < m else predicted
             if t >= m and teacher is not None:

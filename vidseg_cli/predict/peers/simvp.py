@@ -6,8 +6,9 @@ channels and maps them to the N future frames' codes; a decoder mirrors the enco
 (upsampling by pixel shuffle, as OpenSTL does) with the first encoder layer's features
 added back. The translator is ConvMixer's (Trockman and Kolter 2022; OpenSTL's
 ConvMixer-SimVP): depthwise 7x7 convolutions with a residual, then pointwise ones. Longer
-horizons roll forward a block of N frames at a time from the last M. Sigmoid output, so
-frames stay in [0, 1].
+horizons roll forward a block of N frames at a time from the last M. A linear output, as
+in SimVP, clipped to [0, 1] outside training (a sigmoid cannot reach an exact-zero
+background under a squared loss, which costs it MAE and SSIM).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class SimVP(nn.Module):
         for layer in self.decoder[:-1]:
             x = layer(x)
         x = self.decoder[-1](x + skip)  # frame i's code meets input frame i's edges (frames_in == frames_out)
-        return torch.sigmoid(self.out(x)).unflatten(0, (b, self.config.frames_out))
+        frames = self.out(x).unflatten(0, (b, self.config.frames_out))
+        return frames if self.training else frames.clamp(0, 1)
 
     def rollout(
         self,
