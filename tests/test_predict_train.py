@@ -65,6 +65,26 @@ def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
 
 
+def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_commit_moves_exactly():
+    model = Predictor(PredictorConfig(width=8, blocks=1, shift_radius=2, shift_kernel="pixel")).eval()
+    frame, scores = torch.rand(2, 1, 16, 16), torch.randn(2, 25 * 16, 4, 4)
+    weights = torch.nn.functional.pixel_shuffle(scores, 4).softmax(1)  # (2, 25, 16, 16): one kernel a pixel
+    copies = torch.nn.functional.unfold(frame, 5, padding=2).view(2, 1, 25, 16, 16)
+    torch.testing.assert_close(model._shifted_pixels(frame, scores), (copies * weights[:, None]).sum(2))
+    with torch.no_grad():  # untrained: every pixel ~90% on no shift
+        start = torch.nn.functional.pixel_shuffle(model.shifts(torch.zeros(1, 8, 4, 4)), 4).softmax(1)[0, 12]
+    assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
+
+    sharp = Predictor(PredictorConfig(width=8, blocks=1, shift_radius=2, shift_kernel="pixel", commit=True))
+    scores = torch.randn(2, 25 * 16, 4, 4, requires_grad=True)
+    moved = sharp._shifted_pixels(frame, scores)
+    chosen = torch.nn.functional.pixel_shuffle(scores, 4).argmax(1)  # (2, 16, 16)
+    picked = copies[:, 0].gather(1, chosen[:, None])[:, 0]
+    torch.testing.assert_close(moved[:, 0], picked)  # one of the frame's own values: no blend
+    moved.sum().backward()
+    assert scores.grad is not None and scores.grad.abs().sum() > 0  # the softmax still learns
+
+
 @pytest.mark.slow
 def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
     config = PredictTrainConfig(steps=4, model=TINY, val_sequences=2)

@@ -43,6 +43,7 @@ from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
 STACK = 3  # frames per input step
+SHIFT_KERNELS = ("patch", "pixel")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class PredictorConfig:
     blocks: int = 6
     topk: int = 0  # memory pixels each query reads; 0 = all
     fusion_hidden: int = 32
-    shift_radius: int = 0  # 0: the logit change alone; R: also a per-patch distribution over shifts of I_{t-1} by up to R pixels
+    shift_radius: int = 0  # 0: the logit change alone; R: also a distribution over shifts of I_{t-1} by up to R pixels
+    shift_kernel: str = "patch"  # one shift distribution per p x p patch, or per "pixel"
+    commit: bool = False  # move by each kernel's most likely shift (straight-through in training) instead of the mixture
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -89,6 +92,8 @@ class Predictor(nn.Module):
 
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
+        if config.shift_kernel not in SHIFT_KERNELS:
+            raise ValueError(f"shift_kernel {config.shift_kernel!r}: one of {', '.join(SHIFT_KERNELS)}")
         self.config = config
         folded = config.channels * config.patch**2
         widths = [STACK * folded] + [config.width] * config.blocks
@@ -106,15 +111,27 @@ class Predictor(nn.Module):
 
     @staticmethod
     def _shift_scores(config: PredictorConfig) -> nn.Conv2d:
-        """Each patch's scores of the (2R+1)^2 shifts; the centre (no shift) starts with ~90%
-        of the softmax's weight, so the untrained model copies the last frame."""
+        """Each patch's (or each of its p^2 pixels') scores of the (2R+1)^2 shifts; the centre
+        (no shift) starts with ~90% of the softmax's weight, so the untrained model copies the
+        last frame."""
         shifts = (2 * config.shift_radius + 1) ** 2
-        layer = nn.Conv2d(config.width, shifts, 1)
+        per_patch = config.patch**2 if config.shift_kernel == "pixel" else 1
+        layer = nn.Conv2d(config.width, shifts * per_patch, 1)
         nn.init.zeros_(layer.weight)
         with torch.no_grad():
-            layer.bias.zero_()
-            layer.bias[shifts // 2] = math.log(9 * shifts)
+            layer.bias.view(shifts, per_patch).zero_()
+            layer.bias.view(shifts, per_patch)[shifts // 2] = math.log(9 * shifts)
         return layer
+
+    def _shift_weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """The softmax over shifts (dim 1), or, with ``commit``, its one-hot argmax: the
+        output is then a moved copy of the frame, exactly as sharp, and training reaches the
+        scores through the softmax (straight-through, Bengio et al. 2013)."""
+        weights = scores.softmax(1)
+        if not self.config.commit:
+            return weights
+        hard = F.one_hot(weights.argmax(1), weights.shape[1]).movedim(-1, 1).to(weights.dtype)
+        return hard + (weights - weights.detach())
 
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
@@ -142,7 +159,8 @@ class Predictor(nn.Module):
         decoded = self.decoder(torch.cat([features, readout], dim=1))
         last = frames[:, -1]
         if self.shifts is not None:
-            last = self._shifted(last, self.shifts(decoded))
+            moved = self._shifted_pixels if self.config.shift_kernel == "pixel" else self._shifted
+            last = moved(last, self.shifts(decoded))
         logit = F.pixel_unshuffle(torch.logit(last.clamp(1e-3, 1 - 1e-3)), self.config.patch) + self.out(decoded)
         return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
 
@@ -160,10 +178,20 @@ class Predictor(nn.Module):
         h, w, k, side = height // p, width // p, 2 * r + 1, p + 2 * r
         windows = F.unfold(frame, side, padding=r, stride=p).view(b, c, side, side, h * w)
         windows = windows.permute(0, 4, 1, 2, 3).reshape(1, b * h * w * c, side, side)
-        kernels = scores.softmax(1).view(b, k, k, h * w).permute(0, 3, 1, 2)  # (B, hw, k, k)
+        kernels = self._shift_weights(scores).view(b, k, k, h * w).permute(0, 3, 1, 2)  # (B, hw, k, k)
         kernels = kernels[:, :, None].expand(b, h * w, c, k, k).reshape(b * h * w * c, 1, k, k)
         moved = F.conv2d(windows, kernels, groups=b * h * w * c)  # (1, B hw C, p, p)
         return moved.view(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+
+    def _shifted_pixels(self, frame: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """frame (B, C, H, W) moved per pixel: each pixel is the sum of its (2R+1)^2 shifted
+        values weighted by its own distribution, ``scores`` (B, (2R+1)^2 p^2, h, w) unfolded
+        to full resolution. Zero padding, as ``_shifted``."""
+        b, c, height, width = frame.shape
+        r = self.config.shift_radius
+        weights = self._shift_weights(F.pixel_shuffle(scores, self.config.patch))  # (B, K, H, W)
+        candidates = F.unfold(frame, 2 * r + 1, padding=r).view(b, c, weights.shape[1], height, width)
+        return (candidates * weights[:, None]).sum(2)
 
     def rollout(
         self,

@@ -35,15 +35,17 @@ def train_predict_command(
     gradient_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss.")] = 0.1,
     width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
     blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
-    shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt per-patch distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
-    arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-radius shape stremn only).")] = "stremn",
+    shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
+    shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel", help="With --shift-radius: one shift distribution per 4x4 patch, or one per pixel.")] = "patch",
+    commit: Annotated[bool, typer.Option("--commit/--blend", help="With --shift-radius: move by each kernel's most likely shift, so frames stay sharp (trained straight-through), or by the blend of all shifts.")] = False,
+    arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
     run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.predict.model import ARCH
+    from vidseg_cli.predict.model import ARCH, SHIFT_KERNELS
     from vidseg_cli.predict.peers import PEERS
     from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer
 
@@ -51,15 +53,19 @@ def train_predict_command(
         raise VidsegError("--lr must be positive")
     check_choice("--loss", loss, LOSSES)
     check_choice("--arch", arch, ("stremn", *PEERS))
-    if arch != "stremn" and (width, blocks, shift_radius) != (64, 6, 0):
-        raise VidsegError(f"--width, --blocks and --shift-radius shape the stremn predictor; --arch {arch} trains at its own fixed size")
+    check_choice("--shift-kernel", shift_kernel, SHIFT_KERNELS)
+    shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
+    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit) != (64, 6, 0, "patch", False):
+        raise VidsegError(f"--width, --blocks, --shift-radius, --shift-kernel and --commit shape the stremn predictor; --arch {arch} trains at its own fixed size")
+    if shift_radius == 0 and (shift_kernel, commit) != ("patch", False):
+        raise VidsegError("--shift-kernel and --commit shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     config = PredictTrainConfig(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         arch=ARCH if arch == "stremn" else PEERS[arch][0].arch,
-        model=_model_config(arch, source, width, blocks, shift_radius),
+        model=_model_config(arch, source, width, blocks, shift),
     )
     target = open_run(out, run, inputs)
     trainer = PredictTrainer(source, config, out, target, val_source)
@@ -71,13 +77,13 @@ def train_predict_command(
     )
 
 
-def _model_config(arch: str, source, width: int, blocks: int, shift_radius: int):
+def _model_config(arch: str, source, width: int, blocks: int, shift: dict):
     from vidseg_cli.predict.model import PredictorConfig
     from vidseg_cli.predict.peers import PEERS
 
     frame = {"channels": source.channels, "frame_height": source.height, "frame_width": source.width}
     if arch == "stremn":
-        return PredictorConfig(width=width, blocks=blocks, shift_radius=shift_radius, **frame)
+        return PredictorConfig(width=width, blocks=blocks, **shift, **frame)
     return PEERS[arch][1](**frame)
 
 
