@@ -85,6 +85,25 @@ def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_commit_moves_e
     assert scores.grad is not None and scores.grad.abs().sum() > 0  # the softmax still learns
 
 
+def test_a_recurrent_predictor_carries_its_state_through_the_rollout():
+    torch.manual_seed(0)
+    model = Predictor(PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8, recurrent=True)).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.5)  # not the copy-last start: the state shows in the output
+    frames = torch.rand(1, 6, 1, 16, 16)
+    with torch.no_grad():
+        rolled = model.rollout(frames, 2, None)
+        state, stepped, fresh = None, [], []
+        inputs = list(frames[0])
+        for t in range(3, 8):
+            predicted, state = model.step(torch.stack(inputs[t - 3 : t])[None], None, t, state)
+            fresh.append(model.step(torch.stack(inputs[t - 3 : t])[None], None, t)[0])
+            inputs += [predicted[0]] if t >= 6 else []
+            stepped.append(predicted)
+    assert state.shape == (1, 8, 4, 4)
+    torch.testing.assert_close(rolled, torch.stack(stepped, 1))
+    assert not torch.allclose(stepped[-1], fresh[-1])  # a step without the state predicts otherwise
+
+
 @pytest.mark.slow
 def test_training_steps_learn_and_resume_exactly(digits_file, tmp_path):
     config = PredictTrainConfig(steps=4, model=TINY, val_sequences=2)

@@ -127,14 +127,14 @@ def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
         raise VidsegError(f"--stream predicts each frame from the three before it and the memory: {options.model} is a {model.arch} baseline without one")
     banks = _banks(model, options)
     recent: deque[torch.Tensor] = deque(maxlen=STACK)
-    frames = 0
+    frames, state = 0, None
     for frame in _frames(options.input):
         adapt()
         image = to_model_input(frame.image, model).to(device)
         if len(recent) == STACK:
             with torch.no_grad():
-                predicted = model.step(torch.stack(list(recent))[None], banks, frame.index)[0]
-            emit(_stream_record(frame, predicted.cpu(), image.cpu(), recent[-1].cpu()))
+                predicted, state = model.step(torch.stack(list(recent))[None], banks, frame.index, state)
+            emit(_stream_record(frame, predicted[0].cpu(), image.cpu(), recent[-1].cpu()))
         recent.append(image)
         frames += 1
     if frames <= STACK:

@@ -61,6 +61,7 @@ class PredictorConfig:
     shift_radius: int = 0  # 0: the logit change alone; R: also a distribution over shifts of I_{t-1} by up to R pixels
     shift_kernel: str = "patch"  # one shift distribution per p x p patch, or per "pixel"
     commit: bool = False  # move by each kernel's most likely shift (straight-through in training) instead of the mixture
+    recurrent: bool = False  # a convolutional GRU state carried from step to step (how a motion's phase is read from a long history)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -84,6 +85,23 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+class _ConvGru(nn.Module):
+    """A convolutional GRU cell (Ballas et al. 2016): the state starts at zero and keeps
+    what three frames cannot show, e.g. whether a digit moving 3.6 pixels a step moves 3 or
+    4 next."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gates = nn.Conv2d(2 * width, 2 * width, 3, padding=1)
+        self.candidate = nn.Conv2d(2 * width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        state = torch.zeros_like(x) if state is None else state
+        update, reset = torch.sigmoid(self.gates(torch.cat([x, state], 1))).chunk(2, 1)
+        candidate = torch.tanh(self.candidate(torch.cat([x, reset * state], 1)))
+        return state + update * (candidate - state)
+
+
 class Predictor(nn.Module):
     """Stateless: the memory lives in a ``MemoryBank`` the caller owns (one per video)."""
 
@@ -98,6 +116,7 @@ class Predictor(nn.Module):
         folded = config.channels * config.patch**2
         widths = [STACK * folded] + [config.width] * config.blocks
         self.encoder = nn.Sequential(*(_block(a, b) for a, b in zip(widths, widths[1:])))
+        self.motion = _ConvGru(config.width) if config.recurrent else None
         self.key = nn.Conv2d(config.width, config.key_dim, 1)
         self.value = nn.Conv2d(config.width, config.value_dim, 3, padding=1)
         decoder_widths = [config.width + config.value_dim] + [config.width] * config.blocks
@@ -136,9 +155,13 @@ class Predictor(nn.Module):
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
 
-    def step(self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int) -> torch.Tensor:
+    def step(
+        self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int, state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """frames: (B, 3, C, H, W) in [0, 1], I_{t-3} .. I_{t-1} of B videos; returns I_t
-        (B, C, H, W) and writes each video's key and value into its own bank.
+        (B, C, H, W) and the recurrent state to pass to the next step (None without
+        ``recurrent``; None in: a video's first step), and writes each video's key and value
+        into its own bank.
 
         The network, the memory read and the fusion cell run batched, while each video's
         policy makes its own choices (which slot to fuse, which to drop), as at inference,
@@ -147,6 +170,8 @@ class Predictor(nn.Module):
         """
         folded = F.pixel_unshuffle(frames.flatten(1, 2), self.config.patch)  # (B, 3 C p^2, h, w)
         features = self.encoder(folded)
+        if self.motion is not None:
+            state = features = self.motion(features, state)
         keys = F.normalize(self.key(features), dim=1)  # (B, Ck, h, w)
         values = self.value(features)  # (B, Cv, h, w): one "object" per video, the scene
         if banks and banks[0].slots:  # a batch's banks hold the same number of slots: policies count alike
@@ -162,7 +187,7 @@ class Predictor(nn.Module):
             moved = self._shifted_pixels if self.config.shift_kernel == "pixel" else self._shifted
             last = moved(last, self.shifts(decoded))
         logit = F.pixel_unshuffle(torch.logit(last.clamp(1e-3, 1 - 1e-3)), self.config.patch) + self.out(decoded)
-        return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
+        return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch)), state
 
     def _shifted(self, frame: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """frame (B, C, H, W) moved by each patch's expected shift: the sum over the
@@ -209,9 +234,9 @@ class Predictor(nn.Module):
         (B, N, C, H, W) is fed back instead (scheduled sampling, as PredRNN trains).
         """
         frames = list(observed.unbind(1))
-        predictions = []
+        predictions, state = [], None
         for t in range(STACK, observed.shape[1] + future):
-            predicted = self.step(torch.stack(frames[t - STACK : t], dim=1), banks, t)
+            predicted, state = self.step(torch.stack(frames[t - STACK : t], dim=1), banks, t, state)
             if t >= observed.shape[1]:
                 fed = predicted
                 if teacher is not None:

@@ -38,6 +38,7 @@ def train_predict_command(
     shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
     shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel", help="With --shift-radius: one shift distribution per 4x4 patch, or one per pixel.")] = "patch",
     commit: Annotated[bool, typer.Option("--commit/--blend", help="With --shift-radius: move by each kernel's most likely shift, so frames stay sharp (trained straight-through), or by the blend of all shifts.")] = False,
+    recurrent: Annotated[bool, typer.Option("--recurrent", help="Carry a convolutional GRU state from step to step, beside the memory (a motion's phase read from the whole history, not three frames).")] = False,
     arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
@@ -55,8 +56,8 @@ def train_predict_command(
     check_choice("--arch", arch, ("stremn", *PEERS))
     check_choice("--shift-kernel", shift_kernel, SHIFT_KERNELS)
     shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
-    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit) != (64, 6, 0, "patch", False):
-        raise VidsegError(f"--width, --blocks, --shift-radius, --shift-kernel and --commit shape the stremn predictor; --arch {arch} trains at its own fixed size")
+    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent) != (64, 6, 0, "patch", False, False):
+        raise VidsegError(f"--width, --blocks, --shift-*, --commit and --recurrent shape the stremn predictor; --arch {arch} trains at its own fixed size")
     if shift_radius == 0 and (shift_kernel, commit) != ("patch", False):
         raise VidsegError("--shift-kernel and --commit shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
@@ -65,7 +66,7 @@ def train_predict_command(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         arch=ARCH if arch == "stremn" else PEERS[arch][0].arch,
-        model=_model_config(arch, source, width, blocks, shift),
+        model=_model_config(arch, source, width, blocks, shift | {"recurrent": recurrent}),
     )
     target = open_run(out, run, inputs)
     trainer = PredictTrainer(source, config, out, target, val_source)
@@ -77,13 +78,13 @@ def train_predict_command(
     )
 
 
-def _model_config(arch: str, source, width: int, blocks: int, shift: dict):
+def _model_config(arch: str, source, width: int, blocks: int, shape: dict):
     from vidseg_cli.predict.model import PredictorConfig
     from vidseg_cli.predict.peers import PEERS
 
     frame = {"channels": source.channels, "frame_height": source.height, "frame_width": source.width}
     if arch == "stremn":
-        return PredictorConfig(width=width, blocks=blocks, **shift, **frame)
+        return PredictorConfig(width=width, blocks=blocks, **shape, **frame)
     return PEERS[arch][1](**frame)
 
 
