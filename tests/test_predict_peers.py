@@ -102,5 +102,5 @@ def test_train_predict_arch_trains_a_peer_and_refuses_stremn_shape_flags(vidseg,
     assert refused.code == 2 and "--arch simvp" in refused.stderr and not (tmp_path / "b").exists()
     unknown = vidseg("train", "predict", "--digits", digits_file, "--out", tmp_path / "c", "--arch", "prednet")
     assert unknown.code == 2 and "prednet" in unknown.stderr
-    headless = vidseg("train", "predict", "--digits", digits_file, "--out", tmp_path / "d", "--commit")
+    headless = vidseg("train", "predict", "--digits", digits_file, "--out", tmp_path / "d", "--commit", "fed")
     assert headless.code == 2 and "--shift-radius" in headless.stderr and not (tmp_path / "d").exists()

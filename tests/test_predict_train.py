@@ -65,7 +65,7 @@ def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
 
 
-def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_commit_moves_exactly():
+def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_a_hard_one_moves_exactly():
     model = Predictor(PredictorConfig(width=8, blocks=1, shift_radius=2, shift_kernel="pixel")).eval()
     frame, scores = torch.rand(2, 1, 16, 16), torch.randn(2, 25 * 16, 4, 4)
     weights = torch.nn.functional.pixel_shuffle(scores, 4).softmax(1)  # (2, 25, 16, 16): one kernel a pixel
@@ -75,14 +75,33 @@ def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_commit_moves_e
         start = torch.nn.functional.pixel_shuffle(model.shifts(torch.zeros(1, 8, 4, 4)), 4).softmax(1)[0, 12]
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
 
-    sharp = Predictor(PredictorConfig(width=8, blocks=1, shift_radius=2, shift_kernel="pixel", commit=True))
     scores = torch.randn(2, 25 * 16, 4, 4, requires_grad=True)
-    moved = sharp._shifted_pixels(frame, scores)
+    moved = model._shifted_pixels(frame, scores, hard=True)
     chosen = torch.nn.functional.pixel_shuffle(scores, 4).argmax(1)  # (2, 16, 16)
     picked = copies[:, 0].gather(1, chosen[:, None])[:, 0]
     torch.testing.assert_close(moved[:, 0], picked)  # one of the frame's own values: no blend
     moved.sum().backward()
     assert scores.grad is not None and scores.grad.abs().sum() > 0  # the softmax still learns
+
+
+def test_commit_fed_scores_the_blend_and_feeds_back_the_most_likely_move():
+    torch.manual_seed(0)
+    config = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8, shift_radius=2, commit="fed")
+    model = Predictor(config).eval()
+    torch.nn.init.normal_(model.shifts.weight, std=2.0)  # an uncertain, varied head
+    frames = torch.rand(1, 3, 1, 16, 16)
+    with torch.no_grad():
+        predicted, fed, _ = model.step(frames, None, 3)
+        decoded = model.decoder(torch.cat([model.encoder(torch.nn.functional.pixel_unshuffle(frames.flatten(1, 2), 4)), torch.zeros(1, 8, 4, 4)], 1))
+        scores = model.shifts(decoded)
+    last = frames[:, -1]
+    torch.testing.assert_close(predicted, model._shifted(last, scores).clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fed, model._shifted(last, scores, hard=True).clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
+    assert not torch.allclose(predicted, fed, atol=1e-3)
+    with torch.no_grad():  # the rollout feeds ``fed`` back: its next frame is the one made from the committed move
+        rolled = model.rollout(frames, 2, None)
+        after = model.step(torch.stack([frames[0, 1], frames[0, 2], fed[0]])[None], None, 4).predicted
+    torch.testing.assert_close(rolled[:, 1], after)
 
 
 def test_a_recurrent_predictor_carries_its_state_through_the_rollout():
@@ -95,7 +114,7 @@ def test_a_recurrent_predictor_carries_its_state_through_the_rollout():
         state, stepped, fresh = None, [], []
         inputs = list(frames[0])
         for t in range(3, 8):
-            predicted, state = model.step(torch.stack(inputs[t - 3 : t])[None], None, t, state)
+            predicted, _, state = model.step(torch.stack(inputs[t - 3 : t])[None], None, t, state)
             fresh.append(model.step(torch.stack(inputs[t - 3 : t])[None], None, t)[0])
             inputs += [predicted[0]] if t >= 6 else []
             stepped.append(predicted)

@@ -2,7 +2,7 @@
 short full schedule (teacher forcing gone by half of it, the cosine decay over all of it),
 width 32, shift radius 4, stremn K=5 C memory, MSE loss, seed 0; one thread.
 
-    python docs/bench/probe_commit.py patch|pixel blend|commit STEPS [BATCH] [gru]
+    python docs/bench/probe_commit.py patch|pixel never|fed|always STEPS [BATCH] [gru]
 
 Prints training MSE every 25 steps, then validation on 32 sequences of training digits
 (their own seed): MSE, SSIM per predicted frame, and MSE at +1, +5 and +10."""
@@ -24,7 +24,7 @@ batch = int(sys.argv[4]) if len(sys.argv) > 4 else 8
 recurrent = sys.argv[5:] == ["gru"]
 torch.set_num_threads(1)
 source = MovingMnist(Path("../shared/data/mnist/mnist_5k.csv.gz"))
-model = PredictorConfig(width=32, shift_radius=4, shift_kernel=kernel, commit=mode == "commit", recurrent=recurrent)
+model = PredictorConfig(width=32, shift_radius=4, shift_kernel=kernel, commit=mode, recurrent=recurrent)
 kernel += "-gru" if recurrent else ""
 config = PredictTrainConfig(steps=steps, batch=batch, loss="mse", seed=0, val_sequences=32, model=model)
 out = Path(f"runs/probe-commit/{kernel}-{mode}")  # the trainer's run folder; the probe saves nothing there

@@ -133,7 +133,7 @@ def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
         image = to_model_input(frame.image, model).to(device)
         if len(recent) == STACK:
             with torch.no_grad():
-                predicted, state = model.step(torch.stack(list(recent))[None], banks, frame.index, state)
+                predicted, _, state = model.step(torch.stack(list(recent))[None], banks, frame.index, state)
             emit(_stream_record(frame, predicted[0].cpu(), image.cpu(), recent[-1].cpu()))
         recent.append(image)
         frames += 1

@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,17 @@ from vidseg_cli.weights.registry import checkpoint
 ARCH = "predict-stremn"
 STACK = 3  # frames per input step
 SHIFT_KERNELS = ("patch", "pixel")
+# never: every frame is the mixture of shifts (a blur where the move is uncertain);
+# fed: the frame fed back to the next step is moved by the most likely shift, the one
+#   scored is the mixture, so one step's uncertainty blurs that step only, not the next;
+# always: every frame is moved by the most likely shift (straight-through in training)
+COMMITS = ("never", "fed", "always")
+
+
+class Step(NamedTuple):
+    predicted: torch.Tensor  # (B, C, H, W): frame t, as scored
+    fed: torch.Tensor  # what the next step sees when this frame is fed back
+    state: torch.Tensor | None  # the recurrent state for the next step (None without ``recurrent``)
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ class PredictorConfig:
     fusion_hidden: int = 32
     shift_radius: int = 0  # 0: the logit change alone; R: also a distribution over shifts of I_{t-1} by up to R pixels
     shift_kernel: str = "patch"  # one shift distribution per p x p patch, or per "pixel"
-    commit: bool = False  # move by each kernel's most likely shift (straight-through in training) instead of the mixture
+    commit: str = "never"  # where a frame is moved by each kernel's most likely shift instead of the mixture (COMMITS)
     recurrent: bool = False  # a convolutional GRU state carried from step to step (how a motion's phase is read from a long history)
 
     def to_json(self) -> str:
@@ -110,8 +122,8 @@ class Predictor(nn.Module):
 
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
-        if config.shift_kernel not in SHIFT_KERNELS:
-            raise ValueError(f"shift_kernel {config.shift_kernel!r}: one of {', '.join(SHIFT_KERNELS)}")
+        if config.shift_kernel not in SHIFT_KERNELS or config.commit not in COMMITS:
+            raise ValueError(f"shift_kernel {config.shift_kernel!r}, commit {config.commit!r}: one of {SHIFT_KERNELS}, {COMMITS}")
         self.config = config
         folded = config.channels * config.patch**2
         widths = [STACK * folded] + [config.width] * config.blocks
@@ -142,25 +154,26 @@ class Predictor(nn.Module):
             layer.bias.view(shifts, per_patch)[shifts // 2] = math.log(9 * shifts)
         return layer
 
-    def _shift_weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """The softmax over shifts (dim 1), or, with ``commit``, its one-hot argmax: the
-        output is then a moved copy of the frame, exactly as sharp, and training reaches the
-        scores through the softmax (straight-through, Bengio et al. 2013)."""
+    @staticmethod
+    def _shift_weights(scores: torch.Tensor, hard: bool) -> torch.Tensor:
+        """The softmax over shifts (dim 1), or, ``hard``, its one-hot argmax: the output is
+        then a moved copy of the frame, exactly as sharp, and training reaches the scores
+        through the softmax (straight-through, Bengio et al. 2013)."""
         weights = scores.softmax(1)
-        if not self.config.commit:
+        if not hard:
             return weights
-        hard = F.one_hot(weights.argmax(1), weights.shape[1]).movedim(-1, 1).to(weights.dtype)
-        return hard + (weights - weights.detach())
+        one_hot = F.one_hot(weights.argmax(1), weights.shape[1]).movedim(-1, 1).to(weights.dtype)
+        return one_hot + (weights - weights.detach())
 
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
 
     def step(
         self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int, state: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> Step:
         """frames: (B, 3, C, H, W) in [0, 1], I_{t-3} .. I_{t-1} of B videos; returns I_t
-        (B, C, H, W) and the recurrent state to pass to the next step (None without
-        ``recurrent``; None in: a video's first step), and writes each video's key and value
+        (B, C, H, W), the frame to feed back and the recurrent state to pass to the next
+        step (``state`` None: a video's first step), and writes each video's key and value
         into its own bank.
 
         The network, the memory read and the fusion cell run batched, while each video's
@@ -182,14 +195,22 @@ class Predictor(nn.Module):
         if banks:
             write_all(banks, [Slot(key=key, value=value[None], frame=frame) for key, value in zip(keys, values)])
         decoded = self.decoder(torch.cat([features, readout], dim=1))
-        last = frames[:, -1]
-        if self.shifts is not None:
-            moved = self._shifted_pixels if self.config.shift_kernel == "pixel" else self._shifted
-            last = moved(last, self.shifts(decoded))
-        logit = F.pixel_unshuffle(torch.logit(last.clamp(1e-3, 1 - 1e-3)), self.config.patch) + self.out(decoded)
-        return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch)), state
+        last, change = frames[:, -1], self.out(decoded)
+        if self.shifts is None:
+            predicted = self._changed(last, change)
+            return Step(predicted, predicted, state)
+        move = self._shifted_pixels if self.config.shift_kernel == "pixel" else self._shifted
+        scores, commit = self.shifts(decoded), self.config.commit
+        predicted = self._changed(move(last, scores, hard=commit == "always"), change)
+        fed = self._changed(move(last, scores, hard=True), change) if commit == "fed" else predicted
+        return Step(predicted, fed, state)
 
-    def _shifted(self, frame: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _changed(self, frame: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """``frame`` with the decoder's change (B, C p^2, h, w) added to its logit."""
+        logit = F.pixel_unshuffle(torch.logit(frame.clamp(1e-3, 1 - 1e-3)), self.config.patch) + change
+        return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
+
+    def _shifted(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
         """frame (B, C, H, W) moved by each patch's expected shift: the sum over the
         (2R+1)^2 shifted copies, weighted by the softmax of ``scores`` (B, (2R+1)^2, h, w).
 
@@ -203,18 +224,18 @@ class Predictor(nn.Module):
         h, w, k, side = height // p, width // p, 2 * r + 1, p + 2 * r
         windows = F.unfold(frame, side, padding=r, stride=p).view(b, c, side, side, h * w)
         windows = windows.permute(0, 4, 1, 2, 3).reshape(1, b * h * w * c, side, side)
-        kernels = self._shift_weights(scores).view(b, k, k, h * w).permute(0, 3, 1, 2)  # (B, hw, k, k)
+        kernels = self._shift_weights(scores, hard).view(b, k, k, h * w).permute(0, 3, 1, 2)  # (B, hw, k, k)
         kernels = kernels[:, :, None].expand(b, h * w, c, k, k).reshape(b * h * w * c, 1, k, k)
         moved = F.conv2d(windows, kernels, groups=b * h * w * c)  # (1, B hw C, p, p)
         return moved.view(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
 
-    def _shifted_pixels(self, frame: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _shifted_pixels(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
         """frame (B, C, H, W) moved per pixel: each pixel is the sum of its (2R+1)^2 shifted
         values weighted by its own distribution, ``scores`` (B, (2R+1)^2 p^2, h, w) unfolded
         to full resolution. Zero padding, as ``_shifted``."""
         b, c, height, width = frame.shape
         r = self.config.shift_radius
-        weights = self._shift_weights(F.pixel_shuffle(scores, self.config.patch))  # (B, K, H, W)
+        weights = self._shift_weights(F.pixel_shuffle(scores, self.config.patch), hard)  # (B, K, H, W)
         candidates = F.unfold(frame, 2 * r + 1, padding=r).view(b, c, weights.shape[1], height, width)
         return (candidates * weights[:, None]).sum(2)
 
@@ -236,12 +257,11 @@ class Predictor(nn.Module):
         frames = list(observed.unbind(1))
         predictions, state = [], None
         for t in range(STACK, observed.shape[1] + future):
-            predicted, state = self.step(torch.stack(frames[t - STACK : t], dim=1), banks, t, state)
+            predicted, fed, state = self.step(torch.stack(frames[t - STACK : t], dim=1), banks, t, state)
             if t >= observed.shape[1]:
-                fed = predicted
                 if teacher is not None:
                     use = teacher[:, t - observed.shape[1]].view(-1, 1, 1, 1)
-                    fed = torch.where(use, truth[:, t - observed.shape[1]], predicted)
+                    fed = torch.where(use, truth[:, t - observed.shape[1]], fed)
                 frames.append(fed)
             predictions.append(predicted)
         return torch.stack(predictions, dim=1)

@@ -37,7 +37,7 @@ def train_predict_command(
     blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
     shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
     shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel", help="With --shift-radius: one shift distribution per 4x4 patch, or one per pixel.")] = "patch",
-    commit: Annotated[bool, typer.Option("--commit/--blend", help="With --shift-radius: move by each kernel's most likely shift, so frames stay sharp (trained straight-through), or by the blend of all shifts.")] = False,
+    commit: Annotated[str, typer.Option(metavar="never|fed|always", help="With --shift-radius: which frames are moved by each kernel's most likely shift instead of the blend of all shifts: never; fed (the frame fed back to the next step: one step's uncertainty blurs that step only); always (trained straight-through).")] = "never",
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Carry a convolutional GRU state from step to step, beside the memory (a motion's phase read from the whole history, not three frames).")] = False,
     arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
@@ -46,7 +46,7 @@ def train_predict_command(
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.predict.model import ARCH, SHIFT_KERNELS
+    from vidseg_cli.predict.model import ARCH, COMMITS, SHIFT_KERNELS
     from vidseg_cli.predict.peers import PEERS
     from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer
 
@@ -55,10 +55,11 @@ def train_predict_command(
     check_choice("--loss", loss, LOSSES)
     check_choice("--arch", arch, ("stremn", *PEERS))
     check_choice("--shift-kernel", shift_kernel, SHIFT_KERNELS)
+    check_choice("--commit", commit, COMMITS)
     shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
-    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent) != (64, 6, 0, "patch", False, False):
+    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent) != (64, 6, 0, "patch", "never", False):
         raise VidsegError(f"--width, --blocks, --shift-*, --commit and --recurrent shape the stremn predictor; --arch {arch} trains at its own fixed size")
-    if shift_radius == 0 and (shift_kernel, commit) != ("patch", False):
+    if shift_radius == 0 and (shift_kernel, commit) != ("patch", "never"):
         raise VidsegError("--shift-kernel and --commit shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
