@@ -108,6 +108,7 @@ def test_a_recurrent_predictor_carries_its_state_through_the_rollout():
     torch.manual_seed(0)
     model = Predictor(PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8, recurrent=True)).eval()
     torch.nn.init.normal_(model.out.weight, std=0.5)  # not the copy-last start: the state shows in the output
+    torch.nn.init.normal_(model.motion_out.weight, std=0.5)  # nor the stateless start
     frames = torch.rand(1, 6, 1, 16, 16)
     with torch.no_grad():
         rolled = model.rollout(frames, 2, None)

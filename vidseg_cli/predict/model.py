@@ -129,6 +129,10 @@ class Predictor(nn.Module):
         widths = [STACK * folded] + [config.width] * config.blocks
         self.encoder = nn.Sequential(*(_block(a, b) for a, b in zip(widths, widths[1:])))
         self.motion = _ConvGru(config.width) if config.recurrent else None
+        if self.motion is not None:  # the state joins the features through a zero-initialised 1x1: a model trained
+            self.motion_out = nn.Conv2d(config.width, config.width, 1)  # without it starts out unchanged
+            nn.init.zeros_(self.motion_out.weight)
+            nn.init.zeros_(self.motion_out.bias)
         self.key = nn.Conv2d(config.width, config.key_dim, 1)
         self.value = nn.Conv2d(config.width, config.value_dim, 3, padding=1)
         decoder_widths = [config.width + config.value_dim] + [config.width] * config.blocks
@@ -184,7 +188,8 @@ class Predictor(nn.Module):
         folded = F.pixel_unshuffle(frames.flatten(1, 2), self.config.patch)  # (B, 3 C p^2, h, w)
         features = self.encoder(folded)
         if self.motion is not None:
-            state = features = self.motion(features, state)
+            state = self.motion(features, state)
+            features = features + self.motion_out(state)
         keys = F.normalize(self.key(features), dim=1)  # (B, Ck, h, w)
         values = self.value(features)  # (B, Cv, h, w): one "object" per video, the scene
         if banks and banks[0].slots:  # a batch's banks hold the same number of slots: policies count alike
