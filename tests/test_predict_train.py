@@ -241,3 +241,19 @@ def test_sigterm_saves_the_checkpoint_and_the_model_at_that_step(vidseg, digits_
     assert run.code == 143 and "terminated at step 1; checkpoint saved, model at this step written to" in run.stderr
     with safe_open(str(out / "predictor.safetensors"), framework="pt") as handle:
         assert handle.metadata()["steps"] == "1"
+
+
+@pytest.mark.slow
+def test_train_predict_init_starts_from_a_trained_model_and_adds_the_recurrent_state(vidseg, digits_file, tmp_path):
+    shape = ["--width", "8", "--blocks", "1", "--shift-radius", "2", "--batch", "2", "--val-every", "1",
+             "--val-sequences", "1", "--device", "cpu", "--digits", digits_file]
+    first = vidseg("train", "predict", "--out", tmp_path / "a", "--steps", "1", *shape)
+    assert first.code == 0, first.stderr
+    trained = tmp_path / "a" / "predictor.safetensors"
+    grown = vidseg("train", "predict", "--out", tmp_path / "b", "--steps", "1", "--lr", "1e-9", "--init", trained, "--recurrent", *shape)
+    assert grown.code == 0, grown.stderr
+    with safe_open(trained, "pt") as before, safe_open(tmp_path / "b" / "predictor.safetensors", "pt") as after:
+        assert set(after.keys()) - set(before.keys()) == {k for k in after.keys() if k.startswith("motion")}
+        torch.testing.assert_close(after.get_tensor("out.weight"), before.get_tensor("out.weight"), atol=1e-6, rtol=0)
+    wider = vidseg("train", "predict", "--out", tmp_path / "c", "--init", trained, *shape[:-6], "--width", "16", *shape[2:])
+    assert wider.code == 2 and "--init" in wider.stderr and not (tmp_path / "c").exists()

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from vidseg_cli.engine.job import make_bank
+from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import write_file_atomically
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, ssim
 from vidseg_cli.options import MemoryOptions
@@ -69,6 +71,7 @@ class PredictTrainConfig:
     ema: float = 0.999  # Polyak averaging of the weights
     val_sequences: int = 200
     arch: str = ARCH  # ours, or a peer baseline trained on the same data and budget (predict/peers)
+    init: str = ""  # the sha256 of the predictor file training started from (--init); "" fresh
     model: PredictorConfig | Any = PredictorConfig()  # the config class of ``arch``
 
 
@@ -97,6 +100,20 @@ def scale_invariant_gradient(prediction: torch.Tensor, truth: torch.Tensor, spac
     return total / len(spacings)
 
 
+def load_trained(model: nn.Module, trained: nn.Module) -> None:
+    """Every tensor of ``trained`` (the same architecture, maybe less of it) copied into
+    ``model``; what it lacks, e.g. ``recurrent``'s state, keeps its own start."""
+    if type(trained) is not type(model):
+        raise VidsegError(f"--init is a {trained.arch} predictor; this run trains {model.arch}")
+    try:
+        _, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    except RuntimeError as error:  # "Error(s) in loading state_dict for ...:", then one line a tensor
+        detail = str(error).strip().splitlines()[-1].strip()
+        raise VidsegError(f"--init's tensors do not fit this model's shape ({detail}): give the shape flags it was trained with") from None
+    if unexpected:
+        raise VidsegError(f"--init has tensors this model lacks ({', '.join(unexpected[:3])}): give the shape flags it was trained with")
+
+
 class PredictTrainer:
     def __init__(
         self, source: ClipSource, config: PredictTrainConfig, run_dir: Path, device: torch.device,
@@ -114,6 +131,11 @@ class PredictTrainer:
         self.memory = MemoryOptions(config.memory, config.slots, config.update)
         self.step = 0
         self.history: list[dict] = []
+
+    def start_from(self, trained: nn.Module) -> None:
+        """Training starts from ``trained`` (``load_trained``), the average with it."""
+        load_trained(self.model, trained)
+        self.average.load_state_dict(self.model.state_dict())
 
     def _frames(self, clips: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """uint8 clips (B, T, C, H, W) -> floats in [0, 1] on the device."""

@@ -39,6 +39,7 @@ def train_predict_command(
     shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel", help="With --shift-radius: one shift distribution per 4x4 patch, or one per pixel.")] = "patch",
     commit: Annotated[str, typer.Option(metavar="never|fed|always", help="With --shift-radius: which frames are moved by each kernel's most likely shift instead of the blend of all shifts: never; fed (the frame fed back to the next step: one step's uncertainty blurs that step only); always (trained straight-through).")] = "never",
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Carry a convolutional GRU state from step to step, beside the memory (a motion's phase read from the whole history, not three frames).")] = False,
+    init: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Start from a trained predictor (a weights.toml name or a .safetensors file): every tensor of it is taken, and what it lacks (e.g. --recurrent's state) starts fresh; the other shape flags must be its own.")] = None,
     arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
@@ -46,9 +47,10 @@ def train_predict_command(
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.predict.model import ARCH, COMMITS, SHIFT_KERNELS
+    from vidseg_cli.predict.model import ARCH, ARCHITECTURES, COMMITS, SHIFT_KERNELS, create_predictor
+    from vidseg_cli.weights.registry import checkpoint
     from vidseg_cli.predict.peers import PEERS
-    from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer
+    from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer, load_trained
 
     if not lr > 0:
         raise VidsegError("--lr must be positive")
@@ -63,14 +65,20 @@ def train_predict_command(
         raise VidsegError("--shift-kernel and --commit shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
+    trained = create_predictor(init) if init is not None else None
     config = PredictTrainConfig(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         arch=ARCH if arch == "stremn" else PEERS[arch][0].arch,
         model=_model_config(arch, source, width, blocks, shift | {"recurrent": recurrent}),
+        init=checkpoint(init, "predict").sha256 if init is not None else "",
     )
-    target = open_run(out, run, inputs)
+    if trained is not None:  # a shape that does not fit: one line, before the run folder
+        load_trained(ARCHITECTURES[config.arch][0](config.model), trained)
+    target = open_run(out, run, [*inputs, init if init is not None and init.endswith(".safetensors") else None])  # --force never empties the folder --init reads
     trainer = PredictTrainer(source, config, out, target, val_source)
+    if trained is not None:
+        trainer.start_from(trained)  # a resumed run then loads its own checkpoint over it
     train_in(
         out, trainer, config, run,
         lambda step: f"training the predictor: {config.steps} steps from step {step} on {target} (seed {seed})",
