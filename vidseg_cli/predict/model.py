@@ -18,7 +18,10 @@ and the change applies to the logit of the shifted frame. Why: a digit moving 3-
 step is one weight on the right shift, reachable by a softmax whose every candidate gets a
 gradient, where drawing the moved digit through the logit change has to be learnt pixel by
 pixel (the plateau in docs/training.md). The kernel's centre starts heavy, so an untrained
-model still copies the last frame.
+model still copies the last frame. ``shift_kernel="pixel"`` gives every pixel its own
+distribution; ``commit`` moves by the most likely shift instead of the blend (measured to
+cost MSE where the move is uncertain: docs/training.md). ``recurrent`` adds a convolutional
+GRU state carried from step to step, for what three frames cannot show.
 """
 
 from __future__ import annotations
