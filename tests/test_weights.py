@@ -144,7 +144,7 @@ def test_every_embedded_checkpoint_matches_its_pin_and_builds():
     """The files shipped inside the package, against the real weights.toml: the sha256 pin
     holds and the listed architecture loads the tensors (a retrained file without its pin
     or config updated fails here, not in a user's run)."""
-    from vidseg_cli.predict.model import Predictor, create_predictor
+    from vidseg_cli.predict.model import ARCHITECTURES, create_predictor
     from vidseg_cli.semseg.model import SemsegNetwork, create_semseg
     from vidseg_cli.vos.regions.load import read_gates
     from vidseg_cli.vos.regions.tracker import LoadedGates
@@ -153,9 +153,12 @@ def test_every_embedded_checkpoint_matches_its_pin_and_builds():
         "vos": create_vos_model, "predict": create_predictor, "semseg": lambda name: create_semseg(name)[0],
         "gates": lambda name: read_gates(weights_registry.entry(name).fields["model"], name),
     }
-    kinds = {"vos": torch.nn.Module, "predict": Predictor, "semseg": SemsegNetwork, "gates": LoadedGates}
+    predictors = tuple(network for network, _ in ARCHITECTURES.values())  # ours and the peer baselines
+    kinds = {"vos": torch.nn.Module, "predict": predictors, "semseg": SemsegNetwork, "gates": LoadedGates}
     embedded = [e for e in weights_registry.registry().values() if e.source == "package"]
     assert {e.task for e in embedded} == set(builders)  # one shipped model per task at least
     for spec in embedded:
         assert weights_registry.file_sha256(weights_registry.weight_path(spec.name)) == spec.sha256
-        assert isinstance(builders[spec.task](spec.name), kinds[spec.task]), spec.name
+        built = builders[spec.task](spec.name)
+        assert isinstance(built, kinds[spec.task]), spec.name
+        assert spec.task != "predict" or built.arch == spec.fields["arch"], spec.name
