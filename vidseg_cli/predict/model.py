@@ -157,7 +157,7 @@ class Predictor(nn.Module):
         layer = nn.Conv2d(config.width, shifts * per_patch, 1)
         nn.init.zeros_(layer.weight)
         with torch.no_grad():
-            layer.bias.view(shifts, per_patch).zero_()
+            layer.bias.zero_()
             layer.bias.view(shifts, per_patch)[shifts // 2] = math.log(9 * shifts)
         return layer
 
@@ -219,8 +219,8 @@ class Predictor(nn.Module):
         return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
 
     def _shifted(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
-        """frame (B, C, H, W) moved by each patch's expected shift: the sum over the
-        (2R+1)^2 shifted copies, weighted by the softmax of ``scores`` (B, (2R+1)^2, h, w).
+        """frame (B, C, H, W) moved by each patch's shift: the sum over the (2R+1)^2 shifted
+        copies, weighted by ``_shift_weights`` of ``scores`` (B, (2R+1)^2, h, w).
 
         Each output patch reads only the window of its p + 2R pixels a side, so the sum is
         one depthwise convolution of every patch's window with that patch's kernel (3x
