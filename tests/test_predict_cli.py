@@ -29,6 +29,15 @@ def model_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def history_model_file(tmp_path_factory) -> Path:
+    """The tiny predictor reading the last 5 frames (blank before the first)."""
+    path = tmp_path_factory.mktemp("model") / "history5.safetensors"
+    tensors, metadata = predictor_file(Predictor(PredictorConfig(**{**TINY.__dict__, "history": 5})))
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return blob_digits(20)
 
@@ -89,11 +98,12 @@ def test_compare_scores_every_horizon_against_the_truth(vidseg, model_file, clip
     assert len(panels) == 10 and panels[0].shape[1] > 3 * panels[0].shape[0]  # truth | prediction | error
 
 
-def test_stream_prints_one_error_record_per_frame(vidseg, model_file, digits, tmp_path):
+@pytest.mark.parametrize("history", [3, 5])
+def test_stream_prints_one_error_record_per_frame(vidseg, model_file, history_model_file, digits, tmp_path, history):
     frames = sequence(np.random.default_rng(5), digits, frames=30)
     planted = with_surprise(frames, np.random.default_rng(6), digits, appear_at=20)
     write_frames(planted, tmp_path / "s")
-    run = vidseg("predict", tmp_path / "s", "--model", model_file, "--stream")
+    run = vidseg("predict", tmp_path / "s", "--model", model_file if history == 3 else history_model_file, "--stream")
     assert run.code == 0, run.stderr
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["frame"] for r in records] == list(range(3, 30))

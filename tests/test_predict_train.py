@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
-from vidseg_cli.predict.train import PredictTrainConfig, PredictTrainer, scale_invariant_gradient, shrinkage
+from vidseg_cli.predict.train import PredictTrainConfig, PredictTrainer, load_trained, scale_invariant_gradient, shrinkage
 
 TINY = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8)
 
@@ -122,6 +123,35 @@ def test_a_recurrent_predictor_carries_its_state_through_the_rollout():
     assert state.shape == (1, 8, 4, 4)
     torch.testing.assert_close(rolled, torch.stack(stepped, 1))
     assert not torch.allclose(stepped[-1], fresh[-1])  # a step without the state predicts otherwise
+
+
+def test_a_longer_history_reads_blank_frames_before_the_first():
+    torch.manual_seed(0)
+    model = Predictor(PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8, history=5)).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.5)  # not the copy-last start: the inputs show in the output
+    frames = torch.rand(1, 4, 1, 16, 16)
+    stack = model.stack(list(frames.unbind(1)))
+    assert stack.shape == (1, 5, 1, 16, 16) and not stack[:, 0].any()
+    torch.testing.assert_close(stack[:, 1:], frames)
+    with torch.no_grad():
+        rolled = model.rollout(frames, 2, None)
+        first = model.step(torch.cat([torch.zeros(1, 2, 1, 16, 16), frames[:, :3]], 1), None, 3).predicted
+    torch.testing.assert_close(rolled[:, 0], first)
+    with pytest.raises(ValueError, match="history 2"):
+        Predictor(PredictorConfig(history=2))
+
+
+def test_init_from_a_shorter_history_starts_out_computing_the_same():
+    torch.manual_seed(0)
+    short = Predictor(TINY).eval()
+    for tensor in (short.out.weight, short.encoder[0][0].weight):
+        torch.nn.init.normal_(tensor, std=0.5)
+    longer = Predictor(PredictorConfig(**{**TINY.__dict__, "history": 6})).eval()
+    load_trained(longer, short)
+    frames = torch.rand(2, 8, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(longer.rollout(frames, 3, None), short.rollout(frames, 3, None))
+    assert longer.encoder[0][0].weight[:, :48].abs().sum() == 0  # the three older frames: 3 x 16 channels, zero
 
 
 @pytest.mark.slow
@@ -257,3 +287,7 @@ def test_train_predict_init_starts_from_a_trained_model_and_adds_the_recurrent_s
         torch.testing.assert_close(after.get_tensor("out.weight"), before.get_tensor("out.weight"), atol=1e-6, rtol=0)
     wider = vidseg("train", "predict", "--out", tmp_path / "c", "--init", trained, *shape[:-6], "--width", "16", *shape[2:])
     assert wider.code == 2 and "--init" in wider.stderr and not (tmp_path / "c").exists()
+    longer = vidseg("train", "predict", "--out", tmp_path / "d", "--steps", "1", "--init", trained, "--history", "6", *shape)
+    assert longer.code == 0, longer.stderr
+    with safe_open(tmp_path / "d" / "predictor.safetensors", "pt") as after:
+        assert json.loads(after.metadata()["config"])["history"] == 6

@@ -6,6 +6,7 @@ per pixel) and a logit change; optional cost volumes (t-1 against t-2, t-2 again
     python docs/bench/probe_one_step.py STACK patch|pixel CORR STEPS   (e.g. 3 pixel 0 300)
 
 Validation: 32 sequences of training digits (seed 99), MSE per frame summed over pixels."""
+import os
 import sys
 import time
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from vidseg_cli.predict.data import load_digits, sequence
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get('PROBE_THREADS', 2)))  # 1 beside a training run
 stack, kernel, corr, steps = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 R = 4; K = (2*R+1)**2
 tr, _ = load_digits('../shared/data/mnist/mnist_5k.csv.gz')

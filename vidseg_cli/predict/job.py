@@ -118,22 +118,23 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
 
 
 def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
-    """Predict every frame from the three before it and the memory of the rest; ``emit``
-    gets one record per predicted frame: its index, time, and errors (MSE, MAE summed over
-    pixels in [0, 1], SSIM, and copying the previous frame's MSE for scale)."""
+    """Predict every frame from the few before it (three, or the model's ``history``) and
+    the memory of the rest; ``emit`` gets one record per predicted frame: its index, time,
+    and errors (MSE, MAE summed over pixels in [0, 1], SSIM, and copying the previous
+    frame's MSE for scale)."""
     began = time.perf_counter()
     model, device = _prepare(options)
     if not has_memory(model):
         raise VidsegError(f"--stream predicts each frame from the three before it and the memory: {options.model} is a {model.arch} baseline without one")
     banks = _banks(model, options)
-    recent: deque[torch.Tensor] = deque(maxlen=STACK)
+    recent: deque[torch.Tensor] = deque(maxlen=model.config.history)
     frames, state = 0, None
     for frame in _frames(options.input):
         adapt()
         image = to_model_input(frame.image, model).to(device)
-        if len(recent) == STACK:
+        if len(recent) >= STACK:
             with torch.no_grad():
-                predicted, _, state = model.step(torch.stack(list(recent))[None], banks, frame.index, state)
+                predicted, _, state = model.step(model.stack([seen[None] for seen in recent]), banks, frame.index, state)
             emit(_stream_record(frame, predicted[0].cpu(), image.cpu(), recent[-1].cpu()))
         recent.append(image)
         frames += 1

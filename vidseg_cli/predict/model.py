@@ -1,6 +1,6 @@
 """The STReMN video predictor (section 4.2) on the shared memory engine.
 
-Step t sees the stack (I_{t-3}, I_{t-2}, I_{t-1}); an encoder of 6 blocks (two 3x3
+Step t sees the stack (I_{t-3}, I_{t-2}, I_{t-1}) (``history`` frames, if more); an encoder of 6 blocks (two 3x3
 convolutions, GroupNorm, LeakyReLU) turns it into features, a key (unit vectors) and a
 value; the key reads the session's MemoryBank (the same bank, policies and learned fusion
 cell as segment, with one "object": the scene), and a decoder of 6 blocks of two
@@ -46,7 +46,7 @@ from vidseg_cli.predict.peers import PEERS
 from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
-STACK = 3  # frames per input step
+STACK = 3  # frames a step needs at least: the first frame predicted is I_3
 SHIFT_KERNELS = ("patch", "pixel")
 # never: every frame is the mixture of shifts (a blur where the move is uncertain);
 # fed: the frame fed back to the next step is moved by the most likely shift, the one
@@ -77,6 +77,7 @@ class PredictorConfig:
     shift_kernel: str = "patch"  # one shift distribution per p x p patch, or per "pixel"
     commit: str = "never"  # where a frame is moved by each kernel's most likely shift instead of the mixture (COMMITS)
     recurrent: bool = False  # a convolutional GRU state carried from step to step (how a motion's phase is read from a long history)
+    history: int = STACK  # frames each step reads, I_{t-history} .. I_{t-1}; before the first frame they are blank
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -127,9 +128,11 @@ class Predictor(nn.Module):
         super().__init__()
         if config.shift_kernel not in SHIFT_KERNELS or config.commit not in COMMITS:
             raise ValueError(f"shift_kernel {config.shift_kernel!r}, commit {config.commit!r}: one of {SHIFT_KERNELS}, {COMMITS}")
+        if config.history < STACK:
+            raise ValueError(f"history {config.history}: at least {STACK}")
         self.config = config
         folded = config.channels * config.patch**2
-        widths = [STACK * folded] + [config.width] * config.blocks
+        widths = [config.history * folded] + [config.width] * config.blocks
         self.encoder = nn.Sequential(*(_block(a, b) for a, b in zip(widths, widths[1:])))
         self.motion = _ConvGru(config.width) if config.recurrent else None
         if self.motion is not None:  # the state joins the features through a zero-initialised 1x1: a model trained
@@ -175,10 +178,20 @@ class Predictor(nn.Module):
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
 
+    def stack(self, recent: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The input of a step, (B, history, C, H, W), from the frames seen so far (each
+        (B, C, H, W), at least ``STACK`` of them, the last being I_{t-1}): the last
+        ``history`` of them, with blank frames standing for those before the video's first.
+        Blank, not the first frame repeated: that would show a moving thing standing still."""
+        recent = list(recent[-self.config.history :])
+        blank = [torch.zeros_like(recent[0])] * (self.config.history - len(recent))
+        return torch.stack(blank + recent, dim=1)
+
     def step(
         self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int, state: torch.Tensor | None = None,
     ) -> Step:
-        """frames: (B, 3, C, H, W) in [0, 1], I_{t-3} .. I_{t-1} of B videos; returns I_t
+        """frames: (B, history, C, H, W) in [0, 1], I_{t-history} .. I_{t-1} of B videos
+        (``stack`` makes it); returns I_t
         (B, C, H, W), the frame to feed back and the recurrent state to pass to the next
         step (``state`` None: a video's first step), and writes each video's key and value
         into its own bank.
@@ -265,7 +278,7 @@ class Predictor(nn.Module):
         frames = list(observed.unbind(1))
         predictions, state = [], None
         for t in range(STACK, observed.shape[1] + future):
-            predicted, fed, state = self.step(torch.stack(frames[t - STACK : t], dim=1), banks, t, state)
+            predicted, fed, state = self.step(self.stack(frames[:t]), banks, t, state)
             if t >= observed.shape[1]:
                 if teacher is not None:
                     use = teacher[:, t - observed.shape[1]].view(-1, 1, 1, 1)

@@ -106,12 +106,28 @@ def load_trained(model: nn.Module, trained: nn.Module) -> None:
     if type(trained) is not type(model):
         raise VidsegError(f"--init is a {trained.arch} predictor; this run trains {model.arch}")
     try:
-        _, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+        _, unexpected = model.load_state_dict(_with_history(trained.state_dict(), model), strict=False)
     except RuntimeError as error:  # "Error(s) in loading state_dict for ...:", then one line a tensor
         detail = str(error).strip().splitlines()[-1].strip()
         raise VidsegError(f"--init's tensors do not fit this model's shape ({detail}): give the shape flags it was trained with") from None
     if unexpected:
         raise VidsegError(f"--init has tensors this model lacks ({', '.join(unexpected[:3])}): give the shape flags it was trained with")
+
+
+def _with_history(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with its first encoder convolution widened to ``model``'s longer history: the
+    frames it read are the most recent ones (the last input channels), and the older frames
+    start at zero weight, so the model starts out computing exactly what ``state`` did."""
+    name = "encoder.0.0.weight"
+    ours, theirs = model.state_dict().get(name), state.get(name)
+    if ours is None or theirs is None or ours.shape[0] != theirs.shape[0] or ours.shape[2:] != theirs.shape[2:]:
+        return state  # not ours, or another width: load_state_dict names the mismatch
+    per_frame = ours.shape[1] // model.config.history
+    if theirs.shape[1] >= ours.shape[1] or theirs.shape[1] % per_frame:
+        return state
+    widened = torch.zeros_like(ours)
+    widened[:, -theirs.shape[1] :] = theirs
+    return {**state, name: widened}
 
 
 class PredictTrainer:

@@ -39,7 +39,8 @@ def train_predict_command(
     shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel", help="With --shift-radius: one shift distribution per 4x4 patch, or one per pixel.")] = "patch",
     commit: Annotated[str, typer.Option(metavar="never|fed|always", help="With --shift-radius: which frames are moved by each kernel's most likely shift instead of the blend of all shifts: never; fed (the frame fed back to the next step: one step's uncertainty blurs that step only); always (trained straight-through).")] = "never",
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Carry a convolutional GRU state from step to step, beside the memory (a motion's phase read from the whole history, not three frames).")] = False,
-    init: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Start from a trained predictor (a weights.toml name or a .safetensors file): every tensor of it is taken, and what it lacks (e.g. --recurrent's state) starts fresh; the other shape flags must be its own.")] = None,
+    history: Annotated[int, typer.Option(min=3, max=20, help="Frames each step reads (the last N before the one it predicts): the longer, the more precisely a move is read (docs/training.md).")] = 3,
+    init: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Start from a trained predictor (a weights.toml name or a .safetensors file): every tensor of it is taken, and what it lacks (e.g. --recurrent's state, a longer --history's older frames) starts fresh; the other shape flags must be its own.")] = None,
     arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 1000,
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
@@ -59,8 +60,8 @@ def train_predict_command(
     check_choice("--shift-kernel", shift_kernel, SHIFT_KERNELS)
     check_choice("--commit", commit, COMMITS)
     shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
-    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent) != (64, 6, 0, "patch", "never", False):
-        raise VidsegError(f"--width, --blocks, --shift-*, --commit and --recurrent shape the stremn predictor; --arch {arch} trains at its own fixed size")
+    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent, history) != (64, 6, 0, "patch", "never", False, 3):
+        raise VidsegError(f"--width, --blocks, --shift-*, --commit, --recurrent and --history shape the stremn predictor; --arch {arch} trains at its own fixed size")
     if shift_radius == 0 and (shift_kernel, commit) != ("patch", "never"):
         raise VidsegError("--shift-kernel and --commit shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
@@ -70,7 +71,7 @@ def train_predict_command(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         arch=ARCH if arch == "stremn" else PEERS[arch][0].arch,
-        model=_model_config(arch, source, width, blocks, shift | {"recurrent": recurrent}),
+        model=_model_config(arch, source, width, blocks, shift | {"recurrent": recurrent, "history": history}),
         init=checkpoint(init, "predict").sha256 if init is not None else "",
     )
     if trained is not None:  # a shape that does not fit: one line, before the run folder
