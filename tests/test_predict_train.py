@@ -120,7 +120,7 @@ def test_a_recurrent_predictor_carries_its_state_through_the_rollout():
             fresh.append(model.step(torch.stack(inputs[t - 3 : t])[None], None, t)[0])
             inputs += [predicted[0]] if t >= 6 else []
             stepped.append(predicted)
-    assert state.shape == (1, 8, 4, 4)
+    assert state.gru.shape == (1, 8, 4, 4) and state.fields is None
     torch.testing.assert_close(rolled, torch.stack(stepped, 1))
     assert not torch.allclose(stepped[-1], fresh[-1])  # a step without the state predicts otherwise
 
@@ -139,6 +139,32 @@ def test_a_longer_history_reads_blank_frames_before_the_first():
     torch.testing.assert_close(rolled[:, 0], first)
     with pytest.raises(ValueError, match="history 2"):
         Predictor(PredictorConfig(history=2))
+
+
+def test_a_move_reading_splat_predictor_carries_its_fields_and_starts_as_the_model_without_them():
+    torch.manual_seed(0)
+    shape = dict(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8, shift_radius=2, shift_kernel="splat", history=5)
+    model = Predictor(PredictorConfig(**shape, moves=True)).eval()
+    torch.nn.init.normal_(model.shifts.weight, std=1.0)
+    torch.nn.init.normal_(model.move_reader[-1].weight, std=1.0)  # the fields show in the output
+    frames = torch.rand(2, 7, 1, 16, 16)
+    with torch.no_grad():
+        rolled = model.rollout(frames, 2, None)
+        carried, stepped, seen = None, [], list(frames.unbind(1))
+        for t in range(3, 9):
+            predicted, fed, carried = model.step(model.stack(seen[:t]), None, t, carried)
+            fresh = model.step(model.stack(seen[:t]), None, t).predicted  # every field matched anew
+            torch.testing.assert_close(predicted, fresh)
+            seen += [fed] if t >= 7 else []
+            stepped.append(predicted)
+        torch.testing.assert_close(rolled, torch.stack(stepped, 1))
+        assert carried.fields.shape == (2, 4, 2, 16, 16) and carried.gru is None
+        plain = Predictor(PredictorConfig(**shape)).eval()
+        grown = Predictor(PredictorConfig(**shape, moves=True)).eval()
+        load_trained(grown, plain)  # the reader keeps its zero start: the same predictions as without it
+        torch.testing.assert_close(grown.rollout(frames, 2, None), plain.rollout(frames, 2, None))
+    with pytest.raises(ValueError, match="shift_radius"):
+        Predictor(PredictorConfig(moves=True))
 
 
 def test_init_from_a_shorter_history_starts_out_computing_the_same():

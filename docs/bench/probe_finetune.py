@@ -3,11 +3,12 @@ each --commit mode, so the modes are compared on a model that already moves digi
 trainer's own steps, no teacher forcing (the shipped run had none after step 2,000), Adam at
 LR, stremn K=5 C memory, MSE loss, seed 0, one thread.
 
-    python docs/bench/probe_finetune.py never|fed|always STEPS [BATCH] [LR] [gru] [history=N]
+    python docs/bench/probe_finetune.py never|fed|always STEPS [BATCH] [LR] [gru] [history=N] [moves]
 
 gru: the shipped model gains --recurrent's GRU state, zero-initialised, so it starts unchanged.
 history=N: each step reads the last N frames; the older ones' weights start at zero, so it
 starts unchanged too (``load_trained``, as ``vidseg train predict --init``).
+moves: the shift head also reads each pixel's moves over those frames (its reader starts at zero).
 
 Validation: 64 sequences of training digits (their own seed): MSE and SSIM per predicted
 frame, MSE at +1, +5, +10, and SSIM at +10; before training and after."""
@@ -30,12 +31,13 @@ batch = int(sys.argv[3]) if len(sys.argv) > 3 else 8
 lr = float(sys.argv[4]) if len(sys.argv) > 4 else 3e-4
 recurrent = "gru" in sys.argv[5:]
 history = next((int(a.split("=")[1]) for a in sys.argv[5:] if a.startswith("history=")), 3)
+moves = "moves" in sys.argv[5:]
 torch.set_num_threads(1)
 source = MovingMnist(Path("../shared/data/mnist/mnist_5k.csv.gz"))
 shipped = create_predictor("predict-mmnist")
 config = PredictTrainConfig(steps=steps, batch=batch, teacher_share=0.0, lr=lr, loss="mse", seed=0, ema=0.9,
-                            model=replace(shipped.config, commit=mode, recurrent=recurrent, history=history))
-mode += ("-gru" if recurrent else "") + (f"-history{history}" if history != 3 else "")
+                            model=replace(shipped.config, commit=mode, recurrent=recurrent, history=history, moves=moves))
+mode += ("-gru" if recurrent else "") + (f"-history{history}" if history != 3 else "") + ("-moves" if moves else "")
 out = Path(f"runs/probe-finetune/{mode}")  # the trainer's run folder; the probe saves nothing there
 out.mkdir(parents=True, exist_ok=True)
 trainer = PredictTrainer(source, config, out, torch.device("cpu"), None)

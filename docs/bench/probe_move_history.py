@@ -76,14 +76,10 @@ def move_history(fields: torch.Tensor, t: int, k: int) -> torch.Tensor:
 
 
 def splat(moving: torch.Tensor) -> torch.Tensor:
-    """moving (N, 81, H, W): channel j holds what each pixel sends by shift j; (N, 1, H, W),
-    the sum of what arrives at each pixel."""
+    """moving (N, 81, H, W): channel j holds what each pixel sends by shift j (OFFSETS[j]);
+    (N, 1, H, W), the sum of what arrives at each pixel. This is fold, unfold's adjoint."""
     h, w = moving.shape[-2:]
-    padded = F.pad(moving, (R, R, R, R))
-    arrived = torch.zeros_like(moving[:, :1])
-    for j, (dy, dx) in enumerate(OFFSETS.tolist()):  # the pixel at x - s arrives at x
-        arrived = arrived + padded[:, j : j + 1, R - dy : R - dy + h, R - dx : R - dx + w]
-    return arrived
+    return F.fold(moving.flatten(2), (h, w), 2 * R + 1, padding=R)
 
 
 def block(cin: int, cout: int) -> nn.Sequential:

@@ -128,13 +128,13 @@ def stream(options: PredictOptions, emit: Callable[[dict], None]) -> dict:
         raise VidsegError(f"--stream predicts each frame from the three before it and the memory: {options.model} is a {model.arch} baseline without one")
     banks = _banks(model, options)
     recent: deque[torch.Tensor] = deque(maxlen=model.config.history)
-    frames, state = 0, None
+    frames, carried = 0, None
     for frame in _frames(options.input):
         adapt()
         image = to_model_input(frame.image, model).to(device)
         if len(recent) >= STACK:
             with torch.no_grad():
-                predicted, _, state = model.step(model.stack([seen[None] for seen in recent]), banks, frame.index, state)
+                predicted, _, carried = model.step(model.stack([seen[None] for seen in recent]), banks, frame.index, carried)
             emit(_stream_record(frame, predicted[0].cpu(), image.cpu(), recent[-1].cpu()))
         recent.append(image)
         frames += 1

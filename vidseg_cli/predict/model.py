@@ -19,9 +19,12 @@ step is one weight on the right shift, reachable by a softmax whose every candid
 gradient, where drawing the moved digit through the logit change has to be learnt pixel by
 pixel (the plateau in docs/training.md). The kernel's centre starts heavy, so an untrained
 model still copies the last frame. ``shift_kernel="pixel"`` gives every pixel its own
-distribution; ``commit`` moves by the most likely shift instead of the blend (measured to
-cost MSE where the move is uncertain: docs/training.md). ``recurrent`` adds a convolutional
-GRU state carried from step to step, for what three frames cannot show.
+distribution; ``shift_kernel="splat"`` gives every pixel of I_{t-1} a distribution over
+where it goes and moves it there (predict/motion.py); ``commit`` moves by the most likely
+shift instead of the blend (measured to cost MSE where the move is uncertain:
+docs/training.md). ``recurrent`` adds a convolutional GRU state carried from step to step,
+for what three frames cannot show; ``moves`` gives the shift head each pixel's moves over
+the last ``history`` frames, found by block matching, through a small per-pixel reader.
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ from vidseg_cli.memory.bank import MemoryBank, write_all
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.memory.slot import Slot
+from vidseg_cli.predict.motion import move_history, moves_into, splat
 from vidseg_cli.predict.peers import PEERS
 from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
 STACK = 3  # frames a step needs at least: the first frame predicted is I_3
-SHIFT_KERNELS = ("patch", "pixel")
+SHIFT_KERNELS = ("patch", "pixel", "splat")
 # never: every frame is the mixture of shifts (a blur where the move is uncertain);
 # fed: the frame fed back to the next step is moved by the most likely shift, the one
 #   scored is the mixture, so one step's uncertainty blurs that step only, not the next;
@@ -55,10 +59,17 @@ SHIFT_KERNELS = ("patch", "pixel")
 COMMITS = ("never", "fed", "always")
 
 
+class Carried(NamedTuple):
+    """What a video's step passes to its next: each is None where the model keeps none."""
+
+    gru: torch.Tensor | None  # the recurrent state (``recurrent``)
+    fields: torch.Tensor | None  # (B, history - 1, 2, H, W): the moves between the stack's frames (``moves``)
+
+
 class Step(NamedTuple):
     predicted: torch.Tensor  # (B, C, H, W): frame t, as scored
     fed: torch.Tensor  # what the next step sees when this frame is fed back
-    state: torch.Tensor | None  # the recurrent state for the next step (None without ``recurrent``)
+    carried: Carried  # for the next step
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class PredictorConfig:
     commit: str = "never"  # where a frame is moved by each kernel's most likely shift instead of the mixture (COMMITS)
     recurrent: bool = False  # a convolutional GRU state carried from step to step (how a motion's phase is read from a long history)
     history: int = STACK  # frames each step reads, I_{t-history} .. I_{t-1}; before the first frame they are blank
+    moves: bool = False  # the shift head also reads each pixel's moves over those frames (predict/motion.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -130,6 +142,8 @@ class Predictor(nn.Module):
             raise ValueError(f"shift_kernel {config.shift_kernel!r}, commit {config.commit!r}: one of {SHIFT_KERNELS}, {COMMITS}")
         if config.history < STACK:
             raise ValueError(f"history {config.history}: at least {STACK}")
+        if config.moves and not config.shift_radius:
+            raise ValueError("moves score shifts: give shift_radius too")
         self.config = config
         folded = config.channels * config.patch**2
         widths = [config.history * folded] + [config.width] * config.blocks
@@ -147,6 +161,7 @@ class Predictor(nn.Module):
         nn.init.zeros_(self.out.weight)  # starts as copy-last (see the module docstring)
         nn.init.zeros_(self.out.bias)
         self.shifts = self._shift_scores(config) if config.shift_radius else None
+        self.move_reader = self._move_reader(config) if config.moves else None
         self.log_read_scale = nn.Parameter(torch.tensor(float(config.key_dim) ** 0.5).log())
         self.fusion_cell = FusionCell(config.key_dim, config.value_dim, config.fusion_hidden)
 
@@ -156,13 +171,26 @@ class Predictor(nn.Module):
         (no shift) starts with ~90% of the softmax's weight, so the untrained model copies the
         last frame."""
         shifts = (2 * config.shift_radius + 1) ** 2
-        per_patch = config.patch**2 if config.shift_kernel == "pixel" else 1
+        per_patch = 1 if config.shift_kernel == "patch" else config.patch**2
         layer = nn.Conv2d(config.width, shifts * per_patch, 1)
         nn.init.zeros_(layer.weight)
         with torch.no_grad():
             layer.bias.zero_()
             layer.bias.view(shifts, per_patch)[shifts // 2] = math.log(9 * shifts)
         return layer
+
+    @staticmethod
+    def _move_reader(config: PredictorConfig) -> nn.Sequential:
+        """A per-pixel MLP from a pixel's last ``history - 1`` moves to scores of its next
+        shift; the last layer starts at zero, so the reader starts out changing nothing."""
+        shifts, hidden = (2 * config.shift_radius + 1) ** 2, 32
+        reader = nn.Sequential(
+            nn.Conv2d(2 * (config.history - 1), hidden, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(hidden, hidden, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(hidden, shifts, 1),
+        )
+        nn.init.zeros_(reader[-1].weight)
+        nn.init.zeros_(reader[-1].bias)
+        return reader
 
     @staticmethod
     def _shift_weights(scores: torch.Tensor, hard: bool) -> torch.Tensor:
@@ -188,21 +216,22 @@ class Predictor(nn.Module):
         return torch.stack(blank + recent, dim=1)
 
     def step(
-        self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int, state: torch.Tensor | None = None,
+        self, frames: torch.Tensor, banks: Sequence[MemoryBank] | None, frame: int, carried: Carried | None = None,
     ) -> Step:
         """frames: (B, history, C, H, W) in [0, 1], I_{t-history} .. I_{t-1} of B videos
-        (``stack`` makes it); returns I_t
-        (B, C, H, W), the frame to feed back and the recurrent state to pass to the next
-        step (``state`` None: a video's first step), and writes each video's key and value
-        into its own bank.
+        (``stack`` makes it); returns I_t (B, C, H, W), the frame to feed back and what to
+        carry to the next step (``carried`` None: a video's first step; otherwise it must
+        come from the step just before, whose stack was this one less its last frame), and
+        writes each video's key and value into its own bank.
 
         The network, the memory read and the fusion cell run batched, while each video's
         policy makes its own choices (which slot to fuse, which to drop), as at inference,
         where B is 1. ``banks`` None: no memory (the read gives zeros), the single-frame
         network of ``--memory none``.
         """
-        folded = F.pixel_unshuffle(frames.flatten(1, 2), self.config.patch)  # (B, 3 C p^2, h, w)
-        features = self.encoder(folded)
+        carried = carried or Carried(None, None)
+        folded = F.pixel_unshuffle(frames.flatten(1, 2), self.config.patch)  # (B, history C p^2, h, w)
+        features, state = self.encoder(folded), carried.gru
         if self.motion is not None:
             state = self.motion(features, state)
             features = features + self.motion_out(state)
@@ -217,14 +246,37 @@ class Predictor(nn.Module):
             write_all(banks, [Slot(key=key, value=value[None], frame=frame) for key, value in zip(keys, values)])
         decoded = self.decoder(torch.cat([features, readout], dim=1))
         last, change = frames[:, -1], self.out(decoded)
+        fields = self._fields(frames, carried.fields)
+        carried = Carried(state, fields)
         if self.shifts is None:
             predicted = self._changed(last, change)
-            return Step(predicted, predicted, state)
-        move = self._shifted_pixels if self.config.shift_kernel == "pixel" else self._shifted
-        scores, commit = self.shifts(decoded), self.config.commit
+            return Step(predicted, predicted, carried)
+        move = {"patch": self._shifted, "pixel": self._shifted_pixels, "splat": self._splatted}[self.config.shift_kernel]
+        scores, commit = self._scores(decoded, fields), self.config.commit
         predicted = self._changed(move(last, scores, hard=commit == "always"), change)
         fed = self._changed(move(last, scores, hard=True), change) if commit == "fed" else predicted
-        return Step(predicted, fed, state)
+        return Step(predicted, fed, carried)
+
+    def _fields(self, frames: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, history - 1, 2, H, W): each frame's move field from the one before it in the
+        stack (``moves``). The stack slides by one frame a step, so only the newest field is
+        matched; the others are the last step's."""
+        if not self.config.moves:
+            return None
+        r = self.config.shift_radius
+        if before is None:
+            return torch.stack([moves_into(frames[:, i], frames[:, i - 1], r) for i in range(1, frames.shape[1])], 1)
+        return torch.cat([before[:, 1:], moves_into(frames[:, -1], frames[:, -2], r)[:, None]], 1)
+
+    def _scores(self, decoded: torch.Tensor, fields: torch.Tensor | None) -> torch.Tensor:
+        """The shift scores in the kernel's layout: the decoder's, plus the move reader's
+        (per pixel, (B, (2R+1)^2, H, W)) brought to it."""
+        scores = self.shifts(decoded)
+        if self.move_reader is None:
+            return scores
+        read = self.move_reader(move_history(fields, self.config.shift_radius))
+        p = self.config.patch
+        return scores + (F.avg_pool2d(read, p) if self.config.shift_kernel == "patch" else F.pixel_unshuffle(read, p))
 
     def _changed(self, frame: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         """``frame`` with the decoder's change (B, C p^2, h, w) added to its logit."""
@@ -260,6 +312,14 @@ class Predictor(nn.Module):
         candidates = F.unfold(frame, 2 * r + 1, padding=r).view(b, c, weights.shape[1], height, width)
         return (candidates * weights[:, None]).sum(2)
 
+    def _splatted(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """frame (B, C, H, W) with every pixel sent by its own distribution over shifts,
+        ``scores`` (B, (2R+1)^2 p^2, h, w) unfolded to full resolution: what arrives at a
+        pixel is summed (``motion.splat``). Where digits cross, both arrive; the change
+        then takes the sum back into range."""
+        weights = self._shift_weights(F.pixel_shuffle(scores, self.config.patch), hard)  # (B, K, H, W)
+        return splat(weights[:, None] * frame[:, :, None], self.config.shift_radius).clamp(max=1.0)
+
     def rollout(
         self,
         observed: torch.Tensor,
@@ -276,9 +336,9 @@ class Predictor(nn.Module):
         (B, N, C, H, W) is fed back instead (scheduled sampling, as PredRNN trains).
         """
         frames = list(observed.unbind(1))
-        predictions, state = [], None
+        predictions, carried = [], None
         for t in range(STACK, observed.shape[1] + future):
-            predicted, fed, state = self.step(self.stack(frames[:t]), banks, t, state)
+            predicted, fed, carried = self.step(self.stack(frames[:t]), banks, t, carried)
             if t >= observed.shape[1]:
                 if teacher is not None:
                     use = teacher[:, t - observed.shape[1]].view(-1, 1, 1, 1)

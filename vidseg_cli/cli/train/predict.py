@@ -36,9 +36,10 @@ def train_predict_command(
     width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
     blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
     shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
-    shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel", help="With --shift-radius: one shift distribution per 4x4 patch, or one per pixel.")] = "patch",
+    shift_kernel: Annotated[str, typer.Option(metavar="patch|pixel|splat", help="With --shift-radius: one shift distribution per 4x4 patch, one per pixel (where it comes from), or one per pixel of the last frame (where it goes: splat).")] = "patch",
     commit: Annotated[str, typer.Option(metavar="never|fed|always", help="With --shift-radius: which frames are moved by each kernel's most likely shift instead of the blend of all shifts: never; fed (the frame fed back to the next step: one step's uncertainty blurs that step only); always (trained straight-through).")] = "never",
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Carry a convolutional GRU state from step to step, beside the memory (a motion's phase read from the whole history, not three frames).")] = False,
+    moves: Annotated[bool, typer.Option("--moves", help="With --shift-radius: the shift head also reads each pixel's moves over the --history frames, found by block matching (how a 3-or-4-pixel phase is read).")] = False,
     history: Annotated[int, typer.Option(min=3, max=20, help="Frames each step reads (the last N before the one it predicts): the longer, the more precisely a move is read (docs/training.md).")] = 3,
     init: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Start from a trained predictor (a weights.toml name or a .safetensors file): every tensor of it is taken, and what it lacks (e.g. --recurrent's state, a longer --history's older frames) starts fresh; the other shape flags must be its own.")] = None,
     arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
@@ -60,10 +61,10 @@ def train_predict_command(
     check_choice("--shift-kernel", shift_kernel, SHIFT_KERNELS)
     check_choice("--commit", commit, COMMITS)
     shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
-    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent, history) != (64, 6, 0, "patch", "never", False, 3):
-        raise VidsegError(f"--width, --blocks, --shift-*, --commit, --recurrent and --history shape the stremn predictor; --arch {arch} trains at its own fixed size")
-    if shift_radius == 0 and (shift_kernel, commit) != ("patch", "never"):
-        raise VidsegError("--shift-kernel and --commit shape the shift head: give --shift-radius R too")
+    if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent, history, moves) != (64, 6, 0, "patch", "never", False, 3, False):
+        raise VidsegError(f"--width, --blocks, --shift-*, --commit, --recurrent, --history and --moves shape the stremn predictor; --arch {arch} trains at its own fixed size")
+    if shift_radius == 0 and (shift_kernel, commit, moves) != ("patch", "never", False):
+        raise VidsegError("--shift-kernel, --commit and --moves shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     trained = create_predictor(init) if init is not None else None
@@ -71,7 +72,7 @@ def train_predict_command(
         steps=steps, batch=batch, teacher_share=teacher_share, lr=lr, seed=seed, memory=memory, slots=slots, update=update,
         loss=loss, gradient_weight=gradient_weight, val_sequences=val_sequences,
         arch=ARCH if arch == "stremn" else PEERS[arch][0].arch,
-        model=_model_config(arch, source, width, blocks, shift | {"recurrent": recurrent, "history": history}),
+        model=_model_config(arch, source, width, blocks, shift | {"recurrent": recurrent, "history": history, "moves": moves}),
         init=checkpoint(init, "predict").sha256 if init is not None else "",
     )
     if trained is not None:  # a shape that does not fit: one line, before the run folder
