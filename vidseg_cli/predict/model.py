@@ -19,7 +19,7 @@ step is one weight on the right shift, reachable by a softmax whose every candid
 gradient, where drawing the moved digit through the logit change has to be learnt pixel by
 pixel (the plateau in docs/training.md). The kernel's centre starts heavy, so an untrained
 model still copies the last frame. ``shift_kernel="pixel"`` gives every pixel its own
-distribution; ``shift_kernel="splat"`` gives every pixel of I_{t-1} a distribution over
+distribution; ``shift_kernel="splat"`` gives every patch of I_{t-1} a distribution over
 where it goes and moves it there (predict/motion.py); ``commit`` moves by the most likely
 shift instead of the blend (measured to cost MSE where the move is uncertain:
 docs/training.md). ``recurrent`` adds a convolutional GRU state carried from step to step,
@@ -63,7 +63,7 @@ class Carried(NamedTuple):
     """What a video's step passes to its next: each is None where the model keeps none."""
 
     gru: torch.Tensor | None  # the recurrent state (``recurrent``)
-    fields: torch.Tensor | None  # (B, history - 1, 2, H, W): the moves between the stack's frames (``moves``)
+    fields: torch.Tensor | None  # (B, history - 1, 2, h, w): each patch's moves between the stack's frames (``moves``)
 
 
 class Step(NamedTuple):
@@ -171,7 +171,7 @@ class Predictor(nn.Module):
         (no shift) starts with ~90% of the softmax's weight, so the untrained model copies the
         last frame."""
         shifts = (2 * config.shift_radius + 1) ** 2
-        per_patch = 1 if config.shift_kernel == "patch" else config.patch**2
+        per_patch = config.patch**2 if config.shift_kernel == "pixel" else 1
         layer = nn.Conv2d(config.width, shifts * per_patch, 1)
         nn.init.zeros_(layer.weight)
         with torch.no_grad():
@@ -181,7 +181,7 @@ class Predictor(nn.Module):
 
     @staticmethod
     def _move_reader(config: PredictorConfig) -> nn.Sequential:
-        """A per-pixel MLP from a pixel's last ``history - 1`` moves to scores of its next
+        """A per-patch MLP from a patch's last ``history - 1`` moves to scores of its next
         shift; the last layer starts at zero, so the reader starts out changing nothing."""
         shifts, hidden = (2 * config.shift_radius + 1) ** 2, 32
         reader = nn.Sequential(
@@ -258,25 +258,27 @@ class Predictor(nn.Module):
         return Step(predicted, fed, carried)
 
     def _fields(self, frames: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, history - 1, 2, H, W): each frame's move field from the one before it in the
+        """(B, history - 1, 2, h, w): each frame's move field from the one before it in the
         stack (``moves``). The stack slides by one frame a step, so only the newest field is
         matched; the others are the last step's."""
         if not self.config.moves:
             return None
-        r = self.config.shift_radius
+        r, p = self.config.shift_radius, self.config.patch
         if before is None:
-            return torch.stack([moves_into(frames[:, i], frames[:, i - 1], r) for i in range(1, frames.shape[1])], 1)
-        return torch.cat([before[:, 1:], moves_into(frames[:, -1], frames[:, -2], r)[:, None]], 1)
+            return torch.stack([moves_into(frames[:, i], frames[:, i - 1], r, p) for i in range(1, frames.shape[1])], 1)
+        return torch.cat([before[:, 1:], moves_into(frames[:, -1], frames[:, -2], r, p)[:, None]], 1)
 
     def _scores(self, decoded: torch.Tensor, fields: torch.Tensor | None) -> torch.Tensor:
         """The shift scores in the kernel's layout: the decoder's, plus the move reader's
-        (per pixel, (B, (2R+1)^2, H, W)) brought to it."""
+        (per patch, (B, (2R+1)^2, h, w)), shared by a patch's pixels where the kernel is per pixel."""
         scores = self.shifts(decoded)
         if self.move_reader is None:
             return scores
-        read = self.move_reader(move_history(fields, self.config.shift_radius))
-        p = self.config.patch
-        return scores + (F.avg_pool2d(read, p) if self.config.shift_kernel == "patch" else F.pixel_unshuffle(read, p))
+        read = self.move_reader(move_history(fields, self.config.shift_radius, self.config.patch))
+        if self.config.shift_kernel != "pixel":
+            return scores + read
+        b, _, h, w = scores.shape
+        return (scores.view(b, read.shape[1], -1, h, w) + read[:, :, None]).view(b, -1, h, w)
 
     def _changed(self, frame: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         """``frame`` with the decoder's change (B, C p^2, h, w) added to its logit."""
@@ -313,11 +315,12 @@ class Predictor(nn.Module):
         return (candidates * weights[:, None]).sum(2)
 
     def _splatted(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
-        """frame (B, C, H, W) with every pixel sent by its own distribution over shifts,
-        ``scores`` (B, (2R+1)^2 p^2, h, w) unfolded to full resolution: what arrives at a
-        pixel is summed (``motion.splat``). Where digits cross, both arrive; the change
-        then takes the sum back into range."""
-        weights = self._shift_weights(F.pixel_shuffle(scores, self.config.patch), hard)  # (B, K, H, W)
+        """frame (B, C, H, W) with every p x p patch sent by its own distribution over
+        shifts, ``scores`` (B, (2R+1)^2, h, w): what arrives at a pixel is summed
+        (``motion.splat``). Where digits cross, both arrive, clamped to 1 as the generator's
+        maximum would; the change then corrects what the sum got wrong."""
+        p = self.config.patch
+        weights = self._shift_weights(scores, hard).repeat_interleave(p, 2).repeat_interleave(p, 3)  # (B, K, H, W)
         return splat(weights[:, None] * frame[:, :, None], self.config.shift_radius).clamp(max=1.0)
 
     def rollout(
