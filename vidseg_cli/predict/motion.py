@@ -64,5 +64,4 @@ def splat(moving: torch.Tensor, radius: int) -> torch.Tensor:
     gathers: a pixel's move belongs to the pixel that moves, so a pixel a digit is about to
     cover needs no knowledge of that digit."""
     b, c, shifts, h, w = moving.shape
-    arrived = F.fold(moving.reshape(b, c * shifts, h * w), (h, w), 2 * radius + 1, padding=radius)
-    return arrived
+    return F.fold(moving.reshape(b, c * shifts, h * w), (h, w), 2 * radius + 1, padding=radius)
