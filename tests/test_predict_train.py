@@ -16,6 +16,7 @@ from vidseg_cli.memory.bank import MemoryBank
 from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import MovingMnist
 from vidseg_cli.predict.model import ARCH, Predictor, PredictorConfig
+from vidseg_cli.predict.motion import shift_patches, shift_pixels
 from vidseg_cli.predict.train import PredictTrainConfig, PredictTrainer, load_trained, scale_invariant_gradient, shrinkage
 
 TINY = PredictorConfig(width=8, blocks=1, key_dim=8, value_dim=8, fusion_hidden=8)
@@ -52,15 +53,14 @@ def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
     scores[0, 2 * 5 + 2] = 1e4  # every patch: no shift ...
     scores[0, :, 1, 1] = -1e4
     scores[0, 0 * 5 + 3, 1, 1] = 1e4  # ... except patch (1, 1): take the pixel 2 rows up and 1 column right
-    moved = model._shifted(frame, scores)
+    moved = shift_patches(frame, scores, 2, 4)
     expected = torch.zeros_like(frame)
     expected[0, 0, 6:8, 4:7] = 1  # the square moved 2 down and 1 left, inside its own patch only
     torch.testing.assert_close(moved, expected)
-    colour = Predictor(PredictorConfig(width=8, blocks=1, channels=3, shift_radius=3))
     frame, scores = torch.rand(2, 3, 16, 24), torch.randn(2, 49, 4, 6)
     weights = scores.softmax(1).repeat_interleave(4, 2).repeat_interleave(4, 3)  # every pixel its patch's kernel
     copies = torch.nn.functional.unfold(frame, 7, padding=3).view(2, 3, 49, 16, 24)  # the 49 shifted copies
-    torch.testing.assert_close(colour._shifted(frame, scores), (copies * weights[:, None]).sum(2))
+    torch.testing.assert_close(shift_patches(frame, scores, 3, 4), (copies * weights[:, None]).sum(2))
     with torch.no_grad():  # untrained: ~90% of each patch's weight on no shift, so close to copy-last
         start = model.shifts(torch.zeros(1, 8, 4, 4)).softmax(1)[0, 12]
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
@@ -71,13 +71,13 @@ def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_a_hard_one_mov
     frame, scores = torch.rand(2, 1, 16, 16), torch.randn(2, 25 * 16, 4, 4)
     weights = torch.nn.functional.pixel_shuffle(scores, 4).softmax(1)  # (2, 25, 16, 16): one kernel a pixel
     copies = torch.nn.functional.unfold(frame, 5, padding=2).view(2, 1, 25, 16, 16)
-    torch.testing.assert_close(model._shifted_pixels(frame, scores), (copies * weights[:, None]).sum(2))
+    torch.testing.assert_close(shift_pixels(frame, scores, 2, 4), (copies * weights[:, None]).sum(2))
     with torch.no_grad():  # untrained: every pixel ~90% on no shift
         start = torch.nn.functional.pixel_shuffle(model.shifts(torch.zeros(1, 8, 4, 4)), 4).softmax(1)[0, 12]
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
 
     scores = torch.randn(2, 25 * 16, 4, 4, requires_grad=True)
-    moved = model._shifted_pixels(frame, scores, hard=True)
+    moved = shift_pixels(frame, scores, 2, 4, hard=True)
     chosen = torch.nn.functional.pixel_shuffle(scores, 4).argmax(1)  # (2, 16, 16)
     picked = copies[:, 0].gather(1, chosen[:, None])[:, 0]
     torch.testing.assert_close(moved[:, 0], picked)  # one of the frame's own values: no blend
@@ -96,8 +96,8 @@ def test_commit_fed_scores_the_blend_and_feeds_back_the_most_likely_move():
         decoded = model.decoder(torch.cat([model.encoder(torch.nn.functional.pixel_unshuffle(frames.flatten(1, 2), 4)), torch.zeros(1, 8, 4, 4)], 1))
         scores = model.shifts(decoded)
     last = frames[:, -1]
-    torch.testing.assert_close(predicted, model._shifted(last, scores).clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(fed, model._shifted(last, scores, hard=True).clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(predicted, shift_patches(last, scores, 2, 4).clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fed, shift_patches(last, scores, 2, 4, hard=True).clamp(1e-3, 1 - 1e-3), atol=1e-5, rtol=0)
     assert not torch.allclose(predicted, fed, atol=1e-3)
     with torch.no_grad():  # the rollout feeds ``fed`` back: its next frame is the one made from the committed move
         rolled = model.rollout(frames, 2, None)

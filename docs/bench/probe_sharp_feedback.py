@@ -14,6 +14,7 @@ from vidseg_cli.options import MemoryOptions
 from vidseg_cli.predict.clips import VAL_SEED
 from vidseg_cli.predict.data import load_digits, sequences
 from vidseg_cli.predict.model import STACK, create_predictor
+from vidseg_cli.predict.motion import shift_patches
 
 torch.set_num_threads(1)
 model = create_predictor('predict-mmnist')
@@ -44,6 +45,6 @@ def hard_move(stack, banks):
     decoded = m.decoder(torch.cat([features, readout], 1))
     scores = m.shifts(decoded)
     hard = torch.full_like(scores, -1e4).scatter(1, scores.argmax(1, keepdim=True), 0.0)
-    return model._shifted(stack[:, -1], hard)
+    return shift_patches(stack[:, -1], hard, m.config.shift_radius, m.config.patch)
 for feed, out in [('soft', 'soft'), ('soft', 'hard'), ('hard', 'hard'), ('hard', 'soft')]:
     print(feed, out, run(feed, out), flush=True)

@@ -24,7 +24,7 @@ where it goes and moves it there (predict/motion.py); ``commit`` moves by the mo
 shift instead of the blend (measured to cost MSE where the move is uncertain:
 docs/training.md). ``recurrent`` adds a convolutional GRU state carried from step to step,
 for what three frames cannot show; ``moves`` gives the shift head each pixel's moves over
-the last ``history`` frames, found by block matching, through a small per-pixel reader.
+the last ``history`` frames, found by block matching, through a small per-patch reader.
 """
 
 from __future__ import annotations
@@ -45,13 +45,12 @@ from vidseg_cli.memory.bank import MemoryBank, write_all
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.memory.slot import Slot
-from vidseg_cli.predict.motion import move_history, moves_into, splat
+from vidseg_cli.predict.motion import SHIFT_KERNELS, move_history, moves_into
 from vidseg_cli.predict.peers import PEERS
 from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
 STACK = 3  # frames a step needs at least: the first frame predicted is I_3
-SHIFT_KERNELS = ("patch", "pixel", "splat")
 # never: every frame is the mixture of shifts (a blur where the move is uncertain);
 # fed: the frame fed back to the next step is moved by the most likely shift, the one
 #   scored is the mixture, so one step's uncertainty blurs that step only, not the next;
@@ -139,7 +138,7 @@ class Predictor(nn.Module):
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
         if config.shift_kernel not in SHIFT_KERNELS or config.commit not in COMMITS:
-            raise ValueError(f"shift_kernel {config.shift_kernel!r}, commit {config.commit!r}: one of {SHIFT_KERNELS}, {COMMITS}")
+            raise ValueError(f"shift_kernel {config.shift_kernel!r}, commit {config.commit!r}: one of {tuple(SHIFT_KERNELS)}, {COMMITS}")
         if config.history < STACK:
             raise ValueError(f"history {config.history}: at least {STACK}")
         if config.moves and not config.shift_radius:
@@ -192,17 +191,6 @@ class Predictor(nn.Module):
         nn.init.zeros_(reader[-1].bias)
         return reader
 
-    @staticmethod
-    def _shift_weights(scores: torch.Tensor, hard: bool) -> torch.Tensor:
-        """The softmax over shifts (dim 1), or, ``hard``, its one-hot argmax: the output is
-        then a moved copy of the frame, exactly as sharp, and training reaches the scores
-        through the softmax (straight-through, Bengio et al. 2013)."""
-        weights = scores.softmax(1)
-        if not hard:
-            return weights
-        one_hot = F.one_hot(weights.argmax(1), weights.shape[1]).movedim(-1, 1).to(weights.dtype)
-        return one_hot + (weights - weights.detach())
-
     def fusion(self) -> LearnedFusion:
         return LearnedFusion(self.fusion_cell)
 
@@ -251,10 +239,9 @@ class Predictor(nn.Module):
         if self.shifts is None:
             predicted = self._changed(last, change)
             return Step(predicted, predicted, carried)
-        move = {"patch": self._shifted, "pixel": self._shifted_pixels, "splat": self._splatted}[self.config.shift_kernel]
         scores, commit = self._scores(decoded, fields), self.config.commit
-        predicted = self._changed(move(last, scores, hard=commit == "always"), change)
-        fed = self._changed(move(last, scores, hard=True), change) if commit == "fed" else predicted
+        predicted = self._changed(self._moved(last, scores, hard=commit == "always"), change)
+        fed = self._changed(self._moved(last, scores, hard=True), change) if commit == "fed" else predicted
         return Step(predicted, fed, carried)
 
     def _fields(self, frames: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
@@ -285,43 +272,10 @@ class Predictor(nn.Module):
         logit = F.pixel_unshuffle(torch.logit(frame.clamp(1e-3, 1 - 1e-3)), self.config.patch) + change
         return torch.sigmoid(F.pixel_shuffle(logit, self.config.patch))
 
-    def _shifted(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
-        """frame (B, C, H, W) moved by each patch's shift: the sum over the (2R+1)^2 shifted
-        copies, weighted by ``_shift_weights`` of ``scores`` (B, (2R+1)^2, h, w).
-
-        Each output patch reads only the window of its p + 2R pixels a side, so the sum is
-        one depthwise convolution of every patch's window with that patch's kernel (3x
-        faster forward and backward than weighting (2R+1)^2 full-frame copies, which the
-        test checks it equals). Zero padding: what enters from outside the frame is blank,
-        as on Moving MNIST's canvas."""
-        b, c, height, width = frame.shape
-        r, p = self.config.shift_radius, self.config.patch
-        h, w, k, side = height // p, width // p, 2 * r + 1, p + 2 * r
-        windows = F.unfold(frame, side, padding=r, stride=p).view(b, c, side, side, h * w)
-        windows = windows.permute(0, 4, 1, 2, 3).reshape(1, b * h * w * c, side, side)
-        kernels = self._shift_weights(scores, hard).view(b, k, k, h * w).permute(0, 3, 1, 2)  # (B, hw, k, k)
-        kernels = kernels[:, :, None].expand(b, h * w, c, k, k).reshape(b * h * w * c, 1, k, k)
-        moved = F.conv2d(windows, kernels, groups=b * h * w * c)  # (1, B hw C, p, p)
-        return moved.view(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
-
-    def _shifted_pixels(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
-        """frame (B, C, H, W) moved per pixel: each pixel is the sum of its (2R+1)^2 shifted
-        values weighted by its own distribution, ``scores`` (B, (2R+1)^2 p^2, h, w) unfolded
-        to full resolution. Zero padding, as ``_shifted``."""
-        b, c, height, width = frame.shape
-        r = self.config.shift_radius
-        weights = self._shift_weights(F.pixel_shuffle(scores, self.config.patch), hard)  # (B, K, H, W)
-        candidates = F.unfold(frame, 2 * r + 1, padding=r).view(b, c, weights.shape[1], height, width)
-        return (candidates * weights[:, None]).sum(2)
-
-    def _splatted(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
-        """frame (B, C, H, W) with every p x p patch sent by its own distribution over
-        shifts, ``scores`` (B, (2R+1)^2, h, w): what arrives at a pixel is summed
-        (``motion.splat``). Where digits cross, both arrive, clamped to 1 as the generator's
-        maximum would; the change then corrects what the sum got wrong."""
-        p = self.config.patch
-        weights = self._shift_weights(scores, hard).repeat_interleave(p, 2).repeat_interleave(p, 3)  # (B, K, H, W)
-        return splat(weights[:, None] * frame[:, :, None], self.config.shift_radius).clamp(max=1.0)
+    def _moved(self, frame: torch.Tensor, scores: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """frame (B, C, H, W) moved by the shift kernel's scores (predict/motion.py)."""
+        kernel = SHIFT_KERNELS[self.config.shift_kernel]
+        return kernel(frame, scores, self.config.shift_radius, self.config.patch, hard)
 
     def rollout(
         self,

@@ -58,7 +58,7 @@ def train_predict_command(
         raise VidsegError("--lr must be positive")
     check_choice("--loss", loss, LOSSES)
     check_choice("--arch", arch, ("stremn", *PEERS))
-    check_choice("--shift-kernel", shift_kernel, SHIFT_KERNELS)
+    check_choice("--shift-kernel", shift_kernel, tuple(SHIFT_KERNELS))
     check_choice("--commit", commit, COMMITS)
     shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
     if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent, history, moves) != (64, 6, 0, "patch", "never", False, 3, False):
