@@ -17,9 +17,13 @@ reader alone, on move histories of thousands of sequences in minutes, and measur
 
 Validation: sequences of training digits, seed 99 (the test set is never read).
 
-    python docs/bench/probe_move_tracker.py TRAIN_SEQUENCES STEPS [position]
+    python docs/bench/probe_move_tracker.py TRAIN_SEQUENCES STEPS [position] [axes]
 
 position: the reader also reads the patch's place on the canvas (bounces happen at walls).
+axes: one reader per axis, shared by both: the 9 scores of a patch's next move along an
+axis from its 9 moves along it (and its place on it); the 81 scores are their outer sum.
+The generator moves the axes independently and alike, so the reader sees twice the data
+for a function of 9 inputs instead of 18.
 """
 import os
 import sys
@@ -35,7 +39,7 @@ from vidseg_cli.predict.data import load_digits, sequences
 from vidseg_cli.predict.motion import move_history, moves_into, offsets, splat_patches
 
 torch.set_num_threads(int(os.environ.get("PROBE_THREADS", 1)))
-TRAIN, STEPS, POSITION = int(sys.argv[1]), int(sys.argv[2]), "position" in sys.argv[3:]
+TRAIN, STEPS, POSITION, AXES = int(sys.argv[1]), int(sys.argv[2]), "position" in sys.argv[3:], "axes" in sys.argv[3:]
 R, P, HISTORY, OBSERVED = 4, 4, 10, 10
 SHIFTS, TABLE = (2 * R + 1) ** 2, offsets(R)
 train_digits, _ = load_digits("../shared/data/mnist/mnist_5k.csv.gz")
@@ -93,8 +97,29 @@ x, y, ink = examples(train_video)
 x, y = x.permute(0, 2, 3, 1)[ink], y[ink]  # patches with ink only: blank ones do not move
 print(f"{len(x)} training patches from {TRAIN} sequences, {time.time() - start:.0f} s", flush=True)
 
+
+
+class AxisReader(nn.Module):
+    """One MLP for both axes: (..., 2(H-1) [+2]) -> (..., 81), the outer sum of each axis's 9 scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        inputs = HISTORY - 1 + POSITION
+        self.axis = nn.Sequential(nn.Linear(inputs, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, 2 * R + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moves = 2 * (HISTORY - 1)
+        along_y, along_x = x[..., 0:moves:2], x[..., 1:moves:2]  # move_history interleaves (dy, dx)
+        if POSITION:
+            along_y, along_x = torch.cat([along_y, x[..., moves : moves + 1]], -1), torch.cat([along_x, x[..., moves + 1 :]], -1)
+        return (self.axis(along_y)[..., :, None] + self.axis(along_x)[..., None, :]).flatten(-2)  # unfold's order: dy, then dx
+
+
 inputs = x.shape[1]
-reader = nn.Sequential(nn.Linear(inputs, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, SHIFTS))
+if AXES:
+    reader = AxisReader()
+else:
+    reader = nn.Sequential(nn.Linear(inputs, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, SHIFTS))
 optimiser = torch.optim.Adam(reader.parameters(), 3e-3)
 schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=STEPS)
 for step in range(STEPS):
