@@ -29,9 +29,9 @@ def moves_into(now: torch.Tensor, before: torch.Tensor, radius: int, patch: int)
     Per patch, not per pixel: the argmin over 16 times fewer places is what makes it cheap."""
     b, _, h, w = now.shape
     shifts = (2 * radius + 1) ** 2
-    table = offsets(radius).to(now.device)
     if not before.any():  # a blank frame before the video's first: nothing moved
         return torch.zeros(b, 2, h // patch, w // patch, dtype=now.dtype, device=now.device)
+    table = offsets(radius).to(now.device)
     with torch.no_grad():  # an argmin: nothing to learn through
         grey_now, grey_before = now.mean(1, keepdim=True), before.mean(1, keepdim=True)
         candidates = F.unfold(grey_before, 2 * radius + 1, padding=radius).view(b, shifts, h, w)  # before(x + o)

@@ -49,7 +49,8 @@ def train_predict_command(
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.predict.model import ARCH, ARCHITECTURES, COMMITS, SHIFT_KERNELS, create_predictor
+    from vidseg_cli.predict.model import ARCH, ARCHITECTURES, COMMITS, create_predictor
+    from vidseg_cli.predict.motion import SHIFT_KERNELS
     from vidseg_cli.weights.registry import checkpoint
     from vidseg_cli.predict.peers import PEERS
     from vidseg_cli.predict.train import LOSSES, PredictTrainConfig, PredictTrainer, load_trained
