@@ -273,6 +273,23 @@ def test_resuming_a_run_started_before_a_setting_existed(vidseg, digits_file, tm
     assert refused.code == 2 and "teacher_share" in refused.stderr
 
 
+def test_one_video_file_is_a_clip_source_and_an_image_is_not(tmp_path):
+    """--data and --val take a single video as well as a folder; errors name the flag."""
+    from vidseg_cli.errors import VidsegError
+    from vidseg_cli.predict.clips import VideoClips
+    from vidseg_cli.predict.data import write_frames
+    from vidseg_cli.synthetic import frames as synthetic_frames
+
+    video = tmp_path / "clip.mp4"  # a grey 64x64 H.264 file
+    write_frames(np.stack([image.mean(axis=2).astype(np.uint8) for image, _ in synthetic_frames(24, 64, 64, objects=1, seed=0)]), video)
+    clips = VideoClips(video, 32, 1, "--val")
+    assert (clips.height, clips.width) == (32, 32) and len(clips.videos) == 1 and len(clips.videos[0]) == 24
+    assert clips.sample(np.random.default_rng(0), 2).shape == (2, 20, 1, 32, 32)
+    Image.new("RGB", (64, 48)).save(tmp_path / "frame.png")
+    with pytest.raises(VidsegError, match=r"^--val .*frame.png: not a video"):
+        VideoClips(tmp_path / "frame.png", 32, 3, "--val")
+
+
 def test_moving_mnist_needs_its_digits_and_a_folder_needs_videos(vidseg, tmp_path):
     run = vidseg("train", "predict", "--out", tmp_path / "a", "--steps", "1")
     assert run.code == 2 and "--digits FILE" in run.stderr and not (tmp_path / "a").exists()

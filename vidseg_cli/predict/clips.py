@@ -49,21 +49,17 @@ class MovingMnist:
 
 
 class VideoClips:
-    """Random windows of FRAMES consecutive frames from every video (or frame folder) in a
-    folder, decoded once at a fixed size and colour mode, flipped left-right at random."""
+    """Random windows of FRAMES consecutive frames from one video file, or from every video
+    (or frame folder) in a folder, decoded once at a fixed size and colour mode, flipped
+    left-right at random. ``flag`` names the option in errors (--data, --val)."""
 
-    def __init__(self, folder: Path, size: int, channels: int) -> None:
-        if not folder.is_dir():
-            raise VidsegError(f"--data {folder}: not a folder of videos or frame folders")
+    def __init__(self, path: Path, size: int, channels: int, flag: str = "--data") -> None:
         self.channels = channels
-        inputs = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=natural_key)
-        videos = [p for p in inputs if p.is_dir() or not is_listed_image(p)]
-        if not videos:
-            raise VidsegError(f"--data {folder}: no videos or frame folders in it")
+        videos = _videos_in(path, flag)
         self.height, self.width = _frame_size(videos[0], size)
-        self.videos = [v for v in (self._decode(path) for path in videos) if len(v) >= FRAMES]
+        self.videos = [v for v in (self._decode(video) for video in videos) if len(v) >= FRAMES]
         if not self.videos:
-            raise VidsegError(f"--data {folder}: no video has the {FRAMES} frames a training clip needs")
+            raise VidsegError(f"{flag} {path}: no video has the {FRAMES} frames a training clip needs")
         self.starts = np.array([len(v) - FRAMES + 1 for v in self.videos])  # windows per video
 
     def _decode(self, path: Path) -> np.ndarray:
@@ -91,9 +87,23 @@ class VideoClips:
 
     def validation(self, count: int) -> Iterator[np.ndarray]:
         """Fixed windows of the same videos: a check on fitting, not a held-out score
-        (give --val DIR for that)."""
+        (give --val PATH for that)."""
         rng = np.random.default_rng(VAL_SEED)
         return (self._window(rng) for _ in range(count))
+
+
+def _videos_in(path: Path, flag: str) -> list[Path]:
+    """A video file alone, or the videos and frame folders in a folder (an image file or a
+    folder of images alone is refused: one frame folder is a video, give its parent)."""
+    if path.is_file() and not is_listed_image(path):
+        return [path]
+    if not path.is_dir():
+        raise VidsegError(f"{flag} {path}: not a video, nor a folder of videos or frame folders")
+    inputs = sorted((p for p in path.iterdir() if not p.name.startswith(".")), key=natural_key)
+    videos = [p for p in inputs if p.is_dir() or not is_listed_image(p)]
+    if not videos:
+        raise VidsegError(f"{flag} {path}: no videos or frame folders in it")
+    return videos
 
 
 def _frame_size(first: Path, size: int) -> tuple[int, int]:

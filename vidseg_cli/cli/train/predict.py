@@ -18,11 +18,11 @@ from vidseg_cli.options import MAX_SLOTS, MemoryOptions, check_choice
 @flags.taking(flags.RunFlags)
 def train_predict_command(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, predictor.safetensors, config.json, train.log.")],
-    data: Annotated[str, typer.Option(metavar="mmnist|DIR", help="mmnist: Moving MNIST generated from --digits; DIR: a folder of videos (or frame folders) to learn from.")] = "mmnist",
+    data: Annotated[str, typer.Option(metavar="mmnist|PATH", help="mmnist: Moving MNIST generated from --digits; PATH: a video, or a folder of videos (or frame folders), to learn from.")] = "mmnist",
     digits: Annotated[Path | None, typer.Option(help="MNIST digits for --data mmnist (mnist_5k.csv.gz: 784 pixels, then the label, 500 a class).")] = None,
-    val: Annotated[Path | None, typer.Option(help="DIR data: a folder of other videos to validate on (default: fixed windows of the training videos).")] = None,
-    size: Annotated[int, typer.Option(min=16, max=512, help="DIR data: the short side frames are brought to (a multiple of 4).")] = 64,
-    colour: Annotated[bool, typer.Option("--colour/--grey", help="DIR data: learn colour frames or grey ones.")] = False,
+    val: Annotated[Path | None, typer.Option(help="PATH data: another video, or a folder of them, to validate on (default: fixed windows of the training videos).")] = None,
+    size: Annotated[int, typer.Option(min=16, max=512, help="PATH data: the short side frames are brought to (a multiple of 4).")] = 64,
+    colour: Annotated[bool, typer.Option("--colour/--grey", help="PATH data: learn colour frames or grey ones.")] = False,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 20_000,
     batch: Annotated[int, typer.Option(min=1, max=1024, help="Sequences per step, each with its own memory bank.")] = 16,
     teacher_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of the steps over which true future frames are phased out as inputs (scheduled sampling; 0: always the model's own).")] = 0.5,
@@ -101,19 +101,19 @@ def _model_config(arch: str, source, width: int, blocks: int, shape: dict):
 
 
 def _prediction_clips(data: str, digits: Path | None, val: Path | None, size: int, channels: int):
-    """(training source, validation source, input paths) for --data mmnist|DIR."""
+    """(training source, validation source, input paths) for --data mmnist|PATH."""
     from vidseg_cli.predict.clips import MovingMnist, VideoClips
 
     if data == "mmnist":
         if digits is None:
             raise VidsegError("--data mmnist generates Moving MNIST from --digits FILE (mnist_5k.csv.gz)")
         if val is not None:
-            raise VidsegError("--val is for --data DIR; Moving MNIST validates on its own sequences")
+            raise VidsegError("--val is for --data PATH (videos); Moving MNIST validates on its own sequences")
         return MovingMnist(digits), None, [digits]
     if size % 4:
         raise VidsegError(f"--size {size}: the predictor works on 4x4 patches, so a multiple of 4")
     source = VideoClips(Path(data), size, channels)
-    val_source = VideoClips(val, size, channels) if val is not None else None
+    val_source = VideoClips(val, size, channels, "--val") if val is not None else None
     if val_source is not None and (val_source.height, val_source.width) != (source.height, source.width):
         raise VidsegError(f"--val videos come out {val_source.width}x{val_source.height}, training ones {source.width}x{source.height}: give videos of one aspect")
     return source, val_source, [Path(data), *([val] if val is not None else [])]
