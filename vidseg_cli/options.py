@@ -13,7 +13,7 @@ from pathlib import Path
 from vidseg_cli.errors import VidsegError
 
 DEFAULT_VOS_MODEL = "vos-effl0-v2"
-DEFAULT_PREDICT_MODEL = "predict-mmnist"
+DEFAULT_PREDICT_MODEL = "predict-mmnist-v2"
 DEFAULT_SEMSEG_MODEL = "semseg-camvid"
 DEFAULT_SIZE = 360
 # Sane bounds, checked before anything is allocated: --size 100000 would ask for a

@@ -3,9 +3,12 @@
 # quiet 2-core machine), with the shipped predictor predict-mmnist.
 set -e
 DIGITS=../shared/data/mnist/mnist_5k.csv.gz
-# 1. the headline: all 10,000 held-out test sequences
+# 1. the headline: all 10,000 held-out test sequences (predict-mmnist alone, before v2 shipped)
 vidseg bench --task predict --data $DIGITS --model predict-mmnist --memory stremn \
   --report docs/bench/predict-test.json --plot docs/bench/predict-test.png --force
+# 1b. the headline since predict-mmnist-v2: both models with and without memory, and SimVP
+vidseg bench --task predict --data $DIGITS --model predict-mmnist-v2,predict-mmnist,predict-mmnist-simvp \
+  --memory stremn,none --report docs/bench/predict-test-v2.json --plot docs/bench/predict-test-v2.png --force
 # 2. the memory's worth, and 3. the update rules at K=5 (the first 1,000 test sequences)
 vidseg bench --task predict --data $DIGITS --model predict-mmnist --memory stremn,fifo,first-last,none --limit 1000 \
   --report docs/bench/predict-memory.json --plot docs/bench/predict-memory.png --force
