@@ -66,6 +66,22 @@ def test_the_shift_head_moves_each_patch_by_its_chosen_shift():
     assert torch.allclose(start, torch.full_like(start, 0.9), atol=0.01)
 
 
+def test_the_shift_head_starts_with_the_zero_move_at_its_still_share_and_a_trainer_sets_it(tmp_path):
+    """0.9 is the first models' start (log(9 x 81)); --still 0.99 starts nearer copy-last,
+    which real video needs (a start that blurs compounds over the rollout)."""
+    import math
+
+    config = PredictorConfig(width=8, blocks=1, shift_radius=4, shift_kernel="splat", history=4, moves=True)
+    model = Predictor(config)
+    assert model.shifts.bias[40].item() == pytest.approx(math.log(9 * 81))
+    assert torch.softmax(model.shifts.bias, 0)[40].item() == pytest.approx(0.9, abs=0.002)
+    model.start_still(0.99)
+    assert torch.softmax(model.shifts.bias, 0)[40].item() == pytest.approx(0.99, abs=0.001)
+    trainer = PredictTrainer(MovingMnist.__new__(MovingMnist), PredictTrainConfig(model=config, still=0.99), tmp_path, torch.device("cpu"))
+    for network in (trainer.model, trainer.average):
+        assert torch.softmax(network.shifts.bias, 0)[40].item() == pytest.approx(0.99, abs=0.001)
+
+
 def test_the_pixel_shift_head_gives_each_pixel_its_own_kernel_and_a_hard_one_moves_exactly():
     model = Predictor(PredictorConfig(width=8, blocks=1, shift_radius=2, shift_kernel="pixel")).eval()
     frame, scores = torch.rand(2, 1, 16, 16), torch.randn(2, 25 * 16, 4, 4)

@@ -51,6 +51,7 @@ from vidseg_cli.weights.registry import checkpoint
 
 ARCH = "predict-stremn"
 STACK = 3  # frames a step needs at least: the first frame predicted is I_3
+STILL = 0.9  # the untrained shift head's weight on the zero move (``Predictor.start_still``)
 # never: every frame is the mixture of shifts (a blur where the move is uncertain);
 # fed: the frame fed back to the next step is moved by the most likely shift, the one
 #   scored is the mixture, so one step's uncertainty blurs that step only, not the next;
@@ -96,6 +97,20 @@ class PredictorConfig:
     @classmethod
     def from_json(cls, text: str) -> PredictorConfig:
         return cls(**json.loads(text))
+
+
+def _per_patch(config: PredictorConfig) -> int:
+    """Shift kernels per patch: one, or one per pixel."""
+    return config.patch**2 if config.shift_kernel == "pixel" else 1
+
+
+def _set_still(layer: nn.Conv2d, config: PredictorConfig, share: float) -> None:
+    """Zero scores, but the zero move's at log(odds x shifts): its softmax weight is about
+    ``share`` (0.9 gives 0.901 of 81 shifts, exactly the first models' start)."""
+    shifts = (2 * config.shift_radius + 1) ** 2
+    with torch.no_grad():
+        layer.bias.zero_()
+        layer.bias.view(shifts, _per_patch(config))[shifts // 2] = math.log(share / (1 - share) * shifts)
 
 
 def _groups(channels: int) -> int:
@@ -167,16 +182,19 @@ class Predictor(nn.Module):
     @staticmethod
     def _shift_scores(config: PredictorConfig) -> nn.Conv2d:
         """Each patch's (or each of its p^2 pixels') scores of the (2R+1)^2 shifts; the centre
-        (no shift) starts with ~90% of the softmax's weight, so the untrained model copies the
-        last frame."""
-        shifts = (2 * config.shift_radius + 1) ** 2
-        per_patch = config.patch**2 if config.shift_kernel == "pixel" else 1
-        layer = nn.Conv2d(config.width, shifts * per_patch, 1)
+        (no shift) starts with ~90% of the softmax's weight (``start_still``), so the
+        untrained model nearly copies the last frame."""
+        layer = nn.Conv2d(config.width, (2 * config.shift_radius + 1) ** 2 * _per_patch(config), 1)
         nn.init.zeros_(layer.weight)
-        with torch.no_grad():
-            layer.bias.zero_()
-            layer.bias.view(shifts, per_patch)[shifts // 2] = math.log(9 * shifts)
+        _set_still(layer, config, STILL)
         return layer
+
+    def start_still(self, share: float) -> None:
+        """Give the untrained shift head's zero move about ``share`` of every kernel's weight.
+        Where frames change little (real video) the default 0.9 blurs each predicted frame,
+        and the blur compounds over a rollout: 0.99 starts near copy-last (docs/training.md)."""
+        if self.shifts is not None:
+            _set_still(self.shifts, self.config, share)
 
     @staticmethod
     def _move_reader(config: PredictorConfig) -> nn.Sequential:

@@ -36,6 +36,7 @@ from vidseg_cli.predict.data import FRAMES, batches
 from vidseg_cli.predict.model import (
     ARCH,
     ARCHITECTURES,
+    STILL,
     Predictor,
     PredictorConfig,
     has_memory,
@@ -72,6 +73,7 @@ class PredictTrainConfig:
     val_sequences: int = 200
     arch: str = ARCH  # ours, or a peer baseline trained on the same data and budget (predict/peers)
     init: str = ""  # the sha256 of the predictor file training started from (--init); "" fresh
+    still: float = STILL  # ours from scratch: the shift head's starting weight on the zero move
     model: PredictorConfig | Any = PredictorConfig()  # the config class of ``arch``
 
 
@@ -142,6 +144,8 @@ class PredictTrainer:
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.model = ARCHITECTURES[config.arch][0](config.model).to(device)
+        if isinstance(self.model, Predictor):
+            self.model.start_still(config.still)
         self.average = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.memory = MemoryOptions(config.memory, config.slots, config.update)
