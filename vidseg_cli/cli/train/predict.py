@@ -50,7 +50,7 @@ def train_predict_command(
 ) -> None:
     """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
     from vidseg_cli.engine.job import make_bank
-    from vidseg_cli.predict.model import ARCH, ARCHITECTURES, COMMITS, create_predictor
+    from vidseg_cli.predict.model import ARCH, ARCHITECTURES, COMMITS, STILL, create_predictor
     from vidseg_cli.predict.motion import SHIFT_KERNELS
     from vidseg_cli.weights.registry import checkpoint
     from vidseg_cli.predict.peers import PEERS
@@ -65,7 +65,7 @@ def train_predict_command(
     shift = {"shift_radius": shift_radius, "shift_kernel": shift_kernel, "commit": commit}
     if arch != "stremn" and (width, blocks, shift_radius, shift_kernel, commit, recurrent, history, moves) != (64, 6, 0, "patch", "never", False, 3, False):
         raise VidsegError(f"--width, --blocks, --shift-*, --commit, --recurrent, --history and --moves shape the stremn predictor; --arch {arch} trains at its own fixed size")
-    if shift_radius == 0 and (shift_kernel, commit, moves, still) != ("patch", "never", False, 0.9):
+    if shift_radius == 0 and (shift_kernel, commit, moves, still) != ("patch", "never", False, STILL):
         raise VidsegError("--shift-kernel, --commit, --moves and --still shape the shift head: give --shift-radius R too")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
