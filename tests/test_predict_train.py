@@ -346,6 +346,8 @@ def test_train_predict_init_starts_from_a_trained_model_and_adds_the_recurrent_s
         torch.testing.assert_close(after.get_tensor("out.weight"), before.get_tensor("out.weight"), atol=1e-6, rtol=0)
     wider = vidseg("train", "predict", "--out", tmp_path / "c", "--init", trained, *shape[:-6], "--width", "16", *shape[2:])
     assert wider.code == 2 and "--init" in wider.stderr and not (tmp_path / "c").exists()
+    restarted = vidseg("train", "predict", "--out", tmp_path / "e", "--init", trained, "--still", "0.99", *shape)
+    assert restarted.code == 2 and "--still" in restarted.stderr and not (tmp_path / "e").exists()  # the start is the file's
     longer = vidseg("train", "predict", "--out", tmp_path / "d", "--steps", "1", "--init", trained, "--history", "6", *shape)
     assert longer.code == 0, longer.stderr
     with safe_open(tmp_path / "d" / "predictor.safetensors", "pt") as after:

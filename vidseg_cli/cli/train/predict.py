@@ -40,7 +40,7 @@ def train_predict_command(
     commit: Annotated[str, typer.Option(metavar="never|fed|always", help="With --shift-radius: which frames are moved by each kernel's most likely shift instead of the blend of all shifts: never; fed (the frame fed back to the next step: one step's uncertainty blurs that step only); always (trained straight-through).")] = "never",
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Carry a convolutional GRU state from step to step, beside the memory (a motion's phase read from the whole history, not three frames).")] = False,
     moves: Annotated[bool, typer.Option("--moves", help="With --shift-radius: the shift head also reads each pixel's moves over the --history frames, found by block matching (how a 3-or-4-pixel phase is read).")] = False,
-    still: Annotated[float, typer.Option(min=0.5, max=0.999, help="With --shift-radius, from scratch: the zero move's starting share of each shift distribution. 0.9 suits Moving MNIST; on real video, where frames change little, 0.99 starts near copying the last frame (0.9 starts with a blur that compounds).")] = 0.9,
+    still: Annotated[float, typer.Option(min=0.5, max=0.999, help="With --shift-radius, from scratch (not with --init): the zero move's starting share of each shift distribution. 0.9 suits Moving MNIST; on real video, where frames change little, 0.99 starts near copying the last frame (0.9 starts with a blur that compounds).")] = 0.9,
     history: Annotated[int, typer.Option(min=3, max=20, help="Frames each step reads (the last N before the one it predicts): the longer, the more precisely a move is read (docs/training.md).")] = 3,
     init: Annotated[str | None, typer.Option(metavar="NAME|FILE", help="Start from a trained predictor (a weights.toml name or a .safetensors file): every tensor of it is taken, and what it lacks (e.g. --recurrent's state, a longer --history's older frames) starts fresh; the other shape flags must be its own.")] = None,
     arch: Annotated[str, typer.Option(metavar="stremn|convlstm|simvp", help="stremn: our predictor over the memory engine; convlstm, simvp: peer baselines at their fixed small size, for side-by-side runs on the same data and budget (no memory; --width, --blocks and --shift-* shape stremn only).")] = "stremn",
@@ -67,6 +67,8 @@ def train_predict_command(
         raise VidsegError(f"--width, --blocks, --shift-*, --commit, --recurrent, --history and --moves shape the stremn predictor; --arch {arch} trains at its own fixed size")
     if shift_radius == 0 and (shift_kernel, commit, moves, still) != ("patch", "never", False, STILL):
         raise VidsegError("--shift-kernel, --commit, --moves and --still shape the shift head: give --shift-radius R too")
+    if init is not None and still != STILL:
+        raise VidsegError("--still sets the shift head's start for a run from scratch; with --init the start is the trained model's")
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     trained = create_predictor(init) if init is not None else None
