@@ -98,6 +98,7 @@ def test_train_predict_arch_trains_a_peer_and_refuses_stremn_shape_flags(vidseg,
                  "--batch", "2", "--val-every", "1", "--val-sequences", "1", "--device", "cpu")
     assert run.code == 0, run.stderr
     assert type(load_predictor(out / "predictor.safetensors")) is ConvLstm
+    assert json.loads((out / "config.json").read_text())["gradient_weight"] == 0  # the peers' own recipe: squared error alone
     refused = vidseg("train", "predict", "--digits", digits_file, "--out", tmp_path / "b", "--arch", "simvp", "--width", "8")
     assert refused.code == 2 and "--arch simvp" in refused.stderr and not (tmp_path / "b").exists()
     unknown = vidseg("train", "predict", "--digits", digits_file, "--out", tmp_path / "c", "--arch", "prednet")

@@ -32,7 +32,7 @@ def train_predict_command(
     slots: Annotated[int, typer.Option(min=1, max=MAX_SLOTS, help="Memory slots.")] = 5,
     update: Annotated[str, typer.Option(help="stremn update rule.")] = "C",
     loss: Annotated[str, typer.Option(metavar="shrinkage|mse", help="Main loss: STReMN's shrinkage loss on L1 and L2, or the squared error (what MSE scores; under uncertainty L1 prefers a blank frame, L2 a blur).")] = "shrinkage",
-    gradient_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss.")] = 0.1,
+    gradient_weight: Annotated[float | None, typer.Option(min=0.0, help="Weight of the scale-invariant gradient loss (default: 0.1 for stremn; 0 for the peers, which OpenSTL trains with the squared error alone: the term makes a linear output keep a haze on a blank canvas).")] = None,
     width: Annotated[int, typer.Option(min=8, max=512, help="Feature channels of every encoder and decoder block.")] = 64,
     blocks: Annotated[int, typer.Option(min=1, max=12, help="Encoder blocks (and decoder blocks).")] = 6,
     shift_radius: Annotated[int, typer.Option(min=0, max=8, help="Also move the last frame by a learnt distribution over shifts of up to R pixels (0: the logit change alone).")] = 0,
@@ -69,6 +69,8 @@ def train_predict_command(
         raise VidsegError("--shift-kernel, --commit, --moves and --still shape the shift head: give --shift-radius R too")
     if init is not None and still != STILL:
         raise VidsegError("--still sets the shift head's start for a run from scratch; with --init the start is the trained model's")
+    if gradient_weight is None:
+        gradient_weight = PredictTrainConfig.gradient_weight if arch == "stremn" else 0.0
     make_bank(MemoryOptions(memory, slots, update))  # an unknown policy or rule: one line, before the run folder
     source, val_source, inputs = _prediction_clips(data, digits, val, size, 3 if colour else 1)
     trained = create_predictor(init) if init is not None else None
