@@ -17,9 +17,10 @@ reader alone, on move histories of thousands of sequences in minutes, and measur
 
 Validation: sequences of training digits, seed 99 (the test set is never read).
 
-    python docs/bench/probe_move_tracker.py TRAIN_SEQUENCES STEPS [position] [axes]
+    python docs/bench/probe_move_tracker.py TRAIN_SEQUENCES STEPS [position] [axes] [conv]
 
 position: the reader also reads the patch's place on the canvas (bounces happen at walls).
+conv: the reader is 3x3 convolutions over the grid of patches (neighbours vote).
 axes: one reader per axis, shared by both: the 9 scores of a patch's next move along an
 axis from its 9 moves along it (and its place on it); the 81 scores are their outer sum.
 The generator moves the axes independently and alike, so the reader sees twice the data
@@ -39,7 +40,7 @@ from vidseg_cli.predict.data import load_digits, sequences
 from vidseg_cli.predict.motion import move_history, moves_into, offsets, splat_patches
 
 torch.set_num_threads(int(os.environ.get("PROBE_THREADS", 1)))
-TRAIN, STEPS, POSITION, AXES = int(sys.argv[1]), int(sys.argv[2]), "position" in sys.argv[3:], "axes" in sys.argv[3:]
+TRAIN, STEPS, POSITION, AXES, CONV = (int(sys.argv[1]), int(sys.argv[2]), *(flag in sys.argv[3:] for flag in ("position", "axes", "conv")))
 R, P, HISTORY, OBSERVED = 4, 4, 10, 10
 SHIFTS, TABLE = (2 * R + 1) ** 2, offsets(R)
 train_digits, _ = load_digits("../shared/data/mnist/mnist_5k.csv.gz")
@@ -94,7 +95,8 @@ def examples(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 start = time.time()
 train_video, val_video = clips(TRAIN, 0), clips(300, 99)
 x, y, ink = examples(train_video)
-x, y = x.permute(0, 2, 3, 1)[ink], y[ink]  # patches with ink only: blank ones do not move
+if not CONV:
+    x, y = x.permute(0, 2, 3, 1)[ink], y[ink]  # patches with ink only: blank ones do not move
 print(f"{len(x)} training patches from {TRAIN} sequences, {time.time() - start:.0f} s", flush=True)
 
 
@@ -115,16 +117,40 @@ class AxisReader(nn.Module):
         return (self.axis(along_y)[..., :, None] + self.axis(along_x)[..., None, :]).flatten(-2)  # unfold's order: dy, then dx
 
 
+class ConvReader(nn.Module):
+    """The reader over the whole 16x16 grid of patches: 3x3 convolutions let a patch read its
+    neighbours' histories, so the patches of one digit, which move alike, vote (block
+    matching's mistakes on a partly inked or overlapped patch are outvoted)."""
+
+    def __init__(self, inputs: int) -> None:
+        super().__init__()
+        layers, width = [], inputs
+        for _ in range(3):
+            layers += [nn.Conv2d(width, 64, 3, padding=1), nn.LeakyReLU(0.2)]
+            width = 64
+        self.net = nn.Sequential(*layers, nn.Conv2d(64, SHIFTS, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, h, w, C) -> (N, h, w, 81), as the MLPs
+        return self.net(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 inputs = x.shape[1]
-if AXES:
+if CONV:
+    reader = ConvReader(inputs)
+elif AXES:
     reader = AxisReader()
 else:
     reader = nn.Sequential(nn.Linear(inputs, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, SHIFTS))
 optimiser = torch.optim.Adam(reader.parameters(), 3e-3)
 schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-3, total_steps=STEPS)
 for step in range(STEPS):
-    pick = torch.randint(len(x), (4096,))
-    loss = F.cross_entropy(reader(x[pick]), y[pick])
+    if CONV:  # 64 maps of 256 patches, the loss on the inked ones
+        pick = torch.randint(len(x), (64,))
+        logits = reader(x[pick].permute(0, 2, 3, 1))
+        loss = F.cross_entropy(logits[ink[pick]], y[pick][ink[pick]])
+    else:
+        pick = torch.randint(len(x), (4096,))
+        loss = F.cross_entropy(reader(x[pick]), y[pick])
     optimiser.zero_grad()
     loss.backward()
     optimiser.step()
