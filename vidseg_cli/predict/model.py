@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,6 +45,7 @@ from vidseg_cli.memory.bank import MemoryBank, write_all
 from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values_many
 from vidseg_cli.memory.slot import Slot
+from vidseg_cli.models.config import JsonConfig
 from vidseg_cli.predict.motion import SHIFT_KERNELS, move_history, moves_into
 from vidseg_cli.predict.peers import PEERS
 from vidseg_cli.weights.registry import checkpoint
@@ -73,7 +74,7 @@ class Step(NamedTuple):
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(JsonConfig):
     channels: int = 1  # 1 grey, 3 colour
     frame_height: int = 64  # the resolution it was trained at; inputs are resized to it
     frame_width: int = 64
@@ -90,13 +91,6 @@ class PredictorConfig:
     recurrent: bool = False  # a convolutional GRU state carried from step to step (how a motion's phase is read from a long history)
     history: int = STACK  # frames each step reads, I_{t-history} .. I_{t-1}; before the first frame they are blank
     moves: bool = False  # the shift head also reads each pixel's moves over those frames (predict/motion.py)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PredictorConfig:
-        return cls(**json.loads(text))
 
 
 def _per_patch(config: PredictorConfig) -> int:

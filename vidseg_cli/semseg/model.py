@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.memory.windowed import global_attention, windowed_attention
 from vidseg_cli.models.backbone import EfficientNetLite, Features
+from vidseg_cli.models.config import JsonConfig
 
 SEMSEG_SIZE = 360  # a semseg model file's processing size unless weights.toml names another
 ARCH = "semseg-lma"
@@ -49,7 +50,7 @@ LEGACY_MEMORY = ("memory.key.", "memory.value.", "memory.fusion.")
 
 
 @dataclass(frozen=True)
-class SemsegConfig:
+class SemsegConfig(JsonConfig):
     classes: int = 11
     decoder_dim: int = 64
     read: str = "local"
@@ -60,13 +61,9 @@ class SemsegConfig:
         if self.read not in READS:
             raise ValueError(f"unknown read {self.read!r}; choose from {', '.join(READS)}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str) -> SemsegConfig:
-        fields = json.loads(text)
-        return cls(**{k: v for k, v in fields.items() if k not in LEGACY_FIELDS})
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fields.items() if k not in LEGACY_FIELDS}
 
 
 def _conv(cin: int, cout: int, kernel: int) -> nn.Sequential:

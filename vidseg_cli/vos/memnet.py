@@ -12,10 +12,10 @@ combines objects. The STReMN fusion cell is part of the model (memory/fusion_cel
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,13 @@ from vidseg_cli.memory.fusion_cell import FusionCell, LearnedFusion
 from vidseg_cli.memory.readout import read_values
 from vidseg_cli.memory.slot import Slot
 from vidseg_cli.models.backbone import EfficientNetLite, Features
+from vidseg_cli.models.config import JsonConfig
 
 ARCH = "memnet"
 
 
 @dataclass(frozen=True)
-class MemNetConfig:
+class MemNetConfig(JsonConfig):
     key_dim: int = 64
     value_dim: int = 96
     mask_dim: int = 32
@@ -43,14 +44,9 @@ class MemNetConfig:
     # calibrate` on validation data (0 while training).
     logit_bias: float = 0.0
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str) -> MemNetConfig:
-        fields = json.loads(text)
-        fields["decoder_dims"] = tuple(fields["decoder_dims"])
-        return cls(**fields)
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "decoder_dims": tuple(fields["decoder_dims"])}
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,19 @@ reach an exact-zero background under a squared loss, which costs it MAE and SSIM
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidseg_cli.models.config import JsonConfig
+
 ARCH = "predict-convlstm"
 
 
 @dataclass(frozen=True)
-class ConvLstmConfig:
+class ConvLstmConfig(JsonConfig):
     channels: int = 1
     frame_height: int = 64
     frame_width: int = 64
@@ -29,13 +30,6 @@ class ConvLstmConfig:
     hidden: int = 64  # channels of every layer's state
     layers: int = 3
     kernel: int = 3
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ConvLstmConfig:
-        return cls(**json.loads(text))
 
 
 class _Cell(nn.Module):

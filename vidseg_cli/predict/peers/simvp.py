@@ -13,17 +13,18 @@ background under a squared loss, which costs it MAE and SSIM).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from vidseg_cli.models.config import JsonConfig
 
 ARCH = "predict-simvp"
 
 
 @dataclass(frozen=True)
-class SimVPConfig:
+class SimVPConfig(JsonConfig):
     channels: int = 1
     frame_height: int = 64
     frame_width: int = 64
@@ -37,13 +38,6 @@ class SimVPConfig:
     def __post_init__(self) -> None:
         if self.frames_in != self.frames_out:
             raise ValueError("SimVP adds input frame i's encoder features to output frame i: frames_in must equal frames_out")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SimVPConfig:
-        return cls(**json.loads(text))
 
 
 def _conv(cin: int, cout: int, stride: int = 1, up: bool = False) -> nn.Sequential:
