@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_cli.predict.data import _draw, blob_digits
-from vidseg_cli.predict.motion import move_history, moves_into, offsets, splat
+from vidseg_cli.predict.motion import move_history, moves_into, offsets, splat, splat_average
 
 MOVES = [(0, 3), (1, 4), (0, 4), (-1, 3), (0, 4)]  # (dy, dx) a step, as a 3.6-pixel motion gives them
 
@@ -47,3 +47,18 @@ def test_splat_sends_each_pixel_by_its_shift_and_adds_what_arrives():
     soft = torch.rand(2, 3, 25, 8, 8).softmax(2) * torch.rand(2, 3, 1, 8, 8)
     inside = splat(soft, 2)[:, :, 2:-2, 2:-2].sum()  # nothing is lost but what leaves the frame
     assert inside <= soft.sum() + 1e-4
+
+
+def test_splat_average_keeps_a_scene_opaque_where_patches_crowd_or_spread():
+    table = offsets(2).tolist()
+    frame = torch.rand(1, 3, 16, 16)
+    scores = torch.full((1, 25, 4, 4), -1e4)
+    scores[:, table.index([0, 0])] = 0.0  # every patch stays ...
+    assert torch.allclose(splat_average(frame, scores, 2, 4), frame, atol=1e-5)
+    scores[:, table.index([0, 0]), :, 1] = -1e4
+    scores[:, table.index([0, 2]), :, 1] = 0.0  # ... but column 1 moves 2 pixels right
+    moved = splat_average(frame, scores, 2, 4)
+    assert torch.allclose(moved[..., 4:6], frame[..., 4:6], atol=1e-5)  # the hole it leaves: what was there
+    crowded = (frame[..., 8:10] + frame[..., 6:8]) / 2  # where it lands on column 2: the mean, not the sum
+    assert torch.allclose(moved[..., 8:10], crowded, atol=1e-5)
+    assert moved.max() <= frame.max() + 1e-6

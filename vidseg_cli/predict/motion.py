@@ -116,5 +116,17 @@ def splat_patches(frame: torch.Tensor, scores: torch.Tensor, radius: int, patch:
     return splat(weights[:, None] * frame[:, :, None], radius).clamp(max=1.0)
 
 
+def splat_average(frame: torch.Tensor, scores: torch.Tensor, radius: int, patch: int, hard: bool = False) -> torch.Tensor:
+    """``splat_patches`` for natural images, where a scene is opaque and has no blank canvas:
+    where more than one patch's weight arrives, the mean of what arrives (the sum would
+    brighten it); where less than one arrives (a hole that spreading patches leave, as a
+    camera moving forward does everywhere), the last frame's own pixel fills the missing
+    share, so an uncovered place shows what was there, not black."""
+    weights = shift_weights(scores, hard).repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (B, K, H, W)
+    arrived = splat(weights[:, None] * frame[:, :, None], radius)
+    mass = splat(weights[:, None], radius)  # (B, 1, H, W): how much weight landed on each pixel
+    return (arrived + (1 - mass).clamp(min=0) * frame) / mass.clamp(min=1)
+
+
 # the predictor's --shift-kernel: how a frame is moved by the shift head's scores
-SHIFT_KERNELS = {"patch": shift_patches, "pixel": shift_pixels, "splat": splat_patches}
+SHIFT_KERNELS = {"patch": shift_patches, "pixel": shift_pixels, "splat": splat_patches, "splat-average": splat_average}
