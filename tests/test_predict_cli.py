@@ -93,6 +93,7 @@ def test_compare_scores_every_horizon_against_the_truth(vidseg, model_file, clip
     last = frames[9].astype(np.float64) / 255
     expected = [float(((last - frames[t] / 255) ** 2).sum()) for t in range(10, 20)]
     np.testing.assert_allclose(metrics["mse"], expected, rtol=0.02, atol=0.5)  # copy-last, by hand
+    np.testing.assert_allclose(metrics["copy_last_mse"], expected, rtol=1e-4)  # the baseline, exactly
     assert metrics["mean"]["mse"] == pytest.approx(np.mean(metrics["mse"]), rel=1e-3)
     panels = _decoded(tmp_path / "c" / "comparison.mp4")
     assert len(panels) == 10 and panels[0].shape[1] > 3 * panels[0].shape[0]  # truth | prediction | error

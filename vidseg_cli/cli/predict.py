@@ -63,7 +63,10 @@ def predict_command(
     stderr.print(
         f"observed frames {summary.context[0]}..{summary.context[1]}, predicted {summary.predicted[0]}..{summary.predicted[1]}"
         f" at {summary.size[1]}x{summary.size[0]}, {summary.fps:.1f} fps"
-        + (f"; MSE {scores['mse']:.1f}, MAE {scores['mae']:.1f}, SSIM {scores['ssim']:.3f} per frame" if scores else ""),
+        + (
+            f"; MSE {scores['mse']:.1f} (copying the last frame: {scores['copy_last_mse']:.1f}),"
+            f" MAE {scores['mae']:.1f}, SSIM {scores['ssim']:.3f} per frame" if scores else ""
+        ),
         highlight=False,
     )
     print(summary.output)

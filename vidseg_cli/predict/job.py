@@ -93,7 +93,7 @@ def predict(options: PredictOptions, progress: Callable[[int, int], None] | None
         model_seconds = time.perf_counter() - started
         first_predicted = window.first + options.context
         files = _write_outputs(options, window, rolled, staged.staging, first_predicted)
-        metrics = _horizon_scores(rolled, torch.stack(window.truth)) if options.compare else None
+        metrics = _horizon_scores(rolled, torch.stack(window.truth), window.observed[-1]) if options.compare else None
         staged.commit()
     except BaseException:
         staged.abort()
@@ -328,15 +328,17 @@ def _ssim(predicted: torch.Tensor, truth: torch.Tensor) -> list[float]:
     return ssim(predicted.flatten(0, 1), truth.flatten(0, 1)).view(t, c).mean(1).tolist()
 
 
-def _horizon_scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict:
+def _horizon_scores(predicted: torch.Tensor, truth: torch.Tensor, last: torch.Tensor) -> dict:
     """Per predicted frame (horizon 1 .. N): MSE and MAE summed over pixels in [0, 1] (as
-    OpenSTL and PredRNN report Moving MNIST), SSIM and PSNR; and their means."""
+    OpenSTL and PredRNN report Moving MNIST), SSIM and PSNR, and the MSE of copying the last
+    observed frame (the baseline a predictor has to beat); and their means."""
     flat_p, flat_t = predicted.flatten(1), truth.flatten(1)
     scores = {
         "mse": frame_mse(flat_p[:, None], flat_t[:, None]).tolist(),
         "mae": frame_mae(flat_p[:, None], flat_t[:, None]).tolist(),
         "ssim": _ssim(predicted, truth),
         "psnr": psnr(flat_p[:, None], flat_t[:, None]).tolist(),
+        "copy_last_mse": frame_mse(last.flatten()[None, None], flat_t[:, None]).tolist(),
     }
     scores = {name: [round(v, 4) for v in values] for name, values in scores.items()}
     scores["mean"] = {name: round(float(np.mean(values)), 4) for name, values in scores.items()}
