@@ -48,7 +48,7 @@ def train_predict_command(
     val_sequences: Annotated[int, typer.Option(min=1, help="Validation sequences (training digits, their own seed).")] = 200,
     run: flags.RunFlags = flags.RunFlags(),
 ) -> None:
-    """Train the STReMN video predictor (memory bank, fusion cell, decoder) on Moving MNIST."""
+    """Train the STReMN video predictor (memory bank, fusion cell, decoder), or a peer baseline, on Moving MNIST or on your videos."""
     from vidseg_cli.engine.job import make_bank
     from vidseg_cli.predict.model import ARCH, ARCHITECTURES, COMMITS, STILL, create_predictor
     from vidseg_cli.predict.motion import SHIFT_KERNELS
