@@ -223,3 +223,28 @@ def test_example_writer_errors_are_one_line(tmp_path, args, code, text):
     made = subprocess.run([sys.executable, "-m", "vidseg_cli.predict.data", str(tmp_path / "x.mp4"), *args],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == code and made.stderr.strip().splitlines() == [text]
+
+
+def test_bench_predict_scores_colour_videos_window_by_window(vidseg, tmp_path):
+    """--data DIR: every 20-frame window of each video at the model's size, errors summed over
+    channels; an untrained colour model copies the last frame."""
+    from vidseg_cli.predict.clips import VideoClips
+
+    folder = tmp_path / "videos"
+    rng = np.random.default_rng(0)
+    for name, frames in (("a", 45), ("b", 20), ("short", 12)):  # 2 windows, 1, none
+        write_frames(rng.integers(0, 256, (frames, 32, 48, 3), dtype=np.uint8), folder / name)
+    colour = PredictorConfig(**{**TINY.__dict__, "channels": 3, "frame_height": 32, "frame_width": 48})
+    model = tmp_path / "colour.safetensors"
+    tensors, metadata = predictor_file(Predictor(colour))
+    save_file(tensors, str(model), metadata=metadata)
+    run = vidseg("bench", "--task", "predict", "--data", folder, "--model", model, "--memory", "none", "--timed", "1", "--json")
+    assert run.code == 0, run.stderr
+    copy_last, none = json.loads(run.stdout)["results"]
+    clips = [c.astype(np.float64) / 255 for c in VideoClips(folder, 32, 3).windows()]
+    assert copy_last["sequences"] == len(clips) == 3
+    by_hand = np.mean([[((c[9] - c[t]) ** 2).sum() for t in range(10, 20)] for c in clips], axis=0)
+    np.testing.assert_allclose(copy_last["per_horizon"]["mse"], by_hand, rtol=1e-4)
+    assert none["mse"] == pytest.approx(copy_last["mse"], rel=0.02)
+    wide = vidseg("bench", "--task", "predict", "--data", folder, "--model", "predict-mmnist-v2", "--limit", "1")
+    assert wide.code == 2 and "64x64" in wide.stderr and len(wide.stderr.strip().splitlines()) == 1

@@ -29,7 +29,7 @@ class Task(str, enum.Enum):
 @user_errors
 def bench_command(
     task: Annotated[Task, typer.Option(help="vos: video object segmentation (DAVIS J&F); semseg: semantic segmentation (CamVid mIoU); predict: video prediction (Moving MNIST MSE, MAE, SSIM, PSNR).")] = Task.vos,
-    data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; semseg: labelled video in CamVid's layout (or images/, labels/); predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set (vos, predict: default a built-in synthetic one).")] = None,
+    data: Annotated[Path | None, typer.Option(help="vos: a dataset in DAVIS layout; semseg: labelled video in CamVid's layout (or images/, labels/); predict: MNIST digits (mnist_5k.csv.gz) for the held-out test set, or a video or folder of videos cut into windows of 20 frames (vos, predict: default a built-in synthetic one).")] = None,
     split: Annotated[str, typer.Option(help="semseg: comma list of splits of a CamVid layout, each scored (tune on val; test is for reported tables).")] = "val",
     corrupt: Annotated[bool, typer.Option("--corrupt", help="semseg: also score each split with every third frame degraded (blur, noise, occluder, glare; seed 0), on those frames.")] = False,
     far: Annotated[int | None, typer.Option(metavar="N", min=2, help="semseg: also score each split whose labelled frames are nearer, its frames dealt into clips of frames N video frames apart (CamVid: 30 is 1 s): what the memory costs when the scene has moved on.")] = None,
@@ -37,7 +37,7 @@ def bench_command(
     radius: Annotated[str | None, typer.Option(help="semseg: comma list of local read radii (default: the model's).")] = None,
     consistency: Annotated[Path | None, typer.Option(metavar="PATH", help="semseg: also measure temporal consistency (the share of pixels agreeing with the previous frame's labels moved by optical flow) on unlabelled video: a file, a frame folder, or a folder of either.")] = None,
     sequences: Annotated[str | None, typer.Option(help="Comma list of sequence names to run (vos).")] = None,
-    limit: Annotated[int | None, typer.Option(metavar="N", min=1, help="predict: the first N of the 10,000 held-out test sequences.")] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", min=1, help="predict: the first N test sequences (of Moving MNIST's 10,000, or of the videos' windows).")] = None,
     timed: Annotated[int, typer.Option(metavar="N", min=1, help="predict: sequences timed at batch 1 for FPS and latency.")] = 20,
     model: Annotated[str | None, typer.Option(help=f"Comma list of models (default: {DEFAULT_VOS_MODEL}; semseg: {DEFAULT_SEMSEG_MODEL}; predict: {DEFAULT_PREDICT_MODEL}).")] = None,
     size: Annotated[str | None, typer.Option(help=f"Comma list of internal sizes (default: {DEFAULT_SIZE}; with --long, {LONG_HEIGHT}).")] = None,

@@ -24,7 +24,7 @@ from vidseg_cli.errors import VidsegError
 from vidseg_cli.io.outputs import refuse_existing, resolve_output, write_file_atomically
 from vidseg_cli.models.registry import learned_runtime
 from vidseg_cli.options import DEFAULT_SIZE, FUSIONS, LONG_HEIGHT, LONG_WIDTH, POLICIES
-from vidseg_cli.predict.bench import predict_configs, run_predict_bench, test_sequences
+from vidseg_cli.predict.bench import load_models, predict_configs, run_predict_bench, test_sequences
 from vidseg_cli.semseg.bench import consistency_videos, memory_cost, run_semseg_bench, semseg_configs
 from vidseg_cli.synthetic import write_davis
 from vidseg_cli.vos.bench import FLOP_EVERY, configs, run
@@ -105,14 +105,15 @@ def bench_predict(
     *, data: Path | None, limit: int | None, timed: int, model: str, memory: str, slots: str, update: str,
     device: str, json: bool, report: Path | None, csv_path: str | None, plot: Path | None, force: bool,
 ) -> None:
-    """Video prediction on held-out Moving MNIST: copy-last and every configuration."""
+    """Video prediction on held-out Moving MNIST, or on videos: copy-last and every configuration."""
     outputs = _Outputs(json, report, csv_path, plot, force, inputs=[data] if data is not None else [])
     use_all_cores()
     target = pick_device(device)
     sweep = predict_configs(comma_list(model), comma_list(memory), comma_list(slots, int), comma_list(update))
-    name, stream, count = test_sequences(data, limit)
+    models = load_models(sweep, target)
+    name, stream, count = test_sequences(data, limit, models)
     with stderr.status("benchmarking") as status:
-        results = run_predict_bench(sweep, stream, target, timed, progress=lambda text: status.update(text))
+        results = run_predict_bench(sweep, models, stream, target, timed, progress=lambda text: status.update(text))
     summary = {
         "task": "predict",
         "dataset": name,

@@ -1,4 +1,4 @@
-"""`vidseg bench --task predict`: video prediction on held-out Moving MNIST.
+"""`vidseg bench --task predict`: video prediction on held-out Moving MNIST, or on videos.
 
 Accuracy as OpenSTL and PredRNN report it: for each of the 10 predicted frames, MSE and
 MAE summed over the frame's pixels (values in [0, 1]), SSIM and PSNR, averaged over
@@ -8,7 +8,10 @@ speed is timed separately at batch 1, one sequence at a time with the configurat
 interleaved, as a user runs `vidseg predict`; every architecture is timed over a whole
 10-from-10 rollout. Two baselines are always in the table: copying the last observed frame,
 and each model without its memory (`--memory none`). A peer baseline (`vidseg train predict
---arch convlstm|simvp`, predict/peers) keeps no memory bank and has that one row.
+--arch convlstm|simvp`, predict/peers) keeps no memory bank and has that one row. On videos
+(models trained with `--data PATH`), the test set is every non-overlapping window of 20
+frames, at the models' own size and colour mode; errors sum over channels too, and SSIM is
+the mean over channels.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from vidseg_cli.predict.data import (
     load_digits,
     sequences,
 )
+from vidseg_cli.predict.clips import VideoClips
 from vidseg_cli.predict.model import create_predictor, has_memory
 
 OBSERVED = 10
@@ -70,12 +74,14 @@ class PredictResult:
     flops: int | None = None  # per output frame of a rollout
 
     def add(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
-        """predicted, truth: (B, N, H, W) in [0, 1]."""
+        """predicted, truth: (B, N, C, H, W) in [0, 1]."""
         for mine, true in zip(predicted, truth, strict=True):
-            self.horizon["mse"].append(frame_mse(mine, true).tolist())
-            self.horizon["mae"].append(frame_mae(mine, true).tolist())
-            self.horizon["ssim"].append(ssim(mine, true).tolist())
-            self.horizon["psnr"].append(psnr(mine, true).clamp(max=100).tolist())  # identical frames: 100 dB
+            n, c = mine.shape[:2]
+            flat_mine, flat_true = mine.flatten(1), true.flatten(1)  # errors: summed over channels too
+            self.horizon["mse"].append(frame_mse(flat_mine, flat_true).tolist())
+            self.horizon["mae"].append(frame_mae(flat_mine, flat_true).tolist())
+            self.horizon["ssim"].append(ssim(mine.flatten(0, 1), true.flatten(0, 1)).view(n, c).mean(1).tolist())
+            self.horizon["psnr"].append(psnr(flat_mine, flat_true).clamp(max=100).tolist())  # identical frames: 100 dB
 
     def summary(self) -> dict:
         curves = {name: [round(float(v), 4) for v in np.mean(rows, axis=0)] for name, rows in self.horizon.items()}
@@ -122,42 +128,71 @@ def predict_configs(models: list[str], memories: list[str], slots: list[int], up
     return out
 
 
-def test_sequences(data: Path | None, limit: int | None) -> tuple[str, Iterator[np.ndarray], int]:
-    """(name, sequences, count): the held-out test set of ``data`` (mnist_5k.csv.gz), or
-    without data a few sequences of blob digits."""
+def load_models(configs: list[PredictConfig], device: torch.device) -> dict[str, nn.Module]:
+    """Each predictor the configurations name, once (copy-last needs none)."""
+    return {c.model: create_predictor(c.model, device) for c in configs if c.model != COPY_LAST}
+
+
+def test_sequences(
+    data: Path | None, limit: int | None, models: dict[str, nn.Module] | None = None,
+) -> tuple[str, Iterator[np.ndarray], int]:
+    """(name, sequences (T, C, H, W) uint8, count): the held-out test set of ``data``
+    (mnist_5k.csv.gz), every window of a video or a folder of videos at ``models``' frame
+    size, or without data a few sequences of blob digits."""
     if data is None:
         count = min(limit or SYNTHETIC_SEQUENCES, SYNTHETIC_SEQUENCES)
-        return "synthetic", sequences(blob_digits(), TEST_SEED, count), count
+        return "synthetic", _grey(sequences(blob_digits(), TEST_SEED, count)), count
     if not data.exists():
-        raise VidsegError(f"digits file not found: {data}")
+        raise VidsegError(f"--data {data}: not found")
+    if not data.name.endswith((".csv", ".csv.gz")):
+        return _video_windows(data, limit, models or {})
     _, test = load_digits(data)
     count = min(limit or TEST_SEQUENCES, TEST_SEQUENCES)
-    return "moving-mnist-test", sequences(test, TEST_SEED, count), count
+    return "moving-mnist-test", _grey(sequences(test, TEST_SEED, count)), count
+
+
+def _grey(stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    return (frames[:, None] for frames in stream)  # (T, H, W) -> (T, 1, H, W)
+
+
+def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) -> tuple[str, Iterator[np.ndarray], int]:
+    shapes = {(m.config.channels, m.config.frame_height, m.config.frame_width) for m in models.values()}
+    if len(shapes) != 1:
+        raise VidsegError(f"--data {data}: the models must share one frame size and colour mode to be scored on the same windows; they have {sorted(shapes)}")
+    (channels, height, width), = shapes
+    videos = VideoClips(data, min(height, width), channels)
+    if (videos.height, videos.width) != (height, width):
+        raise VidsegError(f"--data {data}: its frames come out {videos.width}x{videos.height}, the models predict {width}x{height}: give videos of their aspect")
+    windows = list(itertools.islice(videos.windows(), limit))
+    if not windows:
+        raise VidsegError(f"--data {data}: no video has the {FRAMES} frames a test window needs")
+    return f"videos: {data.name}", iter(windows), len(windows)
 
 
 def run_predict_bench(
     configs: list[PredictConfig],
+    models: dict[str, nn.Module],
     stream: Iterator[np.ndarray],
     device: torch.device,
     timed: int,
     progress: Callable[[str], None] = lambda text: None,
 ) -> list[PredictResult]:
-    """Accuracy over every sequence (batched), then speed on the first ``timed`` (batch 1)."""
-    models = {c.model: create_predictor(c.model, device) for c in configs if c.model != COPY_LAST}
+    """Accuracy over every sequence (batched), then speed on the first ``timed`` (batch 1);
+    ``models`` from ``load_models(configs)``."""
     configs = [c for c in configs if c.model == COPY_LAST or c.memory.memory == NO_MEMORY or has_memory(models[c.model])]
     results = [PredictResult(c) for c in configs]  # a peer keeps no memory: its one row is "none"
     first: list[np.ndarray] = []
     done = 0
     for chunk in batches(stream, BATCH):
         first.extend(chunk[: max(0, timed - len(first))])
-        frames = torch.from_numpy(np.stack(chunk)).to(device).float().div(255)[:, :, None]  # (B, T, 1, H, W)
-        truth = frames[:, OBSERVED:, 0]
+        frames = torch.from_numpy(np.stack(chunk)).to(device).float().div(255)  # (B, T, C, H, W)
+        truth = frames[:, OBSERVED:]
         for result in results:
-            result.add(_rollout(result.config, models, frames)[:, :, 0].cpu(), truth.cpu())
+            result.add(_rollout(result.config, models, frames).cpu(), truth.cpu())
         done += len(chunk)
         progress(f"accuracy: {done} sequences")
     for index, clip in enumerate(first):
-        frames = torch.from_numpy(clip).to(device).float().div(255)[None, :, None]
+        frames = torch.from_numpy(clip).to(device).float().div(255)[None]
         for result in results:  # interleaved: every configuration sees the machine alike
             _time_one(result, models, frames, count_flops=index == 0)
         progress(f"speed: {index + 1} of {len(first)} sequences")

@@ -85,6 +85,13 @@ class VideoClips:
         clips[flip] = clips[flip][..., ::-1]
         return clips
 
+    def windows(self) -> Iterator[np.ndarray]:
+        """Every window of FRAMES frames that does not overlap the one before, video by video
+        from each one's start, unflipped: a fixed test set."""
+        for video in self.videos:
+            for start in range(0, len(video) - FRAMES + 1, FRAMES):
+                yield video[start : start + FRAMES]
+
     def validation(self, count: int) -> Iterator[np.ndarray]:
         """Fixed windows of the same videos: a check on fitting, not a held-out score
         (give --val PATH for that)."""
