@@ -166,7 +166,7 @@ def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) 
     windows = list(itertools.islice(videos.windows(), limit))
     if not windows:
         raise VidsegError(f"--data {data}: no video has the {FRAMES} frames a test window needs")
-    return f"videos: {data.name}", iter(windows), len(windows)
+    return f"videos: {data}", iter(windows), len(windows)
 
 
 def run_predict_bench(
