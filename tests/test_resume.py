@@ -125,8 +125,12 @@ def test_one_run_per_output(long_clip, tmp_path):
     first = subprocess.Popen(_command(long_clip, out, tmp_path / "a.jsonl"), cwd=PROJECT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(tmp_path / ".out.partial" / ".lock")
-    second = subprocess.run(_command(long_clip, out, tmp_path / "b.jsonl"), capture_output=True, text=True,
-                            cwd=PROJECT, timeout=120)
+    first.send_signal(signal.SIGSTOP)  # held while the second starts: on a fast machine it could finish first
+    try:
+        second = subprocess.run(_command(long_clip, out, tmp_path / "b.jsonl"), capture_output=True, text=True,
+                                cwd=PROJECT, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first.wait(timeout=300)
     assert second.returncode == 2 and "another vidseg run is writing" in second.stderr
     assert first.returncode == 0 and len(list(out.glob("*.png"))) == 120
