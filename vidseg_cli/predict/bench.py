@@ -32,7 +32,9 @@ from vidseg_cli.engine.job import make_bank
 from vidseg_cli.errors import VidsegError
 from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
 from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions, check_choice
+from vidseg_cli.predict.clips import VideoClips
 from vidseg_cli.predict.data import (
+    CANVAS,
     FRAMES,
     TEST_SEED,
     TEST_SEQUENCES,
@@ -41,7 +43,6 @@ from vidseg_cli.predict.data import (
     load_digits,
     sequences,
 )
-from vidseg_cli.predict.clips import VideoClips
 from vidseg_cli.predict.model import create_predictor, has_memory
 
 OBSERVED = 10
@@ -139,6 +140,8 @@ def test_sequences(
     """(name, sequences (T, C, H, W) uint8, count): the held-out test set of ``data``
     (mnist_5k.csv.gz), every window of a video or a folder of videos at ``models``' frame
     size, or without data a few sequences of blob digits."""
+    if data is None or data.name.endswith((".csv", ".csv.gz")):
+        _frame_shape(models or {}, "Moving MNIST", (1, CANVAS, CANVAS))
     if data is None:
         count = min(limit or SYNTHETIC_SEQUENCES, SYNTHETIC_SEQUENCES)
         return "synthetic", _grey(sequences(blob_digits(), TEST_SEED, count)), count
@@ -156,10 +159,7 @@ def _grey(stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) -> tuple[str, Iterator[np.ndarray], int]:
-    shapes = {(m.config.channels, m.config.frame_height, m.config.frame_width) for m in models.values()}
-    if len(shapes) != 1:
-        raise VidsegError(f"--data {data}: the models must share one frame size and colour mode to be scored on the same windows; they have {sorted(shapes)}")
-    (channels, height, width), = shapes
+    channels, height, width = _frame_shape(models, f"--data {data}")
     videos = VideoClips(data, min(height, width), channels)
     if (videos.height, videos.width) != (height, width):
         raise VidsegError(f"--data {data}: its frames come out {videos.width}x{videos.height}, the models predict {width}x{height}: give videos of their aspect")
@@ -167,6 +167,17 @@ def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) 
     if not windows:
         raise VidsegError(f"--data {data}: no video has the {FRAMES} frames a test window needs")
     return f"videos: {data}", iter(windows), len(windows)
+
+
+def _frame_shape(models: dict[str, nn.Module], data: str, wanted: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) that every model predicts, and ``wanted`` where the data fixes it."""
+    shapes = {(m.config.channels, m.config.frame_height, m.config.frame_width) for m in models.values()}
+    if len(shapes) > 1:
+        raise VidsegError(f"{data}: the models must share one frame size and colour mode to be scored on the same sequences; they have {sorted(shapes)}")
+    if wanted is not None and shapes and shapes != {wanted}:
+        (c, h, w), = shapes
+        raise VidsegError(f"{data} is {wanted[2]}x{wanted[1]} grey; the models predict {w}x{h} with {c} channels: give --data videos they were trained for")
+    return next(iter(shapes), wanted or (0, 0, 0))
 
 
 def run_predict_bench(
