@@ -34,6 +34,12 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
+def frame_ssim(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(T, C, H, W) -> (T,): ``ssim`` of each channel, averaged over channels."""
+    t, c = prediction.shape[:2]
+    return ssim(prediction.flatten(0, 1), truth.flatten(0, 1)).view(t, c).mean(1)
+
+
 def ssim(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """(T, H, W) -> (T,) mean SSIM per frame (valid windows only, as skimage with
     gaussian_weights=True, use_sample_covariance=False)."""

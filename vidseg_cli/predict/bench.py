@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_cli.engine.job import make_bank
 from vidseg_cli.errors import VidsegError
-from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
+from vidseg_cli.metrics.prediction import frame_mae, frame_mse, frame_ssim, psnr
 from vidseg_cli.options import NO_MEMORY, POLICIES, MemoryOptions, check_choice
 from vidseg_cli.predict.clips import VideoClips
 from vidseg_cli.predict.data import (
@@ -77,11 +77,10 @@ class PredictResult:
     def add(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
         """predicted, truth: (B, N, C, H, W) in [0, 1]."""
         for mine, true in zip(predicted, truth, strict=True):
-            n, c = mine.shape[:2]
             flat_mine, flat_true = mine.flatten(1), true.flatten(1)  # errors: summed over channels too
             self.horizon["mse"].append(frame_mse(flat_mine, flat_true).tolist())
             self.horizon["mae"].append(frame_mae(flat_mine, flat_true).tolist())
-            self.horizon["ssim"].append(ssim(mine.flatten(0, 1), true.flatten(0, 1)).view(n, c).mean(1).tolist())
+            self.horizon["ssim"].append(frame_ssim(mine, true).tolist())
             self.horizon["psnr"].append(psnr(flat_mine, flat_true).clamp(max=100).tolist())  # identical frames: 100 dB
 
     def summary(self) -> dict:

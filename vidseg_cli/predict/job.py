@@ -33,7 +33,7 @@ from vidseg_cli.io.frames import Frame, open_frames
 from vidseg_cli.io.outputs import StagedOutput, check_complete, run_fingerprint
 from vidseg_cli.io.sinks import write_error
 from vidseg_cli.memory.bank import MemoryBank
-from vidseg_cli.metrics.prediction import frame_mae, frame_mse, psnr, ssim
+from vidseg_cli.metrics.prediction import frame_mae, frame_mse, frame_ssim, psnr
 from vidseg_cli.options import MAX_SLOTS, NO_MEMORY, PredictOptions
 from vidseg_cli.predict.model import STACK, Predictor, create_predictor, has_memory
 
@@ -153,7 +153,7 @@ def _stream_record(frame: Frame, predicted: torch.Tensor, truth: torch.Tensor, l
         "time": round(float(frame.pts * frame.time_base), 4),
         "mse": round(frame_mse(p, t).item(), 3),
         "mae": round(frame_mae(p, t).item(), 3),
-        "ssim": round(_ssim(predicted[None], truth[None])[0], 4),
+        "ssim": round(frame_ssim(predicted[None], truth[None]).item(), 4),
         "copy_last_mse": round(frame_mse(last.flatten(0, 1)[None], t).item(), 3),
     }
 
@@ -322,12 +322,6 @@ def _write_mp4(path: Path, images: list[np.ndarray], fps: float) -> None:
             container.mux(packet)
 
 
-def _ssim(predicted: torch.Tensor, truth: torch.Tensor) -> list[float]:
-    """(T, C, H, W) -> SSIM per frame, averaged over channels."""
-    t, c = predicted.shape[:2]
-    return ssim(predicted.flatten(0, 1), truth.flatten(0, 1)).view(t, c).mean(1).tolist()
-
-
 def _horizon_scores(predicted: torch.Tensor, truth: torch.Tensor, last: torch.Tensor) -> dict:
     """Per predicted frame (horizon 1 .. N): MSE and MAE summed over pixels in [0, 1] (as
     OpenSTL and PredRNN report Moving MNIST), SSIM and PSNR, and the MSE of copying the last
@@ -336,7 +330,7 @@ def _horizon_scores(predicted: torch.Tensor, truth: torch.Tensor, last: torch.Te
     scores = {
         "mse": frame_mse(flat_p[:, None], flat_t[:, None]).tolist(),
         "mae": frame_mae(flat_p[:, None], flat_t[:, None]).tolist(),
-        "ssim": _ssim(predicted, truth),
+        "ssim": frame_ssim(predicted, truth).tolist(),
         "psnr": psnr(flat_p[:, None], flat_t[:, None]).tolist(),
         "copy_last_mse": frame_mse(last.flatten()[None, None], flat_t[:, None]).tolist(),
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 def offsets(radius: int) -> torch.Tensor:
     """((2R+1)^2, 2) integer offsets (dy, dx) in unfold's order."""
     steps = torch.arange(-radius, radius + 1)
@@ -107,12 +108,17 @@ def shift_pixels(frame: torch.Tensor, scores: torch.Tensor, radius: int, patch: 
     return (candidates * weights[:, None]).sum(2)
 
 
+def _per_pixel(weights: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, K, h, w) weights of each patch -> (B, K, H, W): every pixel of a patch moves with it."""
+    return weights.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
 def splat_patches(frame: torch.Tensor, scores: torch.Tensor, radius: int, patch: int, hard: bool = False) -> torch.Tensor:
     """frame (B, C, H, W) with every p x p patch sent by its own distribution over shifts,
     ``scores`` (B, (2R+1)^2, H/p, W/p): what arrives at a pixel is summed (``splat``). Where
     digits cross, both arrive, clamped to 1 as the generator's maximum would; the
     predictor's change then corrects what the sum got wrong."""
-    weights = shift_weights(scores, hard).repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (B, K, H, W)
+    weights = _per_pixel(shift_weights(scores, hard), patch)
     return splat(weights[:, None] * frame[:, :, None], radius).clamp(max=1.0)
 
 
@@ -122,7 +128,7 @@ def splat_average(frame: torch.Tensor, scores: torch.Tensor, radius: int, patch:
     brighten it); where less than one arrives (a hole that spreading patches leave, as a
     camera moving forward does everywhere), the last frame's own pixel fills the missing
     share, so an uncovered place shows what was there, not black."""
-    weights = shift_weights(scores, hard).repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # (B, K, H, W)
+    weights = _per_pixel(shift_weights(scores, hard), patch)
     arrived = splat(weights[:, None] * frame[:, :, None], radius)
     mass = splat(weights[:, None], radius)  # (B, 1, H, W): how much weight landed on each pixel
     return (arrived + (1 - mass).clamp(min=0) * frame) / mass.clamp(min=1)
