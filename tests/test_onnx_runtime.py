@@ -98,7 +98,8 @@ def test_int8_graph_is_quantized_once_and_its_masks_stay_close(vidseg, clip, tmp
         assert run.code == 0, run.stderr
         assert json.loads(run.stdout)["runtime"] == runtime
         assert ("quantizing the backbone to INT8" in run.stderr) == (name == "int8")  # once, then cached
-    assert len(list(cache.glob("effl0-*-192x256-*-int8v*.onnx"))) == 1
+    (graph,) = cache.glob("effl0-*-192x256-*-int8v*.onnx")
+    assert _widest_int8_weight(graph) <= 64  # 7 bits: full range saturates on CPUs without VNNI
     ious = []
     for index in range(1, 12):
         labels = {name: np.asarray(Image.open(folder / f"{index:05d}.png")) for name, folder in folders.items()}
@@ -108,6 +109,15 @@ def test_int8_graph_is_quantized_once_and_its_masks_stay_close(vidseg, clip, tmp
             ious.append((a & b).sum() / max(1, (a | b).sum()))
     # at --size 192; at 96 the sprites clip's first object was lost from frame 6 (IoU 0)
     assert min(ious) > 0.9, np.round(ious, 3)
+
+
+def _widest_int8_weight(path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights, "no INT8 weights in the graph"
+    return max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
 
 
 @pytest.mark.slow
