@@ -140,7 +140,7 @@ def test_sequences(
     (mnist_5k.csv.gz), every window of a video or a folder of videos at ``models``' frame
     size, or without data a few sequences of blob digits."""
     if data is None or data.name.endswith((".csv", ".csv.gz")):
-        _frame_shape(models or {}, "Moving MNIST", (1, CANVAS, CANVAS))
+        _check_digit_shape(_frame_shape(models or {}, "Moving MNIST"))
     if data is None:
         count = min(limit or SYNTHETIC_SEQUENCES, SYNTHETIC_SEQUENCES)
         return "synthetic", _grey(sequences(blob_digits(), TEST_SEED, count)), count
@@ -158,7 +158,7 @@ def _grey(stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) -> tuple[str, Iterator[np.ndarray], int]:
-    channels, height, width = _frame_shape(models, f"--data {data}")
+    channels, height, width = _frame_shape(models, f"--data {data}") or (0, 0, 0)  # copy-last alone: refused below
     videos = VideoClips(data, min(height, width), channels)
     if (videos.height, videos.width) != (height, width):
         raise VidsegError(f"--data {data}: its frames come out {videos.width}x{videos.height}, the models predict {width}x{height}: give videos of their aspect")
@@ -168,15 +168,18 @@ def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) 
     return f"videos: {data}", iter(windows), len(windows)
 
 
-def _frame_shape(models: dict[str, nn.Module], data: str, wanted: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
-    """(channels, height, width) that every model predicts, and ``wanted`` where the data fixes it."""
+def _frame_shape(models: dict[str, nn.Module], data: str) -> tuple[int, int, int] | None:
+    """(channels, height, width) that every model predicts; None without models."""
     shapes = {(m.config.channels, m.config.frame_height, m.config.frame_width) for m in models.values()}
     if len(shapes) > 1:
         raise VidsegError(f"{data}: the models must share one frame size and colour mode to be scored on the same sequences; they have {sorted(shapes)}")
-    if wanted is not None and shapes and shapes != {wanted}:
-        (c, h, w), = shapes
-        raise VidsegError(f"{data} is {wanted[2]}x{wanted[1]} grey; the models predict {w}x{h} with {c} channels: give --data videos they were trained for")
-    return next(iter(shapes), wanted or (0, 0, 0))
+    return next(iter(shapes), None)
+
+
+def _check_digit_shape(shape: tuple[int, int, int] | None) -> None:
+    if shape is not None and shape != (1, CANVAS, CANVAS):
+        c, h, w = shape
+        raise VidsegError(f"Moving MNIST is {CANVAS}x{CANVAS} grey; the models predict {w}x{h} with {c} channels: give --data videos they were trained for")
 
 
 def run_predict_bench(

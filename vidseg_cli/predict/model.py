@@ -21,9 +21,9 @@ pixel (the plateau in docs/training.md). The kernel's centre starts heavy, so an
 model still copies the last frame. ``shift_kernel="pixel"`` gives every pixel its own
 distribution; ``shift_kernel="splat"`` gives every patch of I_{t-1} a distribution over
 where it goes and moves it there (predict/motion.py), adding what arrives as on Moving
-MNIST's blank canvas, and ``"splat-average"`` averages it for opaque real scenes; ``commit`` moves by the most likely
-shift instead of the blend (measured to cost MSE where the move is uncertain:
-docs/training.md). ``recurrent`` adds a convolutional GRU state carried from step to step,
+MNIST's blank canvas, and ``"splat-average"`` averages it for opaque real scenes;
+``commit`` moves by the most likely shift instead of the blend (measured to cost MSE where
+the move is uncertain: docs/training.md). ``recurrent`` adds a convolutional GRU state carried from step to step,
 for what three frames cannot show; ``moves`` gives the shift head each pixel's moves over
 the last ``history`` frames, found by block matching, through a small per-patch reader.
 """
