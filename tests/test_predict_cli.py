@@ -248,5 +248,7 @@ def test_bench_predict_scores_colour_videos_window_by_window(vidseg, tmp_path):
     assert none["mse"] == pytest.approx(copy_last["mse"], rel=0.02)
     wide = vidseg("bench", "--task", "predict", "--data", folder, "--model", "predict-mmnist-v2", "--limit", "1")
     assert wide.code == 2 and "64x64" in wide.stderr and len(wide.stderr.strip().splitlines()) == 1
+    alone = vidseg("bench", "--task", "predict", "--data", folder, "--model", "copy-last", "--limit", "1")
+    assert alone.code == 2 and "copy-last alone has no frame size" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
     digits = vidseg("bench", "--task", "predict", "--model", model, "--limit", "1")  # Moving MNIST: grey 64x64
     assert digits.code == 2 and "48x32 with 3 channels" in digits.stderr and len(digits.stderr.strip().splitlines()) == 1

@@ -158,7 +158,10 @@ def _grey(stream: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def _video_windows(data: Path, limit: int | None, models: dict[str, nn.Module]) -> tuple[str, Iterator[np.ndarray], int]:
-    channels, height, width = _frame_shape(models, f"--data {data}") or (0, 0, 0)  # copy-last alone: refused below
+    shape = _frame_shape(models, f"--data {data}")
+    if shape is None:  # copy-last has no frame size of its own to bring the video to
+        raise VidsegError(f"--data {data}: copy-last alone has no frame size to score videos at; name a predictor beside it, e.g. --model predict-davis,{COPY_LAST}")
+    channels, height, width = shape
     videos = VideoClips(data, min(height, width), channels)
     if (videos.height, videos.width) != (height, width):
         raise VidsegError(f"--data {data}: its frames come out {videos.width}x{videos.height}, the models predict {width}x{height}: give videos of their aspect")
