@@ -1,0 +1,100 @@
+"""Probe (issue 35): how much a label memory can add with the best training data there is.
+A small head (two 3x3 convolutions, a residual over the frame's own log-probabilities) is
+fitted on the first half of CamVid val's 15 Hz frames, whose labelled neighbours are 66 ms
+apart, and scored on the second half, against a control head that sees only the frame's own
+probabilities (what the fit gains from knowing the sequence, not from memory). The memory is
+streamed as shipped (fifo 1, the shipped gate's mix carried forward).
+
+    python docs/bench/probe_semseg_head.py semseg-camvid-train ../shared/data/camvid
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vidseg_cli.metrics.segmentation import ConfusionMatrix
+from vidseg_cli.semseg.bench import _decode
+from vidseg_cli.semseg.data import load_labelled, read_label
+from vidseg_cli.semseg.model import create_semseg, memory_key, pack, processing_size, unpack, work_size
+
+CLASSES = VOID = 11
+SEEDS = (0, 1, 2)
+
+
+@torch.inference_mode()
+def record(name: str, data: Path) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
+    """(own, moved, shipped mix, truth) for every val frame after the first."""
+    network, _ = create_semseg(name)
+    size, frames = processing_size(name), []
+    for sequence in load_labelled(data, "val"):
+        memory = None
+        for frame in sequence.frames:
+            image, truth = _decode(frame.image), read_label(frame.label, CLASSES, VOID)
+            height, width = image.shape[:2]
+            work = work_size(height, width, size)
+            pixels = torch.as_tensor(image).permute(2, 0, 1).float()[None]
+            features = network.features(F.interpolate(pixels, size=work, mode="bilinear", align_corners=False, antialias=work[0] < height))
+            own, key = network.probabilities(features), memory_key(features)
+            if memory is None:
+                memory = (key, pack(own))
+                continue
+            readout, peak = network.read(key, memory[0][:, None], memory[1][:, None])
+            mixed, _ = network.memory.mix(own, key, readout, peak, memory[0])
+            memory = (key, pack(mixed))
+            frames.append((own.clone(), unpack(readout).clone(), mixed.clone(), truth))
+    return frames
+
+
+def head_inputs(own: torch.Tensor, moved: torch.Tensor | None) -> torch.Tensor:
+    parts = [own.clamp_min(1e-4).log(), own]
+    if moved is not None:
+        parts += [moved.clamp_min(1e-4).log(), moved]
+    return torch.cat(parts, 1)
+
+
+def fit_head(frames, with_memory: bool, seed: int, steps: int = 400) -> nn.Module:
+    torch.manual_seed(seed)
+    inputs = [head_inputs(own, moved if with_memory else None) for own, moved, _, _ in frames]
+    targets = [F.interpolate(torch.from_numpy(t.astype(np.float32))[None, None], size=own.shape[-2:], mode="nearest")[0].long()
+               for own, _, _, t in frames]
+    head = nn.Sequential(nn.Conv2d(inputs[0].shape[1], 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, CLASSES, 3, padding=1))
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for step in range(steps):
+        picked = np.random.default_rng([seed, step]).integers(len(inputs), size=4)
+        x, y = torch.cat([inputs[i] for i in picked]), torch.cat([targets[i] for i in picked])
+        loss = F.cross_entropy(head(x) + x[:, :CLASSES], y, ignore_index=VOID)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head
+
+
+def main(name: str, data: Path) -> None:
+    frames = record(name, data)
+    fit, scored = frames[: len(frames) // 2], frames[len(frames) // 2:]
+    heads = {f"head {kind}, seed {seed}": fit_head(fit, kind == "own and memory", seed)
+             for seed in SEEDS for kind in ("own only", "own and memory")}
+    rows = ["own (none)", "shipped mix", *heads]
+    confusion = {row: ConfusionMatrix(CLASSES, ignore_index=VOID) for row in rows}
+    with torch.no_grad():
+        for own, moved, mixed, truth in scored:
+            def labels(p: torch.Tensor) -> np.ndarray:
+                return F.interpolate(p, size=truth.shape, mode="bilinear", align_corners=False)[0].max(0).indices.numpy()
+            confusion["own (none)"].update(labels(own), truth)
+            confusion["shipped mix"].update(labels(mixed), truth)
+            for row, head in heads.items():
+                x = head_inputs(own, moved if "memory" in row else None)
+                confusion[row].update(labels(head(x) + x[:, :CLASSES]), truth)
+    print(f"val frames {len(fit) + 2}-{len(frames) + 1} ({len(scored)}), fitted on the {len(fit)} before:")
+    for row in rows:
+        print(f"{row}: mIoU {100 * confusion[row].miou():.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
