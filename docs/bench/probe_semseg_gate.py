@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +50,26 @@ def chained(rule: str, alpha: float, own, moved, mixed, gate) -> torch.Tensor:
     return product / product.sum(1, keepdim=True)
 
 
+@dataclass
+class Streamed:
+    """One frame: the network alone (own), the memory's labels moved here, the shipped
+    gate's mix, what the memory holds for the next frame, and the truth. On a sequence's
+    first frame there is no memory: moved, mixed and held are own."""
+
+    first: bool
+    own: torch.Tensor
+    moved: torch.Tensor
+    mixed: torch.Tensor
+    held: torch.Tensor
+    truth: np.ndarray
+
+
 @torch.inference_mode()
-def main(name: str, data: Path, split: str, rule: str, alpha: float) -> None:
+def stream(name: str, data: Path, split: str, hold: Callable[..., torch.Tensor]) -> Iterator[Streamed]:
+    """Every frame of a split, streamed as `vidseg semseg --memory fifo --slots 1` does, the
+    memory holding ``hold(own, moved, mixed, gate)``."""
     network, _ = create_semseg(name)
     size = processing_size(name)
-    rows = ["own", "mixed", "moved", "oracle", "half", "surer", "product", "chained"]
-    confusion = {row: ConfusionMatrix(CLASSES, ignore_index=VOID) for row in rows}
     for sequence in load_labelled(data, split):
         memory = None
         for frame in sequence.frames:
@@ -69,15 +85,25 @@ def main(name: str, data: Path, split: str, rule: str, alpha: float) -> None:
                 readout, peak = network.read(key, memory[0][:, None], memory[1][:, None])
                 mixed, gate = network.memory.mix(own, key, readout, peak, memory[0])
                 moved = unpack(readout)
-                held = chained(rule, alpha, own, moved, mixed, gate)
+                held = hold(own, moved, mixed, gate)
+            yield Streamed(memory is None, own, moved, mixed, held, truth)
             memory = (key, pack(held))
+
+
+def main(name: str, data: Path, split: str, rule: str, alpha: float) -> None:
+    rows = ["own", "mixed", "moved", "oracle", "half", "surer", "product", "chained"]
+    confusion = {row: ConfusionMatrix(CLASSES, ignore_index=VOID) for row in rows}
+    with torch.inference_mode():
+        for step in stream(name, data, split, lambda *maps: chained(rule, alpha, *maps)):
+            own, moved, truth = step.own, step.moved, step.truth
+            height, width = truth.shape
             mine, theirs = labels(own, (height, width)), labels(moved, (height, width))
             surer = torch.where(own.amax(1, keepdim=True) >= moved.amax(1, keepdim=True), own, moved)
             predictions = {
-                "own": mine, "mixed": labels(mixed, (height, width)), "moved": theirs,
+                "own": mine, "mixed": labels(step.mixed, (height, width)), "moved": theirs,
                 "oracle": np.where(mine == truth, mine, theirs), "half": labels((own + moved) / 2, (height, width)),
                 "surer": labels(surer, (height, width)), "product": labels(own * moved.clamp_min(1e-3), (height, width)),
-                "chained": labels(held, (height, width)),
+                "chained": labels(step.held, (height, width)),
             }
             for row, prediction in predictions.items():
                 confusion[row].update(prediction, truth)

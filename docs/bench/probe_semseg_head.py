@@ -17,38 +17,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from probe_semseg_gate import stream  # beside this file: the same streaming
 
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
-from vidseg_cli.semseg.bench import _decode
-from vidseg_cli.semseg.data import load_labelled, read_label
-from vidseg_cli.semseg.model import create_semseg, memory_key, pack, processing_size, unpack, work_size
 
 CLASSES = VOID = 11
 SEEDS = (0, 1, 2)
 
 
-@torch.inference_mode()
 def record(name: str, data: Path) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
     """(own, moved, shipped mix, truth) for every val frame after the first."""
-    network, _ = create_semseg(name)
-    size, frames = processing_size(name), []
-    for sequence in load_labelled(data, "val"):
-        memory = None
-        for frame in sequence.frames:
-            image, truth = _decode(frame.image), read_label(frame.label, CLASSES, VOID)
-            height, width = image.shape[:2]
-            work = work_size(height, width, size)
-            pixels = torch.as_tensor(image).permute(2, 0, 1).float()[None]
-            features = network.features(F.interpolate(pixels, size=work, mode="bilinear", align_corners=False, antialias=work[0] < height))
-            own, key = network.probabilities(features), memory_key(features)
-            if memory is None:
-                memory = (key, pack(own))
-                continue
-            readout, peak = network.read(key, memory[0][:, None], memory[1][:, None])
-            mixed, _ = network.memory.mix(own, key, readout, peak, memory[0])
-            memory = (key, pack(mixed))
-            frames.append((own.clone(), unpack(readout).clone(), mixed.clone(), truth))
-    return frames
+    frames = stream(name, data, "val", lambda own, moved, mixed, gate: mixed)
+    return [(step.own.clone(), step.moved.clone(), step.mixed.clone(), step.truth) for step in frames if not step.first]
 
 
 def head_inputs(own: torch.Tensor, moved: torch.Tensor | None) -> torch.Tensor:
