@@ -187,7 +187,8 @@ def test_no_named_object_vanishes_from_a_frame_where_it_is_visible(vidseg, tmp_p
         save_palette_png(np.where(np.isin(truths[frame], list(named)), truths[frame], 0).astype(np.uint8), root / f"{frame}.png")
         arguments += ["--mask", f"{frame}:{root / f'{frame}.png'}"]
     out = root / "out"
-    run = vidseg("segment", folder, *arguments, "--direction", direction, "--out", out, "--format", "all", "--events", root / "events.jsonl")
+    slots = max(5, len(schedule) + 1)  # mask frames stay in memory for good: up to 7 here, beyond the default 5
+    run = vidseg("segment", folder, *arguments, "--slots", str(slots), "--direction", direction, "--out", out, "--format", "all", "--events", root / "events.jsonl")
     assert run.code == 0, run.stderr
     rle = {record["frame"]: record["objects"] for record in json.loads((out / "rle.json").read_text())["frames"]}
     events = {record["frame"]: record["objects"] for record in map(json.loads, (root / "events.jsonl").read_text().splitlines())}
