@@ -17,11 +17,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from probe_semseg_gate import stream  # beside this file: the same streaming
+from probe_semseg_gate import CLASSES, VOID, labels, stream  # beside this file: the same streaming
 
 from vidseg_cli.metrics.segmentation import ConfusionMatrix
 
-CLASSES = VOID = 11
 SEEDS = (0, 1, 2)
 
 
@@ -58,19 +57,18 @@ def fit_head(frames, with_memory: bool, seed: int, steps: int = 400) -> nn.Modul
 def main(name: str, data: Path) -> None:
     frames = record(name, data)
     fit, scored = frames[: len(frames) // 2], frames[len(frames) // 2:]
-    heads = {f"head {kind}, seed {seed}": fit_head(fit, kind == "own and memory", seed)
+    heads = {(f"head {kind}, seed {seed}", kind == "own and memory"): fit_head(fit, kind == "own and memory", seed)
              for seed in SEEDS for kind in ("own only", "own and memory")}
-    rows = ["own (none)", "shipped mix", *heads]
+    rows = ["own (none)", "shipped mix", *(row for row, _ in heads)]
     confusion = {row: ConfusionMatrix(CLASSES, ignore_index=VOID) for row in rows}
     with torch.no_grad():
         for own, moved, mixed, truth in scored:
-            def labels(p: torch.Tensor) -> np.ndarray:
-                return F.interpolate(p, size=truth.shape, mode="bilinear", align_corners=False)[0].max(0).indices.numpy()
-            confusion["own (none)"].update(labels(own), truth)
-            confusion["shipped mix"].update(labels(mixed), truth)
-            for row, head in heads.items():
-                x = head_inputs(own, moved if "memory" in row else None)
-                confusion[row].update(labels(head(x) + x[:, :CLASSES]), truth)
+            confusion["own (none)"].update(labels(own, truth.shape), truth)
+            confusion["shipped mix"].update(labels(mixed, truth.shape), truth)
+            inputs = {False: head_inputs(own, None), True: head_inputs(own, moved)}
+            for (row, with_memory), head in heads.items():
+                x = inputs[with_memory]
+                confusion[row].update(labels(head(x) + x[:, :CLASSES], truth.shape), truth)
     print(f"val frames {len(fit) + 2}-{len(frames) + 1} ({len(scored)}), fitted on the {len(fit)} before:")
     for row in rows:
         print(f"{row}: mIoU {100 * confusion[row].miou():.2f}")
